@@ -1,0 +1,220 @@
+//! Repository-qualified issue identities.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a repository name or issue reference could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IssueRefError {
+    #[error("repository name `{0}` is not of the form owner/name")]
+    BadRepository(String),
+    #[error("issue reference `{0}` is not of the form #N or owner/name#N")]
+    BadReference(String),
+    #[error("issue number in `{0}` must be a positive integer")]
+    BadNumber(String),
+}
+
+/// `owner/name` of a repository, validated: both parts non-empty, made of
+/// ASCII letters, digits, `-`, `_` and `.`, and not `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RepoName {
+    owner: String,
+    name: String,
+}
+
+fn valid_segment(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment.len() <= 100
+        && segment != "."
+        && segment != ".."
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl RepoName {
+    /// Builds a repository name from its two parts, validating both.
+    pub fn new(owner: &str, name: &str) -> Result<Self, IssueRefError> {
+        if valid_segment(owner) && valid_segment(name) {
+            Ok(Self {
+                owner: owner.to_owned(),
+                name: name.to_owned(),
+            })
+        } else {
+            Err(IssueRefError::BadRepository(format!("{owner}/{name}")))
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl FromStr for RepoName {
+    type Err = IssueRefError;
+
+    fn from_str(full_name: &str) -> Result<Self, Self::Err> {
+        let (owner, name) = full_name
+            .split_once('/')
+            .ok_or_else(|| IssueRefError::BadRepository(full_name.to_owned()))?;
+        Self::new(owner, name).map_err(|_| IssueRefError::BadRepository(full_name.to_owned()))
+    }
+}
+
+impl TryFrom<String> for RepoName {
+    type Error = IssueRefError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl From<RepoName> for String {
+    fn from(value: RepoName) -> Self {
+        value.to_string()
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.owner, self.name)
+    }
+}
+
+/// One issue, qualified by its repository: `owner/name#12`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IssueRef {
+    pub repo: RepoName,
+    pub number: u64,
+}
+
+impl IssueRef {
+    pub fn new(repo: RepoName, number: u64) -> Self {
+        Self { repo, number }
+    }
+
+    /// Reads `#12` (relative to `base`) or `owner/name#12`.
+    pub fn parse_relative(text: &str, base: &RepoName) -> Result<Self, IssueRefError> {
+        let text = text.trim();
+        let (repo_part, number_part) = text
+            .split_once('#')
+            .ok_or_else(|| IssueRefError::BadReference(text.to_owned()))?;
+        let repo = if repo_part.is_empty() {
+            base.clone()
+        } else {
+            repo_part
+                .parse()
+                .map_err(|_| IssueRefError::BadReference(text.to_owned()))?
+        };
+        let number = parse_issue_number(number_part)
+            .ok_or_else(|| IssueRefError::BadNumber(text.to_owned()))?;
+        Ok(Self { repo, number })
+    }
+
+    /// How this reference reads from inside `base`: `#12` there, `owner/name#12` elsewhere.
+    pub fn display_from(&self, base: &RepoName) -> String {
+        if &self.repo == base {
+            format!("#{}", self.number)
+        } else {
+            self.to_string()
+        }
+    }
+}
+
+fn parse_issue_number(digits: &str) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|n| *n > 0)
+}
+
+impl FromStr for IssueRef {
+    type Err = IssueRefError;
+
+    /// Reads the absolute form `owner/name#12`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (repo_part, number_part) = text
+            .trim()
+            .split_once('#')
+            .ok_or_else(|| IssueRefError::BadReference(text.to_owned()))?;
+        let repo = repo_part
+            .parse()
+            .map_err(|_| IssueRefError::BadReference(text.to_owned()))?;
+        let number = parse_issue_number(number_part)
+            .ok_or_else(|| IssueRefError::BadNumber(text.to_owned()))?;
+        Ok(Self { repo, number })
+    }
+}
+
+impl TryFrom<String> for IssueRef {
+    type Error = IssueRefError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl From<IssueRef> for String {
+    fn from(value: IssueRef) -> Self {
+        value.to_string()
+    }
+}
+
+impl fmt::Display for IssueRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.repo, self.number)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(s: &str) -> RepoName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_and_prints_references() {
+        let base = repo("mosaic/coordinator");
+        let check = |input: &str, expect: Option<&str>| {
+            let got = IssueRef::parse_relative(input, &base)
+                .ok()
+                .map(|r| r.to_string());
+            assert_eq!(got.as_deref(), expect, "input {input:?}");
+        };
+        check("#12", Some("mosaic/coordinator#12"));
+        check(" #7 ", Some("mosaic/coordinator#7"));
+        check("mosaic/infra#7", Some("mosaic/infra#7"));
+        check("#0", None);
+        check("#", None);
+        check("#-1", None);
+        check("12", None);
+        check("a/b/c#1", None);
+        check("../x#1", None);
+        check("#99999999999999999999", None);
+    }
+
+    #[test]
+    fn repo_names_reject_path_tricks() {
+        for bad in ["", "a", "/a", "a/", "a/..", "./b", "a b/c", "a/b/c"] {
+            assert!(bad.parse::<RepoName>().is_err(), "{bad:?}");
+        }
+        assert_eq!(repo("go-gitea/gitea.io").name(), "gitea.io");
+    }
+
+    #[test]
+    fn serde_uses_the_display_form() {
+        let r: IssueRef = "o/r#3".parse().unwrap();
+        assert_eq!(serde_json::to_string(&r).unwrap(), "\"o/r#3\"");
+        let back: IssueRef = serde_json::from_str("\"o/r#3\"").unwrap();
+        assert_eq!(back, r);
+        assert!(serde_json::from_str::<IssueRef>("\"o/r#x\"").is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! The coordinator's decisions as plain values and pure functions.
+//!
+//! Nothing in this crate performs I/O or depends on an async runtime, so every decision
+//! (fit, assignment, readiness, ordering) can be tested and embedded with plain values.
+
+pub mod agent;
+pub mod estimate;
+pub mod issue;
+pub mod metadata;
+pub mod state;
+
+pub use agent::AgentProfile;
+pub use estimate::{DocLevel, EstimateComponents, Level};
+pub use issue::{IssueRef, IssueRefError, RepoName};
+pub use metadata::{Difficulty, IssueMetadata, MetadataSource};
+pub use state::IssueState;
