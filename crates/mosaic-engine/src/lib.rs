@@ -1,0 +1,6 @@
+//! The coordinator: turns recorded deliveries into decisions, sessions and reports.
+//!
+//! It depends on the traits of the store, parser, Gitea client and agent runtime, never on a
+//! concrete adapter; the binary wires the real ones.
+
+pub mod report;

@@ -1,0 +1,271 @@
+//! What the coordinator says on an issue: one short status comment per state, and the state
+//! label. Pure text, so the wording is reviewed in snapshots.
+
+use mosaic_domain::{IssueRef, IssueState, RepoName};
+use serde::{Deserialize, Serialize};
+
+/// Names of the state labels (the `[labels]` section).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateLabels {
+    pub queued: String,
+    pub blocked: String,
+    pub in_progress: String,
+    pub done: String,
+    pub failed: String,
+    pub rejected: String,
+}
+
+impl Default for StateLabels {
+    fn default() -> Self {
+        Self {
+            queued: "mosaic:queued".to_owned(),
+            blocked: "mosaic:blocked".to_owned(),
+            in_progress: "mosaic:in-progress".to_owned(),
+            done: "mosaic:done".to_owned(),
+            failed: "mosaic:failed".to_owned(),
+            rejected: "mosaic:rejected".to_owned(),
+        }
+    }
+}
+
+impl StateLabels {
+    /// The label an issue in `state` carries; `None` for states that carry none.
+    pub fn for_state(&self, state: IssueState) -> Option<&str> {
+        match state {
+            IssueState::Pending | IssueState::Cancelled => None,
+            IssueState::Ready => Some(&self.queued),
+            IssueState::Blocked => Some(&self.blocked),
+            IssueState::InProgress => Some(&self.in_progress),
+            IssueState::Completed => Some(&self.done),
+            IssueState::Failed => Some(&self.failed),
+            IssueState::Rejected => Some(&self.rejected),
+        }
+    }
+
+    /// Every state label, to remove the stale ones when the state changes.
+    pub fn all(&self) -> [&str; 6] {
+        [
+            &self.queued,
+            &self.blocked,
+            &self.in_progress,
+            &self.done,
+            &self.failed,
+            &self.rejected,
+        ]
+    }
+}
+
+/// `46800` → `46,800`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn references(issues: &[IssueRef], base: &RepoName) -> String {
+    issues
+        .iter()
+        .map(|issue| issue.display_from(base))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The facts a status comment is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status<'a> {
+    Queued {
+        agent: &'a str,
+        estimate: u64,
+        waiting_on: &'a [IssueRef],
+    },
+    BlockedByCycle {
+        cycle: &'a [IssueRef],
+    },
+    Rejected {
+        reason: &'a str,
+    },
+    InProgress {
+        agent: &'a str,
+        attempt: u32,
+    },
+    Done {
+        agent: &'a str,
+        summary: &'a str,
+        tokens: u64,
+        cost_usd: f64,
+    },
+    Failed {
+        agent: &'a str,
+        attempts: u32,
+        reason: &'a str,
+    },
+    Cancelled {
+        why: &'a str,
+    },
+}
+
+/// Longest agent summary quoted in a comment; the rest stays in the session log.
+const MAX_SUMMARY_CHARS: usize = 2_000;
+
+fn clip(text: &str, max: usize) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// The status comment's text (without the idempotency marker, which the outbox adds).
+pub fn status_comment(status: &Status<'_>, repo: &RepoName) -> String {
+    match status {
+        Status::Queued {
+            agent,
+            estimate,
+            waiting_on,
+        } => {
+            let mut text = format!(
+                "**Mosaic** · Queued for {agent} · estimate {} tokens",
+                thousands(*estimate)
+            );
+            if !waiting_on.is_empty() {
+                text.push_str(&format!(" · waiting on {}", references(waiting_on, repo)));
+            }
+            text
+        }
+        Status::BlockedByCycle { cycle } => format!(
+            "**Mosaic** · Blocked: dependency cycle {} — remove one of these blocked-by links.",
+            references(cycle, repo)
+        ),
+        Status::Rejected { reason } => format!(
+            "**Mosaic** · Rejected · {reason}\n\nSplit the issue into smaller ones (or raise the estimate's precision) and assign them again."
+        ),
+        Status::InProgress { agent, attempt } => {
+            if *attempt > 1 {
+                format!("**Mosaic** · In progress with {agent} (attempt {attempt})")
+            } else {
+                format!("**Mosaic** · In progress with {agent}")
+            }
+        }
+        Status::Done {
+            agent,
+            summary,
+            tokens,
+            cost_usd,
+        } => format!(
+            "**Mosaic** · Done by {agent} · {} tokens · ${cost_usd:.2}\n\n{}",
+            thousands(*tokens),
+            clip(summary, MAX_SUMMARY_CHARS)
+        ),
+        Status::Failed {
+            agent,
+            attempts,
+            reason,
+        } => format!(
+            "**Mosaic** · Failed with {agent} after {attempts} attempt{} · {}",
+            if *attempts == 1 { "" } else { "s" },
+            clip(reason, 500)
+        ),
+        Status::Cancelled { why } => format!("**Mosaic** · Cancelled · {why}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> RepoName {
+        "mosaic/coordinator".parse().unwrap()
+    }
+
+    fn issue(text: &str) -> IssueRef {
+        IssueRef::parse_relative(text, &repo()).unwrap()
+    }
+
+    #[test]
+    fn thousands_separators() {
+        for (n, expect) in [
+            (0, "0"),
+            (999, "999"),
+            (1_000, "1,000"),
+            (46_800, "46,800"),
+            (1_234_567, "1,234,567"),
+        ] {
+            assert_eq!(thousands(n), expect);
+        }
+    }
+
+    #[test]
+    fn status_comments() {
+        let waiting = [issue("#151"), issue("mosaic/infra#7")];
+        let cycle = [issue("#3"), issue("#4")];
+        let long_summary = "x".repeat(3_000);
+        let cases = [
+            Status::Queued {
+                agent: "glm",
+                estimate: 46_800,
+                waiting_on: &waiting,
+            },
+            Status::Queued {
+                agent: "minimax",
+                estimate: 10_000,
+                waiting_on: &[],
+            },
+            Status::BlockedByCycle { cycle: &cycle },
+            Status::Rejected {
+                reason: "Issue context estimate (120000 tokens) exceeds 50% rule for sonnet agent. Maximum allowed: 100000 tokens (50% of 200000 context limit).",
+            },
+            Status::InProgress {
+                agent: "sonnet",
+                attempt: 1,
+            },
+            Status::InProgress {
+                agent: "sonnet",
+                attempt: 2,
+            },
+            Status::Done {
+                agent: "glm",
+                summary: "Implemented the monitor; tests pass.",
+                tokens: 123_456,
+                cost_usd: 0.0,
+            },
+            Status::Done {
+                agent: "opus",
+                summary: &long_summary,
+                tokens: 1,
+                cost_usd: 1.234,
+            },
+            Status::Failed {
+                agent: "haiku",
+                attempts: 2,
+                reason: "process exited with status 1",
+            },
+            Status::Cancelled {
+                why: "unassigned from the bot",
+            },
+        ];
+        let rendered: Vec<String> = cases
+            .iter()
+            .map(|status| status_comment(status, &repo()))
+            .collect();
+        insta::assert_debug_snapshot!(rendered);
+    }
+
+    #[test]
+    fn labels_per_state() {
+        let labels = StateLabels::default();
+        assert_eq!(labels.for_state(IssueState::Ready), Some("mosaic:queued"));
+        assert_eq!(
+            labels.for_state(IssueState::InProgress),
+            Some("mosaic:in-progress")
+        );
+        assert_eq!(labels.for_state(IssueState::Pending), None);
+        assert_eq!(labels.all().len(), 6);
+    }
+}
