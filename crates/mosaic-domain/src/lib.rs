@@ -5,12 +5,14 @@
 
 pub mod agent;
 pub mod estimate;
+pub mod events;
 pub mod issue;
 pub mod metadata;
 pub mod state;
 
 pub use agent::AgentProfile;
 pub use estimate::{DocLevel, EstimateComponents, Level};
+pub use events::{EventKind, PayloadError, WebhookPayload, parse_payload};
 pub use issue::{IssueRef, IssueRefError, RepoName};
 pub use metadata::{Difficulty, IssueMetadata, MetadataSource};
 pub use state::IssueState;
