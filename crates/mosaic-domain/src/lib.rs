@@ -4,15 +4,21 @@
 //! (fit, assignment, readiness, ordering) can be tested and embedded with plain values.
 
 pub mod agent;
+pub mod assignment;
 pub mod estimate;
 pub mod events;
+pub mod graph;
 pub mod issue;
 pub mod metadata;
 pub mod state;
 
-pub use agent::AgentProfile;
+pub use agent::{AgentProfile, AgentProfiles, ProfileError, ThresholdError, Thresholds};
+pub use assignment::{
+    Assignment, AssignmentPolicy, AssignmentReason, Rejection, assign, fits_fifty_percent_rule,
+};
 pub use estimate::{DocLevel, EstimateComponents, Level};
 pub use events::{EventKind, PayloadError, WebhookPayload, parse_payload};
+pub use graph::{DependencyGraph, GraphChange, GraphError, GraphSnapshot, Readiness};
 pub use issue::{IssueRef, IssueRefError, RepoName};
 pub use metadata::{Difficulty, IssueMetadata, MetadataSource};
 pub use state::IssueState;
