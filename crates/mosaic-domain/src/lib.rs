@@ -10,6 +10,7 @@ pub mod events;
 pub mod graph;
 pub mod issue;
 pub mod metadata;
+pub mod queue;
 pub mod state;
 
 pub use agent::{AgentProfile, AgentProfiles, ProfileError, ThresholdError, Thresholds};
@@ -21,4 +22,5 @@ pub use events::{EventKind, PayloadError, WebhookPayload, parse_payload};
 pub use graph::{DependencyGraph, GraphChange, GraphError, GraphSnapshot, Readiness};
 pub use issue::{IssueRef, IssueRefError, RepoName};
 pub use metadata::{Difficulty, IssueMetadata, MetadataSource};
-pub use state::IssueState;
+pub use queue::{IssueQueue, PriorityOrder, QueueEntry, QueueError, QueueSnapshot, Transition};
+pub use state::{InvalidTransition, IssueState};

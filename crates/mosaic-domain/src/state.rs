@@ -55,6 +55,44 @@ impl IssueState {
     }
 }
 
+/// A move between states that the state diagram does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid transition from {from} to {to}")]
+pub struct InvalidTransition {
+    pub from: IssueState,
+    pub to: IssueState,
+}
+
+impl IssueState {
+    /// Whether DESIGN.md's state diagram allows `self → to`:
+    /// pending → blocked | ready; blocked ⇄ ready; ready → in_progress;
+    /// in_progress → completed | failed; every non-terminal state → rejected | cancelled;
+    /// and every state but pending → pending (a reopened, re-assigned or requeued issue
+    /// re-enters there). Staying in the same state is not a transition.
+    pub fn can_transition_to(self, to: Self) -> bool {
+        use IssueState::*;
+        match (self, to) {
+            (from, to) if from == to => false,
+            (_, Pending) => true,
+            (Pending, Blocked | Ready) => true,
+            (Blocked, Ready) | (Ready, Blocked) => true,
+            (Ready, InProgress) => true,
+            (InProgress, Completed | Failed) => true,
+            (from, Rejected | Cancelled) => !from.is_terminal(),
+            _ => false,
+        }
+    }
+
+    /// `to`, when the diagram allows moving there from `self`.
+    pub fn transition(self, to: Self) -> Result<Self, InvalidTransition> {
+        if self.can_transition_to(to) {
+            Ok(to)
+        } else {
+            Err(InvalidTransition { from: self, to })
+        }
+    }
+}
+
 /// A state name that is not one of [`IssueState::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown issue state `{0}`")]
@@ -90,5 +128,51 @@ mod tests {
             );
         }
         assert!("done".parse::<IssueState>().is_err());
+    }
+
+    #[test]
+    fn transitions_follow_the_diagram() {
+        use IssueState::*;
+        // Every allowed pair, listed once; everything else must be refused.
+        let allowed = [
+            (Pending, Blocked),
+            (Pending, Ready),
+            (Pending, Rejected),
+            (Pending, Cancelled),
+            (Blocked, Ready),
+            (Blocked, Pending),
+            (Blocked, Rejected),
+            (Blocked, Cancelled),
+            (Ready, Blocked),
+            (Ready, InProgress),
+            (Ready, Pending),
+            (Ready, Rejected),
+            (Ready, Cancelled),
+            (InProgress, Completed),
+            (InProgress, Failed),
+            (InProgress, Pending),
+            (InProgress, Rejected),
+            (InProgress, Cancelled),
+            (Completed, Pending),
+            (Failed, Pending),
+            (Rejected, Pending),
+            (Cancelled, Pending),
+        ];
+        for from in IssueState::ALL {
+            for to in IssueState::ALL {
+                let expect = allowed.contains(&(from, to));
+                assert_eq!(from.can_transition_to(to), expect, "{from} -> {to}");
+                match from.transition(to) {
+                    Ok(state) => assert!(expect && state == to),
+                    Err(err) => {
+                        assert!(!expect);
+                        assert_eq!(
+                            err.to_string(),
+                            format!("invalid transition from {from} to {to}")
+                        );
+                    }
+                }
+            }
+        }
     }
 }
