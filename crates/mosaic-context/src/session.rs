@@ -1,0 +1,250 @@
+//! What a session is to the coordinator, independent of how it runs (process, API, mock).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mosaic_domain::{AgentProfile, IssueRef, RepoName};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::policy::{ContextUsage, PolicyError};
+
+/// A session's identity; unique across restarts (UUID v7, so ids sort by start time).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SessionId {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The work a session is started with. Issue text is untrusted data: it is only ever written to
+/// the agent's stdin, never used to pick a command, an environment or a path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionTask {
+    pub issue: IssueRef,
+    pub title: String,
+    pub body: String,
+    pub repository: RepoName,
+    pub acceptance_criteria: Vec<String>,
+    /// What a previous session of this issue left behind (after a rotation or a retry).
+    pub handover_summary: Option<String>,
+}
+
+impl SessionTask {
+    /// The task text an agent receives. Kept here so every runtime sends the same prompt.
+    pub fn prompt(&self) -> String {
+        let mut prompt = format!(
+            "You are working on issue {issue} in repository {repo}.\n\n# {title}\n\n{body}\n",
+            issue = self.issue,
+            repo = self.repository,
+            title = self.title.trim(),
+            body = self.body.trim(),
+        );
+        if !self.acceptance_criteria.is_empty() {
+            prompt.push_str("\n## Acceptance criteria\n");
+            for criterion in &self.acceptance_criteria {
+                prompt.push_str("- ");
+                prompt.push_str(criterion.trim());
+                prompt.push('\n');
+            }
+        }
+        if let Some(summary) = &self.handover_summary {
+            prompt.push_str("\n## Handover from the previous session\n");
+            prompt.push_str(summary.trim());
+            prompt.push('\n');
+        }
+        prompt
+    }
+}
+
+/// Why a session was ended from outside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KillReason {
+    /// No output for the stall timeout.
+    Stalled { silent_for_secs: u64 },
+    /// The hard time limit per session was reached.
+    TimeLimit { limit_secs: u64 },
+    /// Closed on purpose (rotation, unassignment, shutdown).
+    Closed { reason: String },
+    /// The process died from a signal nobody here sent.
+    Signal { signal: i32 },
+}
+
+impl fmt::Display for KillReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stalled { silent_for_secs } => {
+                write!(f, "stalled: no output for {silent_for_secs} s")
+            }
+            Self::TimeLimit { limit_secs } => write!(f, "time limit of {limit_secs} s reached"),
+            Self::Closed { reason } => write!(f, "closed: {reason}"),
+            Self::Signal { signal } => write!(f, "killed by signal {signal}"),
+        }
+    }
+}
+
+/// Where a session stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SessionOutcome {
+    Running,
+    Succeeded {
+        summary: String,
+        /// Tokens the agent reports for the whole session.
+        tokens: u64,
+        /// US dollars, when the agent reports it.
+        cost_usd: Option<f64>,
+    },
+    Failed {
+        reason: String,
+    },
+    Killed {
+        reason: KillReason,
+    },
+}
+
+impl SessionOutcome {
+    pub fn is_running(&self) -> bool {
+        matches!(self, Self::Running)
+    }
+}
+
+/// The latest state of a session, published on every change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionSnapshot {
+    /// The latest usage reading, if the agent has reported any.
+    pub usage: Option<ContextUsage>,
+    /// Counts usage readings, so a watcher can tell a new reading from an old one of equal value.
+    pub usage_seq: u64,
+    /// Compactions the agent confirmed.
+    pub compactions: u32,
+    pub outcome: SessionOutcome,
+    pub last_activity: DateTime<Utc>,
+}
+
+impl SessionSnapshot {
+    pub fn new(now: DateTime<Utc>) -> Self {
+        Self {
+            usage: None,
+            usage_seq: 0,
+            compactions: 0,
+            outcome: SessionOutcome::Running,
+            last_activity: now,
+        }
+    }
+}
+
+/// What went wrong talking to a live session.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SessionError {
+    #[error("session {0} has already ended")]
+    Ended(SessionId),
+    #[error("session {session} cannot {operation}: {why}")]
+    Unsupported {
+        session: SessionId,
+        operation: &'static str,
+        why: String,
+    },
+    #[error("session {session}: compaction not confirmed within {waited:?}")]
+    CompactionTimeout {
+        session: SessionId,
+        waited: Duration,
+    },
+    #[error("session {session}: {message}")]
+    Io { session: SessionId, message: String },
+    #[error(transparent)]
+    Usage(#[from] PolicyError),
+}
+
+/// Why a session could not be started.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("no command configured for agent `{0}`")]
+    UnknownAgent(String),
+    #[error("agent `{agent}` is misconfigured: {message}")]
+    Config { agent: String, message: String },
+    #[error("working directory for {issue}: {message}")]
+    WorkDir { issue: IssueRef, message: String },
+    #[error("could not start agent `{agent}`: {message}")]
+    Spawn { agent: String, message: String },
+}
+
+/// Starts sessions of configured agents.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait AgentRuntime: Send + Sync + fmt::Debug {
+    /// Starts a session of `profile` working on `task`, in a working directory the runtime derives
+    /// from the task's issue under its own root (so no caller can point it elsewhere).
+    async fn spawn(
+        &self,
+        profile: &AgentProfile,
+        task: &SessionTask,
+    ) -> Result<Arc<dyn AgentSession>, RuntimeError>;
+
+    /// Whether sessions of this profile can be asked to compact; when not, the monitor rotates
+    /// where it would have compacted.
+    fn can_compact(&self, profile: &AgentProfile) -> bool;
+}
+
+/// One live (or finished) agent session.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait AgentSession: Send + Sync + fmt::Debug {
+    fn id(&self) -> &SessionId;
+    fn agent_type(&self) -> &str;
+    fn issue(&self) -> &IssueRef;
+    /// The operating-system process (group leader) behind the session, if there is one.
+    fn process_id(&self) -> Option<u32>;
+    /// The latest usage reading; `None` until the agent has reported one. Runtimes that can ask
+    /// their agent do so here (the monitor calls it for sessions that push nothing).
+    async fn usage(&self) -> Result<Option<ContextUsage>, SessionError>;
+    /// Sends a further prompt to the running agent.
+    async fn send(&self, prompt: &str) -> Result<(), SessionError>;
+    /// Asks the agent to compact with `instructions` and returns the usage measured afterwards.
+    async fn compact(&self, instructions: &str) -> Result<ContextUsage, SessionError>;
+    /// Ends the session (and every process it started) and returns its final outcome.
+    async fn close(&self, reason: &str) -> Result<SessionOutcome, SessionError>;
+    fn outcome(&self) -> SessionOutcome;
+    /// The latest text the agent produced that can serve as a handover summary.
+    fn latest_summary(&self) -> Option<String>;
+    /// Changes as they happen: usage readings, compactions, the final outcome.
+    fn subscribe(&self) -> watch::Receiver<SessionSnapshot>;
+}
+
+/// Waits until `session` has ended and returns its outcome.
+pub async fn wait_for_outcome(session: &dyn AgentSession) -> SessionOutcome {
+    let mut updates = session.subscribe();
+    loop {
+        let outcome = updates.borrow_and_update().outcome.clone();
+        if !outcome.is_running() {
+            return outcome;
+        }
+        if updates.changed().await.is_err() {
+            // The publisher is gone; whatever the session says now is final.
+            return session.outcome();
+        }
+    }
+}
