@@ -1,0 +1,115 @@
+//! Store configuration (the `[store]` section).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::StoreError;
+
+/// SQLite's `synchronous` setting: how hard a commit syncs to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Every commit is synced: an acknowledged delivery survives power loss.
+    #[default]
+    Full,
+    /// WAL commits are synced at checkpoints: survives a process crash, not power loss.
+    Normal,
+}
+
+/// Where the store lives and how it commits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or a plain path. Parent directories are created.
+    pub url: String,
+    pub synchronous: Synchronous,
+    /// How long a connection waits for a lock held by another process, in milliseconds.
+    pub busy_timeout_ms: u64,
+    /// Most write requests committed in one transaction.
+    pub max_batch: usize,
+    /// Read connections kept open (reads run concurrently with the writer under WAL).
+    pub read_connections: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/mosaic.db".to_owned(),
+            synchronous: Synchronous::Full,
+            busy_timeout_ms: 5_000,
+            max_batch: 256,
+            read_connections: 4,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// A configuration for a SQLite file at `path`, everything else default.
+    pub fn sqlite(path: impl Into<PathBuf>) -> Self {
+        Self {
+            url: format!("sqlite://{}", path.into().display()),
+            ..Self::default()
+        }
+    }
+
+    /// The SQLite file this configuration names.
+    pub fn sqlite_path(&self) -> Result<PathBuf, StoreError> {
+        let url = self.url.trim();
+        let path = match url.split_once("://") {
+            Some(("sqlite", path)) => path,
+            Some(_) => return Err(StoreError::UnsupportedUrl(self.url.clone())),
+            None => url.strip_prefix("sqlite:").unwrap_or(url),
+        };
+        if path.is_empty() {
+            return Err(StoreError::UnsupportedUrl(self.url.clone()));
+        }
+        Ok(PathBuf::from(path))
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        if self.max_batch == 0 {
+            return Err(StoreError::InvalidConfig(
+                "store.max_batch must be at least 1".to_owned(),
+            ));
+        }
+        if self.read_connections == 0 {
+            return Err(StoreError::InvalidConfig(
+                "store.read_connections must be at least 1".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_urls_and_paths() {
+        let check = |url: &str, expect: Option<&str>| {
+            let config = StoreConfig {
+                url: url.to_owned(),
+                ..StoreConfig::default()
+            };
+            let got = config.sqlite_path().ok();
+            assert_eq!(got.as_deref(), expect.map(std::path::Path::new), "{url}");
+        };
+        check("sqlite://data/mosaic.db", Some("data/mosaic.db"));
+        check("sqlite:///var/lib/mosaic.db", Some("/var/lib/mosaic.db"));
+        check("sqlite:x.db", Some("x.db"));
+        check("/tmp/m.db", Some("/tmp/m.db"));
+        check("postgres://localhost/mosaic", None);
+        check("sqlite://", None);
+        check("", None);
+    }
+
+    #[test]
+    fn defaults_are_durable() {
+        let config = StoreConfig::default();
+        assert_eq!(config.synchronous, Synchronous::Full);
+        assert_eq!(config.url, "sqlite://data/mosaic.db");
+        assert!(config.validate().is_ok());
+    }
+}

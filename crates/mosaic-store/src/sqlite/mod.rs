@@ -1,0 +1,523 @@
+//! The embedded SQLite backend.
+//!
+//! One writer thread owns the only write connection. Callers send write requests over a
+//! channel and await a reply; the writer takes every request that is queued (up to
+//! `max_batch`), runs each inside its own SAVEPOINT within ONE transaction, commits once (one
+//! sync under `synchronous=FULL`) and only then answers. A failing request rolls back to its
+//! savepoint and does not disturb the others in its group. Reads use separate connections on
+//! blocking threads; WAL lets them run while the writer commits.
+
+mod migrate;
+mod ops;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mosaic_domain::{IssueRef, IssueState};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::config::{StoreConfig, Synchronous};
+use crate::error::StoreError;
+use crate::model::*;
+use crate::store::Store;
+
+pub use migrate::supported_version as schema_version;
+
+/// A write request as the writer thread sees it.
+trait WriteJob: Send {
+    /// Runs the request inside the open transaction, within its own savepoint.
+    fn run(&mut self, conn: &Connection);
+    /// Answers the caller once the group's fate is known.
+    fn finish(self: Box<Self>, commit: &Result<(), String>);
+}
+
+struct Job<T, F> {
+    op: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection) {
+        if let Some(op) = self.op.take() {
+            self.result = Some(in_savepoint(conn, op));
+        }
+    }
+
+    fn finish(self: Box<Self>, commit: &Result<(), String>) {
+        let outcome = match (commit, self.result) {
+            // A request that failed on its own reports its own error either way.
+            (_, Some(Err(error))) => Err(error),
+            (Ok(()), Some(Ok(value))) => Ok(value),
+            (Err(message), _) => Err(StoreError::CommitFailed(message.clone())),
+            (Ok(()), None) => Err(StoreError::WriterStopped),
+        };
+        // The caller may have stopped waiting (its request was cancelled); the write stands.
+        let _ = self.reply.send(outcome);
+    }
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    op: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT request")?;
+    match op(conn) {
+        Ok(value) => {
+            conn.execute_batch("RELEASE request")?;
+            Ok(value)
+        }
+        Err(error) => {
+            conn.execute_batch("ROLLBACK TO request; RELEASE request")?;
+            Err(error)
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    writes: AtomicU64,
+}
+
+fn writer_loop(
+    conn: Connection,
+    requests: mpsc::Receiver<Box<dyn WriteJob>>,
+    max_batch: usize,
+    counters: Arc<Counters>,
+) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match requests.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let commit = run_group(&conn, &mut batch);
+        if commit.is_ok() {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+        } else if let Err(message) = &commit {
+            tracing::error!(error = %message, requests = batch.len(), "store group commit failed");
+        }
+        counters
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for job in batch {
+            job.finish(&commit);
+        }
+    }
+    tracing::debug!("store writer stopped");
+}
+
+fn run_group(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), String> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| e.to_string())?;
+    for job in batch.iter_mut() {
+        job.run(conn);
+    }
+    conn.execute_batch("COMMIT").map_err(|error| {
+        // Leave the connection usable for the next group.
+        let _ = conn.execute_batch("ROLLBACK");
+        error.to_string()
+    })
+}
+
+/// Read connections, reused; at most `read_connections` in use at once.
+#[derive(Debug)]
+struct Readers {
+    path: PathBuf,
+    busy_timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+impl Readers {
+    fn take(&self) -> Result<Connection, StoreError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => open_reader(&self.path, self.busy_timeout),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(conn);
+    }
+}
+
+fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(busy_timeout)?;
+    Ok(conn)
+}
+
+fn open_writer(path: &Path, config: &StoreConfig) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_millis(config.busy_timeout_ms))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::InvalidConfig(format!(
+            "{} cannot use WAL mode (got `{mode}`); use a file on a local disk",
+            path.display()
+        )));
+    }
+    let synchronous = match config.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;"
+    ))?;
+    Ok(conn)
+}
+
+/// The SQLite store. Cheap to share as `Arc<dyn Store>`; dropping it finishes queued writes
+/// and closes the database.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    requests: Option<mpsc::Sender<Box<dyn WriteJob>>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Arc<Readers>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for dyn WriteJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteJob")
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database, applies migrations and starts the writer.
+    /// Blocking: call it at start-up, before serving.
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        config.validate()?;
+        let path = config.sqlite_path()?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                path: parent.display().to_string(),
+                source,
+            })?;
+        }
+        let mut writer_conn = open_writer(&path, config)?;
+        migrate::migrate(&mut writer_conn)?;
+
+        let busy_timeout = Duration::from_millis(config.busy_timeout_ms);
+        // One reader now, so a path readers cannot open fails here rather than on first read.
+        let first_reader = open_reader(&path, busy_timeout)?;
+        let readers = Arc::new(Readers {
+            path: path.clone(),
+            busy_timeout,
+            idle: Mutex::new(vec![first_reader]),
+            permits: Semaphore::new(config.read_connections),
+        });
+
+        let counters = Arc::new(Counters::default());
+        let (requests, receiver) = mpsc::channel();
+        let max_batch = config.max_batch;
+        let writer_counters = Arc::clone(&counters);
+        let writer = std::thread::Builder::new()
+            .name("mosaic-store-writer".to_owned())
+            .spawn(move || writer_loop(writer_conn, receiver, max_batch, writer_counters))
+            .map_err(|e| StoreError::InvalidConfig(format!("cannot start the writer: {e}")))?;
+        tracing::info!(path = %path.display(), synchronous = ?config.synchronous, "store opened");
+        Ok(Self {
+            path,
+            requests: Some(requests),
+            writer: Some(writer),
+            readers,
+            counters,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Box<dyn WriteJob> = Box::new(Job {
+            op: Some(op),
+            result: None,
+            reply,
+        });
+        self.requests
+            .as_ref()
+            .ok_or(StoreError::WriterStopped)?
+            .send(job)
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    async fn read<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let _permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| StoreError::ReaderFailed(e.to_string()))?;
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take()?;
+            // One read transaction: multi-statement reads see one consistent snapshot.
+            conn.execute_batch("BEGIN")?;
+            let result = op(&conn);
+            let ended = conn.execute_batch("COMMIT");
+            if ended.is_ok() {
+                readers.give_back(conn);
+            }
+            let value = result?;
+            ended?;
+            Ok(value)
+        })
+        .await
+        .map_err(|e| StoreError::ReaderFailed(e.to_string()))?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what is queued and exit.
+        self.requests.take();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("store writer thread panicked");
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn record_delivery(&self, delivery: NewDelivery) -> Result<RecordOutcome, StoreError> {
+        self.write(move |conn| ops::record_delivery(conn, &delivery))
+            .await
+    }
+
+    async fn pending_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.read(move |conn| ops::pending_deliveries(conn, now, limit))
+            .await
+    }
+
+    async fn mark_processed(&self, id: DeliveryRowId) -> Result<(), StoreError> {
+        self.write(move |conn| ops::mark_processed(conn, id)).await
+    }
+
+    async fn mark_failed_attempt(
+        &self,
+        id: DeliveryRowId,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let error = error.to_owned();
+        self.write(move |conn| ops::mark_failed_attempt(conn, id, &error, next_attempt_at))
+            .await
+    }
+
+    async fn mark_dead(&self, id: DeliveryRowId, error: &str) -> Result<(), StoreError> {
+        let error = error.to_owned();
+        self.write(move |conn| ops::mark_dead(conn, id, &error))
+            .await
+    }
+
+    async fn recent_deliveries(&self, limit: u32) -> Result<Vec<DeliverySummary>, StoreError> {
+        self.read(move |conn| ops::recent_deliveries(conn, limit))
+            .await
+    }
+
+    async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError> {
+        self.read(ops::delivery_counts).await
+    }
+
+    async fn complete_delivery(
+        &self,
+        id: DeliveryRowId,
+        effects: DeliveryEffects,
+    ) -> Result<CompletionOutcome, StoreError> {
+        self.write(move |conn| ops::complete_delivery(conn, id, &effects))
+            .await
+    }
+
+    async fn upsert_issue_snapshot(
+        &self,
+        snapshot: IssueSnapshot,
+    ) -> Result<SnapshotOutcome, StoreError> {
+        self.write(move |conn| ops::upsert_issue_snapshot(conn, &snapshot))
+            .await
+    }
+
+    async fn get_issue_snapshot(
+        &self,
+        issue: &IssueRef,
+    ) -> Result<Option<IssueSnapshot>, StoreError> {
+        let issue = issue.clone();
+        self.read(move |conn| ops::get_issue_snapshot(conn, &issue))
+            .await
+    }
+
+    async fn commit_transitions(&self, batches: Vec<TransitionBatch>) -> Result<(), StoreError> {
+        self.write(move |conn| ops::commit_transitions(conn, &batches))
+            .await
+    }
+
+    async fn get_issue(&self, issue: &IssueRef) -> Result<Option<IssueRecord>, StoreError> {
+        let issue = issue.clone();
+        self.read(move |conn| ops::get_issue(conn, &issue)).await
+    }
+
+    async fn list_issues(&self, states: &[IssueState]) -> Result<Vec<IssueRecord>, StoreError> {
+        let states = states.to_vec();
+        self.read(move |conn| ops::list_issues(conn, &states)).await
+    }
+
+    async fn issue_history(&self, issue: &IssueRef) -> Result<Vec<TransitionRecord>, StoreError> {
+        let issue = issue.clone();
+        self.read(move |conn| ops::issue_history(conn, &issue))
+            .await
+    }
+
+    async fn dependency_edges(&self) -> Result<Vec<DependencyEdge>, StoreError> {
+        self.read(ops::dependency_edges).await
+    }
+
+    async fn next_outbox_items(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        self.read(move |conn| ops::next_outbox_items(conn, now, limit))
+            .await
+    }
+
+    async fn mark_outbox_done(&self, id: OutboxId) -> Result<(), StoreError> {
+        self.write(move |conn| ops::mark_outbox_done(conn, id))
+            .await
+    }
+
+    async fn mark_outbox_failed(
+        &self,
+        id: OutboxId,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let error = error.to_owned();
+        self.write(move |conn| ops::mark_outbox_failed(conn, id, &error, retry_at))
+            .await
+    }
+
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        self.read(ops::outbox_backlog).await
+    }
+
+    async fn outbox_for_issue(&self, issue: &IssueRef) -> Result<Vec<OutboxItem>, StoreError> {
+        let issue = issue.clone();
+        self.read(move |conn| ops::outbox_for_issue(conn, &issue))
+            .await
+    }
+
+    async fn open_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.read(ops::open_sessions).await
+    }
+
+    async fn sessions_for_issue(&self, issue: &IssueRef) -> Result<Vec<SessionRecord>, StoreError> {
+        let issue = issue.clone();
+        self.read(move |conn| ops::sessions_for_issue(conn, &issue))
+            .await
+    }
+
+    async fn record_rotation(&self, rotation: RotationRecord) -> Result<(), StoreError> {
+        self.write(move |conn| ops::record_rotation(conn, &rotation))
+            .await
+    }
+
+    async fn recent_rotations(&self, limit: u32) -> Result<Vec<RotationRecord>, StoreError> {
+        self.read(move |conn| ops::recent_rotations(conn, limit))
+            .await
+    }
+
+    async fn record_compaction(&self, compaction: CompactionRecord) -> Result<(), StoreError> {
+        self.write(move |conn| ops::record_compaction(conn, &compaction))
+            .await
+    }
+
+    async fn compactions_for_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Vec<CompactionRecord>, StoreError> {
+        let session_id = session_id.to_owned();
+        self.read(move |conn| ops::compactions_for_session(conn, &session_id))
+            .await
+    }
+
+    async fn cache_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| ops::cache_get(conn, &key)).await
+    }
+
+    async fn cache_put(&self, key: &str, value_json: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        let value = value_json.to_owned();
+        self.write(move |conn| ops::cache_put(conn, &key, &value))
+            .await
+    }
+
+    async fn record_llm_usage(&self, usage: LlmUsageRecord) -> Result<(), StoreError> {
+        self.write(move |conn| ops::record_llm_usage(conn, &usage))
+            .await
+    }
+
+    async fn llm_usage_totals(&self) -> Result<Vec<LlmUsageTotal>, StoreError> {
+        self.read(ops::llm_usage_totals).await
+    }
+
+    async fn health_check(&self) -> Result<(), StoreError> {
+        self.write(ops::heartbeat).await
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            writes: self.counters.writes.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,1216 @@
+//! The SQL behind every store operation, as plain functions on a connection.
+//! Write functions run inside the writer's transaction (one savepoint each); read functions
+//! run on a read connection.
+
+use chrono::{DateTime, Utc};
+use mosaic_domain::events::TrackerState;
+use mosaic_domain::{IssueMetadata, IssueRef, IssueState, RepoName};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Params, Row, params};
+
+use crate::error::StoreError;
+use crate::model::*;
+
+/// Longest error text kept per row; error messages can embed whole responses.
+const MAX_ERROR_LEN: usize = 4_000;
+
+// ----- conversions -----
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn time_from(column: &'static str, value: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(value)
+        .ok_or_else(|| StoreError::corrupt(column, format!("timestamp {value} out of range")))
+}
+
+fn opt_time_from(
+    column: &'static str,
+    value: Option<i64>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    value.map(|v| time_from(column, v)).transpose()
+}
+
+fn to_i64(what: &str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value)
+        .map_err(|_| StoreError::InvalidInput(format!("{what} {value} is too large to store")))
+}
+
+fn to_u64(column: &'static str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::corrupt(column, format!("negative value {value}")))
+}
+
+fn to_u32(column: &'static str, value: i64) -> Result<u32, StoreError> {
+    u32::try_from(value)
+        .map_err(|_| StoreError::corrupt(column, format!("value {value} out of range")))
+}
+
+fn finite(what: &str, value: f64) -> Result<f64, StoreError> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(StoreError::InvalidInput(format!(
+            "{what} must be a finite number, got {value}"
+        )))
+    }
+}
+
+fn truncate_error(error: &str) -> &str {
+    if error.len() <= MAX_ERROR_LEN {
+        return error;
+    }
+    let mut end = MAX_ERROR_LEN;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    &error[..end]
+}
+
+fn issue_from(
+    repo_column: &'static str,
+    repository: &str,
+    number: i64,
+) -> Result<IssueRef, StoreError> {
+    let repo: RepoName = repository
+        .parse()
+        .map_err(|e| StoreError::corrupt(repo_column, format!("{e}")))?;
+    let number = to_u64("number", number)?;
+    Ok(IssueRef::new(repo, number))
+}
+
+fn issue_key(issue: &IssueRef) -> Result<(String, i64), StoreError> {
+    Ok((
+        issue.repo.to_string(),
+        to_i64("issue number", issue.number)?,
+    ))
+}
+
+fn state_from(column: &'static str, name: &str) -> Result<IssueState, StoreError> {
+    name.parse()
+        .map_err(|_| StoreError::corrupt(column, format!("unknown issue state `{name}`")))
+}
+
+fn tracker_state_name(state: TrackerState) -> &'static str {
+    match state {
+        TrackerState::Open => "open",
+        TrackerState::Closed => "closed",
+    }
+}
+
+fn tracker_state_from(name: &str) -> Result<TrackerState, StoreError> {
+    match name {
+        "open" => Ok(TrackerState::Open),
+        "closed" => Ok(TrackerState::Closed),
+        other => Err(StoreError::corrupt(
+            "issue_snapshots.state",
+            format!("`{other}`"),
+        )),
+    }
+}
+
+fn json_list(column: &'static str, text: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::corrupt(column, e.to_string()))
+}
+
+fn to_json<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::InvalidInput(format!("{what} cannot be stored as JSON: {e}")))
+}
+
+fn hash_from(value: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    <[u8; 32]>::try_from(value.as_slice())
+        .map_err(|_| StoreError::corrupt("inbox.body_sha256", format!("{} bytes", value.len())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+/// Collects every row of a query through a converter that may fail with a typed error.
+fn collect<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    mut convert: impl FnMut(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(convert(row)?);
+    }
+    Ok(out)
+}
+
+// ----- inbox -----
+
+const DELIVERY_COLUMNS: &str = "id, delivery_id, event, event_type, action, repository, \
+    issue_number, body_sha256, body, status, attempts, last_error, received_at, next_attempt_at";
+
+fn delivery_status_from(name: &str) -> Result<DeliveryStatus, StoreError> {
+    DeliveryStatus::parse(name)
+        .ok_or_else(|| StoreError::corrupt("inbox.status", format!("`{name}`")))
+}
+
+fn delivery_from(row: &Row<'_>) -> Result<Delivery, StoreError> {
+    let status: String = row.get(9)?;
+    Ok(Delivery {
+        id: row.get(0)?,
+        delivery_id: row.get(1)?,
+        event: row.get(2)?,
+        event_type: row.get(3)?,
+        action: row.get(4)?,
+        repository: row.get(5)?,
+        issue_number: row
+            .get::<_, Option<i64>>(6)?
+            .map(|n| to_u64("inbox.issue_number", n))
+            .transpose()?,
+        body_sha256: hash_from(row.get(7)?)?,
+        body: row.get::<_, Option<Vec<u8>>>(8)?.unwrap_or_default(),
+        status: delivery_status_from(&status)?,
+        attempts: to_u32("inbox.attempts", row.get(10)?)?,
+        last_error: row.get(11)?,
+        received_at: time_from("inbox.received_at", row.get(12)?)?,
+        next_attempt_at: time_from("inbox.next_attempt_at", row.get(13)?)?,
+    })
+}
+
+pub(crate) fn record_delivery(
+    conn: &Connection,
+    delivery: &NewDelivery,
+) -> Result<RecordOutcome, StoreError> {
+    let issue_number = delivery
+        .issue_number
+        .map(|n| to_i64("issue number", n))
+        .transpose()?;
+    let received_at = micros(delivery.received_at);
+
+    let by_id = match &delivery.delivery_id {
+        Some(delivery_id) => conn
+            .prepare_cached("SELECT id FROM inbox WHERE duplicate_of IS NULL AND delivery_id = ?1")?
+            .query_row([delivery_id], |row| row.get::<_, i64>(0))
+            .optional()?,
+        None => None,
+    };
+    let existing = match by_id {
+        Some(id) => Some(id),
+        None => conn
+            .prepare_cached("SELECT id FROM inbox WHERE duplicate_of IS NULL AND body_sha256 = ?1")?
+            .query_row([&delivery.body_sha256[..]], |row| row.get::<_, i64>(0))
+            .optional()?,
+    };
+
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO inbox (delivery_id, event, event_type, action, repository, issue_number,
+             body_sha256, body, status, duplicate_of, received_at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+    )?;
+    match existing {
+        Some(existing_id) => {
+            // Kept for auditing (who replayed what, when) without a second copy of the body.
+            insert.execute(params![
+                delivery.delivery_id,
+                delivery.event,
+                delivery.event_type,
+                delivery.action,
+                delivery.repository,
+                issue_number,
+                &delivery.body_sha256[..],
+                Option::<Vec<u8>>::None,
+                DeliveryStatus::Duplicate.as_str(),
+                existing_id,
+                received_at,
+            ])?;
+            Ok(RecordOutcome::Duplicate { existing_id })
+        }
+        None => {
+            insert.execute(params![
+                delivery.delivery_id,
+                delivery.event,
+                delivery.event_type,
+                delivery.action,
+                delivery.repository,
+                issue_number,
+                &delivery.body_sha256[..],
+                &delivery.body,
+                DeliveryStatus::from(delivery.status).as_str(),
+                Option::<i64>::None,
+                received_at,
+            ])?;
+            Ok(RecordOutcome::Recorded {
+                id: conn.last_insert_rowid(),
+            })
+        }
+    }
+}
+
+pub(crate) fn pending_deliveries(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<Delivery>, StoreError> {
+    collect(
+        conn,
+        &format!(
+            "SELECT {DELIVERY_COLUMNS} FROM inbox
+             WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2"
+        ),
+        params![micros(now), limit],
+        delivery_from,
+    )
+}
+
+fn delivery_status(conn: &Connection, id: DeliveryRowId) -> Result<DeliveryStatus, StoreError> {
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM inbox WHERE id = ?1")?
+        .query_row([id], |row| row.get(0))
+        .optional()?;
+    match status {
+        Some(status) => delivery_status_from(&status),
+        None => Err(StoreError::not_found(format!("delivery {id}"))),
+    }
+}
+
+fn not_pending(id: DeliveryRowId, status: DeliveryStatus, operation: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "delivery {id} is {}, so it cannot be {operation}",
+        status.as_str()
+    ))
+}
+
+pub(crate) fn mark_processed(conn: &Connection, id: DeliveryRowId) -> Result<(), StoreError> {
+    match delivery_status(conn, id)? {
+        DeliveryStatus::Processed => Ok(()),
+        DeliveryStatus::Pending => {
+            conn.prepare_cached(
+                "UPDATE inbox SET status = 'processed', processed_at = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id, micros(Utc::now())])?;
+            Ok(())
+        }
+        other => Err(not_pending(id, other, "marked processed")),
+    }
+}
+
+pub(crate) fn mark_failed_attempt(
+    conn: &Connection,
+    id: DeliveryRowId,
+    error: &str,
+    next_attempt_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    match delivery_status(conn, id)? {
+        DeliveryStatus::Pending => {
+            conn.prepare_cached(
+                "UPDATE inbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, truncate_error(error), micros(next_attempt_at)])?;
+            Ok(())
+        }
+        other => Err(not_pending(id, other, "retried")),
+    }
+}
+
+pub(crate) fn mark_dead(
+    conn: &Connection,
+    id: DeliveryRowId,
+    error: &str,
+) -> Result<(), StoreError> {
+    match delivery_status(conn, id)? {
+        DeliveryStatus::Failed => Ok(()),
+        DeliveryStatus::Pending => {
+            conn.prepare_cached(
+                "UPDATE inbox SET status = 'failed', attempts = attempts + 1, last_error = ?2,
+                     processed_at = ?3
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, truncate_error(error), micros(Utc::now())])?;
+            Ok(())
+        }
+        other => Err(not_pending(id, other, "marked failed")),
+    }
+}
+
+pub(crate) fn recent_deliveries(
+    conn: &Connection,
+    limit: u32,
+) -> Result<Vec<DeliverySummary>, StoreError> {
+    collect(
+        conn,
+        "SELECT id, delivery_id, event, event_type, action, repository, issue_number,
+             body_sha256, status, duplicate_of, attempts, last_error, received_at, processed_at
+         FROM inbox ORDER BY id DESC LIMIT ?1",
+        [limit],
+        |row| {
+            let status: String = row.get(8)?;
+            Ok(DeliverySummary {
+                id: row.get(0)?,
+                delivery_id: row.get(1)?,
+                event: row.get(2)?,
+                event_type: row.get(3)?,
+                action: row.get(4)?,
+                repository: row.get(5)?,
+                issue_number: row
+                    .get::<_, Option<i64>>(6)?
+                    .map(|n| to_u64("inbox.issue_number", n))
+                    .transpose()?,
+                body_sha256: hex(&row.get::<_, Vec<u8>>(7)?),
+                status: delivery_status_from(&status)?,
+                duplicate_of: row.get(9)?,
+                attempts: to_u32("inbox.attempts", row.get(10)?)?,
+                last_error: row.get(11)?,
+                received_at: time_from("inbox.received_at", row.get(12)?)?,
+                processed_at: opt_time_from("inbox.processed_at", row.get(13)?)?,
+            })
+        },
+    )
+}
+
+pub(crate) fn delivery_counts(conn: &Connection) -> Result<DeliveryCounts, StoreError> {
+    let rows = collect(
+        conn,
+        "SELECT status, COUNT(*) FROM inbox GROUP BY status",
+        [],
+        |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+    )?;
+    let mut counts = DeliveryCounts::default();
+    for (status, count) in rows {
+        let count = to_u64("inbox count", count)?;
+        match delivery_status_from(&status)? {
+            DeliveryStatus::Pending => counts.pending = count,
+            DeliveryStatus::Processed => counts.processed = count,
+            DeliveryStatus::Ignored => counts.ignored = count,
+            DeliveryStatus::Duplicate => counts.duplicate = count,
+            DeliveryStatus::Failed => counts.failed = count,
+        }
+    }
+    Ok(counts)
+}
+
+pub(crate) fn complete_delivery(
+    conn: &Connection,
+    id: DeliveryRowId,
+    effects: &DeliveryEffects,
+) -> Result<CompletionOutcome, StoreError> {
+    match delivery_status(conn, id)? {
+        DeliveryStatus::Processed => Ok(CompletionOutcome::AlreadyProcessed),
+        DeliveryStatus::Pending => {
+            if let Some(snapshot) = &effects.snapshot {
+                upsert_issue_snapshot(conn, snapshot)?;
+            }
+            for batch in &effects.transitions {
+                apply_batch(conn, batch)?;
+            }
+            mark_processed(conn, id)?;
+            Ok(CompletionOutcome::Completed)
+        }
+        other => Err(not_pending(id, other, "completed")),
+    }
+}
+
+// ----- issue snapshots -----
+
+pub(crate) fn upsert_issue_snapshot(
+    conn: &Connection,
+    snapshot: &IssueSnapshot,
+) -> Result<SnapshotOutcome, StoreError> {
+    let (repository, number) = issue_key(&snapshot.issue)?;
+    // An equal updated_at replaces: deliveries are handled in order, so the later one wins.
+    let changed = conn
+        .prepare_cached(
+            "INSERT INTO issue_snapshots (repository, number, title, body, labels, assignees,
+                 state, updated_at, html_url, stored_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (repository, number) DO UPDATE SET
+                 title = excluded.title, body = excluded.body, labels = excluded.labels,
+                 assignees = excluded.assignees, state = excluded.state,
+                 updated_at = excluded.updated_at, html_url = excluded.html_url,
+                 stored_at = excluded.stored_at
+             WHERE excluded.updated_at >= issue_snapshots.updated_at",
+        )?
+        .execute(params![
+            repository,
+            number,
+            snapshot.title,
+            snapshot.body,
+            to_json("labels", &snapshot.labels)?,
+            to_json("assignees", &snapshot.assignees)?,
+            tracker_state_name(snapshot.state),
+            micros(snapshot.updated_at),
+            snapshot.html_url,
+            micros(Utc::now()),
+        ])?;
+    Ok(if changed > 0 {
+        SnapshotOutcome::Stored
+    } else {
+        SnapshotOutcome::KeptNewer
+    })
+}
+
+pub(crate) fn get_issue_snapshot(
+    conn: &Connection,
+    issue: &IssueRef,
+) -> Result<Option<IssueSnapshot>, StoreError> {
+    let (repository, number) = issue_key(issue)?;
+    let mut found = collect(
+        conn,
+        "SELECT title, body, labels, assignees, state, updated_at, html_url
+         FROM issue_snapshots WHERE repository = ?1 AND number = ?2",
+        params![repository, number],
+        |row| {
+            let labels: String = row.get(2)?;
+            let assignees: String = row.get(3)?;
+            let state: String = row.get(4)?;
+            Ok(IssueSnapshot {
+                issue: issue.clone(),
+                title: row.get(0)?,
+                body: row.get(1)?,
+                labels: json_list("issue_snapshots.labels", &labels)?,
+                assignees: json_list("issue_snapshots.assignees", &assignees)?,
+                state: tracker_state_from(&state)?,
+                updated_at: time_from("issue_snapshots.updated_at", row.get(5)?)?,
+                html_url: row.get(6)?,
+            })
+        },
+    )?;
+    Ok(found.pop())
+}
+
+// ----- coordinated issues -----
+
+const ISSUE_COLUMNS: &str = "repository, number, state, metadata, assigned_agent, estimate, \
+    priority, queued_at, attempts, input_tokens, output_tokens, cost_usd, updated_at";
+
+fn issue_record_from(row: &Row<'_>) -> Result<IssueRecord, StoreError> {
+    let repository: String = row.get(0)?;
+    let state: String = row.get(2)?;
+    let metadata = row
+        .get::<_, Option<String>>(3)?
+        .map(|text| {
+            serde_json::from_str::<IssueMetadata>(&text)
+                .map_err(|e| StoreError::corrupt("issues.metadata", e.to_string()))
+        })
+        .transpose()?;
+    Ok(IssueRecord {
+        issue: issue_from("issues.repository", &repository, row.get(1)?)?,
+        state: state_from("issues.state", &state)?,
+        metadata,
+        assigned_agent: row.get(4)?,
+        estimate: row
+            .get::<_, Option<i64>>(5)?
+            .map(|n| to_u64("issues.estimate", n))
+            .transpose()?,
+        priority: row.get(6)?,
+        queued_at: opt_time_from("issues.queued_at", row.get(7)?)?,
+        attempts: to_u32("issues.attempts", row.get(8)?)?,
+        input_tokens: to_u64("issues.input_tokens", row.get(9)?)?,
+        output_tokens: to_u64("issues.output_tokens", row.get(10)?)?,
+        cost_usd: row.get(11)?,
+        updated_at: time_from("issues.updated_at", row.get(12)?)?,
+    })
+}
+
+fn stored_state(conn: &Connection, issue: &IssueRef) -> Result<Option<IssueState>, StoreError> {
+    let (repository, number) = issue_key(issue)?;
+    let state: Option<String> = conn
+        .prepare_cached("SELECT state FROM issues WHERE repository = ?1 AND number = ?2")?
+        .query_row(params![repository, number], |row| row.get(0))
+        .optional()?;
+    state.map(|s| state_from("issues.state", &s)).transpose()
+}
+
+fn state_name(state: Option<IssueState>) -> &'static str {
+    state.map_or("absent", IssueState::as_str)
+}
+
+pub(crate) fn apply_batch(conn: &Connection, batch: &TransitionBatch) -> Result<(), StoreError> {
+    let record = &batch.issue;
+    let (repository, number) = issue_key(&record.issue)?;
+
+    if let Some(transition) = &batch.transition {
+        if transition.to != record.state {
+            return Err(StoreError::InvalidInput(format!(
+                "transition of {} goes to {} but the record says {}",
+                record.issue, transition.to, record.state
+            )));
+        }
+        let current = stored_state(conn, &record.issue)?;
+        if current != transition.from {
+            return Err(StoreError::Conflict(format!(
+                "{} is {}, not {} as the transition to {} expects",
+                record.issue,
+                state_name(current),
+                state_name(transition.from),
+                transition.to
+            )));
+        }
+    }
+
+    let metadata = record
+        .metadata
+        .as_ref()
+        .map(|m| to_json("metadata", m))
+        .transpose()?;
+    conn.prepare_cached(&format!(
+        "INSERT INTO issues ({ISSUE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (repository, number) DO UPDATE SET
+             state = excluded.state, metadata = excluded.metadata,
+             assigned_agent = excluded.assigned_agent, estimate = excluded.estimate,
+             priority = excluded.priority, queued_at = excluded.queued_at,
+             attempts = excluded.attempts, input_tokens = excluded.input_tokens,
+             output_tokens = excluded.output_tokens, cost_usd = excluded.cost_usd,
+             updated_at = excluded.updated_at"
+    ))?
+    .execute(params![
+        repository,
+        number,
+        record.state.as_str(),
+        metadata,
+        record.assigned_agent,
+        record.estimate.map(|e| to_i64("estimate", e)).transpose()?,
+        record.priority,
+        record.queued_at.map(micros),
+        record.attempts,
+        to_i64("input tokens", record.input_tokens)?,
+        to_i64("output tokens", record.output_tokens)?,
+        finite("cost", record.cost_usd)?,
+        micros(record.updated_at),
+    ])?;
+
+    if let Some(transition) = &batch.transition {
+        conn.prepare_cached(
+            "INSERT INTO issue_transitions (repository, number, from_state, to_state, cause, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            repository,
+            number,
+            transition.from.map(IssueState::as_str),
+            transition.to.as_str(),
+            transition.cause,
+            micros(transition.at),
+        ])?;
+    }
+
+    if let Some(blockers) = &batch.blocked_by {
+        conn.prepare_cached("DELETE FROM dependencies WHERE repository = ?1 AND number = ?2")?
+            .execute(params![repository, number])?;
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO dependencies (repository, number, blocker_repository, blocker_number)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        )?;
+        for blocker in blockers {
+            let (blocker_repository, blocker_number) = issue_key(blocker)?;
+            insert.execute(params![
+                repository,
+                number,
+                blocker_repository,
+                blocker_number
+            ])?;
+        }
+    }
+
+    for item in &batch.outbox {
+        enqueue_outbox(conn, item)?;
+    }
+    if let Some(session) = &batch.session_started {
+        start_session(conn, session)?;
+    }
+    if let Some(end) = &batch.session_ended {
+        end_session(conn, end)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn commit_transitions(
+    conn: &Connection,
+    batches: &[TransitionBatch],
+) -> Result<(), StoreError> {
+    batches
+        .iter()
+        .try_for_each(|batch| apply_batch(conn, batch))
+}
+
+pub(crate) fn get_issue(
+    conn: &Connection,
+    issue: &IssueRef,
+) -> Result<Option<IssueRecord>, StoreError> {
+    let (repository, number) = issue_key(issue)?;
+    let mut found = collect(
+        conn,
+        &format!("SELECT {ISSUE_COLUMNS} FROM issues WHERE repository = ?1 AND number = ?2"),
+        params![repository, number],
+        issue_record_from,
+    )?;
+    Ok(found.pop())
+}
+
+pub(crate) fn list_issues(
+    conn: &Connection,
+    states: &[IssueState],
+) -> Result<Vec<IssueRecord>, StoreError> {
+    if states.is_empty() {
+        return collect(
+            conn,
+            &format!("SELECT {ISSUE_COLUMNS} FROM issues ORDER BY repository, number"),
+            [],
+            issue_record_from,
+        );
+    }
+    let placeholders = (1..=states.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let names: Vec<Value> = states
+        .iter()
+        .map(|s| Value::Text(s.as_str().to_owned()))
+        .collect();
+    collect(
+        conn,
+        &format!(
+            "SELECT {ISSUE_COLUMNS} FROM issues WHERE state IN ({placeholders})
+             ORDER BY repository, number"
+        ),
+        rusqlite::params_from_iter(names),
+        issue_record_from,
+    )
+}
+
+pub(crate) fn issue_history(
+    conn: &Connection,
+    issue: &IssueRef,
+) -> Result<Vec<TransitionRecord>, StoreError> {
+    let (repository, number) = issue_key(issue)?;
+    collect(
+        conn,
+        "SELECT id, from_state, to_state, cause, at FROM issue_transitions
+         WHERE repository = ?1 AND number = ?2 ORDER BY id",
+        params![repository, number],
+        |row| {
+            let from: Option<String> = row.get(1)?;
+            let to: String = row.get(2)?;
+            Ok(TransitionRecord {
+                id: row.get(0)?,
+                issue: issue.clone(),
+                from: from
+                    .map(|s| state_from("issue_transitions.from_state", &s))
+                    .transpose()?,
+                to: state_from("issue_transitions.to_state", &to)?,
+                cause: row.get(3)?,
+                at: time_from("issue_transitions.at", row.get(4)?)?,
+            })
+        },
+    )
+}
+
+pub(crate) fn dependency_edges(conn: &Connection) -> Result<Vec<DependencyEdge>, StoreError> {
+    collect(
+        conn,
+        "SELECT repository, number, blocker_repository, blocker_number FROM dependencies
+         ORDER BY repository, number, blocker_repository, blocker_number",
+        [],
+        |row| {
+            let repository: String = row.get(0)?;
+            let blocker_repository: String = row.get(2)?;
+            Ok(DependencyEdge {
+                issue: issue_from("dependencies.repository", &repository, row.get(1)?)?,
+                blocker: issue_from(
+                    "dependencies.blocker_repository",
+                    &blocker_repository,
+                    row.get(3)?,
+                )?,
+            })
+        },
+    )
+}
+
+// ----- outbox -----
+
+fn enqueue_outbox(conn: &Connection, item: &NewOutboxItem) -> Result<(), StoreError> {
+    let (repository, number) = issue_key(&item.issue)?;
+    if item.idempotency_key.is_empty() {
+        return Err(StoreError::InvalidInput(
+            "an outbox item needs a non-empty idempotency key".to_owned(),
+        ));
+    }
+    // A replayed state change produces the same key: the first enqueue wins.
+    conn.prepare_cached(
+        "INSERT INTO outbox (repository, number, idempotency_key, kind, payload, status,
+             next_attempt_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )?
+    .execute(params![
+        repository,
+        number,
+        item.idempotency_key,
+        item.kind,
+        to_json("outbox payload", &item.payload)?,
+        micros(item.created_at),
+    ])?;
+    Ok(())
+}
+
+const OUTBOX_COLUMNS: &str = "id, repository, number, idempotency_key, kind, payload, status, \
+    attempts, last_error, next_attempt_at, created_at";
+
+fn outbox_item_from(row: &Row<'_>) -> Result<OutboxItem, StoreError> {
+    let repository: String = row.get(1)?;
+    let payload: String = row.get(5)?;
+    let status: String = row.get(6)?;
+    Ok(OutboxItem {
+        id: row.get(0)?,
+        issue: issue_from("outbox.repository", &repository, row.get(2)?)?,
+        idempotency_key: row.get(3)?,
+        kind: row.get(4)?,
+        payload: serde_json::from_str(&payload)
+            .map_err(|e| StoreError::corrupt("outbox.payload", e.to_string()))?,
+        status: OutboxStatus::parse(&status)
+            .ok_or_else(|| StoreError::corrupt("outbox.status", format!("`{status}`")))?,
+        attempts: to_u32("outbox.attempts", row.get(7)?)?,
+        last_error: row.get(8)?,
+        next_attempt_at: time_from("outbox.next_attempt_at", row.get(9)?)?,
+        created_at: time_from("outbox.created_at", row.get(10)?)?,
+    })
+}
+
+pub(crate) fn next_outbox_items(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<OutboxItem>, StoreError> {
+    // Head of line per issue: an item waits while an older pending write to its issue exists,
+    // even when that older one is backing off.
+    collect(
+        conn,
+        &format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox o
+             WHERE o.status = 'pending' AND o.next_attempt_at <= ?1
+               AND o.id = (SELECT MIN(p.id) FROM outbox p
+                           WHERE p.status = 'pending'
+                             AND p.repository = o.repository AND p.number = o.number)
+             ORDER BY o.id LIMIT ?2"
+        ),
+        params![micros(now), limit],
+        outbox_item_from,
+    )
+}
+
+fn outbox_status(conn: &Connection, id: OutboxId) -> Result<OutboxStatus, StoreError> {
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM outbox WHERE id = ?1")?
+        .query_row([id], |row| row.get(0))
+        .optional()?;
+    let status = status.ok_or_else(|| StoreError::not_found(format!("outbox item {id}")))?;
+    OutboxStatus::parse(&status)
+        .ok_or_else(|| StoreError::corrupt("outbox.status", format!("`{status}`")))
+}
+
+pub(crate) fn mark_outbox_done(conn: &Connection, id: OutboxId) -> Result<(), StoreError> {
+    match outbox_status(conn, id)? {
+        OutboxStatus::Done => Ok(()),
+        OutboxStatus::Pending => {
+            conn.prepare_cached(
+                "UPDATE outbox SET status = 'done', attempts = attempts + 1, done_at = ?2
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, micros(Utc::now())])?;
+            Ok(())
+        }
+        OutboxStatus::Failed => Err(StoreError::Conflict(format!(
+            "outbox item {id} was given up, so it cannot be marked done"
+        ))),
+    }
+}
+
+pub(crate) fn mark_outbox_failed(
+    conn: &Connection,
+    id: OutboxId,
+    error: &str,
+    retry_at: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    match outbox_status(conn, id)? {
+        OutboxStatus::Pending => {
+            let error = truncate_error(error);
+            match retry_at {
+                Some(at) => conn
+                    .prepare_cached(
+                        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
+                             next_attempt_at = ?3
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id, error, micros(at)])?,
+                None => conn
+                    .prepare_cached(
+                        "UPDATE outbox SET status = 'failed', attempts = attempts + 1,
+                             last_error = ?2, done_at = ?3
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id, error, micros(Utc::now())])?,
+            };
+            Ok(())
+        }
+        other => Err(StoreError::Conflict(format!(
+            "outbox item {id} is {}, so it cannot fail again",
+            other.as_str()
+        ))),
+    }
+}
+
+pub(crate) fn outbox_backlog(conn: &Connection) -> Result<OutboxBacklog, StoreError> {
+    let rows = collect(
+        conn,
+        "SELECT status, COUNT(*), MIN(created_at) FROM outbox
+         WHERE status IN ('pending', 'failed') GROUP BY status",
+        [],
+        |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, Option<i64>>(2)?,
+            ))
+        },
+    )?;
+    let mut backlog = OutboxBacklog::default();
+    for (status, count, oldest) in rows {
+        let count = to_u64("outbox count", count)?;
+        match status.as_str() {
+            "pending" => {
+                backlog.pending = count;
+                backlog.oldest_pending_at = opt_time_from("outbox.created_at", oldest)?;
+            }
+            _ => backlog.failed = count,
+        }
+    }
+    Ok(backlog)
+}
+
+pub(crate) fn outbox_for_issue(
+    conn: &Connection,
+    issue: &IssueRef,
+) -> Result<Vec<OutboxItem>, StoreError> {
+    let (repository, number) = issue_key(issue)?;
+    collect(
+        conn,
+        &format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE repository = ?1 AND number = ?2 ORDER BY id"
+        ),
+        params![repository, number],
+        outbox_item_from,
+    )
+}
+
+// ----- sessions -----
+
+fn start_session(conn: &Connection, session: &NewSession) -> Result<(), StoreError> {
+    let (repository, number) = issue_key(&session.issue)?;
+    let exists: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
+        .query_row([&session.id], |row| row.get(0))
+        .optional()?;
+    if exists.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "session {} was already started",
+            session.id
+        )));
+    }
+    conn.prepare_cached(
+        "INSERT INTO sessions (id, agent, repository, number, pid, started_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        session.id,
+        session.agent,
+        repository,
+        number,
+        session.pid,
+        micros(session.started_at),
+    ])?;
+    Ok(())
+}
+
+fn end_session(conn: &Connection, end: &SessionEnd) -> Result<(), StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE sessions SET ended_at = ?2, outcome = ?3, detail = ?4, input_tokens = ?5,
+                 output_tokens = ?6, cost_usd = ?7
+             WHERE id = ?1 AND ended_at IS NULL",
+        )?
+        .execute(params![
+            end.session_id,
+            micros(end.ended_at),
+            end.outcome.as_str(),
+            end.detail.as_deref().map(truncate_error),
+            to_i64("input tokens", end.input_tokens)?,
+            to_i64("output tokens", end.output_tokens)?,
+            finite("cost", end.cost_usd)?,
+        ])?;
+    if changed == 1 {
+        return Ok(());
+    }
+    let exists: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
+        .query_row([&end.session_id], |row| row.get(0))
+        .optional()?;
+    Err(match exists {
+        Some(_) => StoreError::Conflict(format!("session {} already ended", end.session_id)),
+        None => StoreError::not_found(format!("session {}", end.session_id)),
+    })
+}
+
+const SESSION_COLUMNS: &str = "id, agent, repository, number, pid, started_at, ended_at, outcome, \
+    detail, input_tokens, output_tokens, cost_usd";
+
+fn session_from(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
+    let repository: String = row.get(2)?;
+    let outcome: Option<String> = row.get(7)?;
+    Ok(SessionRecord {
+        id: row.get(0)?,
+        agent: row.get(1)?,
+        issue: issue_from("sessions.repository", &repository, row.get(3)?)?,
+        pid: row.get(4)?,
+        started_at: time_from("sessions.started_at", row.get(5)?)?,
+        ended_at: opt_time_from("sessions.ended_at", row.get(6)?)?,
+        outcome: outcome
+            .map(|name| {
+                SessionOutcome::parse(&name)
+                    .ok_or_else(|| StoreError::corrupt("sessions.outcome", format!("`{name}`")))
+            })
+            .transpose()?,
+        detail: row.get(8)?,
+        input_tokens: to_u64("sessions.input_tokens", row.get(9)?)?,
+        output_tokens: to_u64("sessions.output_tokens", row.get(10)?)?,
+        cost_usd: row.get(11)?,
+    })
+}
+
+pub(crate) fn open_sessions(conn: &Connection) -> Result<Vec<SessionRecord>, StoreError> {
+    collect(
+        conn,
+        &format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE ended_at IS NULL
+             ORDER BY started_at, id"
+        ),
+        [],
+        session_from,
+    )
+}
+
+pub(crate) fn sessions_for_issue(
+    conn: &Connection,
+    issue: &IssueRef,
+) -> Result<Vec<SessionRecord>, StoreError> {
+    let (repository, number) = issue_key(issue)?;
+    collect(
+        conn,
+        &format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE repository = ?1 AND number = ?2
+             ORDER BY started_at, id"
+        ),
+        params![repository, number],
+        session_from,
+    )
+}
+
+pub(crate) fn record_rotation(
+    conn: &Connection,
+    rotation: &RotationRecord,
+) -> Result<(), StoreError> {
+    let (repository, number) = issue_key(&rotation.issue)?;
+    conn.prepare_cached(
+        "INSERT INTO session_rotations (old_session_id, new_session_id, agent_type, repository,
+             number, next_issue, context_before_tokens, context_before_percent, success,
+             error_message, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        rotation.old_session_id,
+        rotation.new_session_id,
+        rotation.agent_type,
+        repository,
+        number,
+        rotation.next_issue.as_ref().map(ToString::to_string),
+        to_i64("context tokens", rotation.context_before_tokens)?,
+        finite("context percent", rotation.context_before_percent)?,
+        rotation.success,
+        rotation.error_message.as_deref().map(truncate_error),
+        micros(rotation.at),
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn recent_rotations(
+    conn: &Connection,
+    limit: u32,
+) -> Result<Vec<RotationRecord>, StoreError> {
+    collect(
+        conn,
+        "SELECT old_session_id, new_session_id, agent_type, repository, number, next_issue,
+             context_before_tokens, context_before_percent, success, error_message, at
+         FROM session_rotations ORDER BY id DESC LIMIT ?1",
+        [limit],
+        |row| {
+            let repository: String = row.get(3)?;
+            let next_issue: Option<String> = row.get(5)?;
+            Ok(RotationRecord {
+                old_session_id: row.get(0)?,
+                new_session_id: row.get(1)?,
+                agent_type: row.get(2)?,
+                issue: issue_from("session_rotations.repository", &repository, row.get(4)?)?,
+                next_issue: next_issue
+                    .map(|text| {
+                        text.parse::<IssueRef>().map_err(|e| {
+                            StoreError::corrupt("session_rotations.next_issue", e.to_string())
+                        })
+                    })
+                    .transpose()?,
+                context_before_tokens: to_u64(
+                    "session_rotations.context_before_tokens",
+                    row.get(6)?,
+                )?,
+                context_before_percent: row.get(7)?,
+                success: row.get(8)?,
+                error_message: row.get(9)?,
+                at: time_from("session_rotations.at", row.get(10)?)?,
+            })
+        },
+    )
+}
+
+pub(crate) fn record_compaction(
+    conn: &Connection,
+    compaction: &CompactionRecord,
+) -> Result<(), StoreError> {
+    let (repository, number) = issue_key(&compaction.issue)?;
+    conn.prepare_cached(
+        "INSERT INTO compactions (session_id, repository, number, before_tokens, after_tokens,
+             freed_tokens, freed_percent, success, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        compaction.session_id,
+        repository,
+        number,
+        to_i64("tokens before", compaction.before_tokens)?,
+        to_i64("tokens after", compaction.after_tokens)?,
+        to_i64("freed tokens", compaction.freed_tokens)?,
+        finite("freed percent", compaction.freed_percent)?,
+        compaction.success,
+        micros(compaction.at),
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn compactions_for_session(
+    conn: &Connection,
+    session_id: &str,
+) -> Result<Vec<CompactionRecord>, StoreError> {
+    collect(
+        conn,
+        "SELECT session_id, repository, number, before_tokens, after_tokens, freed_tokens,
+             freed_percent, success, at
+         FROM compactions WHERE session_id = ?1 ORDER BY id",
+        [session_id],
+        |row| {
+            let repository: String = row.get(1)?;
+            Ok(CompactionRecord {
+                session_id: row.get(0)?,
+                issue: issue_from("compactions.repository", &repository, row.get(2)?)?,
+                before_tokens: to_u64("compactions.before_tokens", row.get(3)?)?,
+                after_tokens: to_u64("compactions.after_tokens", row.get(4)?)?,
+                freed_tokens: to_u64("compactions.freed_tokens", row.get(5)?)?,
+                freed_percent: row.get(6)?,
+                success: row.get(7)?,
+                at: time_from("compactions.at", row.get(8)?)?,
+            })
+        },
+    )
+}
+
+// ----- parse cache and LLM usage -----
+
+pub(crate) fn cache_get(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM parse_cache WHERE cache_key = ?1")?
+        .query_row([key], |row| row.get(0))
+        .optional()?)
+}
+
+pub(crate) fn cache_put(conn: &Connection, key: &str, value_json: &str) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(StoreError::InvalidInput(
+            "cache key must not be empty".to_owned(),
+        ));
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(value_json).map_err(|e| {
+        StoreError::InvalidInput(format!("cache value for `{key}` is not valid JSON: {e}"))
+    })?;
+    conn.prepare_cached(
+        "INSERT INTO parse_cache (cache_key, value, stored_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (cache_key) DO UPDATE SET value = excluded.value, stored_at = excluded.stored_at",
+    )?
+    .execute(params![key, value_json, micros(Utc::now())])?;
+    Ok(())
+}
+
+pub(crate) fn record_llm_usage(
+    conn: &Connection,
+    usage: &LlmUsageRecord,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO llm_usage (provider, model, input_tokens, output_tokens, cost_usd, issue, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        usage.provider,
+        usage.model,
+        to_i64("input tokens", usage.input_tokens)?,
+        to_i64("output tokens", usage.output_tokens)?,
+        finite("cost", usage.cost_usd)?,
+        usage.issue.as_ref().map(ToString::to_string),
+        micros(usage.at),
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn llm_usage_totals(conn: &Connection) -> Result<Vec<LlmUsageTotal>, StoreError> {
+    collect(
+        conn,
+        "SELECT provider, model, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd)
+         FROM llm_usage GROUP BY provider, model ORDER BY provider, model",
+        [],
+        |row| {
+            Ok(LlmUsageTotal {
+                provider: row.get(0)?,
+                model: row.get(1)?,
+                calls: to_u64("llm_usage count", row.get(2)?)?,
+                input_tokens: to_u64("llm_usage.input_tokens", row.get(3)?)?,
+                output_tokens: to_u64("llm_usage.output_tokens", row.get(4)?)?,
+                cost_usd: row.get(5)?,
+            })
+        },
+    )
+}
+
+// ----- operations -----
+
+pub(crate) fn heartbeat(conn: &Connection) -> Result<(), StoreError> {
+    let changed = conn
+        .prepare_cached("UPDATE heartbeat SET beats = beats + 1, at = ?1 WHERE id = 1")?
+        .execute([micros(Utc::now())])?;
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::corrupt(
+            "heartbeat",
+            "the heartbeat row is missing",
+        ))
+    }
+}

@@ -1,0 +1,165 @@
+//! The backend-neutral store interface.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mosaic_domain::{IssueRef, IssueState};
+
+use crate::error::StoreError;
+use crate::model::*;
+
+/// Durable state of the coordinator. Every method that returns `Ok` after a write has
+/// committed that write; a read started afterwards sees it.
+///
+/// Used as `Arc<dyn Store>`; backends: [`crate::sqlite::SqliteStore`] (PostgreSQL next).
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    // ----- inbox -----
+
+    /// Records a verified delivery, deduplicated by delivery id and by body hash.
+    async fn record_delivery(&self, delivery: NewDelivery) -> Result<RecordOutcome, StoreError>;
+
+    /// Pending rows whose `next_attempt_at <= now`, oldest first.
+    async fn pending_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Marks a pending row processed. Already processed: `Ok` (idempotent).
+    async fn mark_processed(&self, id: DeliveryRowId) -> Result<(), StoreError>;
+
+    /// Counts a failed attempt; the row stays pending until `next_attempt_at`.
+    async fn mark_failed_attempt(
+        &self,
+        id: DeliveryRowId,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Gives up on a pending row: status `failed` with the last error.
+    async fn mark_dead(&self, id: DeliveryRowId, error: &str) -> Result<(), StoreError>;
+
+    /// Newest rows first, without bodies.
+    async fn recent_deliveries(&self, limit: u32) -> Result<Vec<DeliverySummary>, StoreError>;
+
+    async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError>;
+
+    /// Writes a delivery's effects and marks it processed in one transaction. A row that is
+    /// already processed is left alone and nothing is written ([`CompletionOutcome::AlreadyProcessed`]).
+    async fn complete_delivery(
+        &self,
+        id: DeliveryRowId,
+        effects: DeliveryEffects,
+    ) -> Result<CompletionOutcome, StoreError>;
+
+    /// [`Store::complete_delivery`] with only a snapshot.
+    async fn process_delivery_with_snapshot(
+        &self,
+        id: DeliveryRowId,
+        snapshot: IssueSnapshot,
+    ) -> Result<CompletionOutcome, StoreError> {
+        self.complete_delivery(
+            id,
+            DeliveryEffects {
+                snapshot: Some(snapshot),
+                transitions: Vec::new(),
+            },
+        )
+        .await
+    }
+
+    // ----- issue snapshots -----
+
+    /// Stores the snapshot unless the stored one has a newer `updated_at`.
+    async fn upsert_issue_snapshot(
+        &self,
+        snapshot: IssueSnapshot,
+    ) -> Result<SnapshotOutcome, StoreError>;
+
+    async fn get_issue_snapshot(
+        &self,
+        issue: &IssueRef,
+    ) -> Result<Option<IssueSnapshot>, StoreError>;
+
+    // ----- coordinated issues -----
+
+    /// Applies every batch in one transaction: all of them or none.
+    /// Fails with [`StoreError::Conflict`] when a transition's `from` is not the stored state.
+    async fn commit_transitions(&self, batches: Vec<TransitionBatch>) -> Result<(), StoreError>;
+
+    async fn get_issue(&self, issue: &IssueRef) -> Result<Option<IssueRecord>, StoreError>;
+
+    /// Issues in any of `states` (all issues when empty), ordered by repository and number.
+    async fn list_issues(&self, states: &[IssueState]) -> Result<Vec<IssueRecord>, StoreError>;
+
+    /// The issue's transitions, oldest first.
+    async fn issue_history(&self, issue: &IssueRef) -> Result<Vec<TransitionRecord>, StoreError>;
+
+    /// Every blocked-by edge (to rebuild the dependency graph at start).
+    async fn dependency_edges(&self) -> Result<Vec<DependencyEdge>, StoreError>;
+
+    // ----- outbox -----
+
+    /// The next writes to deliver: for each issue only its oldest pending item (writes to one
+    /// issue apply in order), and only when `next_attempt_at <= now`; oldest first.
+    async fn next_outbox_items(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+
+    async fn mark_outbox_done(&self, id: OutboxId) -> Result<(), StoreError>;
+
+    /// A failed delivery attempt: retried at `retry_at`, or given up (`failed`) when `None`.
+    async fn mark_outbox_failed(
+        &self,
+        id: OutboxId,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError>;
+
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError>;
+
+    /// All items of one issue, in order (for the API and tests).
+    async fn outbox_for_issue(&self, issue: &IssueRef) -> Result<Vec<OutboxItem>, StoreError>;
+
+    // ----- sessions, rotations, compactions -----
+
+    /// Sessions without an end (running, or interrupted by a crash), oldest first.
+    async fn open_sessions(&self) -> Result<Vec<SessionRecord>, StoreError>;
+
+    async fn sessions_for_issue(&self, issue: &IssueRef) -> Result<Vec<SessionRecord>, StoreError>;
+
+    async fn record_rotation(&self, rotation: RotationRecord) -> Result<(), StoreError>;
+
+    /// Newest first.
+    async fn recent_rotations(&self, limit: u32) -> Result<Vec<RotationRecord>, StoreError>;
+
+    async fn record_compaction(&self, compaction: CompactionRecord) -> Result<(), StoreError>;
+
+    /// Oldest first.
+    async fn compactions_for_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Vec<CompactionRecord>, StoreError>;
+
+    // ----- parse cache and LLM usage -----
+
+    async fn cache_get(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Stores `value_json` (must be valid JSON) under `key`, replacing an older value.
+    async fn cache_put(&self, key: &str, value_json: &str) -> Result<(), StoreError>;
+
+    async fn record_llm_usage(&self, usage: LlmUsageRecord) -> Result<(), StoreError>;
+
+    /// Totals per provider and model, ordered by provider then model.
+    async fn llm_usage_totals(&self) -> Result<Vec<LlmUsageTotal>, StoreError>;
+
+    // ----- operations -----
+
+    /// Proves the store can write: a tiny write through the same path as every other write.
+    async fn health_check(&self) -> Result<(), StoreError>;
+
+    /// Writer counters since open.
+    fn stats(&self) -> StoreStats;
+}

@@ -1,0 +1,834 @@
+//! The behaviour every `Store` backend must show. Each check takes a fresh, empty store;
+//! `conformance_tests!` turns them into one test per check for a backend's factory.
+
+#![allow(dead_code)]
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use mosaic_domain::events::TrackerState;
+use mosaic_domain::{Difficulty, IssueMetadata, IssueRef, IssueState, MetadataSource};
+use mosaic_store::*;
+
+/// Generates `#[tokio::test]`s running every check against stores from `$make`, an async
+/// expression yielding `(guard, Arc<dyn Store>)`; the guard lives as long as the test.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let (_guard, store) = $make.await;
+                $crate::conformance::$check(store.as_ref()).await;
+            }
+        )*
+    };
+}
+
+pub fn at(seconds: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + seconds, 0).unwrap()
+}
+
+pub fn issue(text: &str) -> IssueRef {
+    text.parse().unwrap()
+}
+
+fn sha(seed: &str) -> [u8; 32] {
+    // Distinct, deterministic 32-byte keys; the store treats the hash as opaque bytes.
+    let mut out = [0_u8; 32];
+    for (i, b) in seed.bytes().enumerate() {
+        out[i % 32] ^= b.wrapping_add(i as u8);
+    }
+    out[31] ^= seed.len() as u8;
+    out
+}
+
+pub fn delivery(id: Option<&str>, body: &str, received: DateTime<Utc>) -> NewDelivery {
+    NewDelivery {
+        delivery_id: id.map(str::to_owned),
+        event: "issues".to_owned(),
+        event_type: Some("issue_assign".to_owned()),
+        action: Some("assigned".to_owned()),
+        repository: Some("mosaic/coordinator".to_owned()),
+        issue_number: Some(7),
+        body_sha256: sha(body),
+        body: body.as_bytes().to_vec(),
+        status: IntakeStatus::Pending,
+        received_at: received,
+    }
+}
+
+async fn record(store: &dyn Store, delivery: NewDelivery) -> DeliveryRowId {
+    match store.record_delivery(delivery).await.unwrap() {
+        RecordOutcome::Recorded { id } => id,
+        other => panic!("expected a new row, got {other:?}"),
+    }
+}
+
+fn snapshot(issue_ref: &str, title: &str, updated: i64) -> IssueSnapshot {
+    IssueSnapshot {
+        issue: issue(issue_ref),
+        title: title.to_owned(),
+        body: "body text".to_owned(),
+        labels: vec!["bug".to_owned(), "priority:high".to_owned()],
+        assignees: vec!["mosaic-bot".to_owned()],
+        state: TrackerState::Open,
+        updated_at: at(updated),
+        html_url: Some(format!("https://gitea.example/{title}")),
+    }
+}
+
+fn metadata() -> IssueMetadata {
+    IssueMetadata {
+        estimated_context: 46_800,
+        difficulty: Difficulty::Medium,
+        recommended_agent: Some("glm".to_owned()),
+        blocks: vec![issue("mosaic/coordinator#9")],
+        blocked_by: vec![issue("mosaic/coordinator#2")],
+        source: MetadataSource::Template,
+        confidence: 0.9,
+    }
+}
+
+fn transition(
+    issue_ref: &str,
+    from: Option<IssueState>,
+    to: IssueState,
+    seconds: i64,
+) -> TransitionBatch {
+    let mut record = IssueRecord::new(issue(issue_ref), to, at(seconds));
+    record.estimate = Some(46_800);
+    TransitionBatch {
+        transition: Some(StateTransition {
+            from,
+            to,
+            cause: format!("test:{seconds}"),
+            at: at(seconds),
+        }),
+        ..TransitionBatch::update(record)
+    }
+}
+
+fn outbox_item(issue_ref: &str, key: &str) -> NewOutboxItem {
+    NewOutboxItem {
+        issue: issue(issue_ref),
+        idempotency_key: key.to_owned(),
+        kind: "comment".to_owned(),
+        payload: serde_json::json!({ "body": format!("comment {key}") }),
+        created_at: at(0),
+    }
+}
+
+// ----- inbox -----
+
+pub async fn inbox_records_in_increasing_order_and_lists_pending_oldest_first(store: &dyn Store) {
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            record(
+                store,
+                delivery(Some(&format!("d{n}")), &format!("body {n}"), at(n)),
+            )
+            .await,
+        );
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let pending = store.pending_deliveries(at(100), 10).await.unwrap();
+    assert_eq!(pending.iter().map(|d| d.id).collect::<Vec<_>>(), ids);
+    let first = &pending[0];
+    assert_eq!(first.delivery_id.as_deref(), Some("d0"));
+    assert_eq!(first.body, b"body 0");
+    assert_eq!(first.body_sha256, sha("body 0"));
+    assert_eq!(first.issue_number, Some(7));
+    assert_eq!(first.status, DeliveryStatus::Pending);
+    assert_eq!(first.attempts, 0);
+    assert_eq!(first.received_at, at(0));
+    assert_eq!(store.pending_deliveries(at(100), 2).await.unwrap().len(), 2);
+    // A row is due from the moment it was received.
+    assert_eq!(store.pending_deliveries(at(2), 10).await.unwrap().len(), 3);
+}
+
+pub async fn inbox_dedupes_by_delivery_id(store: &dyn Store) {
+    let first = record(store, delivery(Some("same-id"), "one body", at(0))).await;
+    let again = store
+        .record_delivery(delivery(Some("same-id"), "another body", at(1)))
+        .await
+        .unwrap();
+    assert_eq!(again, RecordOutcome::Duplicate { existing_id: first });
+    let pending = store.pending_deliveries(at(10), 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    let counts = store.delivery_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.duplicate), (1, 1));
+}
+
+pub async fn inbox_dedupes_by_body_hash_under_a_new_id(store: &dyn Store) {
+    // A replay from Gitea's UI, or repository and organisation hooks sending one event.
+    let first = record(store, delivery(Some("original"), "the body", at(0))).await;
+    for (id, when) in [(Some("replayed"), 1), (None, 2)] {
+        let outcome = store
+            .record_delivery(delivery(id, "the body", at(when)))
+            .await
+            .unwrap();
+        assert_eq!(outcome, RecordOutcome::Duplicate { existing_id: first });
+    }
+    // Without a delivery id a new body is still new.
+    record(store, delivery(None, "a different body", at(3))).await;
+
+    let recent = store.recent_deliveries(10).await.unwrap();
+    assert_eq!(recent.len(), 4);
+    let duplicates: Vec<_> = recent
+        .iter()
+        .filter(|d| d.status == DeliveryStatus::Duplicate)
+        .collect();
+    assert_eq!(duplicates.len(), 2);
+    assert!(duplicates.iter().all(|d| d.duplicate_of == Some(first)));
+    assert_eq!(store.pending_deliveries(at(10), 10).await.unwrap().len(), 2);
+}
+
+pub async fn inbox_ignored_deliveries_are_kept_but_never_pending(store: &dyn Store) {
+    let mut push = delivery(Some("push-1"), "push body", at(0));
+    push.event = "push".to_owned();
+    push.status = IntakeStatus::Ignored;
+    let id = record(store, push.clone()).await;
+    assert!(
+        store
+            .pending_deliveries(at(10), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    push.delivery_id = Some("push-2".to_owned());
+    assert_eq!(
+        store.record_delivery(push).await.unwrap(),
+        RecordOutcome::Duplicate { existing_id: id }
+    );
+    let counts = store.delivery_counts().await.unwrap();
+    assert_eq!(
+        counts,
+        DeliveryCounts {
+            ignored: 1,
+            duplicate: 1,
+            ..DeliveryCounts::default()
+        }
+    );
+    assert!(matches!(
+        store.mark_processed(id).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+pub async fn inbox_failed_attempts_back_off_then_die(store: &dyn Store) {
+    let a = record(store, delivery(Some("a"), "a", at(0))).await;
+    let b = record(store, delivery(Some("b"), "b", at(1))).await;
+    store
+        .mark_failed_attempt(a, "handler failed: boom", at(60))
+        .await
+        .unwrap();
+    let due_now: Vec<_> = store
+        .pending_deliveries(at(30), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(due_now, vec![b]);
+    let later = store.pending_deliveries(at(60), 10).await.unwrap();
+    assert_eq!(later.iter().map(|d| d.id).collect::<Vec<_>>(), vec![a, b]);
+    assert_eq!(later[0].attempts, 1);
+    assert_eq!(later[0].last_error.as_deref(), Some("handler failed: boom"));
+    assert_eq!(later[0].next_attempt_at, at(60));
+
+    store
+        .mark_dead(a, "gave up after 2 attempts")
+        .await
+        .unwrap();
+    store.mark_dead(a, "again").await.unwrap();
+    assert_eq!(
+        store
+            .pending_deliveries(at(1_000), 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>(),
+        vec![b]
+    );
+    let summary = store.recent_deliveries(10).await.unwrap();
+    let dead = summary.iter().find(|d| d.id == a).unwrap();
+    assert_eq!(dead.status, DeliveryStatus::Failed);
+    assert_eq!(dead.attempts, 2);
+    assert_eq!(dead.last_error.as_deref(), Some("gave up after 2 attempts"));
+    assert!(dead.processed_at.is_some());
+    assert_eq!(store.delivery_counts().await.unwrap().failed, 1);
+}
+
+pub async fn inbox_status_changes_are_checked(store: &dyn Store) {
+    let id = record(store, delivery(Some("x"), "x", at(0))).await;
+    assert!(matches!(
+        store.mark_processed(id + 1000).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    store.mark_processed(id).await.unwrap();
+    // Idempotent: a worker that crashed after committing may mark the row again.
+    store.mark_processed(id).await.unwrap();
+    assert!(matches!(
+        store.mark_failed_attempt(id, "late", at(5)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.mark_dead(id, "late").await,
+        Err(StoreError::Conflict(_))
+    ));
+    let summary = &store.recent_deliveries(1).await.unwrap()[0];
+    assert_eq!(summary.status, DeliveryStatus::Processed);
+    assert_eq!(summary.body_sha256.len(), 64);
+    assert!(
+        store
+            .pending_deliveries(at(100), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+// ----- snapshots -----
+
+pub async fn snapshots_are_idempotent_and_never_go_back_in_time(store: &dyn Store) {
+    let key = issue("mosaic/coordinator#7");
+    assert_eq!(store.get_issue_snapshot(&key).await.unwrap(), None);
+    let check = |title: &'static str, updated: i64, expect: SnapshotOutcome| async move {
+        let got = store
+            .upsert_issue_snapshot(snapshot("mosaic/coordinator#7", title, updated))
+            .await
+            .unwrap();
+        assert_eq!(got, expect, "{title}@{updated}");
+    };
+    check("v1", 10, SnapshotOutcome::Stored).await;
+    check("v1", 10, SnapshotOutcome::Stored).await; // same again: same result
+    check("v2", 20, SnapshotOutcome::Stored).await;
+    check("stale", 15, SnapshotOutcome::KeptNewer).await;
+    let stored = store.get_issue_snapshot(&key).await.unwrap().unwrap();
+    assert_eq!(stored, snapshot("mosaic/coordinator#7", "v2", 20));
+    // Another repository's issue with the same number is another row.
+    assert_eq!(
+        store
+            .get_issue_snapshot(&issue("other/repo#7"))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn completing_a_delivery_writes_effects_and_status_together(store: &dyn Store) {
+    let id = record(store, delivery(Some("c"), "c", at(0))).await;
+    let outcome = store
+        .process_delivery_with_snapshot(id, snapshot("mosaic/coordinator#7", "first", 10))
+        .await
+        .unwrap();
+    assert_eq!(outcome, CompletionOutcome::Completed);
+    assert!(
+        store
+            .pending_deliveries(at(100), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Handed over again after a crash: nothing is written twice.
+    let again = store
+        .process_delivery_with_snapshot(id, snapshot("mosaic/coordinator#7", "second", 20))
+        .await
+        .unwrap();
+    assert_eq!(again, CompletionOutcome::AlreadyProcessed);
+    let stored = store
+        .get_issue_snapshot(&issue("mosaic/coordinator#7"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.title, "first");
+}
+
+pub async fn a_failed_completion_leaves_the_delivery_pending_and_writes_nothing(store: &dyn Store) {
+    let id = record(store, delivery(Some("f"), "f", at(0))).await;
+    // The transition expects a stored state the issue does not have: a conflict.
+    let effects = DeliveryEffects {
+        snapshot: Some(snapshot("mosaic/coordinator#8", "never", 10)),
+        transitions: vec![transition(
+            "mosaic/coordinator#8",
+            Some(IssueState::Ready),
+            IssueState::InProgress,
+            1,
+        )],
+    };
+    assert!(matches!(
+        store.complete_delivery(id, effects).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.pending_deliveries(at(100), 10).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        store
+            .get_issue_snapshot(&issue("mosaic/coordinator#8"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_issue(&issue("mosaic/coordinator#8"))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+// ----- coordinated issues -----
+
+pub async fn transitions_store_record_history_edges_and_outbox_atomically(store: &dyn Store) {
+    let key = issue("mosaic/coordinator#7");
+    let mut queued = transition("mosaic/coordinator#7", None, IssueState::Blocked, 1);
+    queued.issue.metadata = Some(metadata());
+    queued.issue.assigned_agent = Some("glm".to_owned());
+    queued.issue.priority = 2;
+    queued.issue.queued_at = Some(at(1));
+    queued.blocked_by = Some(vec![
+        issue("mosaic/coordinator#2"),
+        issue("mosaic/infra#3"),
+        issue("mosaic/coordinator#2"),
+    ]);
+    queued.outbox = vec![outbox_item("mosaic/coordinator#7", "7:queued")];
+    store
+        .commit_transitions(vec![queued.clone()])
+        .await
+        .unwrap();
+
+    let stored = store.get_issue(&key).await.unwrap().unwrap();
+    assert_eq!(stored, queued.issue);
+    assert_eq!(
+        store.dependency_edges().await.unwrap(),
+        vec![
+            DependencyEdge {
+                issue: key.clone(),
+                blocker: issue("mosaic/coordinator#2")
+            },
+            DependencyEdge {
+                issue: key.clone(),
+                blocker: issue("mosaic/infra#3")
+            },
+        ]
+    );
+
+    // Blocker closed: edges replaced, state moves on, history grows.
+    let mut ready = transition(
+        "mosaic/coordinator#7",
+        Some(IssueState::Blocked),
+        IssueState::Ready,
+        2,
+    );
+    ready.issue.metadata = Some(metadata());
+    ready.blocked_by = Some(vec![]);
+    store.commit_transitions(vec![ready]).await.unwrap();
+    assert!(store.dependency_edges().await.unwrap().is_empty());
+    let history = store.issue_history(&key).await.unwrap();
+    let steps: Vec<_> = history.iter().map(|t| (t.from, t.to)).collect();
+    assert_eq!(
+        steps,
+        vec![
+            (None, IssueState::Blocked),
+            (Some(IssueState::Blocked), IssueState::Ready)
+        ]
+    );
+    assert_eq!(history[1].cause, "test:2");
+    assert_eq!(history[1].at, at(2));
+
+    // A stale transition (from blocked again) is refused, and none of its effects land.
+    let mut stale = transition(
+        "mosaic/coordinator#7",
+        Some(IssueState::Blocked),
+        IssueState::Ready,
+        3,
+    );
+    stale.outbox = vec![outbox_item("mosaic/coordinator#7", "7:stale")];
+    stale.blocked_by = Some(vec![issue("mosaic/coordinator#99")]);
+    assert!(matches!(
+        store.commit_transitions(vec![stale]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.issue_history(&key).await.unwrap().len(), 2);
+    assert!(store.dependency_edges().await.unwrap().is_empty());
+    let keys: Vec<_> = store
+        .outbox_for_issue(&key)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.idempotency_key)
+        .collect();
+    assert_eq!(keys, vec!["7:queued"]);
+}
+
+pub async fn several_batches_commit_all_or_nothing(store: &dyn Store) {
+    let ok = transition("o/r#1", None, IssueState::Pending, 1);
+    let conflicting = transition("o/r#2", Some(IssueState::Ready), IssueState::InProgress, 1);
+    assert!(
+        store
+            .commit_transitions(vec![ok.clone(), conflicting])
+            .await
+            .is_err()
+    );
+    assert_eq!(store.get_issue(&issue("o/r#1")).await.unwrap(), None);
+
+    let mut mismatched = transition("o/r#3", None, IssueState::Ready, 1);
+    mismatched.issue.state = IssueState::Blocked;
+    assert!(matches!(
+        store.commit_transitions(vec![mismatched]).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+
+    let second = transition("o/r#2", None, IssueState::Ready, 1);
+    store.commit_transitions(vec![ok, second]).await.unwrap();
+    let all = store.list_issues(&[]).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.issue.to_string()).collect::<Vec<_>>(),
+        vec!["o/r#1", "o/r#2"]
+    );
+    let ready = store.list_issues(&[IssueState::Ready]).await.unwrap();
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].issue, issue("o/r#2"));
+    let some = store
+        .list_issues(&[IssueState::Ready, IssueState::Pending, IssueState::Failed])
+        .await
+        .unwrap();
+    assert_eq!(some.len(), 2);
+}
+
+pub async fn updates_without_a_transition_keep_history_and_accumulate_nothing_implicitly(
+    store: &dyn Store,
+) {
+    store
+        .commit_transitions(vec![transition("o/r#1", None, IssueState::InProgress, 1)])
+        .await
+        .unwrap();
+    let mut record = store.get_issue(&issue("o/r#1")).await.unwrap().unwrap();
+    record.input_tokens = 1_200;
+    record.output_tokens = 300;
+    record.cost_usd = 0.25;
+    record.attempts = 1;
+    store
+        .commit_transitions(vec![TransitionBatch::update(record.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_issue(&issue("o/r#1")).await.unwrap(),
+        Some(record.clone())
+    );
+    assert_eq!(store.issue_history(&issue("o/r#1")).await.unwrap().len(), 1);
+
+    record.cost_usd = f64::NAN;
+    assert!(matches!(
+        store
+            .commit_transitions(vec![TransitionBatch::update(record)])
+            .await,
+        Err(StoreError::InvalidInput(_))
+    ));
+}
+
+// ----- outbox -----
+
+pub async fn outbox_delivers_in_order_per_issue(store: &dyn Store) {
+    let mut first = transition("o/r#1", None, IssueState::Pending, 1);
+    first.outbox = vec![outbox_item("o/r#1", "1:a"), outbox_item("o/r#1", "1:b")];
+    let mut second = transition("o/r#2", None, IssueState::Pending, 1);
+    second.outbox = vec![outbox_item("o/r#2", "2:a")];
+    store.commit_transitions(vec![first, second]).await.unwrap();
+
+    let heads = |items: Vec<OutboxItem>| -> Vec<String> {
+        items.into_iter().map(|i| i.idempotency_key).collect()
+    };
+    // Only each issue's oldest pending write.
+    let next = store.next_outbox_items(at(10), 10).await.unwrap();
+    assert_eq!(heads(next.clone()), vec!["1:a", "2:a"]);
+    assert_eq!(next[0].kind, "comment");
+    assert_eq!(
+        next[0].payload,
+        serde_json::json!({ "body": "comment 1:a" })
+    );
+    assert_eq!(next[0].status, OutboxStatus::Pending);
+
+    // The head backs off: the issue's later write waits behind it.
+    store
+        .mark_outbox_failed(next[0].id, "502 from gitea", Some(at(60)))
+        .await
+        .unwrap();
+    assert_eq!(
+        heads(store.next_outbox_items(at(10), 10).await.unwrap()),
+        vec!["2:a"]
+    );
+    let retried = store.next_outbox_items(at(60), 10).await.unwrap();
+    assert_eq!(heads(retried.clone()), vec!["1:a", "2:a"]);
+    assert_eq!(retried[0].attempts, 1);
+    assert_eq!(retried[0].last_error.as_deref(), Some("502 from gitea"));
+
+    store.mark_outbox_done(retried[0].id).await.unwrap();
+    store.mark_outbox_done(retried[0].id).await.unwrap();
+    assert_eq!(
+        heads(store.next_outbox_items(at(60), 10).await.unwrap()),
+        vec!["1:b", "2:a"]
+    );
+    assert_eq!(
+        heads(store.next_outbox_items(at(60), 1).await.unwrap()),
+        vec!["1:b"]
+    );
+
+    // Given up: no longer blocks, counted as failed.
+    store
+        .mark_outbox_failed(retried[1].id, "404", None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.mark_outbox_done(retried[1].id).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let backlog = store.outbox_backlog().await.unwrap();
+    assert_eq!((backlog.pending, backlog.failed), (1, 1));
+    assert_eq!(backlog.oldest_pending_at, Some(at(0)));
+    assert!(matches!(
+        store.mark_outbox_done(9_999).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub async fn outbox_idempotency_keys_enqueue_once(store: &dyn Store) {
+    let mut first = transition("o/r#1", None, IssueState::Pending, 1);
+    first.outbox = vec![outbox_item("o/r#1", "k")];
+    store.commit_transitions(vec![first]).await.unwrap();
+    // The same state change handled again after a crash re-enqueues the same key.
+    let mut again =
+        TransitionBatch::update(store.get_issue(&issue("o/r#1")).await.unwrap().unwrap());
+    again.outbox = vec![outbox_item("o/r#1", "k")];
+    store.commit_transitions(vec![again]).await.unwrap();
+    assert_eq!(
+        store.outbox_for_issue(&issue("o/r#1")).await.unwrap().len(),
+        1
+    );
+
+    let mut empty_key =
+        TransitionBatch::update(IssueRecord::new(issue("o/r#2"), IssueState::Pending, at(1)));
+    empty_key.outbox = vec![outbox_item("o/r#2", "")];
+    assert!(matches!(
+        store.commit_transitions(vec![empty_key]).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert_eq!(store.outbox_backlog().await.unwrap().pending, 1);
+}
+
+// ----- sessions -----
+
+pub async fn sessions_start_and_end_with_their_issue(store: &dyn Store) {
+    let key = issue("o/r#1");
+    let mut start = transition("o/r#1", None, IssueState::InProgress, 1);
+    start.session_started = Some(NewSession {
+        id: "s1".to_owned(),
+        agent: "glm".to_owned(),
+        issue: key.clone(),
+        pid: Some(4242),
+        started_at: at(1),
+    });
+    store.commit_transitions(vec![start]).await.unwrap();
+    let open = store.open_sessions().await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].pid, Some(4242));
+    assert_eq!(open[0].outcome, None);
+
+    let end = SessionEnd {
+        session_id: "s1".to_owned(),
+        ended_at: at(100),
+        outcome: SessionOutcome::Succeeded,
+        detail: Some("implemented the thing".to_owned()),
+        input_tokens: 50_000,
+        output_tokens: 4_000,
+        cost_usd: 0.0,
+    };
+    let mut done = transition(
+        "o/r#1",
+        Some(IssueState::InProgress),
+        IssueState::Completed,
+        100,
+    );
+    done.session_ended = Some(end.clone());
+    store.commit_transitions(vec![done.clone()]).await.unwrap();
+    assert!(store.open_sessions().await.unwrap().is_empty());
+    let sessions = store.sessions_for_issue(&key).await.unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].outcome, Some(SessionOutcome::Succeeded));
+    assert_eq!(sessions[0].ended_at, Some(at(100)));
+    assert_eq!(sessions[0].input_tokens, 50_000);
+    assert_eq!(sessions[0].detail.as_deref(), Some("implemented the thing"));
+
+    // Ending twice, or an unknown session, is refused with the whole batch.
+    let mut twice = TransitionBatch::update(done.issue.clone());
+    twice.session_ended = Some(end.clone());
+    assert!(matches!(
+        store.commit_transitions(vec![twice]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut unknown = TransitionBatch::update(done.issue.clone());
+    unknown.session_ended = Some(SessionEnd {
+        session_id: "nope".to_owned(),
+        ..end
+    });
+    assert!(matches!(
+        store.commit_transitions(vec![unknown]).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let mut restart = TransitionBatch::update(done.issue);
+    restart.session_started = Some(NewSession {
+        id: "s1".to_owned(),
+        agent: "glm".to_owned(),
+        issue: key,
+        pid: None,
+        started_at: at(200),
+    });
+    assert!(matches!(
+        store.commit_transitions(vec![restart]).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+pub async fn rotations_and_compactions_round_trip(store: &dyn Store) {
+    let rotation = RotationRecord {
+        old_session_id: "s1".to_owned(),
+        new_session_id: Some("s2".to_owned()),
+        agent_type: "sonnet".to_owned(),
+        issue: issue("o/r#1"),
+        next_issue: Some(issue("o/other#4")),
+        context_before_tokens: 190_000,
+        context_before_percent: 95.0,
+        success: true,
+        error_message: None,
+        at: at(5),
+    };
+    let failed = RotationRecord {
+        new_session_id: None,
+        next_issue: None,
+        success: false,
+        error_message: Some("spawn failed: no such file".to_owned()),
+        at: at(6),
+        ..rotation.clone()
+    };
+    store.record_rotation(rotation.clone()).await.unwrap();
+    store.record_rotation(failed.clone()).await.unwrap();
+    assert_eq!(
+        store.recent_rotations(10).await.unwrap(),
+        vec![failed, rotation.clone()]
+    );
+    assert_eq!(store.recent_rotations(1).await.unwrap().len(), 1);
+
+    let compaction = CompactionRecord {
+        session_id: "s1".to_owned(),
+        issue: issue("o/r#1"),
+        before_tokens: 165_000,
+        after_tokens: 40_000,
+        freed_tokens: 125_000,
+        freed_percent: 75.75,
+        success: true,
+        at: at(4),
+    };
+    store.record_compaction(compaction.clone()).await.unwrap();
+    assert_eq!(
+        store.compactions_for_session("s1").await.unwrap(),
+        vec![compaction]
+    );
+    assert!(
+        store
+            .compactions_for_session("s2")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+// ----- cache and usage -----
+
+pub async fn parse_cache_stores_json_by_key(store: &dyn Store) {
+    assert_eq!(store.cache_get("k").await.unwrap(), None);
+    store.cache_put("k", r#"{"estimate":1}"#).await.unwrap();
+    store.cache_put("k", r#"{"estimate":2}"#).await.unwrap();
+    assert_eq!(
+        store.cache_get("k").await.unwrap().as_deref(),
+        Some(r#"{"estimate":2}"#)
+    );
+    assert!(matches!(
+        store.cache_put("k", "{not json").await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        store.cache_put("", "1").await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert_eq!(
+        store.cache_get("k").await.unwrap().as_deref(),
+        Some(r#"{"estimate":2}"#)
+    );
+}
+
+pub async fn llm_usage_is_summed_per_provider_and_model(store: &dyn Store) {
+    let usage = |provider: &str, model: &str, input: u64, cost: f64| LlmUsageRecord {
+        provider: provider.to_owned(),
+        model: model.to_owned(),
+        input_tokens: input,
+        output_tokens: 10,
+        cost_usd: cost,
+        issue: Some(issue("o/r#1")),
+        at: at(0),
+    };
+    store
+        .record_llm_usage(usage("openai", "m", 100, 0.5))
+        .await
+        .unwrap();
+    store
+        .record_llm_usage(usage("anthropic", "sonnet", 1_000, 0.25))
+        .await
+        .unwrap();
+    store
+        .record_llm_usage(usage("anthropic", "sonnet", 500, 0.5))
+        .await
+        .unwrap();
+    let totals = store.llm_usage_totals().await.unwrap();
+    assert_eq!(
+        totals,
+        vec![
+            LlmUsageTotal {
+                provider: "anthropic".to_owned(),
+                model: "sonnet".to_owned(),
+                calls: 2,
+                input_tokens: 1_500,
+                output_tokens: 20,
+                cost_usd: 0.75,
+            },
+            LlmUsageTotal {
+                provider: "openai".to_owned(),
+                model: "m".to_owned(),
+                calls: 1,
+                input_tokens: 100,
+                output_tokens: 10,
+                cost_usd: 0.5,
+            },
+        ]
+    );
+}
+
+pub async fn health_check_writes(store: &dyn Store) {
+    let before = store.stats();
+    store.health_check().await.unwrap();
+    store.health_check().await.unwrap();
+    let after = store.stats();
+    assert_eq!(after.writes, before.writes + 2);
+    assert!(after.commits > before.commits);
+}
+
+pub async fn time_survives_with_microsecond_precision(store: &dyn Store) {
+    let precise = at(0) + Duration::microseconds(123_456);
+    record(store, delivery(Some("t"), "t", precise)).await;
+    let got = store.pending_deliveries(precise, 1).await.unwrap();
+    assert_eq!(got[0].received_at, precise);
+}
