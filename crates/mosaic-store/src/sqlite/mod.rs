@@ -521,3 +521,92 @@ impl Store for SqliteStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job<T: Send + 'static>(
+        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> (Box<dyn WriteJob>, oneshot::Receiver<Result<T, StoreError>>) {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Job {
+            op: Some(op),
+            result: None,
+            reply,
+        });
+        (job, answer)
+    }
+
+    fn insert(conn: &Connection, key: &str) -> Result<(), StoreError> {
+        conn.execute(
+            "INSERT INTO parse_cache (cache_key, value, stored_at) VALUES (?1, '1', 0)",
+            [key],
+        )?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_failing_request_rolls_back_alone_and_the_group_commits_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::sqlite(dir.path().join("t.db"));
+        let mut conn = open_writer(&config.sqlite_path().unwrap(), &config).unwrap();
+        migrate::migrate(&mut conn).unwrap();
+
+        let (first, first_answer) = job(|conn| insert(conn, "a"));
+        // Writes, then fails: its own write must vanish, the others' must stay.
+        let (failing, failing_answer) = job(|conn| {
+            insert(conn, "b")?;
+            Err::<(), _>(StoreError::InvalidInput("refused".to_owned()))
+        });
+        let (constraint, constraint_answer) = job(|conn| insert(conn, "a"));
+        let (last, last_answer) = job(|conn| insert(conn, "c"));
+        let mut group = vec![first, failing, constraint, last];
+
+        let commit = run_group(&conn, &mut group);
+        assert_eq!(commit, Ok(()));
+        for job in group {
+            job.finish(&commit);
+        }
+        assert!(first_answer.blocking_recv().unwrap().is_ok());
+        assert!(matches!(
+            failing_answer.blocking_recv().unwrap(),
+            Err(StoreError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            constraint_answer.blocking_recv().unwrap(),
+            Err(StoreError::Database(_))
+        ));
+        assert!(last_answer.blocking_recv().unwrap().is_ok());
+
+        let keys: Vec<String> = conn
+            .prepare("SELECT cache_key FROM parse_cache ORDER BY cache_key")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(keys, ["a", "c"]);
+    }
+
+    #[test]
+    fn a_failed_commit_fails_every_request_of_the_group() {
+        let conn = Connection::open_in_memory().unwrap();
+        let (mut ok, answer) = job(|_| Ok(5));
+        let (mut failed, failed_answer) = job(|_| Err::<i32, _>(StoreError::WriterStopped));
+        ok.run(&conn);
+        failed.run(&conn);
+        let commit = Err("disk I/O error".to_owned());
+        ok.finish(&commit);
+        failed.finish(&commit);
+        assert!(matches!(
+            answer.blocking_recv().unwrap(),
+            Err(StoreError::CommitFailed(message)) if message == "disk I/O error"
+        ));
+        // A request that failed on its own keeps its own reason.
+        assert!(matches!(
+            failed_answer.blocking_recv().unwrap(),
+            Err(StoreError::WriterStopped)
+        ));
+    }
+}

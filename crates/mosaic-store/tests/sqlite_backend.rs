@@ -1,0 +1,204 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+//! What only the SQLite backend has: files, migrations, configuration, group commit.
+
+mod conformance;
+
+use std::sync::Arc;
+
+use conformance::{at, delivery};
+use mosaic_store::sqlite::{SqliteStore, schema_version};
+use mosaic_store::{RecordOutcome, Store, StoreConfig, StoreError, Synchronous};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_committed_in_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&StoreConfig::sqlite(dir.path().join("g.db"))).unwrap());
+    let requests = 400;
+    let results = futures::future::join_all((0..requests).map(|n| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .record_delivery(delivery(
+                    Some(&format!("id-{n}")),
+                    &format!("body-{n}"),
+                    at(n),
+                ))
+                .await
+        })
+    }))
+    .await;
+    let mut ids: Vec<i64> = results
+        .into_iter()
+        .map(|r| match r.unwrap().unwrap() {
+            RecordOutcome::Recorded { id } => id,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), requests as usize);
+
+    let stats = store.stats();
+    println!(
+        "group commit: {} writes in {} commits",
+        stats.writes, stats.commits
+    );
+    assert_eq!(stats.writes, requests as u64);
+    // One fsync per group: far fewer commits than writes when callers arrive together.
+    assert!(
+        stats.commits * 2 < stats.writes,
+        "expected batching, got {stats:?}"
+    );
+    assert_eq!(
+        store.delivery_counts().await.unwrap().pending,
+        requests as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_batch_bounds_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        max_batch: 1,
+        ..StoreConfig::sqlite(dir.path().join("b.db"))
+    };
+    let store = Arc::new(SqliteStore::open(&config).unwrap());
+    futures::future::join_all((0..50).map(|n| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.cache_put(&format!("k{n}"), "1").await.unwrap() })
+    }))
+    .await;
+    assert_eq!(store.stats().commits, 50);
+}
+
+#[tokio::test]
+async fn data_survives_reopening_and_parent_directories_are_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/deeper/mosaic.db");
+    let config = StoreConfig {
+        synchronous: Synchronous::Normal,
+        ..StoreConfig::sqlite(&path)
+    };
+    {
+        let store = SqliteStore::open(&config).unwrap();
+        assert_eq!(store.path(), path);
+        store
+            .record_delivery(delivery(Some("kept"), "kept", at(0)))
+            .await
+            .unwrap();
+    }
+    let store = SqliteStore::open(&config).unwrap();
+    let pending = store.pending_deliveries(at(10), 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].delivery_id.as_deref(), Some("kept"));
+    // The same delivery after a restart is still a duplicate.
+    assert!(matches!(
+        store
+            .record_delivery(delivery(Some("kept"), "kept", at(1)))
+            .await
+            .unwrap(),
+        RecordOutcome::Duplicate { .. }
+    ));
+}
+
+#[test]
+fn the_database_is_in_wal_mode_with_the_configured_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.db");
+    drop(SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let version: i64 = conn
+        .query_row("SELECT MAX(version) FROM schema_migrations", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(version, schema_version());
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    drop(SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, 'future', 0)",
+        [schema_version() + 1],
+    )
+    .unwrap();
+    drop(conn);
+    let error = SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap_err();
+    assert!(
+        matches!(error, StoreError::SchemaTooNew { found, supported }
+            if found == schema_version() + 1 && supported == schema_version()),
+        "{error}"
+    );
+    assert!(error.to_string().contains("newer than this build supports"));
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error() {
+    let check = |config: StoreConfig, expect: &str| {
+        let error = SqliteStore::open(&config).unwrap_err();
+        assert!(error.to_string().contains(expect), "{error}");
+    };
+    check(
+        StoreConfig {
+            url: "postgres://localhost/mosaic".to_owned(),
+            ..StoreConfig::default()
+        },
+        "unsupported store URL",
+    );
+    check(
+        StoreConfig {
+            max_batch: 0,
+            ..StoreConfig::default()
+        },
+        "max_batch",
+    );
+    check(
+        StoreConfig {
+            read_connections: 0,
+            ..StoreConfig::default()
+        },
+        "read_connections",
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    // A regular file where a directory should be.
+    check(
+        StoreConfig::sqlite(file.path().join("sub/mosaic.db")),
+        "cannot create the store directory",
+    );
+}
+
+#[test]
+fn configuration_loads_from_a_store_section() {
+    #[derive(serde::Deserialize)]
+    struct File {
+        store: StoreConfig,
+    }
+    let file: File = toml::from_str(
+        r#"
+        [store]
+        url = "sqlite:///var/lib/mosaic/mosaic.db"
+        synchronous = "normal"
+        max_batch = 64
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        file.store,
+        StoreConfig {
+            url: "sqlite:///var/lib/mosaic/mosaic.db".to_owned(),
+            synchronous: Synchronous::Normal,
+            max_batch: 64,
+            ..StoreConfig::default()
+        }
+    );
+    assert!(toml::from_str::<File>("[store]\nsynchronous = \"off\"").is_err());
+    assert!(toml::from_str::<File>("[store]\nmax_batches = 3").is_err());
+}
