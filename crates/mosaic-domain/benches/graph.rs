@@ -145,6 +145,37 @@ fn bench(c: &mut Criterion) {
         });
     });
 
+    // The slow path: an edge that closes a cycle (an issue made to wait on its own
+    // dependent) forces a full cycle recomputation, O(V + E); removing it does again.
+    let older = (0..ISSUES)
+        .rev()
+        .map(issue)
+        .find(|i| {
+            graph.is_open(i) == Some(true)
+                && !graph.open_blockers(i).is_empty()
+                && !graph.dependents(i).is_empty()
+        })
+        .unwrap();
+    let newer = graph.dependents(&older)[0].clone();
+    let (older, newer) = (&older, &newer);
+    assert_eq!(graph.add_blocker(older, newer).unwrap().new_cycles.len(), 1);
+    graph.remove_blocker(older, newer).unwrap();
+    c.bench_function("graph/add_edge_forcing_cycle_recompute", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let start = Instant::now();
+                let change = graph
+                    .add_blocker(black_box(older), black_box(newer))
+                    .unwrap();
+                total += start.elapsed();
+                black_box(change);
+                graph.remove_blocker(older, newer).unwrap();
+            }
+            total
+        });
+    });
+
     let mut group = c.benchmark_group("rebuild");
     group.sample_size(10);
     group.bench_function("graph_and_queue_from_snapshot", |b| {

@@ -608,6 +608,40 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn ready_order_is_the_documented_sort(
+            rows in proptest::collection::vec((0u64..3, 1u64..30, 0u32..5, 0usize..5), 0..40),
+            relabel in proptest::collection::vec((1u64..30, 0usize..5), 0..10),
+        ) {
+            let names = ["priority:high", "priority:medium", "bug", "priority:low", "PRIORITY:HIGH"];
+            let mut queue = IssueQueue::new(PriorityOrder::default());
+            for (repo, number, minute, label) in &rows {
+                let issue = issue(&format!("o/r{repo}#{number}"));
+                if queue.enqueue(issue.clone(), at(*minute), labels(&[names[*label]])).is_ok() {
+                    queue.transition(&issue, IssueState::Ready).unwrap();
+                }
+            }
+            for (number, label) in &relabel {
+                // Ignored when the issue is not queued: that is the error path.
+                let _ = queue.set_labels(&issue(&format!("o/r0#{number}")), labels(&[names[*label]]));
+            }
+            let rank = |entry: &QueueEntry| match entry.labels[0].to_lowercase().as_str() {
+                "priority:high" => 0,
+                "priority:medium" => 1,
+                "priority:low" => 3,
+                _ => 2,
+            };
+            let mut expected: Vec<&QueueEntry> = queue.iter().collect();
+            expected.sort_by(|a, b| {
+                (rank(a), a.created_at, a.issue.number, &a.issue.repo)
+                    .cmp(&(rank(b), b.created_at, b.issue.number, &b.issue.repo))
+            });
+            let expected: Vec<IssueRef> = expected.into_iter().map(|e| e.issue.clone()).collect();
+            proptest::prop_assert_eq!(queue.ready_in_order().collect::<Vec<_>>(), expected);
+        }
+    }
+
     #[test]
     fn snapshot_round_trip_keeps_order_and_states() {
         let mut queue = ready_queue(&[
