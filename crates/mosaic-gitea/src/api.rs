@@ -1,0 +1,191 @@
+//! `GiteaApi`: exactly the Gitea calls the engine makes, so the engine can be tested without
+//! HTTP (with `MockGiteaApi` under the `mockall` feature, or against the mock server).
+
+use async_trait::async_trait;
+use mosaic_domain::{IssueRef, RepoName};
+
+use crate::client::{GiteaClient, LabelRemoval};
+use crate::error::GiteaError;
+use crate::marker::IdempotencyKey;
+use crate::types::{Comment, Dependencies, Issue, IssueFilter, Label, StateFilter, User};
+
+#[cfg_attr(any(test, feature = "mockall"), mockall::automock)]
+#[async_trait]
+pub trait GiteaApi: Send + Sync {
+    /// The account the token belongs to.
+    async fn current_user(&self) -> Result<User, GiteaError>;
+
+    async fn get_issue(&self, issue: &IssueRef) -> Result<Issue, GiteaError>;
+
+    /// Issues (not pull requests) of one repository, every page.
+    async fn list_issues(
+        &self,
+        repo: &RepoName,
+        filter: &IssueFilter,
+    ) -> Result<Vec<Issue>, GiteaError>;
+
+    /// Issues assigned to the token's own user in every repository it can see, every page.
+    async fn search_issues_assigned_to_me(
+        &self,
+        state: StateFilter,
+    ) -> Result<Vec<Issue>, GiteaError>;
+
+    async fn list_comments(&self, issue: &IssueRef) -> Result<Vec<Comment>, GiteaError>;
+
+    /// The first comment whose body carries `key`'s marker.
+    async fn find_marked_comment(
+        &self,
+        issue: &IssueRef,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Comment>, GiteaError>;
+
+    async fn create_comment(&self, issue: &IssueRef, body: &str) -> Result<Comment, GiteaError>;
+
+    async fn edit_comment(
+        &self,
+        repo: &RepoName,
+        comment_id: i64,
+        body: &str,
+    ) -> Result<Comment, GiteaError>;
+
+    /// Adds labels by name (creating missing ones); returns the issue's labels afterwards.
+    async fn add_labels(
+        &self,
+        issue: &IssueRef,
+        names: &[String],
+    ) -> Result<Vec<Label>, GiteaError>;
+
+    async fn remove_label(&self, issue: &IssueRef, name: &str) -> Result<LabelRemoval, GiteaError>;
+
+    /// Merges `add` and `remove` into the current assignees (Gitea replaces the list).
+    async fn update_assignees(
+        &self,
+        issue: &IssueRef,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Issue, GiteaError>;
+
+    /// The issues blocking this one, or `DependenciesDisabled` for the repository.
+    async fn dependencies(&self, issue: &IssueRef) -> Result<Dependencies, GiteaError>;
+
+    /// The issues this one blocks.
+    async fn blocks(&self, issue: &IssueRef) -> Result<Vec<Issue>, GiteaError>;
+
+    async fn close_issue(&self, issue: &IssueRef) -> Result<Issue, GiteaError>;
+}
+
+#[async_trait]
+impl GiteaApi for GiteaClient {
+    async fn current_user(&self) -> Result<User, GiteaError> {
+        GiteaClient::current_user(self).await
+    }
+
+    async fn get_issue(&self, issue: &IssueRef) -> Result<Issue, GiteaError> {
+        GiteaClient::get_issue(self, issue).await
+    }
+
+    async fn list_issues(
+        &self,
+        repo: &RepoName,
+        filter: &IssueFilter,
+    ) -> Result<Vec<Issue>, GiteaError> {
+        GiteaClient::list_issues(self, repo, filter).await
+    }
+
+    async fn search_issues_assigned_to_me(
+        &self,
+        state: StateFilter,
+    ) -> Result<Vec<Issue>, GiteaError> {
+        GiteaClient::search_issues_assigned_to_me(self, state).await
+    }
+
+    async fn list_comments(&self, issue: &IssueRef) -> Result<Vec<Comment>, GiteaError> {
+        GiteaClient::list_comments(self, issue).await
+    }
+
+    async fn find_marked_comment(
+        &self,
+        issue: &IssueRef,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Comment>, GiteaError> {
+        GiteaClient::find_marked_comment(self, issue, key).await
+    }
+
+    async fn create_comment(&self, issue: &IssueRef, body: &str) -> Result<Comment, GiteaError> {
+        GiteaClient::create_comment(self, issue, body).await
+    }
+
+    async fn edit_comment(
+        &self,
+        repo: &RepoName,
+        comment_id: i64,
+        body: &str,
+    ) -> Result<Comment, GiteaError> {
+        GiteaClient::edit_comment(self, repo, comment_id, body).await
+    }
+
+    async fn add_labels(
+        &self,
+        issue: &IssueRef,
+        names: &[String],
+    ) -> Result<Vec<Label>, GiteaError> {
+        GiteaClient::add_labels(self, issue, names).await
+    }
+
+    async fn remove_label(&self, issue: &IssueRef, name: &str) -> Result<LabelRemoval, GiteaError> {
+        GiteaClient::remove_label(self, issue, name).await
+    }
+
+    async fn update_assignees(
+        &self,
+        issue: &IssueRef,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Issue, GiteaError> {
+        GiteaClient::update_assignees(self, issue, add, remove).await
+    }
+
+    async fn dependencies(&self, issue: &IssueRef) -> Result<Dependencies, GiteaError> {
+        GiteaClient::dependencies(self, issue).await
+    }
+
+    async fn blocks(&self, issue: &IssueRef) -> Result<Vec<Issue>, GiteaError> {
+        GiteaClient::blocks(self, issue).await
+    }
+
+    async fn close_issue(&self, issue: &IssueRef) -> Result<Issue, GiteaError> {
+        GiteaClient::close_issue(self, issue).await
+    }
+}
+
+/// What `post_comment_once` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommentDelivery {
+    Posted(Comment),
+    /// A comment with the key's marker was already there (an earlier attempt got through).
+    AlreadyPresent(Comment),
+}
+
+impl CommentDelivery {
+    pub fn comment(&self) -> &Comment {
+        match self {
+            Self::Posted(comment) | Self::AlreadyPresent(comment) => comment,
+        }
+    }
+}
+
+/// Posts `body` with `key`'s marker unless a comment with that marker already exists: the
+/// outbox worker's "exactly one comment per state change", safe to call again after a timeout
+/// or a crash between posting and recording the delivery.
+pub async fn post_comment_once(
+    api: &dyn GiteaApi,
+    issue: &IssueRef,
+    key: &IdempotencyKey,
+    body: &str,
+) -> Result<CommentDelivery, GiteaError> {
+    if let Some(existing) = api.find_marked_comment(issue, key).await? {
+        return Ok(CommentDelivery::AlreadyPresent(existing));
+    }
+    let posted = api.create_comment(issue, &key.mark(body)).await?;
+    Ok(CommentDelivery::Posted(posted))
+}
