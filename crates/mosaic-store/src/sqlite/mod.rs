@@ -208,12 +208,6 @@ pub struct SqliteStore {
     counters: Arc<Counters>,
 }
 
-impl std::fmt::Debug for dyn WriteJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WriteJob")
-    }
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database, applies migrations and starts the writer.
     /// Blocking: call it at start-up, before serving.
