@@ -189,3 +189,51 @@ pub async fn post_comment_once(
     let posted = api.create_comment(issue, &key.mark(body)).await?;
     Ok(CommentDelivery::Posted(posted))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comment(body: &str) -> Comment {
+        serde_json::from_value(serde_json::json!({
+            "id": 1, "user": {"id": 2, "login": "mosaic-bot"}, "body": body,
+            "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn posts_with_the_marker_only_when_no_marked_comment_exists() {
+        let issue: IssueRef = "o/r#1".parse().unwrap();
+        let key = IdempotencyKey::new("outbox:1").unwrap();
+
+        let mut api = MockGiteaApi::new();
+        api.expect_find_marked_comment()
+            .times(1)
+            .returning(|_, _| Ok(None));
+        api.expect_create_comment()
+            .withf(|_, body| body == "Done\n\n<!-- mosaic:outbox:1 -->")
+            .times(1)
+            .returning(|_, body| Ok(comment(body)));
+        let delivery = post_comment_once(&api, &issue, &key, "Done").await.unwrap();
+        assert!(matches!(delivery, CommentDelivery::Posted(_)));
+
+        let mut api = MockGiteaApi::new();
+        api.expect_find_marked_comment()
+            .times(1)
+            .returning(|_, _| Ok(Some(comment("Done\n\n<!-- mosaic:outbox:1 -->"))));
+        api.expect_create_comment().never();
+        let delivery = post_comment_once(&api, &issue, &key, "Done").await.unwrap();
+        assert!(matches!(delivery, CommentDelivery::AlreadyPresent(_)));
+
+        // A failed lookup posts nothing: posting blind could duplicate the comment.
+        let mut api = MockGiteaApi::new();
+        api.expect_find_marked_comment().times(1).returning(|_, _| {
+            Err(GiteaError::Timeout {
+                operation: "issue.comments.list",
+            })
+        });
+        api.expect_create_comment().never();
+        assert!(post_comment_once(&api, &issue, &key, "Done").await.is_err());
+    }
+}
