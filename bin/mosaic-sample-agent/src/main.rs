@@ -361,16 +361,17 @@ async fn run(args: Args) -> i32 {
 
 fn main() {
     let args = Args::parse();
-    let code = match tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(run(args)),
+        Ok(runtime) => runtime,
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "cannot start the async runtime: {err}");
-            2
+            std::process::exit(2);
         }
     };
-    // Exit right away: a blocking read of stdin would otherwise keep the runtime alive.
+    let code = runtime.block_on(run(args));
+    // Exit without dropping the runtime: dropping it would wait for the blocking stdin read.
     std::process::exit(code);
 }
