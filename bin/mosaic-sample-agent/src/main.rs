@@ -246,10 +246,10 @@ async fn read_stdin(prompt_tx: mpsc::Sender<String>, control_tx: mpsc::Sender<Co
         } else {
             user_text(&value).map(Control::Prompt)
         };
-        if let Some(control) = control {
-            if control_tx.send(control).await.is_err() {
-                return;
-            }
+        if let Some(control) = control
+            && control_tx.send(control).await.is_err()
+        {
+            return;
         }
     }
 }
@@ -309,10 +309,10 @@ async fn run(args: Args) -> i32 {
             "cwd": std::env::current_dir().map(|dir| dir.display().to_string()).unwrap_or_default()
         }));
     }
-    if agent.args.spawn_child {
-        if let Some(pid) = spawn_child() {
-            emit(&json!({"type": "system", "subtype": "sample_child", "pid": pid}));
-        }
+    if agent.args.spawn_child
+        && let Some(pid) = spawn_child()
+    {
+        emit(&json!({"type": "system", "subtype": "sample_child", "pid": pid}));
     }
     let _ = writeln!(
         std::io::stderr(),

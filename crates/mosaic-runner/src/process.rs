@@ -610,10 +610,10 @@ impl AgentSession for ProcessSession {
             .await?;
         let confirmed = async {
             loop {
-                if let (count, Some(usage)) = *readings.borrow_and_update() {
-                    if count > seen {
-                        return Ok(usage);
-                    }
+                if let (count, Some(usage)) = *readings.borrow_and_update()
+                    && count > seen
+                {
+                    return Ok(usage);
                 }
                 if !state.borrow_and_update().outcome.is_running() {
                     return Err(SessionError::Ended(self.id.clone()));
