@@ -302,7 +302,8 @@ fn outcome_of(
     }
 }
 
-/// A running (or finished) agent process.
+/// A running (or finished) agent process. Dropping the last handle ends its process group:
+/// a session nobody holds can be owned by nobody (one owner per session).
 #[derive(Debug)]
 pub struct ProcessSession {
     id: SessionId,
