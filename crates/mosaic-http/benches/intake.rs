@@ -1,0 +1,173 @@
+//! Load benchmark of webhook intake: durable (SQLite, synchronous=FULL, group commit) against a
+//! bare route that only reads the body and answers 200, over real HTTP on loopback.
+//!
+//! `cargo bench -p mosaic-http --bench intake` (env: `BENCH_SECONDS`, default 10;
+//! `BENCH_CONNECTIONS`, default 32). Prints req/s, p50, p99 for both and their ratio.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::post;
+use mosaic_http::{AppState, Intake, router};
+use mosaic_security::{Secret, WebhookVerifier, sign_hex};
+use mosaic_store::Store;
+use mosaic_store::StoreConfig;
+use mosaic_store::sqlite::SqliteStore;
+use tokio::net::TcpListener;
+
+const SECRET: &str = "bench-secret";
+const FIXTURE: &str = include_str!("../../../../shared/fixtures/gitea/issue-assign-event.json");
+
+struct Measurement {
+    requests: u64,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn sign(body: &[u8]) -> String {
+    sign_hex(&Secret::new(SECRET), body)
+}
+
+/// A distinct, validly signed body per request: the same event with another issue id.
+fn body_for(n: u64) -> Vec<u8> {
+    FIXTURE
+        .replacen("\"id\": 1", &format!("\"id\": {}", 1_000_000 + n), 1)
+        .into_bytes()
+}
+
+async fn spawn(app: Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    format!("http://{address}/webhook/gitea")
+}
+
+async fn load(url: &str, connections: u64, duration: Duration) -> Measurement {
+    let counter = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let url = url.to_owned();
+        let counter = Arc::clone(&counter);
+        let errors = Arc::clone(&errors);
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let body = body_for(n);
+                let signature = sign(&body);
+                let sent = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-gitea-event", "issues")
+                    .header("x-gitea-event-type", "issue_assign")
+                    .header("x-gitea-delivery", format!("bench-{n}"))
+                    .header("x-gitea-signature", signature)
+                    .body(body)
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.bytes().await;
+                        latencies.push(sent.elapsed());
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    let pick = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Measurement {
+        requests: all.len() as u64,
+        elapsed,
+        p50: pick(0.50),
+        p99: pick(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+fn report(name: &str, m: &Measurement) -> f64 {
+    let rate = m.requests as f64 / m.elapsed.as_secs_f64();
+    println!(
+        "{name:<28} {rate:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests, {} errors)",
+        m.p50.as_secs_f64() * 1000.0,
+        m.p99.as_secs_f64() * 1000.0,
+        m.requests,
+        m.errors
+    );
+    rate
+}
+
+fn main() {
+    let seconds = env_or("BENCH_SECONDS", 10);
+    let connections = env_or("BENCH_CONNECTIONS", 32);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            url: format!("sqlite://{}", dir.path().join("bench.db").display()),
+            ..StoreConfig::default()
+        };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config).unwrap());
+        let verifier = WebhookVerifier::new(vec![Secret::new(SECRET.to_owned())]).unwrap();
+        let state = AppState::new("bench").with_intake(Intake {
+            verifier,
+            store: Arc::clone(&store),
+            max_body_bytes: 1024 * 1024,
+            notify: Arc::new(tokio::sync::Notify::new()),
+        });
+        let durable = spawn(router(state)).await;
+        let bare =
+            spawn(Router::new().route("/webhook/gitea", post(|_body: Bytes| async { "ok" }))).await;
+
+        println!(
+            "intake benchmark: {connections} connections, {seconds} s per route, synchronous=FULL"
+        );
+        let duration = Duration::from_secs(seconds);
+        // Warm both paths so connection set-up is not measured.
+        let _ = load(&bare, connections, Duration::from_millis(500)).await;
+        let bare_m = load(&bare, connections, duration).await;
+        let durable_m = load(&durable, connections, duration).await;
+        let bare_rate = report("bare route (read + 200)", &bare_m);
+        let durable_rate = report("durable intake", &durable_m);
+        println!("ratio durable / bare: {:.2}", durable_rate / bare_rate);
+    });
+}

@@ -1,0 +1,18 @@
+//! The coordinator's HTTP surface (axum): webhook intake, health, metrics and the API.
+//!
+//! `router(state)` builds the whole application so tests can drive it with
+//! `tower::ServiceExt::oneshot`; `serve` runs it on a bound listener with graceful shutdown.
+
+mod api;
+mod config;
+mod error;
+mod health;
+mod metrics;
+mod server;
+mod webhook;
+
+pub use config::{ApiConfig, HttpConfig, Port, PortError, WebhookConfig};
+pub use error::ApiError;
+pub use health::{ComponentHealth, ComponentStatus, HealthProbe, HealthReport};
+pub use metrics::Metrics;
+pub use server::{AppState, Intake, router, serve};
