@@ -1,1 +1,82 @@
-fn main() {}
+//! `mosaic-coordinator`: the self-hosted coordinator binary.
+
+mod config;
+mod healthcheck;
+mod logging;
+mod probes;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for configuration errors (EX_CONFIG from sysexits.h).
+const EXIT_CONFIG: u8 = 78;
+
+/// Coordinates AI coding agents working through a Gitea issue tracker.
+#[derive(Debug, Parser)]
+#[command(name = "mosaic-coordinator", version, about)]
+struct Cli {
+    /// TOML configuration file (default: ./mosaic.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the coordinator: webhook intake, health, metrics and API.
+    Serve,
+    /// Print the effective configuration (secrets redacted) and where each value came from.
+    CheckConfig,
+    /// Probe the local /health endpoint; exit 0 when it answers 200 (for container health checks).
+    Healthcheck,
+}
+
+/// Why the program stops early, mapped onto an exit status.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(Failure::Config(err)) => {
+            eprintln!("mosaic-coordinator: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Other(err)) => {
+            eprintln!("mosaic-coordinator: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let sources = config::Sources::from_process(cli.config);
+    let (config, figment) = config::load(&sources)?;
+    match cli.command {
+        Command::Serve => {
+            config::validate_for_serve(&config)?;
+            logging::init(&config.log);
+            serve::run(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => {
+            #[allow(clippy::print_stdout)] // the command's output
+            {
+                print!("{}", config::render(&config, &figment));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck => Ok(healthcheck::run(&config.server)),
+    }
+}

@@ -105,7 +105,7 @@ fn default_prices() -> BTreeMap<String, ModelPrice> {
 }
 
 /// The `[parser]` section.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ParserConfig {
     /// `None`: anthropic when an API key is configured, template otherwise.

@@ -1,0 +1,544 @@
+//! Configuration: built-in defaults < TOML file < environment, validated once at start.
+//!
+//! Each crate owns the struct for its own section; this module composes them, maps the
+//! environment names operators already use (`PORT`, `GITEA_WEBHOOK_SECRET`, …) onto them, and
+//! turns every problem into one clear message (exit status 78).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+
+use crate::logging::LogConfig;
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "mosaic.toml";
+
+/// Every setting of the coordinator.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: mosaic_http::HttpConfig,
+    pub log: LogConfig,
+    pub webhook: mosaic_http::WebhookConfig,
+    pub api: mosaic_http::ApiConfig,
+    pub store: mosaic_store::StoreConfig,
+    pub inbox: mosaic_engine::inbox::InboxConfig,
+    pub parser: mosaic_parser::ParserConfig,
+}
+
+/// Environment variables with names of their own (kept from the original coordinator), and the
+/// setting each one feeds.
+const NAMED_ENV: &[NamedEnv] = &[
+    NamedEnv::set("HOST", "server.host"),
+    NamedEnv::set("PORT", "server.port"),
+    NamedEnv::set("LOG_LEVEL", "log.level"),
+    NamedEnv::append("GITEA_WEBHOOK_SECRET", "webhook.secrets"),
+    NamedEnv::set("MOSAIC_API_TOKEN", "api.token"),
+    NamedEnv::set("MOSAIC_DATABASE_URL", "store.url"),
+    NamedEnv::set("ANTHROPIC_API_KEY", "parser.api_key"),
+];
+
+/// Keys whose values are never shown (check-config prints `[redacted]`).
+const SECRET_KEYS: &[&str] = &["webhook.secrets", "api.token", "parser.api_key"];
+
+#[derive(Debug, Clone, Copy)]
+struct NamedEnv {
+    var: &'static str,
+    key: &'static str,
+    /// Adds to a list instead of replacing it (a webhook secret joins those in the file).
+    append: bool,
+}
+
+impl NamedEnv {
+    const fn set(var: &'static str, key: &'static str) -> Self {
+        Self {
+            var,
+            key,
+            append: false,
+        }
+    }
+    const fn append(var: &'static str, key: &'static str) -> Self {
+        Self {
+            var,
+            key,
+            append: true,
+        }
+    }
+}
+
+/// One environment variable as a figment provider, so errors and `check-config` can say
+/// "from `PORT` environment variable".
+struct EnvVarProvider {
+    var: String,
+    /// The dotted configuration key it sets.
+    key: String,
+    value: String,
+    /// Adds to a list instead of replacing it (a webhook secret joins those in the file).
+    append: bool,
+}
+
+impl EnvVarProvider {
+    /// The value as configuration data: secrets and the named variables stay strings (the
+    /// target types parse them with their own messages); `MOSAIC_*` values are read like
+    /// figment reads environment values (numbers, booleans, arrays).
+    fn value(&self, parse: bool) -> Value {
+        if parse && !is_secret_key(&self.key) {
+            self.value
+                .parse::<Value>()
+                .unwrap_or_else(|_| Value::from(self.value.clone()))
+        } else {
+            Value::from(self.value.clone())
+        }
+    }
+}
+
+struct Parsed(EnvVarProvider);
+
+impl Provider for EnvVarProvider {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("`{}` environment variable", self.var))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(nest(&self.key, self.value(false), self.append))
+    }
+}
+
+impl Provider for Parsed {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(nest(&self.0.key, self.0.value(true), self.0.append))
+    }
+}
+
+/// `{"a": {"b": value}}` for key `a.b`, in the default profile.
+fn nest(key: &str, leaf: Value, append: bool) -> Map<Profile, Dict> {
+    let mut value = if append {
+        Value::from(vec![leaf])
+    } else {
+        leaf
+    };
+    for part in key.rsplit('.') {
+        let mut dict = Dict::new();
+        dict.insert(part.to_owned(), value);
+        value = Value::from(dict);
+    }
+    let dict = match value {
+        Value::Dict(_, dict) => dict,
+        _ => Dict::new(),
+    };
+    Profile::Default.collect(dict)
+}
+
+/// A configuration problem, already worded for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Everything needed to read the configuration, so tests can supply their own environment.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub file: Option<PathBuf>,
+    /// The environment, as (name, value) pairs.
+    pub env: Vec<(String, String)>,
+    /// Where `mosaic.toml` is looked for when no file is given.
+    pub working_dir: PathBuf,
+}
+
+impl Sources {
+    pub fn from_process(file: Option<PathBuf>) -> Self {
+        Self {
+            file,
+            env: std::env::vars().collect(),
+            working_dir: PathBuf::from("."),
+        }
+    }
+}
+
+/// The merged, not yet extracted configuration.
+pub fn figment(sources: &Sources) -> Result<Figment, ConfigError> {
+    let mut figment = Figment::new();
+    match &sources.file {
+        Some(path) => {
+            check_readable(path)?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        None => {
+            let default = sources.working_dir.join(DEFAULT_CONFIG_FILE);
+            if default.exists() {
+                check_readable(&default)?;
+                figment = figment.merge(Toml::file_exact(default));
+            }
+        }
+    }
+
+    let named: Vec<&str> = NAMED_ENV.iter().map(|e| e.var).collect();
+    // MOSAIC_<SECTION>__<KEY>, except the variables with names of their own.
+    for (name, value) in &sources.env {
+        let Some(rest) = name.strip_prefix("MOSAIC_") else {
+            continue;
+        };
+        if named.contains(&name.as_str()) || rest.is_empty() {
+            continue;
+        }
+        let key = rest
+            .to_ascii_lowercase()
+            .split("__")
+            .collect::<Vec<_>>()
+            .join(".");
+        figment = figment.merge(Parsed(EnvVarProvider {
+            var: name.clone(),
+            key,
+            value: value.clone(),
+            append: false,
+        }));
+    }
+    let env_map: BTreeMap<&str, &str> = sources
+        .env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    for env in NAMED_ENV {
+        if let Some(value) = env_map.get(env.var) {
+            let provider = EnvVarProvider {
+                var: env.var.to_owned(),
+                key: env.key.to_owned(),
+                value: (*value).to_owned(),
+                append: env.append,
+            };
+            figment = if env.append {
+                figment.admerge(provider)
+            } else {
+                figment.merge(provider)
+            };
+        }
+    }
+    Ok(figment)
+}
+
+fn check_readable(path: &Path) -> Result<(), ConfigError> {
+    std::fs::read_to_string(path).map(|_| ()).map_err(|err| {
+        ConfigError(format!(
+            "cannot read configuration file `{}`: {err}",
+            path.display()
+        ))
+    })
+}
+
+/// Reads and validates the configuration.
+pub fn load(sources: &Sources) -> Result<(Config, Figment), ConfigError> {
+    let figment = figment(sources)?;
+    let config: Config = figment.extract().map_err(|err| describe(&err))?;
+    Ok((config, figment))
+}
+
+/// Extra checks for `serve`: what it cannot run without.
+pub fn validate_for_serve(config: &Config) -> Result<(), ConfigError> {
+    if config.webhook.secrets.is_empty() {
+        return Err(ConfigError(
+            "no webhook secret configured: set GITEA_WEBHOOK_SECRET (or `webhook.secrets` in the \
+             configuration file) to the secret of the Gitea webhook"
+                .to_owned(),
+        ));
+    }
+    mosaic_security::WebhookVerifier::new(config.webhook.secrets.clone())
+        .map_err(|err| ConfigError(format!("invalid configuration: `webhook.secrets`: {err}")))?;
+    if config.webhook.max_body_bytes == 0 {
+        return Err(ConfigError(
+            "invalid configuration: `webhook.max_body_bytes`: must be at least 1".to_owned(),
+        ));
+    }
+    config
+        .parser
+        .validate()
+        .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+    Ok(())
+}
+
+/// One message per problem: the key, where the value came from, and what was expected.
+fn describe(error: &figment::Error) -> ConfigError {
+    let lines: Vec<String> = error
+        .clone()
+        .into_iter()
+        .map(|err| {
+            let key = err.path.join(".");
+            let source = err
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", origin(m)))
+                .unwrap_or_default();
+            let reason = redact_reason(&key, &err.kind.to_string());
+            if key.is_empty() {
+                format!("invalid configuration{source}: {reason}")
+            } else {
+                format!("invalid configuration: `{key}`{source}: {reason}")
+            }
+        })
+        .collect();
+    ConfigError(lines.join("\n"))
+}
+
+/// serde's messages quote the offending value; for secret keys that value must not appear.
+fn redact_reason(key: &str, reason: &str) -> String {
+    if is_secret_key(key) {
+        "invalid value (not shown: secret)".to_owned()
+    } else {
+        reason.to_owned()
+    }
+}
+
+fn is_secret_key(key: &str) -> bool {
+    SECRET_KEYS
+        .iter()
+        .any(|secret| key == *secret || key.starts_with(&format!("{secret}.")))
+}
+
+/// `check-config`: the effective configuration as TOML-like lines, secrets redacted, each value
+/// followed by where it came from.
+pub fn render(config: &Config, figment: &Figment) -> String {
+    let value = serde_json::to_value(config).unwrap_or(serde_json::Value::Null);
+    let mut out = String::from("# Effective configuration (secrets redacted)\n");
+    let Some(sections) = value.as_object() else {
+        return out;
+    };
+    for (section, body) in sections {
+        out.push_str(&format!("\n[{section}]\n"));
+        let Some(fields) = body.as_object() else {
+            continue;
+        };
+        for (field, value) in fields {
+            let key = format!("{section}.{field}");
+            let shown = if is_secret_key(&key) {
+                redacted_shape(value)
+            } else {
+                value.to_string()
+            };
+            let origin = figment
+                .find_metadata(&key)
+                .map_or_else(|| "default".to_owned(), origin);
+            out.push_str(&format!("{field} = {shown}  # {origin}\n"));
+        }
+    }
+    out
+}
+
+/// Where a value came from: the provider's name, with the file for a file.
+fn origin(metadata: &Metadata) -> String {
+    match &metadata.source {
+        Some(figment::Source::File(path)) => format!("{} {}", metadata.name, path.display()),
+        _ => metadata.name.to_string(),
+    }
+}
+
+fn redacted_shape(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "(not set)".to_owned(),
+        serde_json::Value::Array(items) => {
+            format!("[{}]", vec!["\"[redacted]\""; items.len()].join(", "))
+        }
+        _ => "\"[redacted]\"".to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error by design
+mod tests {
+    use super::*;
+
+    fn sources(env: &[(&str, &str)]) -> Sources {
+        Sources {
+            file: None,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            working_dir: PathBuf::from("/nonexistent-dir-for-tests"),
+        }
+    }
+
+    fn error_of(sources: &Sources) -> String {
+        load(sources).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_apply_without_any_source() {
+        let (config, _) = load(&sources(&[])).unwrap();
+        assert_eq!(config.server.port.get(), 8000);
+        assert_eq!(config.server.host.to_string(), "0.0.0.0");
+        assert_eq!(config.log.level.to_string(), "info");
+        assert!(config.webhook.secrets.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "custom.toml",
+                "[server]\nport = 9000\nhost = \"127.0.0.1\"\n[log]\nlevel = \"debug\"\n",
+            )?;
+            let mut s = sources(&[("PORT", "9100"), ("MOSAIC_LOG__FORMAT", "json")]);
+            s.file = Some(jail.directory().join("custom.toml"));
+            let (config, figment) = load(&s).unwrap();
+            assert_eq!(config.server.port.get(), 9100);
+            assert_eq!(config.server.host.to_string(), "127.0.0.1");
+            assert_eq!(config.log.level.to_string(), "debug");
+            assert_eq!(config.log.format, crate::logging::LogFormat::Json);
+            let rendered = render(&config, &figment);
+            assert!(
+                rendered.contains("port = 9100  # `PORT` environment variable"),
+                "{rendered}"
+            );
+            assert!(rendered.contains("custom.toml"), "{rendered}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn mosaic_toml_in_the_working_directory_is_read() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("mosaic.toml", "[server]\nport = 8123\n")?;
+            let mut s = sources(&[]);
+            s.working_dir = jail.directory().to_owned();
+            assert_eq!(load(&s).unwrap().0.server.port.get(), 8123);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_key_source_and_expectation() {
+        let check = |env: &[(&str, &str)], expect: &[&str]| {
+            let message = error_of(&sources(env));
+            for part in expect {
+                assert!(message.contains(part), "{message:?} lacks {part:?}");
+            }
+        };
+        check(
+            &[("PORT", "abc")],
+            &[
+                "server.port",
+                "`PORT` environment variable",
+                "`abc` is not a TCP port",
+                "1 to 65535",
+            ],
+        );
+        check(
+            &[("PORT", "70000")],
+            &["server.port", "`70000` is not a TCP port"],
+        );
+        check(
+            &[("LOG_LEVEL", "loud")],
+            &[
+                "log.level",
+                "`LOG_LEVEL`",
+                "`loud` is not a log level",
+                "debug, info, warning, error",
+            ],
+        );
+        check(&[("HOST", "not-an-ip")], &["server.host", "`HOST`"]);
+        check(&[("MOSAIC_LOG__FORMAT", "fancy")], &["log.format", "fancy"]);
+    }
+
+    #[test]
+    fn warn_is_accepted_as_a_level() {
+        let (config, _) = load(&sources(&[("LOG_LEVEL", "warn")])).unwrap();
+        assert_eq!(config.log.level.to_string(), "warn");
+    }
+
+    #[test]
+    fn unreadable_file_and_toml_syntax_errors_are_clear() {
+        let mut s = sources(&[]);
+        s.file = Some(PathBuf::from("/definitely/missing/mosaic.toml"));
+        let message = error_of(&s);
+        assert!(
+            message.contains("cannot read configuration file `/definitely/missing/mosaic.toml`"),
+            "{message}"
+        );
+
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("broken.toml", "[server]\nport = 8000\nhost = \n")?;
+            let mut s = sources(&[]);
+            s.file = Some(jail.directory().join("broken.toml"));
+            let message = error_of(&s);
+            assert!(message.contains("line 3"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "[server]\nprot = 8000\n")?;
+            let mut s = sources(&[]);
+            s.file = Some(jail.directory().join("typo.toml"));
+            let message = error_of(&s);
+            assert!(
+                message.contains("unknown field") && message.contains("`prot`"),
+                "{message}"
+            );
+            assert!(message.contains("server.prot"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn serve_needs_a_webhook_secret() {
+        let (config, _) = load(&sources(&[])).unwrap();
+        let message = validate_for_serve(&config).unwrap_err().to_string();
+        assert!(message.contains("GITEA_WEBHOOK_SECRET"), "{message}");
+        let (config, _) = load(&sources(&[("GITEA_WEBHOOK_SECRET", "s3cr3t")])).unwrap();
+        assert!(validate_for_serve(&config).is_ok());
+    }
+
+    #[test]
+    fn the_environment_secret_joins_those_in_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("secrets.toml", "[webhook]\nsecrets = [\"old-one\"]\n")?;
+            let mut s = sources(&[("GITEA_WEBHOOK_SECRET", "new-one")]);
+            s.file = Some(jail.directory().join("secrets.toml"));
+            let (config, _) = load(&s).unwrap();
+            let exposed: Vec<&str> = config
+                .webhook
+                .secrets
+                .iter()
+                .map(|s| s.expose_secret())
+                .collect();
+            assert_eq!(exposed, ["old-one", "new-one"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rendering_never_shows_a_secret() {
+        let (config, figment) = load(&sources(&[
+            ("GITEA_WEBHOOK_SECRET", "hunter2-webhook"),
+            ("MOSAIC_API_TOKEN", "hunter2-api"),
+        ]))
+        .unwrap();
+        let rendered = render(&config, &figment);
+        assert!(!rendered.contains("hunter2"), "{rendered}");
+        assert!(
+            rendered.contains(
+                "secrets = [\"[redacted]\"]  # `GITEA_WEBHOOK_SECRET` environment variable"
+            ),
+            "{rendered}"
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn numeric_secrets_are_still_secrets() {
+        let (config, _) = load(&sources(&[
+            ("GITEA_WEBHOOK_SECRET", "12345"),
+            ("MOSAIC_API_TOKEN", "987"),
+        ]))
+        .unwrap();
+        assert_eq!(config.webhook.secrets[0].expose_secret(), "12345");
+    }
+}
