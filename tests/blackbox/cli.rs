@@ -1,0 +1,89 @@
+//! The command line as an operator meets it: configuration errors and check-config.
+
+use crate::helpers::{SECRET, run};
+
+#[test]
+fn bad_port_exits_78_naming_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(
+        &["serve"],
+        &[("PORT", "abc"), ("GITEA_WEBHOOK_SECRET", SECRET)],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PORT"), "{stderr}");
+    assert!(stderr.contains("`abc` is not a TCP port"), "{stderr}");
+}
+
+#[test]
+fn every_bad_configuration_exits_78_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.toml"), "[server]\nport = \n").unwrap();
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            &["serve"],
+            &[("PORT", "70000"), ("GITEA_WEBHOOK_SECRET", SECRET)],
+            "server.port",
+        ),
+        (
+            &["serve"],
+            &[("LOG_LEVEL", "loud"), ("GITEA_WEBHOOK_SECRET", SECRET)],
+            "log.level",
+        ),
+        (&["serve"], &[], "GITEA_WEBHOOK_SECRET"),
+        (
+            &["--config", "missing.toml", "serve"],
+            &[("GITEA_WEBHOOK_SECRET", SECRET)],
+            "cannot read configuration file",
+        ),
+        (
+            &["--config", "broken.toml", "serve"],
+            &[("GITEA_WEBHOOK_SECRET", SECRET)],
+            "line 2",
+        ),
+    ];
+    for (args, env, expect) in cases {
+        let output = run(args, env, dir.path());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{args:?} {env:?}: {stderr:?} lacks {expect:?}"
+        );
+    }
+}
+
+#[test]
+fn check_config_never_shows_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(
+        &["check-config"],
+        &[
+            ("GITEA_WEBHOOK_SECRET", "webhook-secret-value-123"),
+            ("MOSAIC_API_TOKEN", "api-token-value-456"),
+            ("PORT", "9123"),
+        ],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for shown in [&stdout, &stderr] {
+        assert!(!shown.contains("webhook-secret-value-123"), "{shown}");
+        assert!(!shown.contains("api-token-value-456"), "{shown}");
+    }
+    assert!(stdout.contains("[redacted]"), "{stdout}");
+    assert!(
+        stdout.contains("port = 9123  # `PORT` environment variable"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_fails_with_78_on_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(&["check-config"], &[("PORT", "abc")], dir.path());
+    assert_eq!(output.status.code(), Some(78));
+}

@@ -1,0 +1,76 @@
+//! Start, serve, stop: the process as a container runtime sees it.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::helpers::{Running, run};
+
+#[tokio::test]
+async fn serves_health_and_stops_cleanly_on_sigterm() {
+    let mut app = Running::start();
+    let response = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+
+    app.signal(Signal::SIGTERM);
+    let status = app.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "log:\n{}", app.log());
+}
+
+#[tokio::test]
+async fn sigint_stops_cleanly_too() {
+    let mut app = Running::start();
+    app.signal(Signal::SIGINT);
+    assert_eq!(app.wait_exit(Duration::from_secs(15)).code(), Some(0));
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let app = Running::start();
+    let response = app
+        .client
+        .get(app.url("/no/such/route"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"].is_string());
+    let response = app.client.delete(app.url("/health")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+}
+
+#[test]
+fn healthcheck_command_reports_the_running_server() {
+    let app = Running::start();
+    let port = app.port.to_string();
+    let env = [("HOST", "127.0.0.1"), ("PORT", port.as_str())];
+    let output = run(&["healthcheck"], &env, app.data.path());
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    drop(app);
+    let output = run(&["healthcheck"], &env, std::path::Path::new("."));
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn logs_are_json_lines_with_request_ids() {
+    let app = Running::start();
+    let url = app.url("/health");
+    assert_eq!(crate::helpers::http_status(&url).unwrap(), 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = app.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("request finished"))
+        .unwrap_or_else(|| panic!("no request line in:\n{log}"));
+    let json: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(json["span"]["request_id"].is_string(), "{line}");
+}
