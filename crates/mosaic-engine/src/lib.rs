@@ -3,5 +3,6 @@
 //! It depends on the traits of the store, parser, Gitea client and agent runtime, never on a
 //! concrete adapter; the binary wires the real ones.
 
+pub mod effects;
 pub mod inbox;
 pub mod report;

@@ -1,0 +1,136 @@
+//! The Gitea writes a state change causes, as outbox items (invariant 4: they are stored in the
+//! same transaction as the state change and delivered later by the outbox worker).
+//!
+//! This is the contract between the coordinator, which enqueues, and the outbox worker, which
+//! delivers: `kind` and `payload` of a [`NewOutboxItem`] are exactly the serde form of
+//! [`GiteaWrite`].
+
+use chrono::{DateTime, Utc};
+use mosaic_domain::IssueRef;
+use mosaic_store::{NewOutboxItem, OutboxItem};
+use serde::{Deserialize, Serialize};
+
+/// One write to Gitea on one issue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
+pub enum GiteaWrite {
+    /// Creates or updates the coordinator's single status comment on the issue (found by the
+    /// fixed marker `<!-- mosaic:status -->`), so state changes do not pile up comments.
+    StatusComment { body: String },
+    /// Posts a new comment exactly once: the item's idempotency key goes into the body as
+    /// `<!-- mosaic:KEY -->`, and after an uncertain outcome the worker looks for it first.
+    Comment { body: String },
+    /// Puts the state label on the issue and takes the other state labels off.
+    StateLabel {
+        add: Option<String>,
+        remove: Vec<String>,
+    },
+    /// Closes the issue (`engine.close_on_success`).
+    CloseIssue,
+}
+
+/// An outbox item whose kind or payload this version does not understand.
+#[derive(Debug, thiserror::Error)]
+#[error("outbox item {id} has an unknown kind `{kind}` or a malformed payload: {reason}")]
+pub struct UnknownWrite {
+    pub id: i64,
+    pub kind: String,
+    pub reason: String,
+}
+
+impl GiteaWrite {
+    /// The outbox row for this write. `key` must be unique per intended write (e.g.
+    /// `t42-status`), so replaying the same state change enqueues nothing twice.
+    pub fn to_outbox(&self, issue: &IssueRef, key: String, at: DateTime<Utc>) -> NewOutboxItem {
+        let (kind, payload) = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(mut map)) => (
+                map.remove("kind")
+                    .and_then(|k| k.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                map.remove("payload").unwrap_or(serde_json::Value::Null),
+            ),
+            // Serialising a plain enum into JSON cannot fail; keep the item recognisable anyway.
+            _ => (String::new(), serde_json::Value::Null),
+        };
+        NewOutboxItem {
+            issue: issue.clone(),
+            idempotency_key: key,
+            kind,
+            payload,
+            created_at: at,
+        }
+    }
+
+    /// Reads a stored outbox item back.
+    pub fn from_outbox(item: &OutboxItem) -> Result<Self, UnknownWrite> {
+        let tagged = serde_json::json!({ "kind": item.kind, "payload": item.payload });
+        serde_json::from_value(tagged).map_err(|err| UnknownWrite {
+            id: item.id,
+            kind: item.kind.clone(),
+            reason: err.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mosaic_store::OutboxStatus;
+
+    #[test]
+    fn every_write_round_trips_through_an_outbox_row() {
+        let issue: IssueRef = "o/r#5".parse().unwrap();
+        let writes = [
+            GiteaWrite::StatusComment {
+                body: "Queued".into(),
+            },
+            GiteaWrite::Comment {
+                body: "Done".into(),
+            },
+            GiteaWrite::StateLabel {
+                add: Some("mosaic:queued".into()),
+                remove: vec!["mosaic:blocked".into()],
+            },
+            GiteaWrite::StateLabel {
+                add: None,
+                remove: vec![],
+            },
+            GiteaWrite::CloseIssue,
+        ];
+        for write in writes {
+            let new = write.to_outbox(&issue, "k".into(), Utc::now());
+            assert!(!new.kind.is_empty());
+            let stored = OutboxItem {
+                id: 1,
+                issue: issue.clone(),
+                idempotency_key: new.idempotency_key,
+                kind: new.kind,
+                payload: new.payload,
+                status: OutboxStatus::Pending,
+                attempts: 0,
+                last_error: None,
+                next_attempt_at: Utc::now(),
+                created_at: Utc::now(),
+            };
+            assert_eq!(GiteaWrite::from_outbox(&stored).unwrap(), write);
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_are_errors() {
+        let stored = OutboxItem {
+            id: 9,
+            issue: "o/r#5".parse().unwrap(),
+            idempotency_key: "k".into(),
+            kind: "launch_rockets".into(),
+            payload: serde_json::Value::Null,
+            status: OutboxStatus::Pending,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: Utc::now(),
+            created_at: Utc::now(),
+        };
+        let err = GiteaWrite::from_outbox(&stored).unwrap_err().to_string();
+        assert!(err.contains("launch_rockets"), "{err}");
+    }
+}
