@@ -48,11 +48,9 @@ impl Metrics {
             signature_failures.clone(),
         );
         // 0.5 ms .. ~4 s: group commit keeps the normal case in the low milliseconds.
-        let intake_seconds = Histogram::new(
-            [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ],
-        );
+        let intake_seconds = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
         registry.register(
             "webhook_intake_seconds",
             "Time from request to answer on the webhook endpoint",
