@@ -9,7 +9,7 @@ use serde::Deserialize;
 use url::Url;
 
 /// How the coordinator reaches Gitea and acts there.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GiteaConfig {
     /// Gitea's base URL, e.g. `https://git.example.com` (env GITEA_URL); `/api/v1` is appended.

@@ -145,6 +145,9 @@ pub struct WebhookConfig {
     pub secrets: Vec<mosaic_security::Secret>,
     /// Largest body accepted, in bytes; reading stops there.
     pub max_body_bytes: usize,
+    /// The address Gitea delivers to (e.g. `https://mosaic.example.com/webhook/gitea`), used by
+    /// `gitea install-webhook` and `gitea check` when no `--url` is given.
+    pub public_url: Option<String>,
 }
 
 impl Default for WebhookConfig {
@@ -152,6 +155,7 @@ impl Default for WebhookConfig {
         Self {
             secrets: Vec::new(),
             max_body_bytes: 1024 * 1024,
+            public_url: None,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A configuration the runner cannot work with; every variant names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,7 +27,7 @@ pub enum RunnerConfigError {
 }
 
 /// How the prompt and later requests reach the agent on stdin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InputMode {
     /// The prompt as plain text, then stdin is closed (`claude -p`). No compaction, no `send`.
@@ -39,14 +39,15 @@ pub enum InputMode {
 }
 
 /// The command line of one agent profile.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentCommand {
     pub program: String,
     #[serde(default)]
     pub args: Vec<String>,
-    /// Added to the coordinator's own environment.
-    #[serde(default)]
+    /// Added to the coordinator's own environment. Values may be credentials, so they
+    /// serialise as `[redacted]` (check-config shows the names only).
+    #[serde(default, serialize_with = "redacted_values")]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub input: InputMode,
@@ -54,15 +55,23 @@ pub struct AgentCommand {
     #[serde(default)]
     pub can_compact: bool,
     /// Overrides `runner.stall_timeout_secs` for this agent.
-    #[serde(default, deserialize_with = "optional_secs")]
+    #[serde(
+        default,
+        deserialize_with = "optional_secs",
+        serialize_with = "optional_as_secs"
+    )]
     pub stall_timeout_secs: Option<Duration>,
     /// Overrides `runner.time_limit_secs` for this agent.
-    #[serde(default, deserialize_with = "optional_secs")]
+    #[serde(
+        default,
+        deserialize_with = "optional_secs",
+        serialize_with = "optional_as_secs"
+    )]
     pub time_limit_secs: Option<Duration>,
 }
 
 /// The `[runner]` section.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunnerConfig {
     /// Every session works in `<work_root>/<owner>/<repo>/issue-<n>`.
@@ -74,16 +83,32 @@ pub struct RunnerConfig {
     #[serde(default = "default_log_max_bytes")]
     pub log_max_bytes: u64,
     /// No output for this long: the session is stalled and killed.
-    #[serde(default = "default_stall_timeout", deserialize_with = "secs")]
+    #[serde(
+        default = "default_stall_timeout",
+        deserialize_with = "secs",
+        serialize_with = "as_secs"
+    )]
     pub stall_timeout_secs: Duration,
     /// Hard limit on one session's run time.
-    #[serde(default = "default_time_limit", deserialize_with = "secs")]
+    #[serde(
+        default = "default_time_limit",
+        deserialize_with = "secs",
+        serialize_with = "as_secs"
+    )]
     pub time_limit_secs: Duration,
     /// Between SIGTERM and SIGKILL when a process group is ended.
-    #[serde(default = "default_kill_grace", deserialize_with = "secs")]
+    #[serde(
+        default = "default_kill_grace",
+        deserialize_with = "secs",
+        serialize_with = "as_secs"
+    )]
     pub kill_grace_secs: Duration,
     /// How long a compaction may take to be confirmed (boundary plus a fresh usage reading).
-    #[serde(default = "default_compact_timeout", deserialize_with = "secs")]
+    #[serde(
+        default = "default_compact_timeout",
+        deserialize_with = "secs",
+        serialize_with = "as_secs"
+    )]
     pub compact_timeout_secs: Duration,
     /// Command per agent profile name.
     #[serde(default)]
@@ -114,6 +139,27 @@ fn secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error
             "{seconds} is not a usable number of seconds (needs a finite value >= 0)"
         ))
     })
+}
+
+fn as_secs<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
+}
+
+fn optional_as_secs<S: Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => serializer.serialize_some(&duration.as_secs_f64()),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn redacted_values<S: Serializer>(
+    env: &BTreeMap<String, String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(env.keys().map(|name| (name, "[redacted]")))
 }
 
 fn optional_secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
