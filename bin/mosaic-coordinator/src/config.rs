@@ -28,6 +28,15 @@ pub struct Config {
     pub store: mosaic_store::StoreConfig,
     pub inbox: mosaic_engine::inbox::InboxConfig,
     pub parser: mosaic_parser::ParserConfig,
+    /// Absent: no Gitea configured (deliveries are recorded; nothing is read from or written to
+    /// Gitea).
+    pub gitea: Option<mosaic_gitea::GiteaConfig>,
+    /// Absent: sessions work under `data/work` and no agent command is configured.
+    pub runner: Option<mosaic_runner::RunnerConfig>,
+    /// Agent profiles (`[[agents]]`); empty: the built-in defaults (opus, sonnet, haiku, glm,
+    /// minimax).
+    pub agents: Vec<mosaic_domain::AgentProfile>,
+    pub assignment: mosaic_domain::assignment::AssignmentPolicy,
 }
 
 /// Environment variables with names of their own (kept from the original coordinator), and the
@@ -40,10 +49,18 @@ const NAMED_ENV: &[NamedEnv] = &[
     NamedEnv::set("MOSAIC_API_TOKEN", "api.token"),
     NamedEnv::set("MOSAIC_DATABASE_URL", "store.url"),
     NamedEnv::set("ANTHROPIC_API_KEY", "parser.api_key"),
+    NamedEnv::set("GITEA_URL", "gitea.url"),
+    NamedEnv::set("GITEA_BOT_TOKEN", "gitea.token"),
+    NamedEnv::set("GITEA_BOT_USERNAME", "gitea.bot_username"),
 ];
 
 /// Keys whose values are never shown (check-config prints `[redacted]`).
-const SECRET_KEYS: &[&str] = &["webhook.secrets", "api.token", "parser.api_key"];
+const SECRET_KEYS: &[&str] = &[
+    "webhook.secrets",
+    "api.token",
+    "parser.api_key",
+    "gitea.token",
+];
 
 #[derive(Debug, Clone, Copy)]
 struct NamedEnv {
@@ -259,7 +276,28 @@ pub fn validate_for_serve(config: &Config) -> Result<(), ConfigError> {
         .parser
         .validate()
         .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+    if let Some(gitea) = &config.gitea {
+        gitea.validate().map_err(|errors| {
+            ConfigError(
+                errors
+                    .iter()
+                    .map(|err| format!("invalid configuration: {err}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
+    }
+    agent_profiles(config)?;
     Ok(())
+}
+
+/// The configured agent profiles, validated, or the built-in defaults.
+pub fn agent_profiles(config: &Config) -> Result<mosaic_domain::agent::AgentProfiles, ConfigError> {
+    if config.agents.is_empty() {
+        return Ok(mosaic_domain::agent::AgentProfiles::defaults());
+    }
+    mosaic_domain::agent::AgentProfiles::new(config.agents.clone())
+        .map_err(|err| ConfigError(format!("invalid configuration: `agents`: {err}")))
 }
 
 /// One message per problem: the key, where the value came from, and what was expected.

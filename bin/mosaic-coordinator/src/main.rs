@@ -1,6 +1,8 @@
 //! `mosaic-coordinator`: the self-hosted coordinator binary.
 
 mod config;
+mod gitea;
+mod glue;
 mod healthcheck;
 mod logging;
 mod probes;
@@ -34,6 +36,31 @@ enum Command {
     CheckConfig,
     /// Probe the local /health endpoint; exit 0 when it answers 200 (for container health checks).
     Healthcheck,
+    /// Set the coordinator up on Gitea.
+    Gitea {
+        #[command(subcommand)]
+        command: GiteaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GiteaCommand {
+    /// Check the token, the bot's identity, the repositories it reaches and their webhooks.
+    Check {
+        /// The delivery address the webhooks should point at (default: `webhook.public_url`).
+        #[arg(long)]
+        url: Option<url::Url>,
+    },
+    /// Create (or update) the repository webhook that delivers issue events here.
+    InstallWebhook {
+        /// Repository as owner/name.
+        #[arg(long)]
+        repo: String,
+        /// The delivery address, e.g. https://mosaic.example.com/webhook/gitea
+        /// (default: `webhook.public_url`).
+        #[arg(long)]
+        url: Option<url::Url>,
+    },
 }
 
 /// Why the program stops early, mapped onto an exit status.
@@ -45,7 +72,22 @@ enum Failure {
     Other(#[from] anyhow::Error),
 }
 
+/// The hidden subcommand that runs the built-in sample agent (what `demo` starts as its agent
+/// processes), so a demo needs no second executable.
+const SAMPLE_AGENT_COMMAND: &str = "sample-agent";
+
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == SAMPLE_AGENT_COMMAND)
+    {
+        let rest = args.by_ref().skip(2);
+        let code = mosaic_sample_agent::run_cli(
+            std::iter::once(std::ffi::OsString::from("mosaic-sample-agent")).chain(rest),
+        );
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -78,5 +120,14 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck => Ok(healthcheck::run(&config.server)),
+        Command::Gitea { command } => {
+            logging::init(&config.log);
+            match command {
+                GiteaCommand::Check { url } => gitea::check(&config, url),
+                GiteaCommand::InstallWebhook { repo, url } => {
+                    gitea::install_webhook(&config, &repo, url)
+                }
+            }
+        }
     }
 }

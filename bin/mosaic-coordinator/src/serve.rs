@@ -1,38 +1,164 @@
 //! `serve`: builds every component from the configuration and runs until SIGTERM/SIGINT.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use mosaic_engine::inbox::{InboxWorker, SnapshotHandler};
+use mosaic_gitea::{BotIdentity, GiteaApi, GiteaClient};
 use mosaic_security::WebhookVerifier;
 use mosaic_store::Store;
 use mosaic_store::sqlite::SqliteStore;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::probes::StoreProbe;
+use crate::Failure;
+use crate::config::{Config, ConfigError};
+use crate::glue::StoreParseCache;
+use crate::probes::{GiteaProbe, GiteaStatus, ParserProbe, StoreProbe};
 
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(async {
+        let address = SocketAddr::new(config.server.host, config.server.port.get());
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        run_on(config, listener, shutdown_signal()).await
+    })
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// The Gitea side as far as start-up could establish it.
+struct GiteaSetup {
+    api: Option<Arc<dyn GiteaApi>>,
+    status: Arc<RwLock<GiteaStatus>>,
+    /// The bot's identity once known (Gitea may be unreachable at start).
+    identity: watch::Receiver<Option<BotIdentity>>,
+}
+
+fn set_status(status: &RwLock<GiteaStatus>, new: GiteaStatus) {
+    match status.write() {
+        Ok(mut guard) => *guard = new,
+        Err(poisoned) => *poisoned.into_inner() = new,
+    }
+}
+
+/// Connects to Gitea: a rejected token or a wrong bot name stops the start (exit 78); an
+/// unreachable Gitea does not — the coordinator accepts webhooks and keeps trying.
+async fn connect_gitea(config: &Config, cancel: &CancellationToken) -> Result<GiteaSetup, Failure> {
+    let (identity_tx, identity) = watch::channel(None);
+    let disabled = |why: &str| GiteaSetup {
+        api: None,
+        status: Arc::new(RwLock::new(GiteaStatus::Disabled(why.to_owned()))),
+        identity: identity.clone(),
+    };
+    let Some(gitea) = &config.gitea else {
+        tracing::warn!(
+            "no Gitea configured (GITEA_URL): deliveries are recorded, nothing is read from or written to Gitea"
+        );
+        return Ok(disabled("not configured (GITEA_URL)"));
+    };
+    if gitea.token.is_none() {
+        tracing::warn!("no GITEA_BOT_TOKEN: deliveries are recorded, nothing is written to Gitea");
+        return Ok(disabled("no GITEA_BOT_TOKEN: nothing is written to Gitea"));
+    }
+    let client = GiteaClient::new(gitea).context("cannot build the Gitea client")?;
+    let api: Arc<dyn GiteaApi> = Arc::new(client);
+    let status = Arc::new(RwLock::new(GiteaStatus::Unreachable(
+        "connecting".to_owned(),
+    )));
+    let expected = gitea.bot_username.clone();
+    let assignee = gitea.assignee.clone();
+
+    match BotIdentity::resolve(api.as_ref(), expected.as_deref()).await {
+        Ok(identity) => {
+            let identity = identity.with_assignee(assignee.as_deref());
+            tracing::info!(
+                bot = identity.login(),
+                acts_for = identity.acts_for(),
+                "connected to Gitea"
+            );
+            set_status(&status, GiteaStatus::Connected(identity.login().to_owned()));
+            let _ = identity_tx.send(Some(identity));
+        }
+        Err(err) if err.is_fatal() => {
+            return Err(
+                ConfigError(format!("Gitea refused the coordinator's identity: {err}")).into(),
+            );
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "Gitea unreachable at start; accepting webhooks and retrying");
+            set_status(&status, GiteaStatus::Unreachable(err.to_string()));
+            let api = Arc::clone(&api);
+            let status = Arc::clone(&status);
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let mut delay = Duration::from_secs(2);
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    match BotIdentity::resolve(api.as_ref(), expected.as_deref()).await {
+                        Ok(identity) => {
+                            let identity = identity.with_assignee(assignee.as_deref());
+                            tracing::info!(bot = identity.login(), "connected to Gitea");
+                            set_status(
+                                &status,
+                                GiteaStatus::Connected(identity.login().to_owned()),
+                            );
+                            let _ = identity_tx.send(Some(identity));
+                            return;
+                        }
+                        Err(err) => {
+                            // A fatal answer after start (token revoked meanwhile) cannot stop a
+                            // running coordinator; it is reported and retried like the rest.
+                            tracing::warn!(error = %err, "Gitea still unavailable");
+                            set_status(&status, GiteaStatus::Unreachable(err.to_string()));
+                            delay = (delay * 2).min(Duration::from_secs(60));
+                        }
+                    }
+                }
+            });
+        }
+    }
+    Ok(GiteaSetup {
+        api: Some(api),
+        status,
+        identity,
+    })
+}
+
+/// Runs the whole coordinator on `listener` until `shutdown` completes.
+pub async fn run_on(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Failure> {
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&config.store)
             .with_context(|| format!("cannot open the store at {}", config.store.url))?,
     );
-    let verifier =
-        WebhookVerifier::new(config.webhook.secrets.clone()).context("invalid webhook secrets")?;
+    let verifier = WebhookVerifier::new(config.webhook.secrets.clone())
+        .map_err(|err| ConfigError(format!("invalid configuration: `webhook.secrets`: {err}")))?;
+    let profiles = crate::config::agent_profiles(&config)?;
+    let parser = mosaic_parser::build_parser(
+        &config.parser,
+        profiles.names(),
+        Arc::new(StoreParseCache {
+            store: Arc::clone(&store),
+        }),
+    )
+    .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
     let notify = Arc::new(Notify::new());
     let cancel = CancellationToken::new();
+    let gitea = connect_gitea(&config, &cancel).await?;
 
     // The inbox worker starts before the listener: rows left pending by a crash are handled
     // first, in order.
@@ -43,19 +169,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.inbox.clone(),
     );
     let worker_task = tokio::spawn(worker.run(cancel.clone()));
+    let _ = (&gitea.api, &gitea.identity, &profiles);
 
-    let address = SocketAddr::new(config.server.host, config.server.port.get());
-    let listener = TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
     let bound = listener
         .local_addr()
         .context("cannot read the bound address")?;
-
     let state = mosaic_http::AppState::new(env!("CARGO_PKG_VERSION"))
         .with_request_timeout(Duration::from_secs(config.server.request_timeout_secs))
         .with_probe(Arc::new(StoreProbe {
             store: Arc::clone(&store),
+        }))
+        .with_probe(Arc::new(GiteaProbe {
+            status: Arc::clone(&gitea.status),
+        }))
+        .with_probe(Arc::new(ParserProbe {
+            parser: Arc::clone(&parser),
         }))
         .with_api_token(config.api.token.clone())
         .with_intake(mosaic_http::Intake {
@@ -70,13 +198,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         address = %bound,
         version = env!("CARGO_PKG_VERSION"),
         store = %config.store.url,
+        parser = %parser.health().provider,
         api_auth = if config.api.token.is_some() { "bearer token" } else { "loopback only" },
         "listening"
     );
     mosaic_http::serve(
         listener,
         app,
-        shutdown_signal(),
+        shutdown,
         Duration::from_secs(config.server.shutdown_grace_secs),
     )
     .await
@@ -94,7 +223,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let interrupt = async {
         if let Err(err) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %err, "cannot listen for SIGINT");
