@@ -348,13 +348,30 @@ pub fn render(config: &Config, figment: &Figment) -> String {
     };
     for (section, body) in sections {
         out.push_str(&format!("\n[{section}]\n"));
-        let Some(fields) = body.as_object() else {
-            continue;
+        let fields = match body {
+            serde_json::Value::Object(fields) => fields,
+            serde_json::Value::Null => {
+                out.push_str("# not configured\n");
+                continue;
+            }
+            serde_json::Value::Array(items) if items.is_empty() => {
+                out.push_str("# none configured: built-in defaults\n");
+                continue;
+            }
+            other => {
+                let origin = figment
+                    .find_metadata(section)
+                    .map_or_else(|| "default".to_owned(), origin);
+                out.push_str(&format!("{other}  # {origin}\n"));
+                continue;
+            }
         };
         for (field, value) in fields {
             let key = format!("{section}.{field}");
             let shown = if is_secret_key(&key) {
                 redacted_shape(value)
+            } else if value.is_null() {
+                "(not set)".to_owned()
             } else {
                 value.to_string()
             };
@@ -521,6 +538,23 @@ mod tests {
                 "{message}"
             );
             assert!(message.contains("server.prot"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_states_the_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("example.toml", include_str!("../../../mosaic.example.toml"))?;
+            let mut s = sources(&[]);
+            s.file = Some(jail.directory().join("example.toml"));
+            let (from_example, _) = load(&s).unwrap();
+            let (defaults, _) = load(&sources(&[])).unwrap();
+            assert_eq!(
+                serde_json::to_value(&from_example).unwrap(),
+                serde_json::to_value(&defaults).unwrap(),
+                "mosaic.example.toml must give exactly the built-in defaults"
+            );
             Ok(())
         });
     }

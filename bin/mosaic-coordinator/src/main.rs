@@ -1,6 +1,7 @@
 //! `mosaic-coordinator`: the self-hosted coordinator binary.
 
 mod config;
+mod demo;
 mod gitea;
 mod glue;
 mod healthcheck;
@@ -36,6 +37,9 @@ enum Command {
     CheckConfig,
     /// Probe the local /health endpoint; exit 0 when it answers 200 (for container health checks).
     Healthcheck,
+    /// Run a whole scenario with nothing else installed: a temporary store, a built-in mock
+    /// Gitea and the built-in sample agent; prints progress and a summary table.
+    Demo,
     /// Set the coordinator up on Gitea.
     Gitea {
         #[command(subcommand)]
@@ -103,6 +107,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    if matches!(cli.command, Command::Demo) {
+        // The demo brings its own configuration; the operator's is not read.
+        logging::init(&logging::LogConfig {
+            level: "warn".parse().unwrap_or_default(),
+            format: logging::LogFormat::Pretty,
+        });
+        demo::run()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let sources = config::Sources::from_process(cli.config);
     let (config, figment) = config::load(&sources)?;
     match cli.command {
@@ -120,6 +133,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck => Ok(healthcheck::run(&config.server)),
+        Command::Demo => Ok(ExitCode::SUCCESS),
         Command::Gitea { command } => {
             logging::init(&config.log);
             match command {

@@ -1,0 +1,374 @@
+//! `demo`: a whole scenario with nothing else installed — the coordinator on a free port with a
+//! temporary store, a built-in mock Gitea, and the built-in sample agent as agent processes.
+//!
+//! Signed deliveries are replayed for four issues: one blocked by another, one too large for any
+//! agent, and one whose agent runs out of context and is rotated. Progress is printed as it
+//! happens, and a summary table at the end.
+
+// The demo talks to the person running it: printing is its purpose.
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use mosaic_domain::{IssueRef, IssueState, RepoName};
+use mosaic_gitea::mock::{MockGitea, NewIssue};
+use mosaic_runner::{AgentCommand, InputMode, RunnerConfig};
+use mosaic_security::{Secret, sign_hex};
+use mosaic_store::Store;
+use mosaic_store::sqlite::SqliteStore;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::Failure;
+use crate::config::Config;
+
+const SECRET: &str = "demo-webhook-secret";
+/// The whole scenario takes well under a minute; past this something is wrong.
+const DEADLINE: Duration = Duration::from_secs(180);
+
+/// One issue of the scenario.
+struct Scenario {
+    title: &'static str,
+    body: &'static str,
+}
+
+const ISSUES: [Scenario; 4] = [
+    Scenario {
+        title: "Context monitor for agent sessions",
+        body: "## Context Estimate\n- Files to modify: 3\n- Implementation complexity: medium (20,000 tokens)\n- Test requirements: medium (10,000 tokens)\n- Documentation: medium (3,000 tokens)\n- **Total estimated: 46,800 tokens**\n- Recommended agent: glm\n\n## Difficulty\nmedium\n\n## Dependencies\nNone\n",
+    },
+    Scenario {
+        title: "Dashboard for the monitor",
+        body: "## Context Estimate\n- Total estimated: 20,000 tokens\n\n## Difficulty\neasy\n\n## Dependencies\n- Blocked by: #1\n",
+    },
+    Scenario {
+        title: "Rewrite the whole tracker",
+        body: "## Context Estimate\n- Total estimated: 450,000 tokens\n\n## Difficulty\nhard\n\n## Dependencies\nNone\n",
+    },
+    Scenario {
+        title: "Large refactor of the session runner",
+        body: "## Context Estimate\n- Total estimated: 90,000 tokens\n- Recommended agent: sonnet\n\n## Difficulty\nmedium\n\n## Dependencies\nNone\n",
+    },
+];
+
+/// The sample agent as every agent profile's command: the coordinator's own binary.
+fn agent_command(args: &[&str], can_compact: bool) -> anyhow::Result<AgentCommand> {
+    let exe = std::env::current_exe().context("cannot find the coordinator's own executable")?;
+    let mut all = vec![crate::SAMPLE_AGENT_COMMAND.to_owned()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    Ok(AgentCommand {
+        program: exe.display().to_string(),
+        args: all,
+        env: BTreeMap::new(),
+        input: InputMode::JsonLines,
+        can_compact,
+        stall_timeout_secs: Some(Duration::from_secs(30)),
+        time_limit_secs: Some(Duration::from_secs(120)),
+    })
+}
+
+fn demo_config(dir: &std::path::Path, gitea_url: &url::Url) -> anyhow::Result<Config> {
+    let mut config = Config::default();
+    config.webhook.secrets = vec![Secret::new(SECRET)];
+    config.store = mosaic_store::StoreConfig::sqlite(dir.join("mosaic.db"));
+    config.inbox.idle_poll_ms = 200;
+    let mut gitea =
+        mosaic_gitea::GiteaConfig::new(gitea_url.clone(), Some(Secret::new(MockGitea::BOT_TOKEN)));
+    gitea.reconcile_interval_secs = 3600;
+    config.gitea = Some(gitea);
+    let mut runner = RunnerConfig::new(dir.join("work"));
+    // Small steps: a steady climb that a human can follow.
+    let steady = [
+        "--steps",
+        "8",
+        "--tokens-per-step",
+        "4000",
+        "--start-tokens",
+        "8000",
+        "--step-delay-ms",
+        "250",
+    ];
+    // glm compacts at 80% of its 128k window and finishes.
+    let compacting = [
+        "--steps",
+        "10",
+        "--tokens-per-step",
+        "12000",
+        "--start-tokens",
+        "20000",
+        "--step-delay-ms",
+        "250",
+    ];
+    // sonnet's agent cannot compact, so at 80% it is rotated to a fresh session that resumes.
+    let rotating = [
+        "--steps",
+        "10",
+        "--tokens-per-step",
+        "25000",
+        "--start-tokens",
+        "30000",
+        "--step-delay-ms",
+        "250",
+    ];
+    for (agent, args, can_compact) in [
+        ("opus", &steady[..], true),
+        ("haiku", &steady[..], true),
+        ("minimax", &steady[..], true),
+        ("glm", &compacting[..], true),
+        ("sonnet", &rotating[..], false),
+    ] {
+        runner
+            .agents
+            .insert(agent.to_owned(), agent_command(args, can_compact)?);
+    }
+    config.runner = Some(runner);
+    Ok(config)
+}
+
+/// A webhook body as Gitea sends it, built from the mock's view of the issue.
+fn delivery_body(gitea: &MockGitea, issue: &IssueRef, action: &str) -> anyhow::Result<Vec<u8>> {
+    let current = gitea
+        .issue(issue)
+        .with_context(|| format!("the mock has no issue {issue}"))?;
+    let owner = issue.repo.owner();
+    let body = json!({
+        "action": action,
+        "number": issue.number,
+        "issue": current,
+        "repository": {
+            "id": 1,
+            "name": issue.repo.name(),
+            "full_name": issue.repo.to_string(),
+            "owner": {"id": 1, "login": owner, "username": owner},
+            "html_url": format!("{}{}", gitea.base_url(), issue.repo),
+            "private": false,
+            "default_branch": "main",
+        },
+        "sender": {"id": 2, "login": "alice", "username": "alice"},
+    });
+    Ok(serde_json::to_vec_pretty(&body)?)
+}
+
+async fn deliver(
+    client: &reqwest::Client,
+    url: &str,
+    gitea: &MockGitea,
+    issue: &IssueRef,
+    action: &str,
+    event_type: &str,
+    n: u32,
+) -> anyhow::Result<()> {
+    let body = delivery_body(gitea, issue, action)?;
+    let signature = sign_hex(&Secret::new(SECRET), &body);
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-gitea-event", "issues")
+        .header("x-gitea-event-type", event_type)
+        .header("x-gitea-delivery", format!("demo-{n}"))
+        .header("x-gitea-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .context("webhook delivery failed")?;
+    let status = response.status();
+    let answer = response.text().await.unwrap_or_default();
+    println!("  → {action:<10} {issue}: {status} {answer}");
+    anyhow::ensure!(status.is_success(), "the coordinator refused the delivery");
+    Ok(())
+}
+
+pub fn run() -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(scenario())
+}
+
+async fn scenario() -> Result<(), Failure> {
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let (gitea, gitea_url) = MockGitea::start()
+        .await
+        .context("cannot start the mock Gitea")?;
+    let repo: RepoName = "demo/app".parse().context("demo repository name")?;
+    gitea.create_repo(&repo);
+    let issues: Vec<IssueRef> = ISSUES
+        .iter()
+        .map(|s| {
+            gitea.create_issue(
+                &repo,
+                NewIssue::titled(s.title)
+                    .body(s.body)
+                    .assigned_to(MockGitea::BOT_LOGIN),
+            )
+        })
+        .collect();
+    gitea.add_dependency(&issues[1], &issues[0]);
+
+    let config = demo_config(dir.path(), &gitea_url)?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot bind a port")?;
+    let address = listener.local_addr().context("bound address")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::serve::run_on(config, listener, async {
+        let _ = stop_rx.await;
+    }));
+    println!("Mosaic Coordinator demo");
+    println!(
+        "  coordinator  http://{address}  (store in {})",
+        dir.path().display()
+    );
+    println!(
+        "  mock Gitea   {gitea_url}  (repository {repo}, bot {})",
+        MockGitea::BOT_LOGIN
+    );
+    println!();
+
+    let client = reqwest::Client::new();
+    let health = format!("http://{address}/health");
+    wait_until(Duration::from_secs(20), || async {
+        client
+            .get(&health)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await
+    .context("the coordinator did not become healthy")?;
+
+    let webhook = format!("http://{address}/webhook/gitea");
+    println!("Replaying signed deliveries: every issue assigned to the bot");
+    for (n, issue) in issues.iter().enumerate() {
+        deliver(
+            &client,
+            &webhook,
+            &gitea,
+            issue,
+            "assigned",
+            "issue_assign",
+            n as u32 + 1,
+        )
+        .await?;
+    }
+    println!();
+
+    // The store is read through its own connection; the coordinator owns the writes.
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&mosaic_store::StoreConfig::sqlite(
+            dir.path().join("mosaic.db"),
+        ))
+        .context("cannot open the demo store")?,
+    );
+    let started = Instant::now();
+    let mut shown: BTreeMap<IssueRef, String> = BTreeMap::new();
+    let mut closed_first = false;
+    loop {
+        let records = store.list_issues(&[]).await.context("reading the queue")?;
+        for record in &records {
+            let line = format!(
+                "{:<12} {}",
+                record.state.as_str(),
+                record.assigned_agent.as_deref().unwrap_or("-")
+            );
+            if shown.get(&record.issue) != Some(&line) {
+                println!(
+                    "  [{:>5.1}s] {:<14} {line}",
+                    started.elapsed().as_secs_f64(),
+                    record.issue.to_string()
+                );
+                shown.insert(record.issue.clone(), line);
+            }
+        }
+        // When the blocker is done, close it in Gitea: the dependent becomes ready.
+        if !closed_first
+            && records
+                .iter()
+                .any(|r| r.issue == issues[0] && r.state == IssueState::Completed)
+        {
+            gitea.set_issue_state(&issues[0], mosaic_gitea::IssueState::Closed);
+            println!("  closing {} in Gitea", issues[0]);
+            deliver(
+                &client, &webhook, &gitea, &issues[0], "closed", "issues", 10,
+            )
+            .await?;
+            closed_first = true;
+        }
+        let settled =
+            records.len() == issues.len() && records.iter().all(|r| r.state.is_terminal());
+        if settled && closed_first {
+            break;
+        }
+        if started.elapsed() > DEADLINE {
+            println!("  the scenario did not finish within {DEADLINE:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!();
+    println!("{}", summary(store.as_ref(), &issues).await?);
+
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(15), server).await;
+    Ok(())
+}
+
+async fn wait_until<F, Fut>(limit: Duration, mut ready: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ready().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("timed out after {limit:?}")
+}
+
+/// issue, agent, estimate, tokens used, compactions, rotations, outcome.
+async fn summary(store: &dyn Store, issues: &[IssueRef]) -> anyhow::Result<String> {
+    let rotations = store.recent_rotations(1000).await?;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "{:<14} {:<8} {:>10} {:>12} {:>11} {:>9}  outcome",
+        "issue", "agent", "estimate", "tokens used", "compactions", "rotations"
+    )?;
+    for issue in issues {
+        let Some(record) = store.get_issue(issue).await? else {
+            writeln!(out, "{:<14} (never coordinated)", issue.to_string())?;
+            continue;
+        };
+        let mut compactions = 0;
+        for session in store.sessions_for_issue(issue).await? {
+            compactions += store.compactions_for_session(&session.id).await?.len();
+        }
+        let rotated = rotations.iter().filter(|r| &r.issue == issue).count();
+        writeln!(
+            out,
+            "{:<14} {:<8} {:>10} {:>12} {:>11} {:>9}  {}",
+            issue.to_string(),
+            record.assigned_agent.as_deref().unwrap_or("-"),
+            record
+                .estimate
+                .map_or_else(|| "-".to_owned(), crate_thousands),
+            crate_thousands(record.input_tokens + record.output_tokens),
+            compactions,
+            rotated,
+            record.state.as_str(),
+        )?;
+    }
+    Ok(out)
+}
+
+fn crate_thousands(n: u64) -> String {
+    mosaic_engine::report::thousands(n)
+}
