@@ -4,5 +4,6 @@
 //! concrete adapter; the binary wires the real ones.
 
 pub mod effects;
+pub mod engine;
 pub mod inbox;
 pub mod report;

@@ -1,0 +1,299 @@
+//! What the HTTP layer reads and does: plain serialisable views and two actions.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use mosaic_domain::{IssueRef, IssueState};
+use mosaic_store::{IssueRecord, IssueSnapshot, RotationRecord, SessionRecord, TransitionRecord};
+use serde::Serialize;
+
+use crate::report::Status;
+
+use super::work::Work;
+use super::{Engine, EngineError};
+
+/// Rotations scanned for an issue's detail view.
+const DETAIL_ROTATIONS: u32 = 500;
+
+/// One line of the queue.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueItem {
+    pub issue: IssueRef,
+    pub state: IssueState,
+    pub agent: Option<String>,
+    pub estimate: Option<u64>,
+    /// Open blockers it waits for.
+    pub blockers: Vec<IssueRef>,
+    pub attempts: u32,
+    pub queued_at: Option<DateTime<Utc>>,
+}
+
+/// Everything known about one issue.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IssueDetail {
+    pub record: IssueRecord,
+    pub state: IssueState,
+    pub blockers: Vec<IssueRef>,
+    pub open_blockers: Vec<IssueRef>,
+    pub dependents: Vec<IssueRef>,
+    pub history: Vec<TransitionRecord>,
+    pub sessions: Vec<SessionRecord>,
+    pub rotations: Vec<RotationRecord>,
+    pub snapshot: Option<IssueSnapshot>,
+    pub live: Option<LiveSessionView>,
+}
+
+/// A running session as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LiveSessionView {
+    pub session_id: String,
+    pub agent: String,
+    pub issue: IssueRef,
+    pub process_id: Option<u32>,
+    pub started_at: DateTime<Utc>,
+    pub context_percent: Option<f64>,
+    pub context_tokens: Option<u64>,
+    pub context_window: Option<u64>,
+    pub compactions: u32,
+    pub rotations: u32,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EngineStats {
+    /// Every state, zero included.
+    pub queue_depth: BTreeMap<String, u64>,
+    /// Sessions running (or starting) per agent.
+    pub running_by_agent: BTreeMap<String, u64>,
+    /// Context use per live session id, in percent.
+    pub context_percent: BTreeMap<String, f64>,
+    /// Compactions and successful rotations since start.
+    pub compactions: u64,
+    pub rotations: u64,
+}
+
+fn state_rank(state: IssueState) -> u8 {
+    match state {
+        IssueState::InProgress => 0,
+        IssueState::Ready => 1,
+        IssueState::Blocked => 2,
+        IssueState::Pending => 3,
+        _ => 4,
+    }
+}
+
+impl Engine {
+    /// Issues not yet finished: in progress, ready (in dispatch order), blocked, pending.
+    pub async fn queue(&self) -> Vec<QueueItem> {
+        let core = self.inner.core.lock().await;
+        let ready: Vec<IssueRef> = core.queue.ready_in_order().collect();
+        let mut items: Vec<QueueItem> = core
+            .queue
+            .iter()
+            .filter(|entry| !entry.state.is_terminal())
+            .map(|entry| {
+                let record = core.records.get(&entry.issue);
+                QueueItem {
+                    issue: entry.issue.clone(),
+                    state: entry.state,
+                    agent: entry.agent.clone(),
+                    estimate: record.and_then(|r| r.estimate),
+                    blockers: core.graph.open_blockers(&entry.issue),
+                    attempts: record.map_or(0, |r| r.attempts),
+                    queued_at: record.and_then(|r| r.queued_at),
+                }
+            })
+            .collect();
+        items.sort_by(|a, b| {
+            state_rank(a.state).cmp(&state_rank(b.state)).then_with(|| {
+                let position = |issue: &IssueRef| ready.iter().position(|r| r == issue);
+                position(&a.issue)
+                    .cmp(&position(&b.issue))
+                    .then_with(|| a.queued_at.cmp(&b.queued_at))
+                    .then_with(|| a.issue.cmp(&b.issue))
+            })
+        });
+        items
+    }
+
+    pub async fn issue_detail(&self, issue: &IssueRef) -> Result<IssueDetail, EngineError> {
+        let (record, blockers, open_blockers, dependents) = {
+            let core = self.inner.core.lock().await;
+            let record = core
+                .records
+                .get(issue)
+                .cloned()
+                .ok_or_else(|| EngineError::NotFound(issue.clone()))?;
+            (
+                record,
+                core.graph.blockers(issue),
+                core.graph.open_blockers(issue),
+                core.graph.dependents(issue),
+            )
+        };
+        let store = &self.inner.store;
+        let rotations = store
+            .recent_rotations(DETAIL_ROTATIONS)
+            .await?
+            .into_iter()
+            .filter(|r| &r.issue == issue || r.next_issue.as_ref() == Some(issue))
+            .collect();
+        Ok(IssueDetail {
+            state: record.state,
+            history: store.issue_history(issue).await?,
+            sessions: store.sessions_for_issue(issue).await?,
+            snapshot: store.get_issue_snapshot(issue).await?,
+            live: self.live_sessions().into_iter().find(|s| &s.issue == issue),
+            record,
+            blockers,
+            open_blockers,
+            dependents,
+            rotations,
+        })
+    }
+
+    /// Sessions the monitor watches now.
+    pub fn live_sessions(&self) -> Vec<LiveSessionView> {
+        self.inner
+            .monitor
+            .live_sessions()
+            .into_iter()
+            .map(|live| LiveSessionView {
+                session_id: live.session_id.to_string(),
+                agent: live.agent_type,
+                issue: live.issue,
+                process_id: live.process_id,
+                started_at: live.started_at,
+                context_percent: live.usage.map(|u| u.percent),
+                context_tokens: live.usage.map(|u| u.used_tokens),
+                context_window: live.usage.map(|u| u.window),
+                compactions: live.compactions,
+                rotations: live.rotations,
+            })
+            .collect()
+    }
+
+    /// Newest first.
+    pub async fn rotations(&self, limit: u32) -> Result<Vec<RotationRecord>, EngineError> {
+        Ok(self.inner.store.recent_rotations(limit).await?)
+    }
+
+    /// Puts a finished, failed, rejected or cancelled issue back in the queue (attempts reset);
+    /// a waiting one is re-judged with its stored metadata. An issue in progress is refused.
+    pub async fn requeue(&self, issue: &IssueRef) -> Result<IssueState, EngineError> {
+        let inner = &self.inner;
+        let mut core = inner.core.lock().await;
+        let state = core
+            .queue
+            .state(issue)
+            .ok_or_else(|| EngineError::NotFound(issue.clone()))?;
+        if state == IssueState::InProgress {
+            return Err(EngineError::InvalidTransition {
+                issue: issue.clone(),
+                from: state,
+                to: IssueState::Pending,
+            });
+        }
+        let mut work = Work::new(
+            &core,
+            "api:requeue".to_owned(),
+            format!("q{}", uuid::Uuid::now_v7()),
+        );
+        if state != IssueState::Pending {
+            work.step(&core, issue, IssueState::Pending)?;
+        }
+        work.update(&core, issue, |record| record.attempts = 0);
+        let change = work.graph.set_open(issue, true)?;
+        inner.follow(&core, &mut work, &change, Some(issue))?;
+        inner.evaluate(&core, &mut work, issue, None, true)?;
+        // Without metadata the issue waits at pending for its next delivery.
+        inner.store.commit_transitions(work.batches()).await?;
+        let new_state = work.queue.state(issue).unwrap_or(IssueState::Pending);
+        work.install(&mut core);
+        drop(core);
+        inner.wake.notify_one();
+        Ok(new_state)
+    }
+
+    /// Takes an issue out of the queue; a running session is closed.
+    pub async fn cancel(&self, issue: &IssueRef) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let mut core = inner.core.lock().await;
+        let state = core
+            .queue
+            .state(issue)
+            .ok_or_else(|| EngineError::NotFound(issue.clone()))?;
+        if state.is_terminal() {
+            return Err(EngineError::InvalidTransition {
+                issue: issue.clone(),
+                from: state,
+                to: IssueState::Cancelled,
+            });
+        }
+        let mut work = Work::new(
+            &core,
+            "api:cancel".to_owned(),
+            format!("q{}", uuid::Uuid::now_v7()),
+        );
+        let change = work.graph.set_coordinated(issue, false)?;
+        inner.follow(&core, &mut work, &change, Some(issue))?;
+        work.step(&core, issue, IssueState::Cancelled)?;
+        work.announce(
+            &core,
+            issue,
+            &inner.config.labels,
+            &Status::Cancelled {
+                why: "cancelled through the API",
+            },
+        );
+        inner.store.commit_transitions(work.batches()).await?;
+        work.install(&mut core);
+        let closing: Vec<(String, String)> = core
+            .running
+            .get(issue)
+            .and_then(|running| running.session_id.clone())
+            .map(|id| (id, "cancelled through the API".to_owned()))
+            .into_iter()
+            .collect();
+        drop(core);
+        inner.close_sessions(closing).await;
+        inner.wake.notify_one();
+        Ok(())
+    }
+
+    pub async fn stats(&self) -> EngineStats {
+        let core = self.inner.core.lock().await;
+        let mut queue_depth: BTreeMap<String, u64> = IssueState::ALL
+            .iter()
+            .map(|state| (state.as_str().to_owned(), 0))
+            .collect();
+        for entry in core.queue.iter() {
+            *queue_depth
+                .entry(entry.state.as_str().to_owned())
+                .or_default() += 1;
+        }
+        let mut running_by_agent: BTreeMap<String, u64> = self
+            .inner
+            .profiles
+            .names()
+            .map(|name| (name.to_owned(), 0))
+            .collect();
+        for running in core.running.values() {
+            *running_by_agent.entry(running.agent.clone()).or_default() += 1;
+        }
+        drop(core);
+        let context_percent = self
+            .live_sessions()
+            .into_iter()
+            .filter_map(|live| live.context_percent.map(|p| (live.session_id, p)))
+            .collect();
+        EngineStats {
+            queue_depth,
+            running_by_agent,
+            context_percent,
+            compactions: self.inner.compactions.load(Ordering::Relaxed),
+            rotations: self.inner.rotations.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! A delivery becomes queue decisions (issue 8, "Behaviour").
+//!
+//! Decisions are level-triggered: what matters is the issue's state as the delivery shows it
+//! (open, assigned to the bot) against what the engine has; the action only decides whether
+//! metadata is read again. So synthetic `reconcile-…` deliveries need no special path.
+
+use async_trait::async_trait;
+use chrono::Utc;
+use mosaic_domain::events::IssueAction;
+use mosaic_domain::{IssueMetadata, IssueRef, IssueState, WebhookPayload, assign};
+use mosaic_gitea::Dependencies;
+use mosaic_parser::ParseInput;
+use mosaic_store::{CompletionOutcome, Delivery, DeliveryEffects, IssueSnapshot, LlmUsageRecord};
+
+use crate::inbox::{DeliveryHandler, HandlerError, decode, snapshot_of};
+use crate::report::Status;
+
+use super::work::{Core, Work};
+use super::{Engine, EngineError, Inner};
+
+/// Most blockers whose tracker state is looked up per evaluation (bounded work per event).
+const MAX_STATE_LOOKUPS: usize = 20;
+
+/// What reading an issue produced, gathered before the engine's lock is taken.
+#[derive(Debug, Clone)]
+pub(crate) struct Evaluation {
+    pub metadata: IssueMetadata,
+    /// Blockers from Gitea's dependency API and the metadata, without the issue itself.
+    pub blockers: Vec<IssueRef>,
+    /// Tracker states (open?) learnt for blockers.
+    pub blocker_states: Vec<(IssueRef, bool)>,
+}
+
+/// A session to close once the change is committed (never while holding the lock).
+pub(crate) type Closing = (String, String);
+
+#[async_trait]
+impl DeliveryHandler for Engine {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        self.inner.handle_delivery(delivery).await
+    }
+}
+
+fn handler_error(err: EngineError) -> HandlerError {
+    match err {
+        EngineError::Store(err) => HandlerError::Transient(format!("store: {err}")),
+        other => HandlerError::Permanent(format!("engine: {other}")),
+    }
+}
+
+/// Whether an issue in a terminal state comes back to the queue on `action`.
+fn reenters(state: IssueState, action: &IssueAction) -> bool {
+    match action {
+        IssueAction::Assigned | IssueAction::Reopened | IssueAction::Opened => true,
+        // A rejected issue that was edited (split, estimate lowered) is judged again.
+        IssueAction::Edited | IssueAction::LabelUpdated | IssueAction::LabelCleared => {
+            state == IssueState::Rejected
+        }
+        _ => false,
+    }
+}
+
+/// Whether a waiting issue's metadata is read again on `action`.
+fn reevaluates(action: &IssueAction) -> bool {
+    matches!(
+        action,
+        IssueAction::Opened
+            | IssueAction::Edited
+            | IssueAction::Assigned
+            | IssueAction::Reopened
+            | IssueAction::LabelUpdated
+            | IssueAction::LabelCleared
+    )
+}
+
+impl Inner {
+    pub(crate) async fn handle_delivery(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        let payload = decode(delivery)?;
+        let snapshot = snapshot_of(&payload)?;
+        let (action, sender) = match &payload {
+            WebhookPayload::Issue(p) => (Some(p.action.clone()), p.sender.as_ref()),
+            WebhookPayload::IssueComment(p) => (None, p.sender.as_ref()),
+        };
+        let from_bot = sender.is_some_and(|user| self.is_bot(&user.login));
+        // Comments, pull requests and the bot's own events are recorded, never acted on.
+        let action = match action {
+            Some(action) if !from_bot && !payload.issue().is_pull_request() => action,
+            _ => {
+                if from_bot {
+                    tracing::debug!(issue = %snapshot.issue, "event sent by the bot itself; recorded only");
+                }
+                self.store
+                    .complete_delivery(
+                        delivery.id,
+                        DeliveryEffects {
+                            snapshot: Some(snapshot),
+                            transitions: Vec::new(),
+                        },
+                    )
+                    .await?;
+                return Ok(());
+            }
+        };
+        let issue = snapshot.issue.clone();
+        let open = snapshot.state.is_open();
+        let deleted = action == IssueAction::Deleted;
+        let assigned =
+            open && !deleted && snapshot.assignees.iter().any(|login| self.is_bot(login));
+
+        let needs_reading = assigned && {
+            let core = self.core.lock().await;
+            match core.queue.state(&issue) {
+                None => true,
+                Some(IssueState::InProgress) => false,
+                Some(state) if state.is_terminal() => reenters(state, &action),
+                Some(_) => {
+                    reevaluates(&action)
+                        || core
+                            .records
+                            .get(&issue)
+                            .is_none_or(|record| record.metadata.is_none())
+                }
+            }
+        };
+        let evaluation = if needs_reading {
+            Some(self.read_issue(&snapshot).await)
+        } else {
+            None
+        };
+
+        let mut core = self.core.lock().await;
+        let mut work = Work::new(
+            &core,
+            format!("delivery:{}", delivery.id),
+            format!("d{}", delivery.id),
+        );
+        let mut closing = Vec::new();
+        self.decide(
+            &core,
+            &mut work,
+            &DeliveryFacts {
+                issue: &issue,
+                action: &action,
+                open,
+                deleted,
+                assigned,
+                labels: &snapshot.labels,
+            },
+            evaluation.as_ref(),
+            &mut closing,
+        )
+        .map_err(handler_error)?;
+        let outcome = self
+            .store
+            .complete_delivery(
+                delivery.id,
+                DeliveryEffects {
+                    snapshot: Some(snapshot),
+                    transitions: work.batches(),
+                },
+            )
+            .await?;
+        match outcome {
+            CompletionOutcome::Completed => work.install(&mut core),
+            CompletionOutcome::AlreadyProcessed => {
+                tracing::debug!(issue = %issue, "delivery was already processed; nothing written again");
+                closing.clear();
+            }
+        }
+        drop(core);
+        self.close_sessions(closing).await;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Closes sessions after their issue's change is committed; the outcome arrives through
+    /// the monitor sink, which ends the session record.
+    pub(crate) async fn close_sessions(&self, closing: Vec<Closing>) {
+        for (session_id, reason) in closing {
+            let id = mosaic_context::SessionId::from(session_id);
+            if let Err(err) = self.monitor.close(&id, &reason).await {
+                tracing::warn!(session = %id, error = %err, "could not close the session");
+            }
+        }
+    }
+
+    /// Parses the issue (the parser's cache decides whether a model is asked) and gathers its
+    /// dependencies. Never fails: every failure has a logged fallback.
+    pub(crate) async fn read_issue(&self, snapshot: &IssueSnapshot) -> Evaluation {
+        let issue = &snapshot.issue;
+        let input = ParseInput {
+            repository: issue.repo.clone(),
+            number: issue.number,
+            title: snapshot.title.clone(),
+            body: snapshot.body.clone(),
+            labels: snapshot.labels.clone(),
+        };
+        let outcome = self.parser.parse(&input).await;
+        if let Some(error) = &outcome.llm_error {
+            tracing::warn!(%issue, %error, "model answer not used; template metadata instead");
+        }
+        if let Some(usage) = outcome.usage {
+            let health = self.parser.health();
+            let record = LlmUsageRecord {
+                provider: health.provider,
+                model: health.model.unwrap_or_default(),
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cost_usd: usage.cost_usd,
+                issue: Some(issue.clone()),
+                at: Utc::now(),
+            };
+            if let Err(err) = self.store.record_llm_usage(record).await {
+                tracing::warn!(%issue, error = %err, "could not record LLM usage");
+            }
+        }
+        let metadata = outcome.metadata;
+        let mut blockers: Vec<IssueRef> = metadata.blocked_by.clone();
+        let mut states = Vec::new();
+        if let Some(gitea) = &self.gitea {
+            match gitea.dependencies(issue).await {
+                Ok(Dependencies::Listed(listed)) => {
+                    for dependency in listed {
+                        if let Some(blocker) = dependency.issue_ref() {
+                            states.push((blocker.clone(), dependency.is_open()));
+                            blockers.push(blocker);
+                        }
+                    }
+                }
+                Ok(Dependencies::DependenciesDisabled) => self.log_deps_disabled_once(&issue.repo),
+                Err(err) => {
+                    tracing::warn!(%issue, error = %err, "Gitea dependencies unavailable; using the metadata's references")
+                }
+            }
+        }
+        blockers.retain(|blocker| blocker != issue);
+        blockers.sort_unstable();
+        blockers.dedup();
+        let mut lookups = 0;
+        for blocker in &blockers {
+            if states.iter().any(|(known, _)| known == blocker) || lookups >= MAX_STATE_LOOKUPS {
+                continue;
+            }
+            lookups += 1;
+            match self.store.get_issue_snapshot(blocker).await {
+                Ok(Some(snapshot)) => {
+                    states.push((blocker.clone(), snapshot.state.is_open()));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(%blocker, error = %err, "could not read the blocker's snapshot")
+                }
+            }
+            if let Some(gitea) = &self.gitea {
+                match gitea.get_issue(blocker).await {
+                    Ok(found) => states.push((blocker.clone(), found.is_open())),
+                    Err(err) => {
+                        tracing::warn!(%blocker, error = %err, "could not read the blocker from Gitea; treated as open")
+                    }
+                }
+            }
+        }
+        Evaluation {
+            metadata,
+            blockers,
+            blocker_states: states,
+        }
+    }
+
+    fn decide(
+        &self,
+        core: &Core,
+        work: &mut Work,
+        facts: &DeliveryFacts<'_>,
+        evaluation: Option<&Evaluation>,
+        closing: &mut Vec<Closing>,
+    ) -> Result<(), EngineError> {
+        let issue = facts.issue;
+        let labels = &self.config.labels;
+        let state = work.queue.state(issue);
+
+        // The tracker's open/closed state matters to every issue this one blocks.
+        if work.graph.contains(issue) || state.is_some() {
+            let closed = !facts.open || facts.deleted;
+            // A completed issue stays satisfied for its dependents until it is reopened.
+            let graph_open = !closed && state != Some(IssueState::Completed);
+            let change = work.graph.set_open(issue, graph_open)?;
+            self.follow(core, work, &change, Some(issue))?;
+        }
+
+        let Some(state) = state else {
+            if facts.assigned {
+                work.admit(core, issue, facts.labels.to_vec())?;
+                self.evaluate(core, work, issue, evaluation, true)?;
+            }
+            return Ok(());
+        };
+
+        if !facts.open || facts.deleted || !facts.assigned {
+            if state.is_terminal() {
+                return Ok(());
+            }
+            let why = if facts.deleted {
+                "deleted in the tracker"
+            } else if !facts.open {
+                "closed in the tracker"
+            } else {
+                "unassigned from the bot"
+            };
+            let change = work.graph.set_coordinated(issue, false)?;
+            self.follow(core, work, &change, Some(issue))?;
+            if state == IssueState::InProgress {
+                if let Some(session) = core.running.get(issue).and_then(|r| r.session_id.clone()) {
+                    closing.push((session, why.to_owned()));
+                }
+                if !facts.open && !facts.deleted {
+                    // Closed while the agent worked: the issue is done as far as Gitea is concerned.
+                    work.step(core, issue, IssueState::Completed)?;
+                    let record = work.record(core, issue).unwrap_or_else(|| {
+                        mosaic_store::IssueRecord::new(
+                            issue.clone(),
+                            IssueState::Completed,
+                            work.at,
+                        )
+                    });
+                    let agent = record.assigned_agent.clone().unwrap_or_default();
+                    work.announce(
+                        core,
+                        issue,
+                        labels,
+                        &Status::Done {
+                            agent: &agent,
+                            summary: "The issue was closed in the tracker while the agent worked; the session was ended.",
+                            tokens: record.input_tokens.saturating_add(record.output_tokens),
+                            cost_usd: record.cost_usd,
+                        },
+                    );
+                    return Ok(());
+                }
+            }
+            work.step(core, issue, IssueState::Cancelled)?;
+            work.announce(core, issue, labels, &Status::Cancelled { why });
+            return Ok(());
+        }
+
+        // Open and assigned to the bot.
+        work.queue.set_labels(issue, facts.labels.to_vec())?;
+        match state {
+            IssueState::InProgress => {
+                // Not re-evaluated while an agent works on it; the snapshot is recorded.
+                Ok(())
+            }
+            state if state.is_terminal() => {
+                if reenters(state, facts.action) {
+                    work.step(core, issue, IssueState::Pending)?;
+                    work.update(core, issue, |record| record.attempts = 0);
+                    self.evaluate(core, work, issue, evaluation, true)?;
+                }
+                Ok(())
+            }
+            _ => {
+                if evaluation.is_some() {
+                    self.evaluate(core, work, issue, evaluation, false)?;
+                } else if work.settle(core, issue)? {
+                    work.announce_waiting(core, issue, labels);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Re-settles waiting issues a graph change affected (other than `except`) and tells them.
+    pub(crate) fn follow(
+        &self,
+        core: &Core,
+        work: &mut Work,
+        change: &mosaic_domain::GraphChange,
+        except: Option<&IssueRef>,
+    ) -> Result<(), EngineError> {
+        for moved in work.follow_graph(core, change, except)? {
+            work.announce_waiting(core, &moved, &self.config.labels);
+        }
+        Ok(())
+    }
+
+    /// Applies metadata, dependencies and the 50% rule to a waiting issue (pending, blocked or
+    /// ready). Without a fresh evaluation the stored metadata is used (requeue).
+    pub(crate) fn evaluate(
+        &self,
+        core: &Core,
+        work: &mut Work,
+        issue: &IssueRef,
+        evaluation: Option<&Evaluation>,
+        always_announce: bool,
+    ) -> Result<(), EngineError> {
+        let labels = &self.config.labels;
+        let before_state = work.queue.state(issue);
+        let before = work.record(core, issue);
+        let before_blockers = work.graph.open_blockers(issue);
+
+        let (metadata, blockers) = match evaluation {
+            Some(evaluation) => {
+                for (blocker, open) in &evaluation.blocker_states {
+                    // Our own completed issues count as done whatever the tracker says.
+                    let completed = work
+                        .record(core, blocker)
+                        .is_some_and(|record| record.state == IssueState::Completed);
+                    if !completed {
+                        let change = work.graph.set_open(blocker, *open)?;
+                        self.follow(core, work, &change, Some(issue))?;
+                    }
+                }
+                work.set_blocked_by(core, issue, evaluation.blockers.clone());
+                (evaluation.metadata.clone(), evaluation.blockers.clone())
+            }
+            None => match before.as_ref().and_then(|record| record.metadata.clone()) {
+                Some(metadata) => (metadata, work.graph.blockers(issue)),
+                // Nothing known yet: wait for the next delivery that carries the text.
+                None => return Ok(()),
+            },
+        };
+        let rank = work.queue.priorities().rank(
+            &work
+                .queue
+                .get(issue)
+                .map(|entry| entry.labels.clone())
+                .unwrap_or_default(),
+        );
+        let estimate = metadata.estimated_context;
+        let assignment = assign(&metadata, &self.profiles, &self.policy);
+        let agent = assignment.as_ref().ok().map(|a| a.agent.clone());
+        work.update(core, issue, |record| {
+            record.metadata = Some(metadata);
+            record.estimate = Some(estimate);
+            record.priority = i32::try_from(rank).map_or(i32::MIN, |rank| -rank);
+            record.assigned_agent = agent.clone();
+        });
+        work.queue.set_agent(issue, agent.clone())?;
+        let change = work.graph.set_blockers(issue, &blockers)?;
+        self.follow(core, work, &change, Some(issue))?;
+
+        match assignment {
+            Err(rejection) => {
+                let change = work.graph.set_coordinated(issue, false)?;
+                self.follow(core, work, &change, Some(issue))?;
+                work.step(core, issue, IssueState::Rejected)?;
+                let reason = rejection.to_string();
+                tracing::info!(%issue, %reason, "issue rejected");
+                work.announce(core, issue, labels, &Status::Rejected { reason: &reason });
+            }
+            Ok(assignment) => {
+                let change = work.graph.set_coordinated(issue, true)?;
+                self.follow(core, work, &change, Some(issue))?;
+                let moved = work.settle(core, issue)?;
+                let changed = moved
+                    || always_announce
+                    || before_state != work.queue.state(issue)
+                    || before.as_ref().and_then(|r| r.assigned_agent.clone())
+                        != Some(assignment.agent.clone())
+                    || before.as_ref().and_then(|r| r.estimate) != Some(estimate)
+                    || before_blockers != work.graph.open_blockers(issue);
+                if changed {
+                    work.announce_waiting(core, issue, labels);
+                }
+                tracing::info!(%issue, agent = %assignment.agent, estimate, state = ?work.queue.state(issue), "issue evaluated");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a delivery says about its issue.
+pub(crate) struct DeliveryFacts<'a> {
+    pub issue: &'a IssueRef,
+    pub action: &'a IssueAction,
+    pub open: bool,
+    pub deleted: bool,
+    pub assigned: bool,
+    pub labels: &'a [String],
+}

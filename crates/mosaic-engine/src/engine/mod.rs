@@ -1,0 +1,215 @@
+//! The coordinator itself: turns deliveries into queue decisions, dispatches ready issues to
+//! agent sessions, records what the sessions do, and comes back after a crash.
+//!
+//! Every state change is computed on a copy of the in-memory graph and queue, committed to the
+//! store in one transaction together with its Gitea writes (the outbox) and, for deliveries,
+//! the inbox row's processed mark; only then is the copy installed (invariants 3 and 4).
+//!
+//! Locks: `core` guards the in-memory picture and is never held while waiting for the context
+//! monitor; `gate` serialises "spawn a session and record it" against the monitor's reports,
+//! so a report never overtakes the record of the session it is about. Order: gate, then core.
+
+mod api;
+mod config;
+mod dispatch;
+mod handle;
+mod recover;
+mod sink;
+mod work;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+
+use mosaic_context::{AgentRuntime, ContextMonitor};
+use mosaic_domain::{
+    AgentProfiles, AssignmentPolicy, GraphError, IssueRef, IssueState, PriorityOrder, QueueError,
+    RepoName,
+};
+use mosaic_gitea::GiteaApi;
+use mosaic_parser::IssueParser;
+use mosaic_store::{Store, StoreError};
+use tokio::sync::{Mutex, Notify};
+
+pub use api::{EngineStats, IssueDetail, LiveSessionView, QueueItem};
+pub use config::{EngineConfig, EngineConfigError, MonitorSettings};
+pub use recover::RecoveryReport;
+
+use work::Core;
+
+/// What the engine could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("issue {0} is not coordinated")]
+    NotFound(IssueRef),
+    #[error("issue {issue} cannot go from {from} to {to}")]
+    InvalidTransition {
+        issue: IssueRef,
+        from: IssueState,
+        to: IssueState,
+    },
+    #[error(transparent)]
+    Config(#[from] EngineConfigError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("dependency graph: {0}")]
+    Graph(#[from] GraphError),
+    #[error("queue: {0}")]
+    Queue(QueueError),
+}
+
+impl From<QueueError> for EngineError {
+    fn from(err: QueueError) -> Self {
+        match err {
+            QueueError::InvalidTransition { issue, source } => Self::InvalidTransition {
+                issue,
+                from: source.from,
+                to: source.to,
+            },
+            QueueError::NotQueued(issue) => Self::NotFound(issue),
+            other => Self::Queue(other),
+        }
+    }
+}
+
+/// Everything the engine is built from: traits and configuration, never a concrete adapter.
+#[derive(Clone)]
+pub struct EngineParts {
+    pub store: Arc<dyn Store>,
+    pub parser: Arc<dyn IssueParser>,
+    /// `None` without a Gitea token: deliveries are still recorded and acted on, dependencies
+    /// come from the metadata only, and the outbox keeps the writes.
+    pub gitea: Option<Arc<dyn GiteaApi>>,
+    /// The bot's login: issues assigned to it are coordinated; its own events only recorded.
+    pub acts_for: String,
+    pub profiles: AgentProfiles,
+    pub policy: AssignmentPolicy,
+    pub priorities: PriorityOrder,
+    pub runtime: Arc<dyn AgentRuntime>,
+    pub config: EngineConfig,
+}
+
+impl std::fmt::Debug for EngineParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineParts")
+            .field("acts_for", &self.acts_for)
+            .field("gitea", &self.gitea.is_some())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    store: Arc<dyn Store>,
+    parser: Arc<dyn IssueParser>,
+    gitea: Option<Arc<dyn GiteaApi>>,
+    acts_for: String,
+    profiles: AgentProfiles,
+    policy: AssignmentPolicy,
+    config: EngineConfig,
+    core: Mutex<Core>,
+    gate: Mutex<()>,
+    monitor: ContextMonitor,
+    /// Wakes the dispatcher after every change that may make work startable.
+    wake: Notify,
+    shutting_down: AtomicBool,
+    compactions: AtomicU64,
+    rotations: AtomicU64,
+    /// Repositories whose disabled dependency API was already logged (logged once).
+    deps_disabled_logged: StdMutex<HashSet<RepoName>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("acts_for", &self.acts_for)
+            .field("config", &self.config)
+            .field("gitea", &self.gitea.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The coordinator's engine; cheap to clone (clones share everything).
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Builds the engine without touching the store; call [`Engine::recover`] before use, or use
+    /// [`Engine::start`] which does both.
+    pub fn new(parts: EngineParts) -> Result<Self, EngineError> {
+        parts.config.validate(&parts.profiles)?;
+        let monitor_config = parts.config.monitor_config()?;
+        let inner = Arc::new_cyclic(|weak| {
+            // The monitor reports back through a weak handle, so engine and monitor do not
+            // keep each other alive.
+            let sink = Arc::new(sink::EngineSink::new(weak.clone()));
+            let monitor = ContextMonitor::new(
+                Arc::clone(&parts.runtime),
+                Arc::clone(&sink) as Arc<dyn mosaic_context::MonitorSink>,
+                sink as Arc<dyn mosaic_context::HandoverSource>,
+                monitor_config,
+            );
+            Inner {
+                store: parts.store,
+                parser: parts.parser,
+                gitea: parts.gitea,
+                acts_for: parts.acts_for,
+                profiles: parts.profiles,
+                policy: parts.policy,
+                config: parts.config,
+                core: Mutex::new(Core {
+                    queue: mosaic_domain::IssueQueue::new(parts.priorities),
+                    ..Core::default()
+                }),
+                gate: Mutex::new(()),
+                monitor,
+                wake: Notify::new(),
+                shutting_down: AtomicBool::new(false),
+                compactions: AtomicU64::new(0),
+                rotations: AtomicU64::new(0),
+                deps_disabled_logged: StdMutex::new(HashSet::new()),
+            }
+        });
+        Ok(Self { inner })
+    }
+
+    /// [`Engine::new`] followed by [`Engine::recover`].
+    pub async fn start(parts: EngineParts) -> Result<(Self, RecoveryReport), EngineError> {
+        let engine = Self::new(parts)?;
+        let report = engine.recover().await?;
+        Ok((engine, report))
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The bot login the engine acts for.
+    pub fn acts_for(&self) -> &str {
+        &self.inner.acts_for
+    }
+
+    /// The context monitor watching the engine's sessions.
+    pub fn monitor(&self) -> &ContextMonitor {
+        &self.inner.monitor
+    }
+}
+
+impl Inner {
+    fn is_bot(&self, login: &str) -> bool {
+        login.eq_ignore_ascii_case(&self.acts_for)
+    }
+
+    fn log_deps_disabled_once(&self, repo: &RepoName) {
+        let first = self
+            .deps_disabled_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(repo.clone());
+        if first {
+            tracing::info!(%repo, "Gitea dependencies are disabled for this repository; using the references in the issue metadata");
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! What the context monitor reports goes into the store and the queue.
+
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
+
+use async_trait::async_trait;
+use mosaic_context::{
+    CompactionRecord, ContextUsage, HandoverError, HandoverSource, LiveSession, MonitorSink,
+    SessionOutcome, SessionRotation, SessionTask, SinkError,
+};
+use mosaic_domain::IssueState;
+use mosaic_store::{NewSession, RotationRecord, SessionOutcome as StoredOutcome};
+
+use super::dispatch::{Conclusion, session_end};
+use super::work::{Running, Work};
+use super::{EngineError, Inner};
+
+/// The engine as the monitor sees it; weak, so the monitor does not keep the engine alive.
+#[derive(Debug)]
+pub(crate) struct EngineSink {
+    inner: Weak<Inner>,
+}
+
+impl EngineSink {
+    pub fn new(inner: Weak<Inner>) -> Self {
+        Self { inner }
+    }
+}
+
+fn sink_error(err: EngineError) -> SinkError {
+    SinkError(err.to_string())
+}
+
+#[async_trait]
+impl MonitorSink for EngineSink {
+    async fn on_usage(
+        &self,
+        _session: &LiveSession,
+        _usage: &ContextUsage,
+    ) -> Result<(), SinkError> {
+        // Usage is read live from the monitor for the API and metrics; nothing to store.
+        Ok(())
+    }
+
+    async fn on_compaction(&self, record: &CompactionRecord) -> Result<(), SinkError> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Ok(());
+        };
+        let stored = mosaic_store::CompactionRecord {
+            session_id: record.session_id.to_string(),
+            issue: record.issue.clone(),
+            before_tokens: record.result.before_tokens,
+            after_tokens: record.result.after_tokens,
+            freed_tokens: record.result.freed_tokens,
+            freed_percent: record.result.freed_percent,
+            success: record.result.success,
+            at: record.at,
+        };
+        inner
+            .store
+            .record_compaction(stored)
+            .await
+            .map_err(|err| SinkError(err.to_string()))?;
+        inner.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn on_rotation(&self, record: &SessionRotation) -> Result<(), SinkError> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Ok(());
+        };
+        inner.session_rotated(record).await.map_err(sink_error)
+    }
+
+    async fn on_outcome(
+        &self,
+        session: &LiveSession,
+        outcome: &SessionOutcome,
+    ) -> Result<(), SinkError> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Ok(());
+        };
+        inner
+            .session_ended(session, outcome)
+            .await
+            .map_err(sink_error)
+    }
+}
+
+#[async_trait]
+impl HandoverSource for EngineSink {
+    async fn next_issue_for(
+        &self,
+        agent_type: &str,
+        unfinished: &SessionTask,
+    ) -> Result<Option<SessionTask>, HandoverError> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Ok(None);
+        };
+        {
+            let core = inner.core.lock().await;
+            if core.queue.state(&unfinished.issue) == Some(IssueState::InProgress) {
+                return Ok(Some(unfinished.clone()));
+            }
+        }
+        let claim = inner
+            .claim_next(Some(agent_type))
+            .await
+            .map_err(|err| HandoverError(err.to_string()))?;
+        Ok(claim.map(|claim| claim.task))
+    }
+
+    async fn requeue(&self, task: &SessionTask, reason: &str) -> Result<(), HandoverError> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Ok(());
+        };
+        let _gate = inner.gate.lock().await;
+        let mut core = inner.core.lock().await;
+        inner
+            .conclude_now(
+                &mut core,
+                &task.issue,
+                Conclusion::Failed {
+                    reason: reason.to_owned(),
+                },
+                None,
+            )
+            .await;
+        Ok(())
+    }
+}
+
+impl Inner {
+    async fn session_ended(
+        &self,
+        live: &LiveSession,
+        outcome: &SessionOutcome,
+    ) -> Result<(), EngineError> {
+        let (stored, detail, tokens, cost_usd) = match outcome {
+            SessionOutcome::Running => return Ok(()),
+            SessionOutcome::Succeeded {
+                summary,
+                tokens,
+                cost_usd,
+            } => (
+                StoredOutcome::Succeeded,
+                Some(summary.clone()),
+                *tokens,
+                cost_usd.unwrap_or(0.0),
+            ),
+            SessionOutcome::Failed { reason } => {
+                (StoredOutcome::Failed, Some(reason.clone()), 0, 0.0)
+            }
+            SessionOutcome::Killed { reason } => {
+                (StoredOutcome::Killed, Some(reason.to_string()), 0, 0.0)
+            }
+        };
+        let shutting_down = self.shutting_down.load(Ordering::SeqCst);
+        let stored = if shutting_down && stored != StoredOutcome::Succeeded {
+            StoredOutcome::Interrupted
+        } else {
+            stored
+        };
+        let session_id = live.session_id.to_string();
+        let issue = &live.issue;
+        let _gate = self.gate.lock().await;
+        let mut core = self.core.lock().await;
+        let registered = core
+            .running
+            .get(issue)
+            .is_some_and(|running| running.session_id.as_deref() == Some(session_id.as_str()));
+        if !registered {
+            // A session the store never recorded (its record failed) or already ended.
+            tracing::debug!(%issue, session = %session_id, "outcome of an unregistered session ignored");
+            return Ok(());
+        }
+        let mut work = Work::new(
+            &core,
+            format!("session:{session_id} {}", stored.as_str()),
+            format!("s{session_id}"),
+        );
+        work.end_session(
+            &core,
+            issue,
+            session_end(&session_id, stored, detail.clone(), tokens, cost_usd),
+        );
+        work.update(&core, issue, |record| {
+            record.input_tokens = record.input_tokens.saturating_add(tokens);
+            record.cost_usd += cost_usd;
+        });
+        if core.queue.state(issue) == Some(IssueState::InProgress) {
+            let conclusion = match (stored, outcome) {
+                (StoredOutcome::Succeeded, SessionOutcome::Succeeded { summary, .. }) => {
+                    Conclusion::Succeeded {
+                        summary: summary.clone(),
+                        tokens,
+                        cost_usd,
+                    }
+                }
+                (StoredOutcome::Interrupted, _) => Conclusion::Interrupted,
+                _ => Conclusion::Failed {
+                    reason: detail.unwrap_or_else(|| "the session ended".to_owned()),
+                },
+            };
+            self.conclude(&core, &mut work, issue, &conclusion, "outcome")?;
+        }
+        self.store.commit_transitions(work.batches()).await?;
+        work.install(&mut core);
+        core.running.remove(issue);
+        tracing::info!(%issue, session = %session_id, outcome = stored.as_str(), "session ended");
+        drop(core);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn session_rotated(&self, rotation: &SessionRotation) -> Result<(), EngineError> {
+        let old_id = rotation.old_session_id.to_string();
+        self.store
+            .record_rotation(RotationRecord {
+                old_session_id: old_id.clone(),
+                new_session_id: rotation.new_session_id.as_ref().map(ToString::to_string),
+                agent_type: rotation.agent_type.clone(),
+                issue: rotation.issue.clone(),
+                next_issue: rotation.next_issue.clone(),
+                context_before_tokens: rotation.context_before_tokens,
+                context_before_percent: rotation.context_before_percent,
+                success: rotation.success,
+                error_message: rotation.error_message.clone(),
+                at: rotation.at,
+            })
+            .await?;
+        if rotation.success && rotation.new_session_id.is_some() {
+            self.rotations.fetch_add(1, Ordering::Relaxed);
+        }
+        let issue = &rotation.issue;
+        let _gate = self.gate.lock().await;
+        let mut core = self.core.lock().await;
+        let old_registered = core
+            .running
+            .get(issue)
+            .is_some_and(|running| running.session_id.as_deref() == Some(old_id.as_str()));
+        let mut work = Work::new(
+            &core,
+            format!("session:{old_id} rotated"),
+            format!("r{old_id}-{}", rotation.attempt),
+        );
+        if old_registered {
+            let detail = format!(
+                "rotated at {:.1}% context ({} tokens)",
+                rotation.context_before_percent, rotation.context_before_tokens
+            );
+            work.end_session(
+                &core,
+                issue,
+                session_end(&old_id, StoredOutcome::Rotated, Some(detail), 0, 0.0),
+            );
+        }
+        let next = rotation.next_issue.clone().unwrap_or_else(|| issue.clone());
+        let new_session = rotation.new_session_id.as_ref().map(|new_id| NewSession {
+            id: new_id.to_string(),
+            agent: rotation.agent_type.clone(),
+            issue: next.clone(),
+            pid: self
+                .monitor
+                .session_for_issue(&next)
+                .filter(|session| session.id() == new_id)
+                .and_then(|session| session.process_id()),
+            started_at: rotation.at,
+        });
+        if let Some(session) = new_session.clone() {
+            work.start_session(&core, &next, session);
+        }
+        if work.is_empty() {
+            return Ok(());
+        }
+        self.store.commit_transitions(work.batches()).await?;
+        work.install(&mut core);
+        if old_registered
+            && (next != *issue || rotation.new_session_id.is_none() && rotation.success)
+        {
+            core.running.remove(issue);
+        } else if old_registered && let Some(running) = core.running.get_mut(issue) {
+            running.session_id = None;
+        }
+        if let Some(session) = new_session {
+            core.running.insert(
+                next,
+                Running {
+                    session_id: Some(session.id),
+                    agent: session.agent,
+                    started_at: session.started_at,
+                },
+            );
+        }
+        Ok(())
+    }
+}
