@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
+    event: &'static str,
     outcome: &'static str,
 }
 
@@ -38,7 +39,7 @@ impl Metrics {
         let intake_requests = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "webhook_requests",
-            "Webhook requests by outcome (accepted, duplicate, ignored, rejected_*)",
+            "Webhook requests by event and outcome (accepted, duplicate, ignored, rejected_*)",
             intake_requests.clone(),
         );
         let signature_failures = Family::<ReasonLabels, Counter>::default();
@@ -65,9 +66,14 @@ impl Metrics {
         })
     }
 
-    pub(crate) fn observe_intake(&self, outcome: &'static str, elapsed: Duration) {
+    pub(crate) fn observe_intake(
+        &self,
+        event: &'static str,
+        outcome: &'static str,
+        elapsed: Duration,
+    ) {
         self.intake_requests
-            .get_or_create(&OutcomeLabels { outcome })
+            .get_or_create(&OutcomeLabels { event, outcome })
             .inc();
         self.intake_seconds.observe(elapsed.as_secs_f64());
     }

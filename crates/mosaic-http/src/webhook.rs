@@ -127,13 +127,16 @@ pub(crate) async fn receive(
 ) -> Response {
     let started = Instant::now();
     let result = intake(&state, &headers, body).await;
-    let outcome = match &result {
-        Ok((outcome, _)) => *outcome,
-        Err(err) => err_outcome(err),
+    let (event, outcome) = match &result {
+        Ok((event, outcome, _)) => (*event, *outcome),
+        // Refused before (or while) the event was read: no trustworthy event name.
+        Err(err) => ("unknown", err_outcome(err)),
     };
-    state.metrics().observe_intake(outcome, started.elapsed());
+    state
+        .metrics()
+        .observe_intake(event, outcome, started.elapsed());
     match result {
-        Ok((_, response)) => response,
+        Ok((_, _, response)) => response,
         Err(err) => err.into_response(),
     }
 }
@@ -149,11 +152,20 @@ fn err_outcome(err: &ApiError) -> &'static str {
     }
 }
 
+/// A fixed metrics label for an event kind (label values must stay few).
+fn event_label(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::Issue(fine) => fine.as_str(),
+        EventKind::IssueComment => "issue_comment",
+        EventKind::Other(_) => "other",
+    }
+}
+
 async fn intake(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(&'static str, Response), ApiError> {
+) -> Result<(&'static str, &'static str, Response), ApiError> {
     let intake = state.intake()?;
     let raw = read_limited(headers, body, intake.max_body_bytes).await?;
     let encoding = body_encoding(headers)?;
@@ -171,6 +183,7 @@ async fn intake(
     let event_type = first_header(headers, &EVENT_TYPE_HEADERS);
     let delivery_id = first_header(headers, &DELIVERY_HEADERS).map(|id| truncate(id, 128));
     let kind = EventKind::classify(event, event_type);
+    let label = event_label(&kind);
 
     let (status, action, repository, issue_number) = match &kind {
         EventKind::Other(_) => (IntakeStatus::Ignored, None, None, None),
@@ -224,6 +237,7 @@ async fn intake(
         (RecordOutcome::Duplicate { .. }, _) => {
             log("duplicate");
             (
+                label,
                 "duplicate",
                 (StatusCode::OK, Json(json!({"status": "duplicate"}))).into_response(),
             )
@@ -231,6 +245,7 @@ async fn intake(
         (RecordOutcome::Recorded { .. }, IntakeStatus::Ignored) => {
             log("ignored");
             (
+                label,
                 "ignored",
                 (StatusCode::OK, Json(json!({"status": "ignored"}))).into_response(),
             )
@@ -240,6 +255,7 @@ async fn intake(
             intake.notify.notify_one();
             let shown = delivery_id.unwrap_or_else(|| format!("inbox-{id}"));
             (
+                label,
                 "accepted",
                 (
                     StatusCode::OK,
