@@ -1,0 +1,775 @@
+//! The engine against a real SQLite store, the template parser and a scripted agent runtime.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
+use mosaic_context::{
+    AgentRuntime, AgentSession, ContextUsage, KillReason, RuntimeError, SessionError, SessionId,
+    SessionOutcome, SessionSnapshot, SessionTask,
+};
+use mosaic_domain::{
+    AgentProfile, AgentProfiles, AssignmentPolicy, Difficulty, IssueRef, IssueState, PriorityOrder,
+};
+use mosaic_engine::effects::GiteaWrite;
+use mosaic_engine::engine::{Engine, EngineConfig, EngineError, EngineParts};
+use mosaic_engine::inbox::{DeliveryHandler, InboxConfig, InboxWorker};
+use mosaic_parser::{KnownAgents, TemplateParser, TemplateSettings};
+use mosaic_store::sqlite::SqliteStore;
+use mosaic_store::{
+    Delivery, IntakeStatus, NewDelivery, RecordOutcome, SessionOutcome as Stored, Store,
+    StoreConfig,
+};
+use tokio::sync::{Notify, watch};
+
+const BOT: &str = "mosaic-bot";
+const FIXTURE: &[u8] = include_bytes!("../../../../shared/fixtures/gitea/issue-assign-event.json");
+
+// ----- a scripted agent runtime -----
+
+#[derive(Debug)]
+struct FakeSession {
+    id: SessionId,
+    agent: String,
+    issue: IssueRef,
+    state: watch::Sender<SessionSnapshot>,
+    closed: Mutex<Option<String>>,
+}
+
+impl FakeSession {
+    fn finish(&self, outcome: SessionOutcome) {
+        self.state
+            .send_modify(|snapshot| snapshot.outcome = outcome);
+    }
+}
+
+#[async_trait]
+impl AgentSession for FakeSession {
+    fn id(&self) -> &SessionId {
+        &self.id
+    }
+    fn agent_type(&self) -> &str {
+        &self.agent
+    }
+    fn issue(&self) -> &IssueRef {
+        &self.issue
+    }
+    fn process_id(&self) -> Option<u32> {
+        None
+    }
+    async fn usage(&self) -> Result<Option<ContextUsage>, SessionError> {
+        Ok(self.state.borrow().usage)
+    }
+    async fn send(&self, _prompt: &str) -> Result<(), SessionError> {
+        Ok(())
+    }
+    async fn compact(&self, _instructions: &str) -> Result<ContextUsage, SessionError> {
+        Ok(ContextUsage::new(1_000, 128_000).unwrap())
+    }
+    async fn close(&self, reason: &str) -> Result<SessionOutcome, SessionError> {
+        *self.closed.lock().unwrap() = Some(reason.to_owned());
+        let outcome = SessionOutcome::Killed {
+            reason: KillReason::Closed {
+                reason: reason.to_owned(),
+            },
+        };
+        self.finish(outcome.clone());
+        Ok(outcome)
+    }
+    fn outcome(&self) -> SessionOutcome {
+        self.state.borrow().outcome.clone()
+    }
+    fn latest_summary(&self) -> Option<String> {
+        None
+    }
+    fn subscribe(&self) -> watch::Receiver<SessionSnapshot> {
+        self.state.subscribe()
+    }
+}
+
+#[derive(Debug, Default)]
+struct FakeRuntime {
+    sessions: Mutex<Vec<Arc<FakeSession>>>,
+    spawns: AtomicU32,
+}
+
+impl FakeRuntime {
+    fn sessions(&self) -> Vec<Arc<FakeSession>> {
+        self.sessions.lock().unwrap().clone()
+    }
+    fn running(&self) -> Vec<Arc<FakeSession>> {
+        self.sessions()
+            .into_iter()
+            .filter(|s| s.outcome().is_running())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl AgentRuntime for FakeRuntime {
+    async fn spawn(
+        &self,
+        profile: &AgentProfile,
+        task: &SessionTask,
+    ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
+        self.spawns.fetch_add(1, Ordering::SeqCst);
+        let (state, _) = watch::channel(SessionSnapshot::new(Utc::now()));
+        let session = Arc::new(FakeSession {
+            id: SessionId::generate(),
+            agent: profile.name.clone(),
+            issue: task.issue.clone(),
+            state,
+            closed: Mutex::new(None),
+        });
+        self.sessions.lock().unwrap().push(Arc::clone(&session));
+        Ok(session)
+    }
+    fn can_compact(&self, _profile: &AgentProfile) -> bool {
+        true
+    }
+}
+
+// ----- set-up -----
+
+fn profiles() -> AgentProfiles {
+    AgentProfiles::new(vec![AgentProfile {
+        name: "glm".into(),
+        context_window: 128_000,
+        cost_input_per_mtok: 0.0,
+        cost_output_per_mtok: 0.0,
+        max_difficulty: Difficulty::High,
+        self_hosted: true,
+        enabled: true,
+        compact_threshold: None,
+        rotate_threshold: None,
+    }])
+    .unwrap()
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    store: Arc<dyn Store>,
+    runtime: Arc<FakeRuntime>,
+    engine: Engine,
+    seq: AtomicU32,
+}
+
+fn parts(store: Arc<dyn Store>, runtime: Arc<FakeRuntime>, config: EngineConfig) -> EngineParts {
+    let profiles = profiles();
+    EngineParts {
+        store,
+        parser: Arc::new(TemplateParser::new(
+            TemplateSettings::default(),
+            KnownAgents::new(profiles.names()),
+        )),
+        gitea: None,
+        acts_for: BOT.into(),
+        profiles,
+        policy: AssignmentPolicy::default(),
+        priorities: PriorityOrder::default(),
+        runtime,
+        config,
+    }
+}
+
+async fn harness_with(config: EngineConfig) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
+    let runtime = Arc::new(FakeRuntime::default());
+    let (engine, _) = Engine::start(parts(Arc::clone(&store), Arc::clone(&runtime), config))
+        .await
+        .unwrap();
+    Harness {
+        _dir: dir,
+        path,
+        store,
+        runtime,
+        engine,
+        seq: AtomicU32::new(0),
+    }
+}
+
+async fn harness() -> Harness {
+    harness_with(EngineConfig::default()).await
+}
+
+fn issue(n: u64) -> IssueRef {
+    format!("example/example#{n}").parse().unwrap()
+}
+
+/// An issue event as Gitea sends it.
+struct Event<'a> {
+    action: &'a str,
+    number: u64,
+    body: &'a str,
+    assignees: &'a [&'a str],
+    open: bool,
+    sender: &'a str,
+}
+
+impl<'a> Event<'a> {
+    fn assigned(number: u64, body: &'a str) -> Self {
+        Self {
+            action: "assigned",
+            number,
+            body,
+            assignees: &[BOT],
+            open: true,
+            sender: "alice",
+        }
+    }
+}
+
+impl Harness {
+    /// Records the event in the inbox and returns the stored row.
+    async fn record(&self, event: &Event<'_>) -> Delivery {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        let mut payload: serde_json::Value = serde_json::from_slice(FIXTURE).unwrap();
+        let user = |login: &str| {
+            let mut user = payload["sender"].clone();
+            user["login"] = login.into();
+            user["username"] = login.into();
+            user
+        };
+        let assignees: Vec<serde_json::Value> = event.assignees.iter().map(|l| user(l)).collect();
+        let sender = user(event.sender);
+        payload["action"] = event.action.into();
+        payload["number"] = event.number.into();
+        payload["sender"] = sender;
+        let issue = &mut payload["issue"];
+        issue["number"] = event.number.into();
+        issue["id"] = event.number.into();
+        issue["title"] = format!("Issue {}", event.number).into();
+        issue["body"] = event.body.into();
+        issue["assignee"] = assignees
+            .first()
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        issue["assignees"] = assignees.into();
+        issue["state"] = if event.open { "open" } else { "closed" }.into();
+        issue["updated_at"] = Utc
+            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .unwrap()
+            .checked_add_signed(chrono::Duration::seconds(i64::from(seq)))
+            .unwrap()
+            .to_rfc3339()
+            .into();
+        let body = serde_json::to_vec(&payload).unwrap();
+        let mut hash = [0_u8; 32];
+        hash[..4].copy_from_slice(&seq.to_be_bytes());
+        hash[4] = 0xAB;
+        let outcome = self
+            .store
+            .record_delivery(NewDelivery {
+                delivery_id: Some(format!("delivery-{seq}")),
+                event: "issues".into(),
+                event_type: Some("issues".into()),
+                action: Some(event.action.into()),
+                repository: Some("example/example".into()),
+                issue_number: Some(event.number),
+                body_sha256: hash,
+                body,
+                status: IntakeStatus::Pending,
+                received_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+        let RecordOutcome::Recorded { id } = outcome else {
+            panic!("duplicate delivery");
+        };
+        self.store
+            .pending_deliveries(Utc::now(), 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|d| d.id == id)
+            .unwrap()
+    }
+
+    /// Records and handles an event through the inbox worker.
+    async fn deliver(&self, event: &Event<'_>) -> Delivery {
+        let delivery = self.record(event).await;
+        let worker = InboxWorker::new(
+            Arc::clone(&self.store),
+            Arc::new(self.engine.clone()),
+            Arc::new(Notify::new()),
+            InboxConfig::default(),
+        );
+        worker.run_once().await.unwrap();
+        let rows = self.store.recent_deliveries(1).await.unwrap();
+        assert_eq!(
+            rows[0].status,
+            mosaic_store::DeliveryStatus::Processed,
+            "{:?}",
+            rows[0].last_error
+        );
+        delivery
+    }
+
+    async fn state(&self, n: u64) -> Option<IssueState> {
+        self.store
+            .get_issue(&issue(n))
+            .await
+            .unwrap()
+            .map(|r| r.state)
+    }
+
+    async fn writes(&self, n: u64) -> Vec<GiteaWrite> {
+        self.store
+            .outbox_for_issue(&issue(n))
+            .await
+            .unwrap()
+            .iter()
+            .map(|item| GiteaWrite::from_outbox(item).unwrap())
+            .collect()
+    }
+
+    async fn wait_for_state(&self, n: u64, state: IssueState) {
+        for _ in 0..200 {
+            if self.state(n).await == Some(state) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "issue #{n} never reached {state}; it is {:?}",
+            self.state(n).await
+        );
+    }
+}
+
+const SMALL: &str = "## Context Estimate\n- **Total estimated: 20,000 tokens**\n\n## Difficulty\nmedium\n\n## Acceptance Criteria\n- [ ] it works\n";
+
+fn status_texts(writes: &[GiteaWrite]) -> Vec<String> {
+    writes
+        .iter()
+        .filter_map(|w| match w {
+            GiteaWrite::StatusComment { body } => Some(body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn added_labels(writes: &[GiteaWrite]) -> Vec<String> {
+    writes
+        .iter()
+        .filter_map(|w| match w {
+            GiteaWrite::StateLabel { add, .. } => add.clone(),
+            _ => None,
+        })
+        .collect()
+}
+
+// ----- tests -----
+
+#[tokio::test]
+async fn an_assigned_issue_is_queued_with_a_status_comment_and_a_label() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    assert_eq!(h.state(1).await, Some(IssueState::Ready));
+    let writes = h.writes(1).await;
+    assert_eq!(
+        status_texts(&writes),
+        vec!["**Mosaic** · Queued for glm · estimate 20,000 tokens".to_owned()]
+    );
+    assert_eq!(added_labels(&writes), vec!["mosaic:queued".to_owned()]);
+    let queue = h.engine.queue().await;
+    assert_eq!(queue.len(), 1);
+    assert_eq!(
+        (queue[0].state, queue[0].agent.as_deref(), queue[0].estimate),
+        (IssueState::Ready, Some("glm"), Some(20_000))
+    );
+    let history = h.store.issue_history(&issue(1)).await.unwrap();
+    let steps: Vec<_> = history.iter().map(|t| (t.from, t.to)).collect();
+    assert_eq!(
+        steps,
+        vec![
+            (None, IssueState::Pending),
+            (Some(IssueState::Pending), IssueState::Ready)
+        ]
+    );
+    assert!(history.iter().all(|t| t.cause.starts_with("delivery:")));
+}
+
+#[tokio::test]
+async fn handling_the_same_delivery_twice_has_the_effect_of_once() {
+    let h = harness().await;
+    let delivery = h.deliver(&Event::assigned(1, SMALL)).await;
+    let outbox = h.store.outbox_for_issue(&issue(1)).await.unwrap().len();
+    let history = h.store.issue_history(&issue(1)).await.unwrap().len();
+    h.engine.handle(&delivery).await.unwrap();
+    assert_eq!(
+        h.store.outbox_for_issue(&issue(1)).await.unwrap().len(),
+        outbox
+    );
+    assert_eq!(
+        h.store.issue_history(&issue(1)).await.unwrap().len(),
+        history
+    );
+    assert_eq!(h.engine.queue().await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_bots_own_events_cause_nothing() {
+    let h = harness().await;
+    let mut event = Event::assigned(1, SMALL);
+    event.sender = BOT;
+    h.deliver(&event).await;
+    assert_eq!(h.state(1).await, None);
+    assert!(h.writes(1).await.is_empty());
+    assert!(h.engine.queue().await.is_empty());
+    assert!(
+        h.store
+            .get_issue_snapshot(&issue(1))
+            .await
+            .unwrap()
+            .is_some(),
+        "the snapshot is still recorded"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_issue_is_rejected_with_the_fifty_percent_message() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(
+        1,
+        "## Context Estimate\n- **Total estimated: 90,000 tokens**\n\n## Difficulty\nmedium\n",
+    ))
+    .await;
+    assert_eq!(h.state(1).await, Some(IssueState::Rejected));
+    let writes = h.writes(1).await;
+    let texts = status_texts(&writes);
+    assert_eq!(texts.len(), 1);
+    assert!(
+        texts[0].contains("exceeds 50% rule for glm agent"),
+        "{}",
+        texts[0]
+    );
+    assert!(
+        texts[0].contains("Maximum allowed: 64000 tokens"),
+        "{}",
+        texts[0]
+    );
+    assert_eq!(added_labels(&writes), vec!["mosaic:rejected".to_owned()]);
+    assert_eq!(h.engine.dispatch_once().await, 0);
+}
+
+#[tokio::test]
+async fn a_blocked_issue_waits_for_its_blocker_to_close_then_runs() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(
+        2,
+        "## Context Estimate\n- **Total estimated: 20,000 tokens**\n\n## Dependencies\n- Blocked by: #1\n",
+    ))
+    .await;
+    assert_eq!(h.state(2).await, Some(IssueState::Blocked));
+    assert_eq!(
+        status_texts(&h.writes(2).await),
+        vec!["**Mosaic** · Queued for glm · estimate 20,000 tokens · waiting on #1".to_owned()]
+    );
+    assert_eq!(h.engine.dispatch_once().await, 0);
+    assert!(h.runtime.sessions().is_empty());
+
+    // The blocker (not coordinated) is closed by someone.
+    h.deliver(&Event {
+        action: "closed",
+        number: 1,
+        body: "",
+        assignees: &[],
+        open: false,
+        sender: "alice",
+    })
+    .await;
+    assert_eq!(h.state(2).await, Some(IssueState::Ready));
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    assert_eq!(h.state(2).await, Some(IssueState::InProgress));
+    let sessions = h.runtime.sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].issue, issue(2));
+    let texts = status_texts(&h.writes(2).await);
+    assert_eq!(texts.last().unwrap(), "**Mosaic** · In progress with glm");
+}
+
+#[tokio::test]
+async fn a_successful_session_completes_the_issue_with_a_comment() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    let session = h.runtime.sessions()[0].clone();
+    assert_eq!(session.issue, issue(1));
+    let stored = h.store.open_sessions().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, session.id.to_string());
+
+    session.finish(SessionOutcome::Succeeded {
+        summary: "Implemented it; tests pass.".into(),
+        tokens: 12_345,
+        cost_usd: Some(0.5),
+    });
+    h.wait_for_state(1, IssueState::Completed).await;
+    let writes = h.writes(1).await;
+    let comment = writes
+        .iter()
+        .find_map(|w| match w {
+            GiteaWrite::Comment { body } => Some(body.clone()),
+            _ => None,
+        })
+        .expect("a done comment");
+    assert!(comment.contains("Implemented it; tests pass."), "{comment}");
+    assert!(comment.contains("12,345 tokens"), "{comment}");
+    assert!(comment.contains("$0.50"), "{comment}");
+    assert!(
+        !writes.contains(&GiteaWrite::CloseIssue),
+        "close_on_success is off"
+    );
+    assert_eq!(added_labels(&writes).last().unwrap(), "mosaic:done");
+    let record = h.store.get_issue(&issue(1)).await.unwrap().unwrap();
+    assert_eq!(record.input_tokens, 12_345);
+    assert!((record.cost_usd - 0.5).abs() < 1e-9);
+    let sessions = h.store.sessions_for_issue(&issue(1)).await.unwrap();
+    assert_eq!(sessions[0].outcome, Some(Stored::Succeeded));
+    assert!(h.store.open_sessions().await.unwrap().is_empty());
+    assert_eq!(h.engine.stats().await.queue_depth["completed"], 1);
+}
+
+#[tokio::test]
+async fn close_on_success_enqueues_the_close() {
+    let h = harness_with(EngineConfig {
+        close_on_success: true,
+        ..EngineConfig::default()
+    })
+    .await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    h.engine.dispatch_once().await;
+    h.runtime.sessions()[0].finish(SessionOutcome::Succeeded {
+        summary: "done".into(),
+        tokens: 1,
+        cost_usd: None,
+    });
+    h.wait_for_state(1, IssueState::Completed).await;
+    assert!(h.writes(1).await.contains(&GiteaWrite::CloseIssue));
+}
+
+#[tokio::test]
+async fn a_failing_issue_is_retried_then_failed() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    h.runtime.sessions()[0].finish(SessionOutcome::Failed {
+        reason: "exit status 1".into(),
+    });
+    h.wait_for_state(1, IssueState::Ready).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    let second = h.runtime.sessions()[1].clone();
+    assert_eq!(second.issue, issue(1));
+    assert_eq!(
+        status_texts(&h.writes(1).await).last().unwrap(),
+        "**Mosaic** · In progress with glm (attempt 2)"
+    );
+    second.finish(SessionOutcome::Failed {
+        reason: "exit status 1".into(),
+    });
+    h.wait_for_state(1, IssueState::Failed).await;
+    let writes = h.writes(1).await;
+    assert!(
+        status_texts(&writes)
+            .last()
+            .unwrap()
+            .starts_with("**Mosaic** · Failed with glm after 2 attempts")
+    );
+    assert!(
+        writes.iter().any(
+            |w| matches!(w, GiteaWrite::Comment { body } if body.contains("could not finish"))
+        )
+    );
+    assert_eq!(h.engine.dispatch_once().await, 0);
+    let sessions = h.store.sessions_for_issue(&issue(1)).await.unwrap();
+    assert_eq!(sessions.len(), 2);
+    assert!(sessions.iter().all(|s| s.outcome == Some(Stored::Failed)));
+}
+
+#[tokio::test]
+async fn unassigning_cancels_the_running_session() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    let session = h.runtime.sessions()[0].clone();
+    h.deliver(&Event {
+        action: "unassigned",
+        number: 1,
+        body: SMALL,
+        assignees: &[],
+        open: true,
+        sender: "alice",
+    })
+    .await;
+    assert_eq!(h.state(1).await, Some(IssueState::Cancelled));
+    assert!(
+        session.closed.lock().unwrap().is_some(),
+        "the session was closed"
+    );
+    for _ in 0..200 {
+        if h.store.open_sessions().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sessions = h.store.sessions_for_issue(&issue(1)).await.unwrap();
+    assert_eq!(sessions[0].outcome, Some(Stored::Killed));
+    assert_eq!(
+        status_texts(&h.writes(1).await).last().unwrap(),
+        "**Mosaic** · Cancelled · unassigned from the bot"
+    );
+    assert!(
+        h.engine
+            .stats()
+            .await
+            .running_by_agent
+            .values()
+            .all(|n| *n == 0)
+    );
+}
+
+#[tokio::test]
+async fn recovery_redispatches_an_interrupted_issue_exactly_once() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    assert_eq!(h.store.open_sessions().await.unwrap().len(), 1);
+    let Harness {
+        _dir, path, engine, ..
+    } = h;
+    // "Crash": the engine goes away with its session open in the store.
+    drop(engine);
+
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
+    let runtime = Arc::new(FakeRuntime::default());
+    let (engine, report) = Engine::start(parts(
+        Arc::clone(&store),
+        Arc::clone(&runtime),
+        EngineConfig::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(report.interrupted_sessions, 1);
+    assert_eq!(report.requeued, vec![issue(1)]);
+    assert_eq!(
+        store.get_issue(&issue(1)).await.unwrap().unwrap().state,
+        IssueState::Ready
+    );
+    assert_eq!(engine.dispatch_once().await, 1);
+    assert_eq!(engine.dispatch_once().await, 0, "never twice at once");
+    assert_eq!(runtime.spawns.load(Ordering::SeqCst), 1);
+    let sessions = store.sessions_for_issue(&issue(1)).await.unwrap();
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions[0].outcome, Some(Stored::Interrupted));
+    assert_eq!(store.open_sessions().await.unwrap().len(), 1);
+    // The interrupted attempt does not count against max_attempts.
+    assert_eq!(
+        store.get_issue(&issue(1)).await.unwrap().unwrap().attempts,
+        1
+    );
+    runtime.running()[0].finish(SessionOutcome::Succeeded {
+        summary: "done after restart".into(),
+        tokens: 10,
+        cost_usd: None,
+    });
+    for _ in 0..200 {
+        if store.get_issue(&issue(1)).await.unwrap().unwrap().state == IssueState::Completed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        store.get_issue(&issue(1)).await.unwrap().unwrap().state,
+        IssueState::Completed
+    );
+}
+
+#[tokio::test]
+async fn capacity_limits_how_many_sessions_run() {
+    let h = harness_with(EngineConfig {
+        max_concurrent_agents: 1,
+        ..EngineConfig::default()
+    })
+    .await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    h.deliver(&Event::assigned(2, SMALL)).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    assert_eq!(h.engine.dispatch_once().await, 0);
+    let queue = h.engine.queue().await;
+    assert_eq!(queue[0].state, IssueState::InProgress);
+    assert_eq!(queue[1].state, IssueState::Ready);
+    h.runtime.sessions()[0].finish(SessionOutcome::Succeeded {
+        summary: "ok".into(),
+        tokens: 1,
+        cost_usd: None,
+    });
+    h.wait_for_state(1, IssueState::Completed).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+}
+
+#[tokio::test]
+async fn requeue_and_cancel_through_the_api() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    h.engine.cancel(&issue(1)).await.unwrap();
+    assert_eq!(h.state(1).await, Some(IssueState::Cancelled));
+    assert!(matches!(
+        h.engine.cancel(&issue(1)).await,
+        Err(EngineError::InvalidTransition { .. })
+    ));
+    assert!(matches!(
+        h.engine.cancel(&issue(9)).await,
+        Err(EngineError::NotFound(_))
+    ));
+    assert_eq!(
+        h.engine.requeue(&issue(1)).await.unwrap(),
+        IssueState::Ready
+    );
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    assert!(matches!(
+        h.engine.requeue(&issue(1)).await,
+        Err(EngineError::InvalidTransition { .. })
+    ));
+    let detail = h.engine.issue_detail(&issue(1)).await.unwrap();
+    assert_eq!(detail.state, IssueState::InProgress);
+    assert_eq!(detail.sessions.len(), 1);
+    assert!(detail.snapshot.is_some());
+    assert!(detail.history.len() >= 5);
+    assert_eq!(h.engine.live_sessions().len(), 1);
+}
+
+#[tokio::test]
+async fn closing_a_running_issue_completes_it_and_ends_the_session() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    h.deliver(&Event::assigned(
+        2,
+        "## Context Estimate\n- **Total estimated: 20,000 tokens**\n\n## Dependencies\n- Blocked by: #1\n",
+    ))
+    .await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    let session = h.runtime.sessions()[0].clone();
+    h.deliver(&Event {
+        action: "closed",
+        number: 1,
+        body: SMALL,
+        assignees: &[BOT],
+        open: false,
+        sender: "alice",
+    })
+    .await;
+    assert_eq!(h.state(1).await, Some(IssueState::Completed));
+    assert!(session.closed.lock().unwrap().is_some());
+    assert_eq!(
+        h.state(2).await,
+        Some(IssueState::Ready),
+        "its dependent is unblocked"
+    );
+}
