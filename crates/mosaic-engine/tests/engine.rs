@@ -773,3 +773,57 @@ async fn closing_a_running_issue_completes_it_and_ends_the_session() {
         "its dependent is unblocked"
     );
 }
+
+#[tokio::test]
+async fn a_full_context_rotates_the_session_and_the_issue_continues() {
+    // The monitor notices the replacement session at its next poll.
+    let mut config = EngineConfig::default();
+    config.monitor.poll_interval_ms = 50;
+    let h = harness_with(config).await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    let first = h.runtime.sessions()[0].clone();
+    first.state.send_modify(|snapshot| {
+        snapshot.usage = Some(ContextUsage::new(125_000, 128_000).unwrap());
+        snapshot.usage_seq += 1;
+    });
+    let mut rotations = Vec::new();
+    for _ in 0..200 {
+        rotations = h.engine.rotations(10).await.unwrap();
+        if !rotations.is_empty() && h.runtime.sessions().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rotations.len(), 1);
+    assert!(rotations[0].success);
+    assert_eq!(rotations[0].next_issue, Some(issue(1)));
+    let second = h.runtime.sessions()[1].clone();
+    assert_eq!(second.issue, issue(1));
+    for _ in 0..200 {
+        if h.store
+            .open_sessions()
+            .await
+            .unwrap()
+            .first()
+            .map(|s| s.id.clone())
+            == Some(second.id.to_string())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sessions = h.store.sessions_for_issue(&issue(1)).await.unwrap();
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions[0].outcome, Some(Stored::Rotated));
+    assert_eq!(sessions[1].ended_at, None);
+    assert_eq!(h.engine.stats().await.rotations, 1);
+    assert_eq!(h.state(1).await, Some(IssueState::InProgress));
+    second.finish(SessionOutcome::Succeeded {
+        summary: "finished after the rotation".into(),
+        tokens: 5,
+        cost_usd: None,
+    });
+    h.wait_for_state(1, IssueState::Completed).await;
+    assert_eq!(h.engine.dispatch_once().await, 0);
+}
