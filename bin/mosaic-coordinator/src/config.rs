@@ -37,6 +37,9 @@ pub struct Config {
     /// minimax).
     pub agents: Vec<mosaic_domain::AgentProfile>,
     pub assignment: mosaic_domain::assignment::AssignmentPolicy,
+    /// Order among ready issues by label (`[priorities]`).
+    pub priorities: mosaic_domain::queue::PriorityOrder,
+    pub engine: mosaic_engine::engine::EngineConfig,
 }
 
 /// Environment variables with names of their own (kept from the original coordinator), and the
@@ -287,7 +290,16 @@ pub fn validate_for_serve(config: &Config) -> Result<(), ConfigError> {
             )
         })?;
     }
-    agent_profiles(config)?;
+    let profiles = agent_profiles(config)?;
+    config
+        .engine
+        .validate(&profiles)
+        .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+    if let Some(runner) = &config.runner {
+        runner
+            .validate()
+            .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@ mod gitea;
 mod glue;
 mod healthcheck;
 mod logging;
+mod metrics;
 mod probes;
 mod serve;
 

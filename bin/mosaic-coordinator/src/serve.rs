@@ -6,6 +6,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use mosaic_context::AgentRuntime;
+use mosaic_engine::engine::{Engine, EngineParts};
 use mosaic_engine::inbox::{InboxWorker, SnapshotHandler};
 use mosaic_gitea::{BotIdentity, GiteaApi, GiteaClient};
 use mosaic_security::WebhookVerifier;
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Failure;
 use crate::config::{Config, ConfigError};
 use crate::glue::StoreParseCache;
+use crate::metrics::CoordinatorMetrics;
 use crate::probes::{GiteaProbe, GiteaStatus, ParserProbe, StoreProbe};
 
 pub fn run(config: Config) -> Result<(), Failure> {
@@ -51,7 +54,11 @@ fn set_status(status: &RwLock<GiteaStatus>, new: GiteaStatus) {
 
 /// Connects to Gitea: a rejected token or a wrong bot name stops the start (exit 78); an
 /// unreachable Gitea does not — the coordinator accepts webhooks and keeps trying.
-async fn connect_gitea(config: &Config, cancel: &CancellationToken) -> Result<GiteaSetup, Failure> {
+async fn connect_gitea(
+    config: &Config,
+    cancel: &CancellationToken,
+    metrics: &CoordinatorMetrics,
+) -> Result<GiteaSetup, Failure> {
     let (identity_tx, identity) = watch::channel(None);
     let disabled = |why: &str| GiteaSetup {
         api: None,
@@ -68,7 +75,9 @@ async fn connect_gitea(config: &Config, cancel: &CancellationToken) -> Result<Gi
         tracing::warn!("no GITEA_BOT_TOKEN: deliveries are recorded, nothing is written to Gitea");
         return Ok(disabled("no GITEA_BOT_TOKEN: nothing is written to Gitea"));
     }
-    let client = GiteaClient::new(gitea).context("cannot build the Gitea client")?;
+    let client = GiteaClient::new(gitea)
+        .context("cannot build the Gitea client")?
+        .with_observer(Arc::new(metrics.gitea_calls.clone()));
     let api: Arc<dyn GiteaApi> = Arc::new(client);
     let status = Arc::new(RwLock::new(GiteaStatus::Unreachable(
         "connecting".to_owned(),
@@ -156,20 +165,19 @@ pub async fn run_on(
         }),
     )
     .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+    let runner = config
+        .runner
+        .clone()
+        .unwrap_or_else(|| mosaic_runner::RunnerConfig::new("data/work"));
+    let runtime: Arc<dyn AgentRuntime> = Arc::new(
+        mosaic_runner::ProcessRuntime::new(runner)
+            .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?,
+    );
     let notify = Arc::new(Notify::new());
     let cancel = CancellationToken::new();
-    let gitea = connect_gitea(&config, &cancel).await?;
-
-    // The inbox worker starts before the listener: rows left pending by a crash are handled
-    // first, in order.
-    let worker = InboxWorker::new(
-        Arc::clone(&store),
-        Arc::new(SnapshotHandler::new(Arc::clone(&store))),
-        Arc::clone(&notify),
-        config.inbox.clone(),
-    );
-    let worker_task = tokio::spawn(worker.run(cancel.clone()));
-    let _ = (&gitea.api, &gitea.identity, &profiles);
+    let metrics = CoordinatorMetrics::new();
+    let gitea = connect_gitea(&config, &cancel, &metrics).await?;
+    let registry = mosaic_http::Metrics::new(|registry| metrics.register(registry));
 
     let bound = listener
         .local_addr()
@@ -186,13 +194,46 @@ pub async fn run_on(
             parser: Arc::clone(&parser),
         }))
         .with_api_token(config.api.token.clone())
+        .with_metrics(registry)
         .with_intake(mosaic_http::Intake {
             verifier,
             store: Arc::clone(&store),
             max_body_bytes: config.webhook.max_body_bytes,
-            notify,
+            notify: Arc::clone(&notify),
         });
+    let engine_slot = state.engine_slot();
     let app = mosaic_http::router(state);
+
+    tokio::spawn(metrics.clone().refresh_loop(
+        Arc::clone(&store),
+        Arc::clone(&engine_slot),
+        Duration::from_secs(5),
+        cancel.clone(),
+    ));
+    let inputs = EngineInputs {
+        store: Arc::clone(&store),
+        parser: Arc::clone(&parser),
+        gitea: gitea.api.clone(),
+        profiles,
+        policy: config.assignment,
+        priorities: config.priorities.clone(),
+        runtime,
+        config: config.engine.clone(),
+        inbox: config.inbox.clone(),
+        notify,
+        configured_login: config
+            .gitea
+            .as_ref()
+            .and_then(|g| g.assignee.clone().or_else(|| g.bot_username.clone())),
+    };
+    // Rows left pending by a crash are handled first, in order, as soon as the engine runs.
+    let workers = tokio::spawn(run_workers(
+        inputs,
+        gitea.identity.clone(),
+        gitea.api.is_some(),
+        engine_slot,
+        cancel.clone(),
+    ));
 
     tracing::info!(
         address = %bound,
@@ -212,14 +253,101 @@ pub async fn run_on(
     .context("server failed")?;
 
     cancel.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), worker_task)
+    // Sessions are closed and their issues requeued; their processes get the kill grace.
+    if tokio::time::timeout(Duration::from_secs(30), workers)
         .await
         .is_err()
     {
-        tracing::warn!("inbox worker did not stop in time; pending rows resume at next start");
+        tracing::warn!("workers did not stop in time; unfinished work resumes at next start");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the engine and its workers are built from.
+struct EngineInputs {
+    store: Arc<dyn Store>,
+    parser: Arc<dyn mosaic_parser::IssueParser>,
+    gitea: Option<Arc<dyn GiteaApi>>,
+    profiles: mosaic_domain::AgentProfiles,
+    policy: mosaic_domain::assignment::AssignmentPolicy,
+    priorities: mosaic_domain::PriorityOrder,
+    runtime: Arc<dyn AgentRuntime>,
+    config: mosaic_engine::engine::EngineConfig,
+    inbox: mosaic_engine::inbox::InboxConfig,
+    notify: Arc<Notify>,
+    /// The login to act for when Gitea cannot tell (no token): `gitea.assignee` or
+    /// `gitea.bot_username`.
+    configured_login: Option<String>,
+}
+
+/// Starts the engine (dispatch, monitoring) and the inbox worker once the bot's login is known,
+/// and runs them until `cancel`. Until then deliveries stay durable in the inbox; without any
+/// login (no Gitea token, no configured name) deliveries are only recorded.
+async fn run_workers(
+    inputs: EngineInputs,
+    mut identity: watch::Receiver<Option<BotIdentity>>,
+    gitea_connected: bool,
+    engine_slot: Arc<std::sync::OnceLock<Engine>>,
+    cancel: CancellationToken,
+) {
+    let login = if gitea_connected {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            known = identity.wait_for(Option::is_some) => known
+                .ok()
+                .and_then(|id| id.as_ref().map(|id| id.acts_for().to_owned())),
+        }
+    } else {
+        inputs.configured_login.clone()
+    };
+    let Some(login) = login else {
+        tracing::warn!(
+            "no bot login known (no GITEA_BOT_TOKEN and no gitea.bot_username): deliveries are recorded, nothing is coordinated"
+        );
+        let worker = InboxWorker::new(
+            Arc::clone(&inputs.store),
+            Arc::new(SnapshotHandler::new(Arc::clone(&inputs.store))),
+            Arc::clone(&inputs.notify),
+            inputs.inbox.clone(),
+        );
+        worker.run(cancel).await;
+        return;
+    };
+    let parts = EngineParts {
+        store: Arc::clone(&inputs.store),
+        parser: inputs.parser,
+        gitea: inputs.gitea,
+        acts_for: login.clone(),
+        profiles: inputs.profiles,
+        policy: inputs.policy,
+        priorities: inputs.priorities,
+        runtime: inputs.runtime,
+        config: inputs.config,
+    };
+    let (engine, report) = loop {
+        match Engine::start(parts.clone()).await {
+            Ok(started) => break started,
+            Err(err) => {
+                tracing::error!(error = %err, "the engine could not start; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(acts_for = %login, ?report, "engine started");
+    let _ = engine_slot.set(engine.clone());
+    let inbox = InboxWorker::new(
+        Arc::clone(&inputs.store),
+        Arc::new(engine.clone()),
+        inputs.notify,
+        inputs.inbox,
+    );
+    let inbox_task = tokio::spawn(inbox.run(cancel.clone()));
+    engine.run(cancel).await;
+    let _ = inbox_task.await;
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

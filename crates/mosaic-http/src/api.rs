@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use mosaic_domain::{IssueRef, RepoName};
+use mosaic_engine::engine::EngineError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -83,19 +84,46 @@ pub(crate) async fn deliveries(
     Ok(Json(json!({ "deliveries": rows, "counts": counts })))
 }
 
-/// `GET /api/v1/issues/{owner}/{repo}/{number}`: what the coordinator knows of one issue.
-pub(crate) async fn issue(
-    State(state): State<AppState>,
-    Path((owner, repo, number)): Path<(String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
+fn issue_ref(owner: &str, repo: &str, number: &str) -> Result<IssueRef, ApiError> {
     let repository =
-        RepoName::new(&owner, &repo).map_err(|err| ApiError::BadRequest(err.to_string()))?;
+        RepoName::new(owner, repo).map_err(|err| ApiError::BadRequest(err.to_string()))?;
     let number: u64 = number
         .parse()
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| ApiError::BadRequest(format!("`{number}` is not an issue number")))?;
-    let issue = IssueRef::new(repository, number);
+    Ok(IssueRef::new(repository, number))
+}
+
+fn engine_error(err: EngineError) -> ApiError {
+    match err {
+        EngineError::NotFound(issue) => {
+            ApiError::NotFound(format!("issue {issue} is not coordinated"))
+        }
+        err @ EngineError::InvalidTransition { .. } => ApiError::Conflict(err.to_string()),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// `GET /api/v1/issues/{owner}/{repo}/{number}`: what the coordinator knows of one issue —
+/// metadata, state, history, sessions and rotations when it is coordinated, else the tracker's
+/// view recorded from its deliveries.
+pub(crate) async fn issue(
+    State(state): State<AppState>,
+    Path((owner, repo, number)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let issue = issue_ref(&owner, &repo, &number)?;
+    if let Some(engine) = state.engine() {
+        match engine.issue_detail(&issue).await {
+            Ok(detail) => {
+                return Ok(Json(
+                    json!({ "issue": issue.to_string(), "coordinated": true, "detail": detail }),
+                ));
+            }
+            Err(EngineError::NotFound(_)) => {}
+            Err(err) => return Err(engine_error(err)),
+        }
+    }
     let snapshot = state
         .store()?
         .get_issue_snapshot(&issue)
@@ -105,6 +133,59 @@ pub(crate) async fn issue(
             ApiError::NotFound(format!("issue {issue} is not known to the coordinator"))
         })?;
     Ok(Json(
-        json!({ "issue": issue.to_string(), "snapshot": snapshot }),
+        json!({ "issue": issue.to_string(), "coordinated": false, "snapshot": snapshot }),
+    ))
+}
+
+/// `GET /api/v1/queue`: unfinished issues in order (in progress, ready in dispatch order,
+/// blocked, pending) with agent, estimate and open blockers.
+pub(crate) async fn queue(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let engine = state.require_engine()?;
+    Ok(Json(json!({ "queue": engine.queue().await })))
+}
+
+/// `GET /api/v1/sessions`: live sessions with agent, issue, context use and start time.
+pub(crate) async fn sessions(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let engine = state.require_engine()?;
+    Ok(Json(json!({ "sessions": engine.live_sessions() })))
+}
+
+/// `GET /api/v1/rotations?limit=N`: recorded session rotations, newest first.
+pub(crate) async fn rotations(
+    State(state): State<AppState>,
+    Query(query): Query<LimitQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let engine = state.require_engine()?;
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let rotations = engine.rotations(limit).await.map_err(engine_error)?;
+    Ok(Json(json!({ "rotations": rotations })))
+}
+
+/// `POST /api/v1/issues/{owner}/{repo}/{number}/requeue`: back into the queue.
+pub(crate) async fn requeue(
+    State(state): State<AppState>,
+    Path((owner, repo, number)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let issue = issue_ref(&owner, &repo, &number)?;
+    let engine = state.require_engine()?;
+    let new_state = engine.requeue(&issue).await.map_err(engine_error)?;
+    tracing::info!(%issue, state = %new_state, "requeued through the API");
+    Ok(Json(
+        json!({ "issue": issue.to_string(), "state": new_state }),
+    ))
+}
+
+/// `POST /api/v1/issues/{owner}/{repo}/{number}/cancel`: stop coordinating it (a running
+/// session is closed).
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Path((owner, repo, number)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let issue = issue_ref(&owner, &repo, &number)?;
+    let engine = state.require_engine()?;
+    engine.cancel(&issue).await.map_err(engine_error)?;
+    tracing::info!(%issue, "cancelled through the API");
+    Ok(Json(
+        json!({ "issue": issue.to_string(), "state": "cancelled" }),
     ))
 }

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderValue, StatusCode};
+use mosaic_engine::engine::Engine;
 use mosaic_security::{Secret, WebhookVerifier};
 use mosaic_store::Store;
 use tokio::net::TcpListener;
@@ -34,6 +35,8 @@ pub struct AppState {
     store: Option<Arc<dyn Store>>,
     api_token: Option<Arc<Secret>>,
     metrics: Arc<Metrics>,
+    /// Filled once the engine runs (it may wait for Gitea after the server is up).
+    engine: Arc<OnceLock<Engine>>,
 }
 
 /// What the webhook endpoint needs to accept deliveries.
@@ -77,6 +80,7 @@ impl AppState {
             store: None,
             api_token: None,
             metrics: Metrics::new(|_| {}),
+            engine: Arc::new(OnceLock::new()),
         }
     }
 
@@ -112,6 +116,31 @@ impl AppState {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// Enables the engine's API (queue, sessions, rotations, requeue, cancel).
+    #[must_use]
+    pub fn with_engine(self, engine: Engine) -> Self {
+        let _ = self.engine.set(engine);
+        self
+    }
+
+    /// Where the engine goes when it starts after the server (set it once; later sets are
+    /// ignored).
+    pub fn engine_slot(&self) -> Arc<OnceLock<Engine>> {
+        Arc::clone(&self.engine)
+    }
+
+    pub(crate) fn engine(&self) -> Option<&Engine> {
+        self.engine.get()
+    }
+
+    pub(crate) fn require_engine(&self) -> Result<&Engine, ApiError> {
+        self.engine.get().ok_or_else(|| {
+            ApiError::ServiceUnavailable(
+                "the engine is not running yet (waiting for the Gitea identity)".to_owned(),
+            )
+        })
     }
 
     pub(crate) fn intake(&self) -> Result<&Intake, ApiError> {
@@ -167,6 +196,14 @@ fn api_routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/deliveries", get(api::deliveries))
         .route("/issues/{owner}/{repo}/{number}", get(api::issue))
+        .route(
+            "/issues/{owner}/{repo}/{number}/requeue",
+            post(api::requeue),
+        )
+        .route("/issues/{owner}/{repo}/{number}/cancel", post(api::cancel))
+        .route("/queue", get(api::queue))
+        .route("/sessions", get(api::sessions))
+        .route("/rotations", get(api::rotations))
         .route_layer(middleware::from_fn_with_state(state, api::authorize))
 }
 
