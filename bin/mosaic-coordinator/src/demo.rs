@@ -20,7 +20,6 @@ use mosaic_runner::{AgentCommand, InputMode, RunnerConfig};
 use mosaic_security::{Secret, sign_hex};
 use mosaic_store::Store;
 use mosaic_store::sqlite::SqliteStore;
-use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::Failure;
@@ -131,26 +130,10 @@ fn demo_config(dir: &std::path::Path, gitea_url: &url::Url) -> anyhow::Result<Co
 
 /// A webhook body as Gitea sends it, built from the mock's view of the issue.
 fn delivery_body(gitea: &MockGitea, issue: &IssueRef, action: &str) -> anyhow::Result<Vec<u8>> {
-    let current = gitea
-        .issue(issue)
+    let event = gitea
+        .issue_event(issue, action, "alice")
         .with_context(|| format!("the mock has no issue {issue}"))?;
-    let owner = issue.repo.owner();
-    let body = json!({
-        "action": action,
-        "number": issue.number,
-        "issue": current,
-        "repository": {
-            "id": 1,
-            "name": issue.repo.name(),
-            "full_name": issue.repo.to_string(),
-            "owner": {"id": 1, "login": owner, "username": owner},
-            "html_url": format!("{}{}", gitea.base_url(), issue.repo),
-            "private": false,
-            "default_branch": "main",
-        },
-        "sender": {"id": 2, "login": "alice", "username": "alice"},
-    });
-    Ok(serde_json::to_vec_pretty(&body)?)
+    Ok(serde_json::to_vec_pretty(&event)?)
 }
 
 async fn deliver(

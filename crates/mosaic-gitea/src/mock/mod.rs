@@ -212,6 +212,33 @@ impl MockGitea {
         lock(&self.shared).render_issue(&issue.repo, issue.number)
     }
 
+    /// The body of an `issues` webhook delivery for `issue` as it stands now, as Gitea sends it
+    /// (`action`, `number`, `issue`, `repository`, `sender`). `None` for an unknown issue.
+    pub fn issue_event(
+        &self,
+        issue: &IssueRef,
+        action: &str,
+        sender: &str,
+    ) -> Option<serde_json::Value> {
+        let current = self.issue(issue)?;
+        let owner = issue.repo.owner();
+        Some(serde_json::json!({
+            "action": action,
+            "number": issue.number,
+            "issue": current,
+            "repository": {
+                "id": 1,
+                "name": issue.repo.name(),
+                "full_name": issue.repo.to_string(),
+                "owner": {"id": 1, "login": owner, "username": owner},
+                "html_url": format!("{}{}", self.base_url, issue.repo),
+                "private": false,
+                "default_branch": "main",
+            },
+            "sender": {"id": 2, "login": sender, "username": sender},
+        }))
+    }
+
     pub fn comments(&self, issue: &IssueRef) -> Vec<Comment> {
         lock(&self.shared)
             .issue_mut(issue)
