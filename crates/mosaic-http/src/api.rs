@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use mosaic_domain::{IssueRef, RepoName};
@@ -59,6 +60,32 @@ pub(crate) async fn authorize(
         }
     }
     Ok(next.run(request).await)
+}
+
+/// axum's `Query`, answering a bad query string with this API's JSON error, not plain text.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub(crate) struct Query<T>(pub T);
+
+/// axum's `Path`, answering a bad path segment (e.g. invalid UTF-8) with a JSON error.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct Path<T>(pub T);
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        if rejection.status().is_server_error() {
+            Self::Internal(rejection.body_text())
+        } else {
+            Self::BadRequest(rejection.body_text())
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
