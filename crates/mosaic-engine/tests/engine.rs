@@ -556,6 +556,63 @@ async fn close_on_success_enqueues_the_close() {
 }
 
 #[tokio::test]
+async fn a_completed_blocker_still_blocks_until_it_is_closed() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    h.deliver(&Event::assigned(
+        2,
+        "## Context Estimate\n- **Total estimated: 20,000 tokens**\n\n## Dependencies\n- Blocked by: #1\n",
+    ))
+    .await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    h.runtime.sessions()[0].finish(SessionOutcome::Succeeded {
+        summary: "done".into(),
+        tokens: 1,
+        cost_usd: None,
+    });
+    h.wait_for_state(1, IssueState::Completed).await;
+    // Done is not closed: a person reviews and closes it (close_on_success is off).
+    assert_eq!(h.state(2).await, Some(IssueState::Blocked));
+    assert_eq!(h.engine.dispatch_once().await, 0);
+
+    h.deliver(&Event {
+        action: "closed",
+        number: 1,
+        body: SMALL,
+        assignees: &[BOT],
+        open: false,
+        sender: "alice",
+    })
+    .await;
+    assert_eq!(h.state(1).await, Some(IssueState::Completed));
+    assert_eq!(h.state(2).await, Some(IssueState::Ready));
+    assert_eq!(h.engine.dispatch_once().await, 1);
+}
+
+#[tokio::test]
+async fn with_close_on_success_a_completed_blocker_releases_its_dependents() {
+    let h = harness_with(EngineConfig {
+        close_on_success: true,
+        ..EngineConfig::default()
+    })
+    .await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    h.deliver(&Event::assigned(
+        2,
+        "## Context Estimate\n- **Total estimated: 20,000 tokens**\n\n## Dependencies\n- Blocked by: #1\n",
+    ))
+    .await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    h.runtime.sessions()[0].finish(SessionOutcome::Succeeded {
+        summary: "done".into(),
+        tokens: 1,
+        cost_usd: None,
+    });
+    h.wait_for_state(1, IssueState::Completed).await;
+    assert_eq!(h.state(2).await, Some(IssueState::Ready));
+}
+
+#[tokio::test]
 async fn a_failing_issue_is_retried_then_failed() {
     let h = harness().await;
     h.deliver(&Event::assigned(1, SMALL)).await;

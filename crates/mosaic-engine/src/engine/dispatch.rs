@@ -365,9 +365,12 @@ impl Inner {
                 if self.config.close_on_success {
                     work.write(core, issue, &format!("{tag}-close"), GiteaWrite::CloseIssue);
                 }
-                // Done work satisfies its dependents.
-                let change = work.graph.set_open(issue, false)?;
-                self.follow(core, work, &change, Some(issue))?;
+                // Dependents wait for the blocker to be closed in the tracker (a person reviews
+                // and closes done work); when the coordinator closes it itself, done is closed.
+                if self.completion_closes() {
+                    let change = work.graph.set_open(issue, false)?;
+                    self.follow(core, work, &change, Some(issue))?;
+                }
             }
             Conclusion::Failed { reason } => {
                 if record.attempts >= self.config.max_attempts {

@@ -283,8 +283,10 @@ impl Inner {
         // The tracker's open/closed state matters to every issue this one blocks.
         if work.graph.contains(issue) || state.is_some() {
             let closed = !facts.open || facts.deleted;
-            // A completed issue stays satisfied for its dependents until it is reopened.
-            let graph_open = !closed && state != Some(IssueState::Completed);
+            // With `close_on_success` a completed issue is as good as closed for its
+            // dependents (the coordinator closes it itself); otherwise they wait for the close.
+            let graph_open =
+                !closed && !(self.completion_closes() && state == Some(IssueState::Completed));
             let change = work.graph.set_open(issue, graph_open)?;
             self.follow(core, work, &change, Some(issue))?;
         }
@@ -402,10 +404,11 @@ impl Inner {
         let (metadata, blockers) = match evaluation {
             Some(evaluation) => {
                 for (blocker, open) in &evaluation.blocker_states {
-                    // Our own completed issues count as done whatever the tracker says.
-                    let completed = work
-                        .record(core, blocker)
-                        .is_some_and(|record| record.state == IssueState::Completed);
+                    // Our own completed issues count as done when we close them ourselves.
+                    let completed = self.completion_closes()
+                        && work
+                            .record(core, blocker)
+                            .is_some_and(|record| record.state == IssueState::Completed);
                     if !completed {
                         let change = work.graph.set_open(blocker, *open)?;
                         self.follow(core, work, &change, Some(issue))?;

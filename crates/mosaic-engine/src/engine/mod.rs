@@ -198,6 +198,12 @@ impl Engine {
 }
 
 impl Inner {
+    /// Whether finishing an issue closes it (`close_on_success`), so that its dependents need
+    /// not wait for a person to close it. Issue 4: ready means every blocker is closed.
+    fn completion_closes(&self) -> bool {
+        self.config.close_on_success
+    }
+
     fn is_bot(&self, login: &str) -> bool {
         login.eq_ignore_ascii_case(&self.acts_for)
     }

@@ -56,7 +56,8 @@ impl Engine {
             graph.insert(&issue)?;
             graph.set_open(
                 &issue,
-                tracker_open && record.state != IssueState::Completed,
+                tracker_open
+                    && !(inner.completion_closes() && record.state == IssueState::Completed),
             )?;
             graph.set_coordinated(&issue, is_waiting_or_running(record.state))?;
             entries.push(QueueEntry {
