@@ -285,8 +285,8 @@ impl Inner {
             let closed = !facts.open || facts.deleted;
             // With `close_on_success` a completed issue is as good as closed for its
             // dependents (the coordinator closes it itself); otherwise they wait for the close.
-            let graph_open =
-                !closed && !(self.completion_closes() && state == Some(IssueState::Completed));
+            let done_is_closed = self.completion_closes() && state == Some(IssueState::Completed);
+            let graph_open = !closed && !done_is_closed;
             let change = work.graph.set_open(issue, graph_open)?;
             self.follow(core, work, &change, Some(issue))?;
         }
