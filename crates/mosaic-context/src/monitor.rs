@@ -461,6 +461,17 @@ async fn run_chain(
                 return;
             }
             last_seq = updates.borrow_and_update().usage_seq;
+            // The reading may have rotated the session: follow the new one at once rather than
+            // at the next poll, so its usage and outcome are seen as they happen.
+            if let Some(current) = current_session(&inner, key)
+                && current.id() != session.id()
+            {
+                session = current;
+                updates = session.subscribe();
+                publisher_alive = true;
+                last_usage = None;
+                last_seq = 0;
+            }
         }
     }
 }
