@@ -6,4 +6,5 @@
 mod cli;
 mod gitea;
 mod helpers;
+mod intake;
 mod lifecycle;
