@@ -6,4 +6,6 @@
 pub mod effects;
 pub mod engine;
 pub mod inbox;
+pub mod outbox;
+pub mod reconcile;
 pub mod report;

@@ -1,0 +1,633 @@
+//! The outbox worker against the in-memory Gitea (real HTTP client) and the real SQLite store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use mosaic_domain::{IssueRef, IssueState, RepoName};
+use mosaic_engine::effects::GiteaWrite;
+use mosaic_engine::outbox::{OutboxConfig, OutboxWorker};
+use mosaic_gitea::mock::{MockGitea, NewIssue};
+use mosaic_gitea::{
+    Comment, Dependencies, GiteaApi, GiteaClient, GiteaConfig, GiteaError, IdempotencyKey, Issue,
+    IssueFilter, IssueState as TrackerState, Label, LabelRemoval, StateFilter, User,
+};
+use mosaic_store::sqlite::SqliteStore;
+use mosaic_store::{IssueRecord, NewOutboxItem, OutboxStatus, Store, StoreConfig, TransitionBatch};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    gitea: MockGitea,
+    client: Arc<GiteaClient>,
+    repo: RepoName,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&StoreConfig::sqlite(dir.path().join("s.db"))).unwrap());
+    let (gitea, url) = MockGitea::start().await.unwrap();
+    let client =
+        Arc::new(GiteaClient::new(&GiteaConfig::new(url, Some(gitea.bot_token()))).unwrap());
+    Harness {
+        _dir: dir,
+        store,
+        gitea,
+        client,
+        repo: "acme/widgets".parse().unwrap(),
+    }
+}
+
+fn fast() -> OutboxConfig {
+    OutboxConfig {
+        base_backoff_ms: 1,
+        max_backoff_ms: 2,
+        idle_poll_ms: 10,
+        ..OutboxConfig::default()
+    }
+}
+
+impl Harness {
+    fn worker(&self, config: OutboxConfig) -> OutboxWorker {
+        self.worker_with(self.client.clone(), config)
+    }
+
+    fn worker_with(&self, api: Arc<dyn GiteaApi>, config: OutboxConfig) -> OutboxWorker {
+        OutboxWorker::new(
+            Arc::clone(&self.store),
+            api,
+            Arc::new(Notify::new()),
+            config,
+        )
+        .with_bot_login(MockGitea::BOT_LOGIN)
+    }
+
+    fn issue(&self, labels: &[&str]) -> IssueRef {
+        let mut new = NewIssue::titled("Add caching").assigned_to(MockGitea::BOT_LOGIN);
+        for label in labels {
+            new = new.labelled(label);
+        }
+        self.gitea.create_issue(&self.repo, new)
+    }
+
+    /// Stores a state change with its writes, as the engine does (one transaction).
+    async fn enqueue(&self, issue: &IssueRef, writes: &[(&str, GiteaWrite)]) {
+        let items = writes
+            .iter()
+            .map(|(key, write)| write.to_outbox(issue, (*key).to_owned(), Utc::now()))
+            .collect();
+        self.enqueue_items(issue, items).await;
+    }
+
+    async fn enqueue_items(&self, issue: &IssueRef, items: Vec<NewOutboxItem>) {
+        let mut batch = TransitionBatch::update(IssueRecord::new(
+            issue.clone(),
+            IssueState::Pending,
+            Utc::now(),
+        ));
+        batch.outbox = items;
+        self.store.commit_transitions(vec![batch]).await.unwrap();
+    }
+
+    async fn statuses(&self, issue: &IssueRef) -> Vec<OutboxStatus> {
+        self.store
+            .outbox_for_issue(issue)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|item| item.status)
+            .collect()
+    }
+}
+
+/// Waits past the (millisecond) backoff so a retried item is due again.
+async fn after_backoff() {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+// ----- a Gitea that fails the way a crash or a lost answer does -----
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AfterPost {
+    /// The comment is created, then the answer is lost (a timeout).
+    LoseAnswer,
+    /// The comment is created, then the process "dies": the call never returns.
+    Hang,
+}
+
+struct Flaky {
+    inner: Arc<GiteaClient>,
+    after_post: AfterPost,
+    posts: AtomicU32,
+    posted: Notify,
+}
+
+#[async_trait]
+impl GiteaApi for Flaky {
+    async fn current_user(&self) -> Result<User, GiteaError> {
+        self.inner.current_user().await
+    }
+    async fn get_issue(&self, issue: &IssueRef) -> Result<Issue, GiteaError> {
+        self.inner.get_issue(issue).await
+    }
+    async fn list_issues(
+        &self,
+        repo: &RepoName,
+        filter: &IssueFilter,
+    ) -> Result<Vec<Issue>, GiteaError> {
+        GiteaApi::list_issues(self.inner.as_ref(), repo, filter).await
+    }
+    async fn search_issues_assigned_to_me(
+        &self,
+        state: StateFilter,
+    ) -> Result<Vec<Issue>, GiteaError> {
+        self.inner.search_issues_assigned_to_me(state).await
+    }
+    async fn list_comments(&self, issue: &IssueRef) -> Result<Vec<Comment>, GiteaError> {
+        self.inner.list_comments(issue).await
+    }
+    async fn find_marked_comment(
+        &self,
+        issue: &IssueRef,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Comment>, GiteaError> {
+        self.inner.find_marked_comment(issue, key).await
+    }
+    async fn create_comment(&self, issue: &IssueRef, body: &str) -> Result<Comment, GiteaError> {
+        self.inner.create_comment(issue, body).await?;
+        self.posts.fetch_add(1, Ordering::SeqCst);
+        self.posted.notify_one();
+        match self.after_post {
+            AfterPost::LoseAnswer => Err(GiteaError::Timeout {
+                operation: "issue.comments.create",
+            }),
+            AfterPost::Hang => std::future::pending().await,
+        }
+    }
+    async fn edit_comment(
+        &self,
+        repo: &RepoName,
+        id: i64,
+        body: &str,
+    ) -> Result<Comment, GiteaError> {
+        self.inner.edit_comment(repo, id, body).await
+    }
+    async fn add_labels(
+        &self,
+        issue: &IssueRef,
+        names: &[String],
+    ) -> Result<Vec<Label>, GiteaError> {
+        self.inner.add_labels(issue, names).await
+    }
+    async fn remove_label(&self, issue: &IssueRef, name: &str) -> Result<LabelRemoval, GiteaError> {
+        self.inner.remove_label(issue, name).await
+    }
+    async fn update_assignees(
+        &self,
+        issue: &IssueRef,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Issue, GiteaError> {
+        self.inner.update_assignees(issue, add, remove).await
+    }
+    async fn dependencies(&self, issue: &IssueRef) -> Result<Dependencies, GiteaError> {
+        self.inner.dependencies(issue).await
+    }
+    async fn blocks(&self, issue: &IssueRef) -> Result<Vec<Issue>, GiteaError> {
+        self.inner.blocks(issue).await
+    }
+    async fn close_issue(&self, issue: &IssueRef) -> Result<Issue, GiteaError> {
+        self.inner.close_issue(issue).await
+    }
+}
+
+fn flaky(h: &Harness, after_post: AfterPost) -> Arc<Flaky> {
+    Arc::new(Flaky {
+        inner: h.client.clone(),
+        after_post,
+        posts: AtomicU32::new(0),
+        posted: Notify::new(),
+    })
+}
+
+fn comment(body: &str) -> GiteaWrite {
+    GiteaWrite::Comment { body: body.into() }
+}
+
+fn status(body: &str) -> GiteaWrite {
+    GiteaWrite::StatusComment { body: body.into() }
+}
+
+// ----- crash safety (issue 6: exactly one comment per state change) -----
+
+#[tokio::test]
+async fn a_crash_after_posting_leaves_exactly_one_comment_after_restart() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    h.enqueue(
+        &issue,
+        &[("d7-acme/widgets#1-done", comment("Done: merged."))],
+    )
+    .await;
+
+    // The process dies after Gitea created the comment, before the store heard of it.
+    let api = flaky(&h, AfterPost::Hang);
+    let worker = h.worker_with(api.clone(), fast());
+    let task = tokio::spawn(async move { worker.run_once().await });
+    tokio::time::timeout(Duration::from_secs(5), api.posted.notified())
+        .await
+        .expect("the first attempt reaches Gitea");
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(h.gitea.comments(&issue).len(), 1);
+    assert_eq!(h.statuses(&issue).await, vec![OutboxStatus::Pending]);
+    let stored = h.store.outbox_for_issue(&issue).await.unwrap();
+    assert_eq!(
+        stored[0].attempts, 0,
+        "nothing was recorded before the crash"
+    );
+
+    // After the restart a new worker delivers the row again.
+    let restarted = h.worker(fast());
+    assert_eq!(restarted.run_once().await.unwrap(), 1);
+    let comments = h.gitea.comments(&issue);
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(comments[0].body.starts_with("Done: merged."));
+    assert_eq!(h.statuses(&issue).await, vec![OutboxStatus::Done]);
+    assert_eq!(restarted.stats().counts().delivered, 1);
+    assert_eq!(restarted.run_once().await.unwrap(), 0, "nothing left");
+}
+
+#[tokio::test]
+async fn an_uncertain_outcome_is_checked_before_posting_again() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    h.enqueue(&issue, &[("k1", comment("Started"))]).await;
+
+    let api = flaky(&h, AfterPost::LoseAnswer);
+    let worker = h.worker_with(api.clone(), fast());
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(api.posts.load(Ordering::SeqCst), 1);
+    let stored = h.store.outbox_for_issue(&issue).await.unwrap();
+    assert_eq!(stored[0].status, OutboxStatus::Pending);
+    assert!(stored[0].last_error.as_deref().unwrap().contains("in time"));
+    assert_eq!(worker.stats().counts().retried, 1);
+
+    // The retry (same flaky Gitea) finds the marked comment and posts nothing.
+    after_backoff().await;
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(api.posts.load(Ordering::SeqCst), 1, "not posted twice");
+    let comments = h.gitea.comments(&issue);
+    assert_eq!(comments.len(), 1);
+    assert!(IdempotencyKey::new("k1").unwrap().is_in(&comments[0].body));
+    assert_eq!(h.statuses(&issue).await, vec![OutboxStatus::Done]);
+}
+
+#[tokio::test]
+async fn engine_keys_naming_the_issue_fall_back_to_the_row_id_marker() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    h.enqueue(
+        &issue,
+        &[("d3-acme/widgets#1-failed-comment", comment("Failed"))],
+    )
+    .await;
+    let worker = h.worker(fast());
+    worker.run_once().await.unwrap();
+    let id = h.store.outbox_for_issue(&issue).await.unwrap()[0].id;
+    let comments = h.gitea.comments(&issue);
+    assert_eq!(comments.len(), 1);
+    assert!(
+        comments[0]
+            .body
+            .ends_with(&format!("<!-- mosaic:outbox:{id} -->"))
+    );
+}
+
+// ----- the writes -----
+
+#[tokio::test]
+async fn the_status_comment_is_edited_in_place_across_states() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    // A person quoting the marker does not own the status comment.
+    let alice = h.gitea.add_user("alice");
+    let alice_client = GiteaClient::new(&GiteaConfig::new(
+        h.gitea.base_url().clone(),
+        Some(mosaic_security::Secret::new(alice)),
+    ))
+    .unwrap();
+    alice_client
+        .create_comment(&issue, "why is this <!-- mosaic:status --> here?")
+        .await
+        .unwrap();
+
+    let worker = h.worker(fast());
+    let states = ["Queued for glm.", "Blocked by #2.", "Running (glm)."];
+    for (n, body) in states.iter().enumerate() {
+        h.enqueue(&issue, &[(&format!("s{n}"), status(body))]).await;
+        assert_eq!(worker.run_once().await.unwrap(), 1);
+        let mine: Vec<Comment> = h
+            .gitea
+            .comments(&issue)
+            .into_iter()
+            .filter(|c| c.user.is(MockGitea::BOT_LOGIN))
+            .collect();
+        assert_eq!(mine.len(), 1, "one status comment, ever: {mine:?}");
+        assert_eq!(mine[0].body, format!("{body}\n\n<!-- mosaic:status -->"));
+    }
+    let comments = h.gitea.comments(&issue);
+    assert_eq!(comments.len(), 2);
+    assert_eq!(comments[0].body, "why is this <!-- mosaic:status --> here?");
+    assert_eq!(
+        h.gitea.count_requests("POST", "/comments"),
+        2,
+        "alice's and one status"
+    );
+    assert_eq!(h.gitea.count_requests("PATCH", "/comments/"), 2);
+
+    // The same status again is not even edited.
+    h.enqueue(&issue, &[("s-again", status("Running (glm)."))])
+        .await;
+    worker.run_once().await.unwrap();
+    assert_eq!(h.gitea.count_requests("PATCH", "/comments/"), 2);
+    assert_eq!(worker.stats().counts().delivered, 4);
+}
+
+#[tokio::test]
+async fn state_labels_are_swapped_and_issues_closed() {
+    let h = harness().await;
+    let issue = h.issue(&["mosaic:queued", "bug"]);
+    h.enqueue(
+        &issue,
+        &[
+            (
+                "l1",
+                GiteaWrite::StateLabel {
+                    add: Some("mosaic:running".into()),
+                    remove: vec![
+                        "mosaic:queued".into(),
+                        "mosaic:blocked".into(),
+                        "mosaic:running".into(),
+                    ],
+                },
+            ),
+            (
+                "l2",
+                GiteaWrite::StateLabel {
+                    add: None,
+                    remove: vec!["mosaic:running".into()],
+                },
+            ),
+            ("c", GiteaWrite::CloseIssue),
+        ],
+    )
+    .await;
+    let worker = h.worker(fast());
+    assert_eq!(
+        worker.run_once().await.unwrap(),
+        1,
+        "one item per issue per round"
+    );
+    let mut labels = h.gitea.issue_labels(&issue);
+    labels.sort();
+    assert_eq!(labels, vec!["bug", "mosaic:running"]);
+    assert!(
+        h.gitea
+            .repo_labels(&h.repo)
+            .iter()
+            .any(|l| l.name == "mosaic:running"),
+        "the missing label was created"
+    );
+    assert!(
+        !h.gitea
+            .repo_labels(&h.repo)
+            .iter()
+            .any(|l| l.name == "mosaic:blocked"),
+        "labels to remove are never created"
+    );
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(h.gitea.issue_labels(&issue), vec!["bug"]);
+    assert_eq!(
+        h.gitea.issue(&issue).unwrap().state,
+        TrackerState::Open,
+        "closing waits for the earlier writes"
+    );
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(h.gitea.issue(&issue).unwrap().state, TrackerState::Closed);
+    assert_eq!(
+        h.statuses(&issue).await,
+        vec![OutboxStatus::Done, OutboxStatus::Done, OutboxStatus::Done]
+    );
+    let backlog = h.store.outbox_backlog().await.unwrap();
+    assert_eq!((backlog.pending, backlog.failed), (0, 0));
+}
+
+#[tokio::test]
+async fn writes_to_one_issue_keep_their_order() {
+    let h = harness().await;
+    let first = h.issue(&[]);
+    let second = h.issue(&[]);
+    let bodies = ["one", "two", "three"];
+    let writes: Vec<(String, GiteaWrite)> = bodies
+        .iter()
+        .map(|b| (format!("order-{b}"), comment(b)))
+        .collect();
+    let refs: Vec<(&str, GiteaWrite)> = writes
+        .iter()
+        .map(|(k, w)| (k.as_str(), w.clone()))
+        .collect();
+    h.enqueue(&first, &refs).await;
+    h.enqueue(&second, &[("other", comment("elsewhere"))]).await;
+    // The first item of `first` fails twice; nothing later on that issue may overtake it.
+    h.gitea
+        .fail_next(&format!("/issues/{}/comments", first.number), 503, 2);
+    let worker = h.worker(fast());
+    worker.run_once().await.unwrap();
+    assert_eq!(
+        h.gitea.comments(&second).len(),
+        1,
+        "other issues are not held up"
+    );
+    assert!(h.gitea.comments(&first).is_empty());
+    for _ in 0..10 {
+        after_backoff().await;
+        worker.run_once().await.unwrap();
+    }
+    let posted: Vec<String> = h
+        .gitea
+        .comments(&first)
+        .into_iter()
+        .map(|c| c.body.lines().next().unwrap().to_owned())
+        .collect();
+    assert_eq!(posted, bodies);
+    let counts = worker.stats().counts();
+    assert_eq!(
+        (counts.delivered, counts.retried, counts.given_up),
+        (4, 2, 0)
+    );
+}
+
+// ----- failures -----
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff_then_delivered() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    h.enqueue(&issue, &[("s", status("Queued"))]).await;
+    h.gitea.fail_next("/comments", 500, 2);
+    let worker = h.worker(OutboxConfig {
+        base_backoff_ms: 200,
+        max_backoff_ms: 200,
+        ..fast()
+    });
+    worker.run_once().await.unwrap();
+    let item = &h.store.outbox_for_issue(&issue).await.unwrap()[0];
+    assert_eq!((item.status, item.attempts), (OutboxStatus::Pending, 1));
+    assert!(item.last_error.as_deref().unwrap().contains("500"));
+    assert!(item.next_attempt_at > Utc::now(), "backed off");
+    assert_eq!(worker.run_once().await.unwrap(), 0, "not due yet");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.run_once().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.run_once().await.unwrap();
+    assert_eq!(h.statuses(&issue).await, vec![OutboxStatus::Done]);
+    assert_eq!(h.gitea.comments(&issue).len(), 1);
+    let counts = worker.stats().counts();
+    assert_eq!(
+        (counts.delivered, counts.retried, counts.given_up),
+        (1, 2, 0)
+    );
+}
+
+#[tokio::test]
+async fn refusals_unknown_kinds_and_exhausted_attempts_are_given_up() {
+    let h = harness().await;
+    // 404: the issue does not exist.
+    let missing = IssueRef::new(h.repo.clone(), 99);
+    h.gitea.create_repo(&h.repo);
+    h.enqueue(
+        &missing,
+        &[("m1", status("Queued")), ("m2", GiteaWrite::CloseIssue)],
+    )
+    .await;
+    // An item this version does not understand.
+    let odd = h.issue(&[]);
+    h.enqueue_items(
+        &odd,
+        vec![NewOutboxItem {
+            issue: odd.clone(),
+            idempotency_key: "odd".into(),
+            kind: "launch_rockets".into(),
+            payload: serde_json::Value::Null,
+            created_at: Utc::now(),
+        }],
+    )
+    .await;
+    // Always failing: given up after max_attempts.
+    let down = h.issue(&[]);
+    h.enqueue(&down, &[("d", GiteaWrite::CloseIssue)]).await;
+    h.gitea
+        .fail_next(&format!("/issues/{}", down.number), 502, 100);
+
+    let worker = h.worker(OutboxConfig {
+        max_attempts: 3,
+        ..fast()
+    });
+    for _ in 0..6 {
+        worker.run_once().await.unwrap();
+        after_backoff().await;
+    }
+    assert_eq!(
+        h.statuses(&missing).await,
+        vec![OutboxStatus::Failed, OutboxStatus::Failed],
+        "a given-up write does not block the next one"
+    );
+    let missing_item = &h.store.outbox_for_issue(&missing).await.unwrap()[0];
+    assert!(missing_item.last_error.as_deref().unwrap().contains("404"));
+    assert_eq!(missing_item.attempts, 1, "a 404 is not retried");
+    let odd_item = &h.store.outbox_for_issue(&odd).await.unwrap()[0];
+    assert_eq!(odd_item.status, OutboxStatus::Failed);
+    assert!(
+        odd_item
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("launch_rockets")
+    );
+    let down_item = &h.store.outbox_for_issue(&down).await.unwrap()[0];
+    assert_eq!(
+        (down_item.status, down_item.attempts),
+        (OutboxStatus::Failed, 3)
+    );
+    assert!(down_item.last_error.as_deref().unwrap().contains("502"));
+    let counts = worker.stats().counts();
+    assert_eq!(
+        (counts.delivered, counts.retried, counts.given_up),
+        (0, 2, 4)
+    );
+    let backlog = worker.backlog().await.unwrap();
+    assert_eq!((backlog.pending, backlog.failed), (0, 4));
+}
+
+#[tokio::test]
+async fn run_delivers_until_cancelled() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    let notify = Arc::new(Notify::new());
+    let worker = OutboxWorker::new(
+        Arc::clone(&h.store),
+        h.client.clone(),
+        Arc::clone(&notify),
+        OutboxConfig {
+            idle_poll_ms: 60_000,
+            ..fast()
+        },
+    );
+    let stats = worker.stats();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(worker.run(cancel.clone()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.enqueue(&issue, &[("a", status("Queued")), ("b", status("Running"))])
+        .await;
+    notify.notify_one();
+    for _ in 0..200 {
+        if stats.counts().delivered == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        stats.counts().delivered,
+        2,
+        "woken, and the next item follows at once"
+    );
+    assert_eq!(h.gitea.comments(&issue).len(), 1);
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops when cancelled")
+        .unwrap();
+}
+
+#[test]
+fn the_outbox_section_has_defaults_and_refuses_unknown_keys() {
+    let config: OutboxConfig = serde_json::from_str(r#"{"batch": 5}"#).unwrap();
+    assert_eq!(config.batch, 5);
+    assert_eq!(config.max_attempts, OutboxConfig::default().max_attempts);
+    assert!(serde_json::from_str::<OutboxConfig>(r#"{"batchh": 5}"#).is_err());
+    let config = OutboxConfig::default();
+    for attempt in 1..30 {
+        let delay = config.backoff(attempt).as_millis() as u64;
+        assert!(
+            delay <= config.max_backoff_ms * 12 / 10,
+            "{attempt}: {delay}"
+        );
+    }
+}
