@@ -40,6 +40,7 @@ pub struct Config {
     /// Order among ready issues by label (`[priorities]`).
     pub priorities: mosaic_domain::queue::PriorityOrder,
     pub engine: mosaic_engine::engine::EngineConfig,
+    pub outbox: mosaic_engine::outbox::OutboxConfig,
 }
 
 /// Environment variables with names of their own (kept from the original coordinator), and the

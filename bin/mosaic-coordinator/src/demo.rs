@@ -294,7 +294,30 @@ async fn scenario() -> Result<(), Failure> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!();
+    // Let the outbox deliver the last writes before showing what Gitea holds.
+    let _ = wait_until(Duration::from_secs(10), || async {
+        store
+            .outbox_backlog()
+            .await
+            .is_ok_and(|backlog| backlog.pending == 0)
+    })
+    .await;
     println!("{}", summary(store.as_ref(), &issues).await?);
+    println!("What the bot wrote on each issue in Gitea:");
+    for issue in &issues {
+        let comments = gitea.comments(issue);
+        let labels = gitea.issue_labels(issue);
+        println!(
+            "  {:<14} {} comment(s), labels [{}]",
+            issue.to_string(),
+            comments.len(),
+            labels.join(", ")
+        );
+        if let Some(status) = comments.iter().find(|c| c.body.contains("mosaic:status")) {
+            let first = status.body.lines().next().unwrap_or_default();
+            println!("  {:<14} status: {first}", "");
+        }
+    }
 
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(15), server).await;

@@ -7,6 +7,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mosaic_engine::engine::Engine;
+use mosaic_engine::outbox::OutboxStats;
+use mosaic_engine::reconcile::ReconcileStats;
 use mosaic_gitea::{CallObserver, CallOutcome};
 use mosaic_store::Store;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -167,12 +169,63 @@ impl StoreGauges {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    kind: &'static str,
+}
+
+/// Counters of the outbox worker and the reconciler, read from their own stats.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerGauges {
+    outbox_writes: Family<KindLabels, Gauge>,
+    reconcile: Family<KindLabels, Gauge>,
+    outbox_stats: Arc<OnceLock<Arc<OutboxStats>>>,
+    reconcile_stats: Arc<OnceLock<Arc<ReconcileStats>>>,
+}
+
+impl WorkerGauges {
+    fn refresh(&self) {
+        if let Some(stats) = self.outbox_stats.get() {
+            let counts = stats.counts();
+            for (kind, n) in [
+                ("delivered", counts.delivered),
+                ("retried", counts.retried),
+                ("given_up", counts.given_up),
+            ] {
+                self.outbox_writes
+                    .get_or_create(&KindLabels { kind })
+                    .set(as_i64(n));
+            }
+        }
+        if let Some(stats) = self.reconcile_stats.get() {
+            let counts = stats.counts();
+            for (kind, n) in [
+                ("runs", counts.runs),
+                ("failed_runs", counts.failed_runs),
+                ("missed_assignment", counts.missed_assignments),
+                ("missed_close", counts.missed_closes),
+                ("missed_unassignment", counts.missed_unassignments),
+                ("deleted", counts.deleted),
+                ("dependencies_changed", counts.dependencies_changed),
+                ("blocker_closed", counts.blockers_closed),
+                ("duplicate", counts.duplicates),
+                ("error", counts.errors),
+            ] {
+                self.reconcile
+                    .get_or_create(&KindLabels { kind })
+                    .set(as_i64(n));
+            }
+        }
+    }
+}
+
 /// Everything the binary adds to `/metrics`.
 #[derive(Debug, Clone)]
 pub struct CoordinatorMetrics {
     pub gitea_calls: GiteaCalls,
     pub store: StoreGauges,
     pub engine: EngineGauges,
+    pub workers: WorkerGauges,
 }
 
 impl CoordinatorMetrics {
@@ -184,7 +237,16 @@ impl CoordinatorMetrics {
             },
             store: StoreGauges::default(),
             engine: EngineGauges::default(),
+            workers: WorkerGauges::default(),
         }
+    }
+
+    pub fn watch_outbox(&self, stats: Arc<OutboxStats>) {
+        let _ = self.workers.outbox_stats.set(stats);
+    }
+
+    pub fn watch_reconciler(&self, stats: Arc<ReconcileStats>) {
+        let _ = self.workers.reconcile_stats.set(stats);
     }
 
     pub fn register(&self, registry: &mut Registry) {
@@ -270,6 +332,7 @@ impl CoordinatorMetrics {
             if let Some(engine) = engine.get() {
                 self.engine.refresh(engine).await;
             }
+            self.workers.refresh();
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(every) => {}

@@ -9,6 +9,8 @@ use anyhow::Context;
 use mosaic_context::AgentRuntime;
 use mosaic_engine::engine::{Engine, EngineParts};
 use mosaic_engine::inbox::{InboxWorker, SnapshotHandler};
+use mosaic_engine::outbox::OutboxWorker;
+use mosaic_engine::reconcile::{ReconcileConfig, Reconciler};
 use mosaic_gitea::{BotIdentity, GiteaApi, GiteaClient};
 use mosaic_security::WebhookVerifier;
 use mosaic_store::Store;
@@ -220,6 +222,9 @@ pub async fn run_on(
         runtime,
         config: config.engine.clone(),
         inbox: config.inbox.clone(),
+        outbox: config.outbox.clone(),
+        reconcile: config.gitea.as_ref().map(ReconcileConfig::from_gitea),
+        metrics: metrics.clone(),
         notify,
         configured_login: config
             .gitea
@@ -275,6 +280,9 @@ struct EngineInputs {
     runtime: Arc<dyn AgentRuntime>,
     config: mosaic_engine::engine::EngineConfig,
     inbox: mosaic_engine::inbox::InboxConfig,
+    outbox: mosaic_engine::outbox::OutboxConfig,
+    reconcile: Option<ReconcileConfig>,
+    metrics: CoordinatorMetrics,
     notify: Arc<Notify>,
     /// The login to act for when Gitea cannot tell (no token): `gitea.assignee` or
     /// `gitea.bot_username`.
@@ -291,16 +299,18 @@ async fn run_workers(
     engine_slot: Arc<std::sync::OnceLock<Engine>>,
     cancel: CancellationToken,
 ) {
-    let login = if gitea_connected {
+    let identity = if gitea_connected {
         tokio::select! {
             () = cancel.cancelled() => return,
-            known = identity.wait_for(Option::is_some) => known
-                .ok()
-                .and_then(|id| id.as_ref().map(|id| id.acts_for().to_owned())),
+            known = identity.wait_for(Option::is_some) => known.ok().and_then(|id| id.clone()),
         }
     } else {
-        inputs.configured_login.clone()
+        None
     };
+    let login = identity
+        .as_ref()
+        .map(|id| id.acts_for().to_owned())
+        .or_else(|| inputs.configured_login.clone());
     let Some(login) = login else {
         tracing::warn!(
             "no bot login known (no GITEA_BOT_TOKEN and no gitea.bot_username): deliveries are recorded, nothing is coordinated"
@@ -317,7 +327,7 @@ async fn run_workers(
     let parts = EngineParts {
         store: Arc::clone(&inputs.store),
         parser: inputs.parser,
-        gitea: inputs.gitea,
+        gitea: inputs.gitea.clone(),
         acts_for: login.clone(),
         profiles: inputs.profiles,
         policy: inputs.policy,
@@ -342,12 +352,38 @@ async fn run_workers(
     let inbox = InboxWorker::new(
         Arc::clone(&inputs.store),
         Arc::new(engine.clone()),
-        inputs.notify,
+        Arc::clone(&inputs.notify),
         inputs.inbox,
     );
-    let inbox_task = tokio::spawn(inbox.run(cancel.clone()));
+    let mut tasks = vec![tokio::spawn(inbox.run(cancel.clone()))];
+    // Writes to Gitea and repairs of missed events need a connected Gitea; without one the
+    // outbox keeps the writes (durable) until a token is configured.
+    if let (Some(api), Some(identity)) = (inputs.gitea, identity) {
+        let outbox = OutboxWorker::new(
+            Arc::clone(&inputs.store),
+            Arc::clone(&api),
+            Arc::new(Notify::new()),
+            inputs.outbox,
+        )
+        .with_bot_login(identity.login());
+        inputs.metrics.watch_outbox(outbox.stats());
+        tasks.push(tokio::spawn(outbox.run(cancel.clone())));
+        if let Some(config) = inputs.reconcile {
+            let reconciler = Reconciler::new(
+                Arc::clone(&inputs.store),
+                api,
+                identity,
+                config,
+                Arc::clone(&inputs.notify),
+            );
+            inputs.metrics.watch_reconciler(reconciler.stats());
+            tasks.push(tokio::spawn(reconciler.run(cancel.clone())));
+        }
+    }
     engine.run(cancel).await;
-    let _ = inbox_task.await;
+    for task in tasks {
+        let _ = task.await;
+    }
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
