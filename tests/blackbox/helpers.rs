@@ -65,10 +65,26 @@ impl Running {
 
     /// Starts on an existing data directory (to restart after a crash).
     pub fn start_in(data: tempfile::TempDir, extra: &[(&str, &str)]) -> Self {
+        Self::spawn(data, None, extra)
+    }
+
+    /// Starts with `--config FILE` (usually a file inside `data`, so a restart finds it again).
+    pub fn start_configured(
+        data: tempfile::TempDir,
+        config: &Path,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        Self::spawn(data, Some(config), extra)
+    }
+
+    fn spawn(data: tempfile::TempDir, config: Option<&Path>, extra: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut command = coordinator();
+        command.arg("serve");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
         command
-            .arg("serve")
             .current_dir(data.path())
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())

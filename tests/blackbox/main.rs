@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod coordinator;
 mod gitea;
 mod helpers;
 mod intake;
