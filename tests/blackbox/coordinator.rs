@@ -17,7 +17,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use mosaic_domain::{IssueRef, IssueState, RepoName};
 use mosaic_gitea::mock::{MockGitea, NewIssue};
 use mosaic_store::sqlite::SqliteStore;
-use mosaic_store::{OutboxItem, SessionOutcome, SessionRecord, Store, StoreConfig};
+use mosaic_store::{OutboxItem, OutboxStatus, SessionOutcome, SessionRecord, Store, StoreConfig};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -313,6 +313,23 @@ impl Scenario {
         seen
     }
 
+    /// Waits until the outbox worker has delivered every write enqueued for the issue.
+    async fn wait_outbox_delivered(&self, issue: &IssueRef) {
+        let mut last = Vec::new();
+        let done = poll(STEP, async || {
+            last = self.outbox(issue).await;
+            last.iter()
+                .all(|item| item.status == OutboxStatus::Done)
+                .then_some(())
+        })
+        .await;
+        if done.is_none() {
+            self.fail(&format!(
+                "outbox rows of {issue} not all delivered: {last:#?}"
+            ));
+        }
+    }
+
     fn comment_bodies(&self, issue: &IssueRef) -> Vec<String> {
         self.gitea
             .comments(issue)
@@ -418,6 +435,18 @@ fn is_live_sample_agent(raw: u32) -> bool {
 fn kill_leftover_agent(raw: u32) {
     if is_live_sample_agent(raw) {
         let _ = killpg(pid(raw), Signal::SIGKILL);
+    }
+}
+
+/// Kills a process group this test started when the test ends early (a failed assertion), so
+/// a long-running agent child never outlives the test.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if !live_group_members(self.0).is_empty() {
+            let _ = killpg(pid(self.0), Signal::SIGKILL);
+        }
     }
 }
 
@@ -596,6 +625,7 @@ async fn an_assigned_issue_is_queued_run_compacted_or_rotated_and_done() {
             .await;
         assert_eq!(comments.len(), 2, "{comments:?}");
         assert_eq!(count_containing(&comments, "Queued for"), 0, "{comments:?}");
+        s.wait_outbox_delivered(issue).await;
     }
 }
 
@@ -708,7 +738,14 @@ async fn unassigning_cancels_the_running_session_and_no_process_is_left() {
         s.fail(&format!("no live session with a process: {listing}"));
     };
     let agent_pid = u32::try_from(agent_pid).unwrap();
-    let stored = s.sessions(&issue).await;
+    let _guard = GroupGuard(agent_pid);
+    // The session row commits beside the live view; it may trail it by a moment.
+    let stored = poll(STEP, async || {
+        let stored = s.sessions(&issue).await;
+        (!stored.is_empty()).then_some(stored)
+    })
+    .await
+    .unwrap_or_else(|| s.fail("the live session was never stored"));
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0].pid, Some(agent_pid));
     // The agent and its child run in the agent's own process group.
@@ -851,6 +888,7 @@ async fn after_a_sigkill_mid_run_the_restart_finishes_the_issue_exactly_once() {
         2,
         "one status comment, one done comment: {comments:?}"
     );
+    s.wait_outbox_delivered(&issue).await;
     let done_posts = s
         .gitea
         .requests()
