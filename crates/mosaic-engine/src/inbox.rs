@@ -122,13 +122,7 @@ impl Default for InboxConfig {
 impl InboxConfig {
     /// Delay before attempt `attempts + 1`, with ±20% jitter so failures do not synchronise.
     pub fn backoff(&self, attempts: u32) -> Duration {
-        let exponent = attempts.saturating_sub(1).min(20);
-        let base = self
-            .base_backoff_ms
-            .saturating_mul(1 << exponent)
-            .min(self.max_backoff_ms);
-        let jitter = rand::random_range(0.8..=1.2);
-        Duration::from_millis((base as f64 * jitter) as u64)
+        crate::backoff::jittered(self.base_backoff_ms, self.max_backoff_ms, attempts)
     }
 }
 

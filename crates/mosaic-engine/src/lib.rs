@@ -3,6 +3,7 @@
 //! It depends on the traits of the store, parser, Gitea client and agent runtime, never on a
 //! concrete adapter; the binary wires the real ones.
 
+pub mod backoff;
 pub mod effects;
 pub mod engine;
 pub mod inbox;
