@@ -618,6 +618,19 @@ mod tests {
     }
 
     #[test]
+    fn check_config_output() {
+        let (config, figment) = load(&sources(&[
+            ("GITEA_WEBHOOK_SECRET", "s"),
+            ("GITEA_URL", "https://git.example.com"),
+            ("GITEA_BOT_TOKEN", "t"),
+            ("PORT", "9000"),
+            ("MOSAIC_ENGINE__MAX_CONCURRENT_AGENTS", "4"),
+        ]))
+        .unwrap();
+        insta::assert_snapshot!(render(&config, &figment));
+    }
+
+    #[test]
     fn numeric_secrets_are_still_secrets() {
         let (config, _) = load(&sources(&[
             ("GITEA_WEBHOOK_SECRET", "12345"),

@@ -172,7 +172,7 @@ pub async fn run_on(
         .clone()
         .unwrap_or_else(|| mosaic_runner::RunnerConfig::new("data/work"));
     let runtime: Arc<dyn AgentRuntime> = Arc::new(
-        mosaic_runner::ProcessRuntime::new(runner)
+        mosaic_runner::ProcessRuntime::new(runner.clone())
             .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?,
     );
     let notify = Arc::new(Notify::new());
@@ -220,6 +220,7 @@ pub async fn run_on(
         policy: config.assignment,
         priorities: config.priorities.clone(),
         runtime,
+        runner,
         config: config.engine.clone(),
         inbox: config.inbox.clone(),
         outbox: config.outbox.clone(),
@@ -278,6 +279,8 @@ struct EngineInputs {
     policy: mosaic_domain::assignment::AssignmentPolicy,
     priorities: mosaic_domain::PriorityOrder,
     runtime: Arc<dyn AgentRuntime>,
+    /// To find the agent processes a killed coordinator left running.
+    runner: mosaic_runner::RunnerConfig,
     config: mosaic_engine::engine::EngineConfig,
     inbox: mosaic_engine::inbox::InboxConfig,
     outbox: mosaic_engine::outbox::OutboxConfig,
@@ -324,6 +327,7 @@ async fn run_workers(
         worker.run(cancel).await;
         return;
     };
+    reap_orphans(inputs.store.as_ref(), &inputs.runner).await;
     let parts = EngineParts {
         store: Arc::clone(&inputs.store),
         parser: inputs.parser,
@@ -383,6 +387,38 @@ async fn run_workers(
     engine.run(cancel).await;
     for task in tasks {
         let _ = task.await;
+    }
+}
+
+/// Sessions the store still lists as running belonged to a coordinator that died; their process
+/// groups survive it. End them before recovery dispatches the issues again, so no issue ever has
+/// two agents at once (invariant 6).
+async fn reap_orphans(store: &dyn Store, runner: &mosaic_runner::RunnerConfig) {
+    let sessions = match store.open_sessions().await {
+        Ok(sessions) => sessions,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot list the sessions left open; none reaped");
+            return;
+        }
+    };
+    let recorded: Vec<mosaic_runner::orphans::RecordedSession> = sessions
+        .into_iter()
+        .filter_map(|session| {
+            Some(mosaic_runner::orphans::RecordedSession {
+                pid: session.pid?,
+                session_id: session.id,
+                agent: session.agent,
+                started_at: session.started_at,
+            })
+        })
+        .collect();
+    if !recorded.is_empty() {
+        let outcomes = mosaic_runner::orphans::reap(runner, &recorded).await;
+        tracing::info!(
+            sessions = outcomes.len(),
+            ?outcomes,
+            "checked sessions left open by the previous run"
+        );
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod log;
+pub mod orphans;
 pub mod process;
 pub mod protocol;
 pub mod runtime;
