@@ -30,6 +30,17 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Read connections kept open (reads run concurrently with the writer under WAL).
     pub read_connections: usize,
+    /// How long, in microseconds, the writer keeps collecting requests before it starts a
+    /// group, when the previous group had more than one request (so more are likely). It stops
+    /// early once it holds as many as the previous group. 0: start at once.
+    pub group_window_us: u64,
+    /// Period, in milliseconds, of the background WAL checkpoint (PASSIVE: it never blocks the
+    /// writer) while writes happen. 0: SQLite checkpoints automatically inside the commit that
+    /// crosses 1,000 WAL pages, on the writer, while every queued request waits.
+    pub checkpoint_interval_ms: u64,
+    /// Bytes of WAL file kept when the log restarts after a checkpoint (`journal_size_limit`);
+    /// a larger file left by a burst is truncated to this, or emptied when the store is idle.
+    pub wal_size_limit_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -40,6 +51,9 @@ impl Default for StoreConfig {
             busy_timeout_ms: 5_000,
             max_batch: 256,
             read_connections: 4,
+            group_window_us: 500,
+            checkpoint_interval_ms: 100,
+            wal_size_limit_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -78,9 +92,22 @@ impl StoreConfig {
                 "store.read_connections must be at least 1".to_owned(),
             ));
         }
+        if self.group_window_us > MAX_GROUP_WINDOW_US {
+            return Err(StoreError::InvalidConfig(format!(
+                "store.group_window_us must be at most {MAX_GROUP_WINDOW_US} (it delays writes)"
+            )));
+        }
+        if i64::try_from(self.wal_size_limit_bytes).is_err() {
+            return Err(StoreError::InvalidConfig(
+                "store.wal_size_limit_bytes is too large".to_owned(),
+            ));
+        }
         Ok(())
     }
 }
+
+/// Longest grouping window accepted: a longer one would only add latency.
+const MAX_GROUP_WINDOW_US: u64 = 100_000;
 
 #[cfg(test)]
 mod tests {
@@ -111,5 +138,23 @@ mod tests {
         assert_eq!(config.synchronous, Synchronous::Full);
         assert_eq!(config.url, "sqlite://data/mosaic.db");
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn an_unbounded_grouping_window_or_wal_limit_is_refused() {
+        let window = StoreConfig {
+            group_window_us: 100_001,
+            ..StoreConfig::default()
+        };
+        assert!(
+            matches!(window.validate(), Err(StoreError::InvalidConfig(m)) if m.contains("group_window_us"))
+        );
+        let limit = StoreConfig {
+            wal_size_limit_bytes: u64::MAX,
+            ..StoreConfig::default()
+        };
+        assert!(
+            matches!(limit.validate(), Err(StoreError::InvalidConfig(m)) if m.contains("wal_size_limit_bytes"))
+        );
     }
 }

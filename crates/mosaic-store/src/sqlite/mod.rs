@@ -6,7 +6,13 @@
 //! sync under `synchronous=FULL`) and only then answers. A failing request rolls back to its
 //! savepoint and does not disturb the others in its group. Reads use separate connections on
 //! blocking threads; WAL lets them run while the writer commits.
+//!
+//! When the previous group held several requests, the writer waits a short, bounded window
+//! (`group_window_us`) for the callers it just answered to come back before it begins, so
+//! groups fill up instead of alternating between halves. WAL checkpoints run on their own
+//! thread ([`checkpoint`]), never inside a commit.
 
+mod checkpoint;
 mod migrate;
 mod ops;
 
@@ -14,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -71,17 +77,25 @@ fn in_savepoint<T>(
     conn: &Connection,
     op: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT request")?;
+    run_cached(conn, "SAVEPOINT request")?;
     match op(conn) {
         Ok(value) => {
-            conn.execute_batch("RELEASE request")?;
+            run_cached(conn, "RELEASE request")?;
             Ok(value)
         }
         Err(error) => {
-            conn.execute_batch("ROLLBACK TO request; RELEASE request")?;
+            run_cached(conn, "ROLLBACK TO request")?;
+            run_cached(conn, "RELEASE request")?;
             Err(error)
         }
     }
+}
+
+/// Runs one statement without parameters from the connection's statement cache: the writer
+/// runs the same transaction-control statements for every request.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 #[derive(Debug, Default)]
@@ -90,20 +104,23 @@ struct Counters {
     writes: AtomicU64,
 }
 
+/// How the writer forms groups.
+#[derive(Debug, Clone, Copy)]
+struct Grouping {
+    max_batch: usize,
+    window: Duration,
+}
+
 fn writer_loop(
     conn: Connection,
     requests: mpsc::Receiver<Box<dyn WriteJob>>,
-    max_batch: usize,
+    grouping: Grouping,
     counters: Arc<Counters>,
 ) {
+    let mut previous = 0;
     while let Ok(first) = requests.recv() {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match requests.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        let mut batch = collect_group(&requests, first, grouping, previous);
+        previous = batch.len();
         let commit = run_group(&conn, &mut batch);
         if commit.is_ok() {
             counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -120,13 +137,55 @@ fn writer_loop(
     tracing::debug!("store writer stopped");
 }
 
+/// Takes every queued request (up to `max_batch`). When the previous group had several
+/// requests, more are likely: the callers it just answered are about to send their next one.
+/// Then it waits up to `window` for them, but no longer than it takes to hold as many as the
+/// previous group, so a steady load pays little of the window and single writes none.
+fn collect_group(
+    requests: &mpsc::Receiver<Box<dyn WriteJob>>,
+    first: Box<dyn WriteJob>,
+    grouping: Grouping,
+    previous: usize,
+) -> Vec<Box<dyn WriteJob>> {
+    let max_batch = grouping.max_batch;
+    let mut batch = Vec::with_capacity(previous.clamp(1, max_batch));
+    batch.push(first);
+    drain(requests, &mut batch, max_batch);
+    let target = previous.min(max_batch);
+    if previous > 1 && batch.len() < target && !grouping.window.is_zero() {
+        let deadline = Instant::now() + grouping.window;
+        while batch.len() < target {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match requests.recv_timeout(left) {
+                Ok(job) => batch.push(job),
+                // Timeout, or the store is closing: commit what we hold.
+                Err(_) => break,
+            }
+        }
+        drain(requests, &mut batch, max_batch);
+    }
+    batch
+}
+
+fn drain(
+    requests: &mpsc::Receiver<Box<dyn WriteJob>>,
+    batch: &mut Vec<Box<dyn WriteJob>>,
+    max_batch: usize,
+) {
+    while batch.len() < max_batch {
+        match requests.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
 fn run_group(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), String> {
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .map_err(|e| e.to_string())?;
+    run_cached(conn, "BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
     for job in batch.iter_mut() {
         job.run(conn);
     }
-    conn.execute_batch("COMMIT").map_err(|error| {
+    run_cached(conn, "COMMIT").map_err(|error| {
         // Leave the connection usable for the next group.
         let _ = conn.execute_batch("ROLLBACK");
         error.to_string()
@@ -163,13 +222,25 @@ impl Readers {
     }
 }
 
+/// Room for every statement the operations cache (rusqlite keeps 16 by default, fewer than
+/// the operations use, so they would be prepared again and again).
+const STATEMENT_CACHE: usize = 128;
+
 fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
+}
+
+pub(crate) fn synchronous_pragma(synchronous: Synchronous) -> &'static str {
+    match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    }
 }
 
 fn open_writer(path: &Path, config: &StoreConfig) -> Result<Connection, StoreError> {
@@ -180,6 +251,7 @@ fn open_writer(path: &Path, config: &StoreConfig) -> Result<Connection, StoreErr
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_millis(config.busy_timeout_ms))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::InvalidConfig(format!(
@@ -187,13 +259,18 @@ fn open_writer(path: &Path, config: &StoreConfig) -> Result<Connection, StoreErr
             path.display()
         )));
     }
-    let synchronous = match config.synchronous {
-        Synchronous::Full => "FULL",
-        Synchronous::Normal => "NORMAL",
-    };
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;"
-    ))?;
+    conn.pragma_update(None, "synchronous", synchronous_pragma(config.synchronous))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Savepoint journals (one per request) stay in memory instead of a temporary file.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    let limit = i64::try_from(config.wal_size_limit_bytes).map_err(|_| {
+        StoreError::InvalidConfig("store.wal_size_limit_bytes is too large".to_owned())
+    })?;
+    conn.pragma_update(None, "journal_size_limit", limit)?;
+    if config.checkpoint_interval_ms > 0 {
+        // The checkpoint thread does it; never inside one of this connection's commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    }
     Ok(conn)
 }
 
@@ -206,6 +283,9 @@ pub struct SqliteStore {
     writer: Option<JoinHandle<()>>,
     readers: Arc<Readers>,
     counters: Arc<Counters>,
+    /// Stopped before the writer when the store is dropped.
+    checkpointer: Option<checkpoint::Checkpointer>,
+    checkpoints: Arc<checkpoint::CheckpointCounters>,
 }
 
 impl SqliteStore {
@@ -234,21 +314,48 @@ impl SqliteStore {
         });
 
         let counters = Arc::new(Counters::default());
+        let checkpoints = Arc::new(checkpoint::CheckpointCounters::default());
+        let checkpointer = if config.checkpoint_interval_ms > 0 {
+            Some(checkpoint::Checkpointer::start(
+                &path,
+                config,
+                Arc::clone(&counters),
+                Arc::clone(&checkpoints),
+            )?)
+        } else {
+            None
+        };
         let (requests, receiver) = mpsc::channel();
-        let max_batch = config.max_batch;
+        let grouping = Grouping {
+            max_batch: config.max_batch,
+            window: Duration::from_micros(config.group_window_us),
+        };
         let writer_counters = Arc::clone(&counters);
         let writer = std::thread::Builder::new()
             .name("mosaic-store-writer".to_owned())
-            .spawn(move || writer_loop(writer_conn, receiver, max_batch, writer_counters))
+            .spawn(move || writer_loop(writer_conn, receiver, grouping, writer_counters))
             .map_err(|e| StoreError::InvalidConfig(format!("cannot start the writer: {e}")))?;
-        tracing::info!(path = %path.display(), synchronous = ?config.synchronous, "store opened");
+        tracing::info!(
+            path = %path.display(),
+            synchronous = ?config.synchronous,
+            group_window_us = config.group_window_us,
+            checkpoint_interval_ms = config.checkpoint_interval_ms,
+            "store opened"
+        );
         Ok(Self {
             path,
             requests: Some(requests),
             writer: Some(writer),
             readers,
             counters,
+            checkpointer,
+            checkpoints,
         })
+    }
+
+    /// Background WAL checkpoints run so far (0 when `checkpoint_interval_ms` is 0).
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpoints.checkpoints.load(Ordering::Relaxed)
     }
 
     /// The database file.
@@ -307,6 +414,8 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        // Waits for a checkpoint in progress; the writer's own close checkpoints what is left.
+        self.checkpointer.take();
         // Closing the channel lets the writer finish what is queued and exit.
         self.requests.take();
         if let Some(writer) = self.writer.take()
