@@ -112,3 +112,110 @@ async fn a_working_token_connects_as_the_bot() {
         format!("as {}", MockGitea::BOT_LOGIN)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_webhook_creates_then_updates_one_hook_and_check_approves() {
+    let (gitea, url) = MockGitea::start().await.unwrap();
+    let repo: mosaic_domain::RepoName = "team/app".parse().unwrap();
+    gitea.create_repo(&repo);
+    let dir = tempfile::tempdir().unwrap();
+    let hook_url = "https://mosaic.example.com/webhook/gitea";
+    let run_with = move |args: Vec<&'static str>, secret: &'static str| {
+        let url = url.clone();
+        let dir = dir.path().to_owned();
+        move || {
+            run(
+                &args,
+                &[
+                    ("GITEA_URL", url.as_str()),
+                    ("GITEA_BOT_TOKEN", MockGitea::BOT_TOKEN),
+                    ("GITEA_WEBHOOK_SECRET", secret),
+                    ("MOSAIC_GITEA__REPOSITORIES", "[\"team/app\"]"),
+                    ("MOSAIC_WEBHOOK__PUBLIC_URL", hook_url),
+                ],
+                &dir,
+            )
+        }
+    };
+    let install = vec!["gitea", "install-webhook", "--repo", "team/app"];
+    let output = tokio::task::spawn_blocking(run_with(install.clone(), "first-secret"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("created a webhook on team/app"), "{stdout}");
+    let hooks = gitea.hooks(&repo);
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0].secret, "first-secret");
+    assert_eq!(
+        hooks[0].hook.config.get("url").map(String::as_str),
+        Some(hook_url)
+    );
+    assert_eq!(
+        hooks[0].hook.config.get("content_type").map(String::as_str),
+        Some("json")
+    );
+    for event in ["issues", "issue_assign", "issue_label", "issue_comment"] {
+        assert!(
+            hooks[0].hook.events.iter().any(|e| e == event),
+            "{event}: {:?}",
+            hooks[0].hook.events
+        );
+    }
+    assert!(
+        !stdout.contains("first-secret"),
+        "the secret is never printed"
+    );
+
+    // A second installation (a rotated secret) updates the same hook.
+    let output = tokio::task::spawn_blocking(run_with(install, "second-secret"))
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("updated the webhook"));
+    let hooks = gitea.hooks(&repo);
+    assert_eq!(hooks.len(), 1, "still one hook");
+    assert_eq!(hooks[0].secret, "second-secret");
+
+    let output = tokio::task::spawn_blocking(run_with(vec!["gitea", "check"], "second-secret"))
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert!(report.contains(MockGitea::BOT_LOGIN), "{report}");
+    assert!(report.contains("team/app"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fails_when_the_webhook_is_missing() {
+    let (gitea, url) = MockGitea::start().await.unwrap();
+    let repo: mosaic_domain::RepoName = "team/other".parse().unwrap();
+    gitea.create_repo(&repo);
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        run(
+            &[
+                "gitea",
+                "check",
+                "--url",
+                "https://mosaic.example.com/webhook/gitea",
+            ],
+            &[
+                ("GITEA_URL", url.as_str()),
+                ("GITEA_BOT_TOKEN", MockGitea::BOT_TOKEN),
+                ("MOSAIC_GITEA__REPOSITORIES", "[\"team/other\"]"),
+            ],
+            dir.path(),
+        )
+    })
+    .await
+    .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(report.contains("team/other"), "{report}");
+}
