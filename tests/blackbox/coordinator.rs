@@ -627,6 +627,37 @@ async fn an_assigned_issue_is_queued_run_compacted_or_rotated_and_done() {
         assert_eq!(count_containing(&comments, "Queued for"), 0, "{comments:?}");
         s.wait_outbox_delivered(issue).await;
     }
+
+    // /metrics (refreshed every 5 s): the engine's families with this run's counts.
+    let expected = [
+        "mosaic_queue_depth{state=\"completed\"} 2",
+        "mosaic_compactions 1",
+        "mosaic_rotations 1",
+        "mosaic_outbox_writes{kind=\"delivered\"}",
+        "mosaic_gitea_calls_total{operation=",
+        "mosaic_webhook_requests_total{event=\"issue_assign\",outcome=\"accepted\"} 2",
+    ];
+    let mut last = String::new();
+    let metrics = poll(Duration::from_secs(15), async || {
+        let text = s
+            .app
+            .client
+            .get(s.app.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let complete = expected.iter().all(|line| text.contains(line));
+        last = text;
+        complete.then_some(())
+    })
+    .await;
+    assert!(
+        metrics.is_some(),
+        "metrics never showed {expected:?}:\n{last}"
+    );
 }
 
 // ---- 2. a blocked issue waits for its blocker to be closed ----

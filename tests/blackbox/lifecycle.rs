@@ -74,3 +74,60 @@ fn logs_are_json_lines_with_request_ids() {
     let json: serde_json::Value = serde_json::from_str(line).unwrap();
     assert!(json["span"]["request_id"].is_string(), "{line}");
 }
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_every_family() {
+    let app = Running::start();
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.contains("text"), "{content_type}");
+    let text = response.text().await.unwrap();
+    // Families with samples from the start (the engine's appear once it runs; see
+    // coordinator.rs).
+    for family in [
+        "mosaic_webhook_intake_seconds",
+        "mosaic_deliveries",
+        "mosaic_outbox_backlog",
+        "mosaic_store_commits",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family}")),
+            "{family} missing:\n{text}"
+        );
+    }
+    // A refused delivery is counted with its reason.
+    let refused = app
+        .client
+        .post(app.url("/webhook/gitea"))
+        .header("content-type", "application/json")
+        .header("x-gitea-event", "issues")
+        .header("x-gitea-signature", "00")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            "mosaic_webhook_requests_total{event=\"unknown\",outcome=\"rejected_signature\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("mosaic_webhook_signature_failures_total{reason=\"malformed\"} 1"),
+        "{text}"
+    );
+}

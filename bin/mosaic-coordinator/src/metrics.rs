@@ -315,6 +315,16 @@ impl CoordinatorMetrics {
             "Session rotations since start",
             e.rotations.clone(),
         );
+        registry.register(
+            "outbox_writes",
+            "Gitea writes by the outbox worker since start: delivered, retried, given_up",
+            self.workers.outbox_writes.clone(),
+        );
+        registry.register(
+            "reconcile",
+            "Reconciliation runs and the repairs they made since start, by kind",
+            self.workers.reconcile.clone(),
+        );
     }
 
     /// Refreshes the store- and engine-backed gauges every `every` until cancelled.
