@@ -3,7 +3,7 @@
 //! callers, each awaiting its commit. Prints throughput, latency percentiles and group sizes.
 //!
 //! `cargo run --release -p mosaic-store --example group_commit -- [N] [C] [full|normal]
-//! [group_window_us] [checkpoint_interval_ms]` (the last two default to the store's defaults;
+//! [group_window_us] [checkpoint_interval_ms] [wal_restart_pages]` (the last three default to the store's defaults;
 //! `0 0` is the store without the grouping window and with SQLite's automatic checkpoint).
 
 use std::sync::Arc;
@@ -29,9 +29,13 @@ async fn main() {
     let checkpoint_interval_ms = args
         .next()
         .map_or(defaults.checkpoint_interval_ms, |a| a.parse().unwrap());
+    let wal_restart_pages = args
+        .next()
+        .map_or(defaults.wal_restart_pages, |a| a.parse().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
         synchronous,
+        wal_restart_pages,
         group_window_us,
         checkpoint_interval_ms,
         ..StoreConfig::sqlite(dir.path().join("bench.db"))
@@ -80,13 +84,15 @@ async fn main() {
         "{total} deliveries, {callers} callers, synchronous={synchronous:?}, window \
          {group_window_us} µs, checkpoint every {checkpoint_interval_ms} ms: {:.0} writes/s, \
          p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} commits (avg group {:.1}), \
-         {} background checkpoints",
+         checkpoints: {} background, {} by the writer, WAL file {:.1} MB",
         total as f64 / elapsed.as_secs_f64(),
         pick(0.50).as_secs_f64() * 1e3,
         pick(0.99).as_secs_f64() * 1e3,
         pick(1.0).as_secs_f64() * 1e3,
         stats.commits,
         stats.writes as f64 / stats.commits.max(1) as f64,
-        store.checkpoints(),
+        store.checkpoints().background,
+        store.checkpoints().by_writer,
+        std::fs::metadata(dir.path().join("bench.db-wal")).map_or(0, |m| m.len()) as f64 / 1e6,
     );
 }

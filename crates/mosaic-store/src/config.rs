@@ -38,6 +38,11 @@ pub struct StoreConfig {
     /// writer) while writes happen. 0: SQLite checkpoints automatically inside the commit that
     /// crosses 1,000 WAL pages, on the writer, while every queued request waits.
     pub checkpoint_interval_ms: u64,
+    /// WAL pages (4 KiB each) after which the writer pauses once, between two groups, to let
+    /// the log start again from its beginning. The background checkpoint restarts it by itself
+    /// whenever writes pause for a moment; this is for a load that never pauses, where the WAL
+    /// would otherwise grow without end. Ignored with `checkpoint_interval_ms = 0`.
+    pub wal_restart_pages: u32,
     /// Bytes of WAL file kept when the log restarts after a checkpoint (`journal_size_limit`);
     /// a larger file left by a burst is truncated to this, or emptied when the store is idle.
     pub wal_size_limit_bytes: u64,
@@ -53,7 +58,8 @@ impl Default for StoreConfig {
             read_connections: 4,
             group_window_us: 500,
             checkpoint_interval_ms: 100,
-            wal_size_limit_bytes: 64 * 1024 * 1024,
+            wal_restart_pages: 16_384,
+            wal_size_limit_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -96,6 +102,11 @@ impl StoreConfig {
             return Err(StoreError::InvalidConfig(format!(
                 "store.group_window_us must be at most {MAX_GROUP_WINDOW_US} (it delays writes)"
             )));
+        }
+        if self.wal_restart_pages == 0 {
+            return Err(StoreError::InvalidConfig(
+                "store.wal_restart_pages must be at least 1".to_owned(),
+            ));
         }
         if i64::try_from(self.wal_size_limit_bytes).is_err() {
             return Err(StoreError::InvalidConfig(

@@ -116,6 +116,7 @@ fn writer_loop(
     requests: mpsc::Receiver<Box<dyn WriteJob>>,
     grouping: Grouping,
     counters: Arc<Counters>,
+    checkpoints: Option<Arc<checkpoint::CheckpointState>>,
 ) {
     let mut previous = 0;
     while let Ok(first) = requests.recv() {
@@ -132,6 +133,10 @@ fn writer_loop(
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         for job in batch {
             job.finish(&commit);
+        }
+        // After answering, so only the next group waits for it.
+        if let Some(state) = &checkpoints {
+            checkpoint::finish_checkpoint_if_asked(&conn, state);
         }
     }
     tracing::debug!("store writer stopped");
@@ -268,10 +273,24 @@ fn open_writer(path: &Path, config: &StoreConfig) -> Result<Connection, StoreErr
     })?;
     conn.pragma_update(None, "journal_size_limit", limit)?;
     if config.checkpoint_interval_ms > 0 {
-        // The checkpoint thread does it; never inside one of this connection's commits.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // The checkpoint thread copies the WAL (see `checkpoint`); SQLite's own checkpoint on
+        // this connection is only a safety net for when that thread falls far behind.
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            config.wal_restart_pages.saturating_mul(2),
+        )?;
     }
     Ok(conn)
+}
+
+/// WAL checkpoint counts of a [`SqliteStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CheckpointStats {
+    /// Run by the checkpoint thread (PASSIVE while writing, TRUNCATE when idle).
+    pub background: u64,
+    /// Run by the writer between two groups to let the log restart.
+    pub by_writer: u64,
 }
 
 /// The SQLite store. Cheap to share as `Arc<dyn Store>`; dropping it finishes queued writes
@@ -285,7 +304,7 @@ pub struct SqliteStore {
     counters: Arc<Counters>,
     /// Stopped before the writer when the store is dropped.
     checkpointer: Option<checkpoint::Checkpointer>,
-    checkpoints: Arc<checkpoint::CheckpointCounters>,
+    checkpoints: Arc<checkpoint::CheckpointState>,
 }
 
 impl SqliteStore {
@@ -314,7 +333,7 @@ impl SqliteStore {
         });
 
         let counters = Arc::new(Counters::default());
-        let checkpoints = Arc::new(checkpoint::CheckpointCounters::default());
+        let checkpoints = Arc::new(checkpoint::CheckpointState::default());
         let checkpointer = if config.checkpoint_interval_ms > 0 {
             Some(checkpoint::Checkpointer::start(
                 &path,
@@ -331,9 +350,18 @@ impl SqliteStore {
             window: Duration::from_micros(config.group_window_us),
         };
         let writer_counters = Arc::clone(&counters);
+        let writer_checkpoints = checkpointer.as_ref().map(|_| Arc::clone(&checkpoints));
         let writer = std::thread::Builder::new()
             .name("mosaic-store-writer".to_owned())
-            .spawn(move || writer_loop(writer_conn, receiver, grouping, writer_counters))
+            .spawn(move || {
+                writer_loop(
+                    writer_conn,
+                    receiver,
+                    grouping,
+                    writer_counters,
+                    writer_checkpoints,
+                );
+            })
             .map_err(|e| StoreError::InvalidConfig(format!("cannot start the writer: {e}")))?;
         tracing::info!(
             path = %path.display(),
@@ -353,9 +381,13 @@ impl SqliteStore {
         })
     }
 
-    /// Background WAL checkpoints run so far (0 when `checkpoint_interval_ms` is 0).
-    pub fn checkpoints(&self) -> u64 {
-        self.checkpoints.checkpoints.load(Ordering::Relaxed)
+    /// WAL checkpoints run so far by the checkpoint thread, and by the writer when the thread
+    /// asked it to finish one (both 0 when `checkpoint_interval_ms` is 0).
+    pub fn checkpoints(&self) -> CheckpointStats {
+        CheckpointStats {
+            background: self.checkpoints.checkpoints.load(Ordering::Relaxed),
+            by_writer: self.checkpoints.writer_checkpoints.load(Ordering::Relaxed),
+        }
     }
 
     /// The database file.
@@ -495,6 +527,14 @@ impl Store for SqliteStore {
     ) -> Result<Option<IssueSnapshot>, StoreError> {
         let issue = issue.clone();
         self.read(move |conn| ops::get_issue_snapshot(conn, &issue))
+            .await
+    }
+
+    async fn issue_snapshot_summaries(
+        &self,
+        issues: Vec<IssueRef>,
+    ) -> Result<Vec<Option<SnapshotSummary>>, StoreError> {
+        self.read(move |conn| ops::issue_snapshot_summaries(conn, &issues))
             .await
     }
 
@@ -711,5 +751,178 @@ mod tests {
             failed_answer.blocking_recv().unwrap(),
             Err(StoreError::WriterStopped)
         ));
+    }
+
+    fn queued(
+        requests: &mpsc::Sender<Box<dyn WriteJob>>,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (job, answer) = job(|_| Ok(()));
+        requests.send(job).unwrap();
+        answer
+    }
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn after_a_single_request_the_writer_does_not_wait() {
+        let (requests, receiver) = mpsc::channel();
+        let (first, _answer) = job(|_| Ok(()));
+        let grouping = Grouping {
+            max_batch: 10,
+            window: LONG,
+        };
+        let started = Instant::now();
+        assert_eq!(collect_group(&receiver, first, grouping, 1).len(), 1);
+        assert_eq!(
+            collect_group(&receiver, job(|_| Ok(())).0, grouping, 0).len(),
+            1
+        );
+        assert!(started.elapsed() < LONG / 2);
+        drop(requests);
+    }
+
+    #[test]
+    fn the_window_waits_for_as_many_requests_as_the_previous_group_then_stops() {
+        let (requests, receiver) = mpsc::channel();
+        let _queued = queued(&requests);
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let answers = [queued(&requests), queued(&requests)];
+            (requests, answers)
+        });
+        let grouping = Grouping {
+            max_batch: 10,
+            window: LONG,
+        };
+        let started = Instant::now();
+        let (first, _answer) = job(|_| Ok(()));
+        // Previous group of 4: the first, the queued one and the two late ones make 4.
+        let group = collect_group(&receiver, first, grouping, 4);
+        assert_eq!(group.len(), 4);
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        assert!(
+            started.elapsed() < LONG / 2,
+            "stopped at the previous group's size"
+        );
+        drop(late.join().unwrap());
+    }
+
+    #[test]
+    fn the_window_is_bounded_and_max_batch_still_holds() {
+        let (requests, receiver) = mpsc::channel();
+        let grouping = Grouping {
+            max_batch: 3,
+            window: Duration::from_millis(30),
+        };
+        let started = Instant::now();
+        let group = collect_group(&receiver, job(|_| Ok(())).0, grouping, 8);
+        let waited = started.elapsed();
+        assert_eq!(group.len(), 1, "nobody came within the window");
+        assert!(waited >= Duration::from_millis(30) && waited < LONG / 2);
+
+        let _answers: Vec<_> = (0..5).map(|_| queued(&requests)).collect();
+        let group = collect_group(&receiver, job(|_| Ok(())).0, grouping, 8);
+        assert_eq!(group.len(), 3);
+        assert_eq!(
+            collect_group(&receiver, job(|_| Ok(())).0, grouping, 0).len(),
+            3
+        );
+    }
+
+    fn wal_len(db: &Path) -> u64 {
+        std::fs::metadata(checkpoint::wal_path(db)).map_or(0, |m| m.len())
+    }
+
+    #[test]
+    fn the_writer_never_checkpoints_itself_when_the_background_thread_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let background = StoreConfig::sqlite(&path);
+        let conn = open_writer(&path, &background).unwrap();
+        let auto: i64 = conn
+            .pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))
+            .unwrap();
+        assert_eq!(auto, 2 * 16_384, "only a safety net");
+        let limit: i64 = conn
+            .pragma_query_value(None, "journal_size_limit", |row| row.get(0))
+            .unwrap();
+        assert_eq!(limit, 128 * 1024 * 1024);
+        drop(conn);
+
+        let automatic = StoreConfig {
+            checkpoint_interval_ms: 0,
+            ..StoreConfig::sqlite(&path)
+        };
+        let conn = open_writer(&path, &automatic).unwrap();
+        let auto: i64 = conn
+            .pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))
+            .unwrap();
+        assert_eq!(auto, 1000, "SQLite's own checkpoint is kept when asked for");
+    }
+
+    fn delivery(n: usize) -> NewDelivery {
+        let mut hash = [0_u8; 32];
+        hash[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        NewDelivery {
+            delivery_id: Some(format!("d-{n}")),
+            event: "issues".to_owned(),
+            event_type: None,
+            action: Some("opened".to_owned()),
+            repository: Some("o/r".to_owned()),
+            issue_number: Some(1),
+            body_sha256: hash,
+            body: vec![b'x'; 8_192],
+            status: IntakeStatus::Pending,
+            received_at: Utc::now(),
+        }
+    }
+
+    /// Polls until `done` holds; a slow, shared machine gets ample time.
+    fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < LONG {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_background_thread_checkpoints_while_writing_and_truncates_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let config = StoreConfig {
+            checkpoint_interval_ms: 5,
+            // Any WAL left when the store goes idle is given back.
+            wal_size_limit_bytes: 0,
+            ..StoreConfig::sqlite(&path)
+        };
+        let store = SqliteStore::open(&config).unwrap();
+        for n in 0..200 {
+            store.record_delivery(delivery(n)).await.unwrap();
+        }
+        // ~1.6 MB went through the WAL; the writer never checkpoints, so these are the
+        // background thread's.
+        let path_for_poll = path.clone();
+        let truncated =
+            tokio::task::spawn_blocking(move || eventually(|| wal_len(&path_for_poll) == 0))
+                .await
+                .unwrap();
+        assert!(store.checkpoints().background > 0);
+        assert!(truncated, "WAL still {} bytes", wal_len(&path));
+
+        // The truncation lost nothing.
+        let direct = Connection::open(&path).unwrap();
+        let rows: i64 = direct
+            .query_row("SELECT COUNT(*) FROM inbox", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 200);
+        drop(direct);
+
+        // And the store keeps writing after a truncation.
+        store.record_delivery(delivery(200)).await.unwrap();
+        assert_eq!(store.delivery_counts().await.unwrap().pending, 201);
     }
 }
