@@ -160,6 +160,23 @@ pub struct IssueSnapshot {
     pub html_url: Option<String>,
 }
 
+/// What recovery needs of a stored snapshot: whether the tracker has the issue open, and its
+/// labels (for queue priority).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotSummary {
+    pub state: TrackerState,
+    pub labels: Vec<String>,
+}
+
+impl From<IssueSnapshot> for SnapshotSummary {
+    fn from(snapshot: IssueSnapshot) -> Self {
+        Self {
+            state: snapshot.state,
+            labels: snapshot.labels,
+        }
+    }
+}
+
 /// Whether a snapshot write changed the stored snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

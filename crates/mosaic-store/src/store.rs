@@ -81,6 +81,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         issue: &IssueRef,
     ) -> Result<Option<IssueSnapshot>, StoreError>;
 
+    /// The state and labels of the stored snapshot of each of `issues`, in the same order
+    /// (`None` where there is none). For recovery, which needs them for every coordinated issue:
+    /// one read instead of one per issue. The default asks [`Store::get_issue_snapshot`] per issue.
+    async fn issue_snapshot_summaries(
+        &self,
+        issues: Vec<IssueRef>,
+    ) -> Result<Vec<Option<SnapshotSummary>>, StoreError> {
+        let mut found = Vec::with_capacity(issues.len());
+        for issue in &issues {
+            let snapshot = self.get_issue_snapshot(issue).await?;
+            found.push(snapshot.map(SnapshotSummary::from));
+        }
+        Ok(found)
+    }
+
     // ----- coordinated issues -----
 
     /// Applies every batch in one transaction: all of them or none.

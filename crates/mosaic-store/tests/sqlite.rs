@@ -24,6 +24,7 @@ conformance_tests!(fresh();
     inbox_failed_attempts_back_off_then_die,
     inbox_status_changes_are_checked,
     snapshots_are_idempotent_and_never_go_back_in_time,
+    snapshot_summaries_match_the_stored_snapshots,
     completing_a_delivery_writes_effects_and_status_together,
     a_failed_completion_leaves_the_delivery_pending_and_writes_nothing,
     transitions_store_record_history_edges_and_outbox_atomically,

@@ -2,6 +2,8 @@
 //! Write functions run inside the writer's transaction (one savepoint each); read functions
 //! run on a read connection.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use mosaic_domain::events::TrackerState;
 use mosaic_domain::{IssueMetadata, IssueRef, IssueState, RepoName};
@@ -481,6 +483,84 @@ pub(crate) fn get_issue_snapshot(
         },
     )?;
     Ok(found.pop())
+}
+
+/// Up to this many issues are looked up one by one; more are matched in one pass over the
+/// table (recovery asks for every coordinated issue, where a scan is several times faster).
+const SUMMARY_LOOKUPS_UP_TO: usize = 256;
+
+/// A text column, borrowed from the row.
+fn text<'r>(row: &'r Row<'_>, index: usize, column: &'static str) -> Result<&'r str, StoreError> {
+    row.get_ref(index)?
+        .as_str()
+        .map_err(|e| StoreError::corrupt(column, e.to_string()))
+}
+
+fn summary_from(state: &str, labels: &str) -> Result<SnapshotSummary, StoreError> {
+    Ok(SnapshotSummary {
+        state: tracker_state_from(state)?,
+        labels: json_list("issue_snapshots.labels", labels)?,
+    })
+}
+
+pub(crate) fn issue_snapshot_summaries(
+    conn: &Connection,
+    issues: &[IssueRef],
+) -> Result<Vec<Option<SnapshotSummary>>, StoreError> {
+    if issues.len() <= SUMMARY_LOOKUPS_UP_TO {
+        let mut stmt = conn.prepare_cached(
+            "SELECT state, labels FROM issue_snapshots WHERE repository = ?1 AND number = ?2",
+        )?;
+        return issues
+            .iter()
+            .map(|issue| {
+                let (repository, number) = issue_key(issue)?;
+                stmt.query_row(params![repository, number], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .optional()?
+                .map(|(state, labels)| summary_from(&state, &labels))
+                .transpose()
+            })
+            .collect();
+    }
+    // Positions by repository, then number, so a row is matched without allocating; a
+    // repeated issue is answered from its first position afterwards.
+    let mut by_repo: HashMap<&RepoName, HashMap<i64, usize>> = HashMap::new();
+    let mut repeats = Vec::new();
+    for (position, issue) in issues.iter().enumerate() {
+        let number = to_i64("issue number", issue.number)?;
+        let numbers = by_repo.entry(&issue.repo).or_default();
+        if let Some(&first) = numbers.get(&number) {
+            repeats.push((position, first));
+        } else {
+            numbers.insert(number, position);
+        }
+    }
+    let wanted: HashMap<String, HashMap<i64, usize>> = by_repo
+        .into_iter()
+        .map(|(repo, numbers)| (repo.to_string(), numbers))
+        .collect();
+    let mut found = vec![None; issues.len()];
+    let mut stmt =
+        conn.prepare_cached("SELECT repository, number, state, labels FROM issue_snapshots")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let repository = text(row, 0, "issue_snapshots.repository")?;
+        let Some(numbers) = wanted.get(repository) else {
+            continue;
+        };
+        let Some(&position) = numbers.get(&row.get::<_, i64>(1)?) else {
+            continue;
+        };
+        let state = text(row, 2, "issue_snapshots.state")?;
+        let labels = text(row, 3, "issue_snapshots.labels")?;
+        found[position] = Some(summary_from(state, labels)?);
+    }
+    for (position, first) in repeats {
+        found[position] = found[first].clone();
+    }
+    Ok(found)
 }
 
 // ----- coordinated issues -----

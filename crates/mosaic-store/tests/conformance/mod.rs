@@ -317,6 +317,84 @@ pub async fn snapshots_are_idempotent_and_never_go_back_in_time(store: &dyn Stor
     );
 }
 
+pub async fn snapshot_summaries_match_the_stored_snapshots(store: &dyn Store) {
+    let mut closed = snapshot("mosaic/coordinator#2", "closed", 10);
+    closed.state = TrackerState::Closed;
+    closed.labels = Vec::new();
+    let mut newer = snapshot("mosaic/coordinator#1", "new", 20);
+    newer.labels = vec!["priority:low".to_owned()];
+    for stored in [
+        snapshot("mosaic/coordinator#1", "old", 10),
+        newer,
+        closed,
+        snapshot("other/repo#1", "elsewhere", 10),
+        snapshot("other/repo#3", "not asked for", 10),
+    ] {
+        store.upsert_issue_snapshot(stored).await.unwrap();
+    }
+    let summary = |issue_ref: &str| {
+        let stored = snapshot(issue_ref, "", 0);
+        SnapshotSummary {
+            state: stored.state,
+            labels: stored.labels,
+        }
+    };
+    let closed_summary = SnapshotSummary {
+        state: TrackerState::Closed,
+        labels: Vec::new(),
+    };
+    // The newest snapshot's labels.
+    let newer_summary = SnapshotSummary {
+        state: TrackerState::Open,
+        labels: vec!["priority:low".to_owned()],
+    };
+
+    // A few issues (asked one by one), one of them twice and one without a snapshot.
+    let few = vec![
+        issue("mosaic/coordinator#1"),
+        issue("mosaic/coordinator#2"),
+        issue("mosaic/coordinator#9"),
+        issue("mosaic/coordinator#1"),
+        issue("other/repo#1"),
+    ];
+    let got = store.issue_snapshot_summaries(few).await.unwrap();
+    assert_eq!(
+        got,
+        [
+            Some(newer_summary.clone()),
+            Some(closed_summary.clone()),
+            None,
+            Some(newer_summary.clone()),
+            Some(summary("other/repo#1")),
+        ]
+    );
+
+    // Many issues (as recovery asks): the same answers in the same order, and nothing for an
+    // issue that was not asked for.
+    let mut many: Vec<IssueRef> = (1..=600)
+        .map(|n| issue(&format!("mosaic/coordinator#{n}")))
+        .collect();
+    many.push(issue("other/repo#1"));
+    many.push(issue("third/repo#1"));
+    many.push(issue("mosaic/coordinator#2"));
+    let got = store.issue_snapshot_summaries(many).await.unwrap();
+    assert_eq!(got.len(), 603);
+    assert_eq!(got[0], Some(newer_summary));
+    assert_eq!(got[1], Some(closed_summary.clone()));
+    assert_eq!(got[600], Some(summary("other/repo#1")));
+    assert_eq!(got[601], None);
+    assert_eq!(got[602], Some(closed_summary));
+    assert_eq!(got.iter().filter(|found| found.is_some()).count(), 4);
+
+    assert!(
+        store
+            .issue_snapshot_summaries(Vec::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 pub async fn completing_a_delivery_writes_effects_and_status_together(store: &dyn Store) {
     let id = record(store, delivery(Some("c"), "c", at(0))).await;
     let outcome = store
