@@ -1,9 +1,12 @@
 //! Recovery: the queue and graph come back from the store; sessions that were running when the
 //! process stopped are ended as interrupted and their issues dispatched again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use mosaic_domain::{DependencyGraph, IssueQueue, IssueRef, IssueState, QueueEntry, QueueSnapshot};
+use mosaic_domain::graph::{EdgeSnapshot, NodeSnapshot};
+use mosaic_domain::{
+    DependencyGraph, GraphSnapshot, IssueQueue, IssueRef, IssueState, QueueEntry, QueueSnapshot,
+};
 use mosaic_store::SessionOutcome;
 use serde::Serialize;
 
@@ -37,47 +40,81 @@ impl Engine {
     /// Call once, before [`Engine::run`] and before deliveries are handled.
     pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
         let inner = &self.inner;
-        let records = inner.store.list_issues(&[]).await?;
-        let edges = inner.store.dependency_edges().await?;
-        let sessions = inner.store.open_sessions().await?;
+        let (records, edges, sessions) = tokio::try_join!(
+            inner.store.list_issues(&[]),
+            inner.store.dependency_edges(),
+            inner.store.open_sessions(),
+        )?;
         let mut report = RecoveryReport {
             issues: records.len(),
             edges: edges.len(),
             ..RecoveryReport::default()
         };
 
-        let mut graph = DependencyGraph::new();
+        // Blockers that are not coordinated issues, in order of first mention.
+        let coordinated: HashSet<&IssueRef> = records.iter().map(|record| &record.issue).collect();
+        let mut mentioned = HashSet::new();
+        let outside: Vec<IssueRef> = edges
+            .iter()
+            .map(|edge| &edge.blocker)
+            .filter(|blocker| !coordinated.contains(blocker) && mentioned.insert(*blocker))
+            .cloned()
+            .collect();
+        // What the tracker last said about all of them, in one read.
+        let wanted: Vec<IssueRef> = records
+            .iter()
+            .map(|record| record.issue.clone())
+            .chain(outside.iter().cloned())
+            .collect();
+        let mut tracker = inner
+            .store
+            .issue_snapshot_summaries(wanted)
+            .await?
+            .into_iter();
+
+        // The graph in one pass (O(V + E)), as adding edges one at a time would leave it:
+        // coordinated issues are known (open unless the tracker or a closing completion says
+        // otherwise); other blockers are known when they have a snapshot, else open and unknown.
+        let mut nodes = Vec::with_capacity(records.len() + outside.len());
         let mut entries = Vec::with_capacity(records.len());
         let mut by_issue = HashMap::with_capacity(records.len());
         for record in records {
-            let issue = record.issue.clone();
-            let snapshot = inner.store.get_issue_snapshot(&issue).await?;
-            let tracker_open = snapshot.as_ref().is_none_or(|s| s.state.is_open());
-            graph.insert(&issue)?;
-            graph.set_open(
-                &issue,
-                tracker_open
+            let summary = tracker.next().flatten();
+            let tracker_open = summary.as_ref().is_none_or(|s| s.state.is_open());
+            nodes.push(NodeSnapshot {
+                issue: record.issue.clone(),
+                open: tracker_open
                     && !(inner.completion_closes() && record.state == IssueState::Completed),
-            )?;
-            graph.set_coordinated(&issue, is_waiting_or_running(record.state))?;
+                known: true,
+                coordinated: is_waiting_or_running(record.state),
+            });
             entries.push(QueueEntry {
-                issue: issue.clone(),
+                issue: record.issue.clone(),
                 state: record.state,
                 created_at: record.queued_at.unwrap_or(record.updated_at),
-                labels: snapshot.map(|s| s.labels).unwrap_or_default(),
+                labels: summary.map(|s| s.labels).unwrap_or_default(),
                 agent: record.assigned_agent.clone(),
                 attempts: record.attempts,
             });
-            by_issue.insert(issue, record);
+            by_issue.insert(record.issue.clone(), record);
         }
-        for edge in &edges {
-            if !graph.is_known(&edge.blocker)
-                && let Some(snapshot) = inner.store.get_issue_snapshot(&edge.blocker).await?
-            {
-                graph.set_open(&edge.blocker, snapshot.state.is_open())?;
-            }
-            graph.add_blocker(&edge.issue, &edge.blocker)?;
+        for blocker in outside {
+            let summary = tracker.next().flatten();
+            nodes.push(NodeSnapshot {
+                open: summary.as_ref().is_none_or(|s| s.state.is_open()),
+                known: summary.is_some(),
+                coordinated: false,
+                issue: blocker,
+            });
         }
+        let edges = edges
+            .into_iter()
+            .map(|edge| EdgeSnapshot {
+                issue: edge.issue,
+                blocked_by: edge.blocker,
+            })
+            .collect();
+        let graph = DependencyGraph::from_snapshot(&GraphSnapshot { nodes, edges })?;
         let mut core = inner.core.lock().await;
         let priorities = core.queue.priorities().clone();
         let queue = IssueQueue::from_snapshot(QueueSnapshot { entries }, priorities)?;
@@ -147,32 +184,40 @@ impl Engine {
             report.requeued.push(issue);
         }
 
-        // Waiting issues whose stored state disagrees with the rebuilt graph.
+        // Waiting issues whose stored state disagrees with the rebuilt graph. Usually there are
+        // none, and then no change (a copy of graph and queue) is made at all.
         let waiting: Vec<IssueRef> = core
             .queue
             .iter()
             .filter(|entry| {
+                let target = if core.graph.is_ready(&entry.issue) {
+                    IssueState::Ready
+                } else {
+                    IssueState::Blocked
+                };
                 matches!(
                     entry.state,
                     IssueState::Pending | IssueState::Blocked | IssueState::Ready
-                )
+                ) && entry.state != target
             })
             .map(|entry| entry.issue.clone())
             .collect();
-        let mut work = Work::new(
-            &core,
-            "recovery".to_owned(),
-            format!("rec-{}", uuid::Uuid::now_v7()),
-        );
-        for issue in waiting {
-            if work.settle(&core, &issue)? {
-                work.announce_waiting(&core, &issue, &inner.config.labels);
-                report.settled += 1;
+        if !waiting.is_empty() {
+            let mut work = Work::new(
+                &core,
+                "recovery".to_owned(),
+                format!("rec-{}", uuid::Uuid::now_v7()),
+            );
+            for issue in waiting {
+                if work.settle(&core, &issue)? {
+                    work.announce_waiting(&core, &issue, &inner.config.labels);
+                    report.settled += 1;
+                }
             }
-        }
-        if !work.is_empty() {
-            inner.store.commit_transitions(work.batches()).await?;
-            work.install(&mut core);
+            if !work.is_empty() {
+                inner.store.commit_transitions(work.batches()).await?;
+                work.install(&mut core);
+            }
         }
         drop(core);
         tracing::info!(
