@@ -152,13 +152,20 @@ mod tests {
     }
 
     #[test]
-    fn an_unbounded_grouping_window_or_wal_limit_is_refused() {
+    fn out_of_range_grouping_and_wal_settings_are_refused() {
         let window = StoreConfig {
             group_window_us: 100_001,
             ..StoreConfig::default()
         };
         assert!(
             matches!(window.validate(), Err(StoreError::InvalidConfig(m)) if m.contains("group_window_us"))
+        );
+        let restart = StoreConfig {
+            wal_restart_pages: 0,
+            ..StoreConfig::default()
+        };
+        assert!(
+            matches!(restart.validate(), Err(StoreError::InvalidConfig(m)) if m.contains("wal_restart_pages"))
         );
         let limit = StoreConfig {
             wal_size_limit_bytes: u64::MAX,

@@ -834,7 +834,7 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_never_checkpoints_itself_when_the_background_thread_does() {
+    fn the_writer_checkpoints_itself_only_as_a_safety_net() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
         let background = StoreConfig::sqlite(&path);
