@@ -9,7 +9,7 @@ use url::Url;
 
 use crate::config::{ModelPrice, ParserConfigError};
 use crate::error::LlmError;
-use crate::http::{endpoint, http_client, post_json};
+use crate::http::{connection, post_json};
 use crate::llm::{ExtractionRequest, LlmAnswer, LlmClient, LlmUsage};
 
 const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -33,10 +33,7 @@ impl AnthropicClient {
         timeout: Duration,
         price: Option<ModelPrice>,
     ) -> Result<Self, ParserConfigError> {
-        let endpoint = endpoint(base_url, "v1/messages")
-            .map_err(|error| ParserConfigError::BaseUrl(error.to_string()))?;
-        let http =
-            http_client(timeout).map_err(|error| ParserConfigError::Http(error.to_string()))?;
+        let (endpoint, http) = connection(base_url, "v1/messages", timeout)?;
         Ok(Self {
             http,
             endpoint,

@@ -36,6 +36,20 @@ pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest:
         .build()
 }
 
+/// What both provider clients are built from: the endpoint under `base_url` and the HTTP
+/// client, each failure worded as the configuration problem it is.
+pub(crate) fn connection(
+    base_url: &url::Url,
+    path: &str,
+    timeout: Duration,
+) -> Result<(url::Url, reqwest::Client), crate::config::ParserConfigError> {
+    let endpoint = endpoint(base_url, path)
+        .map_err(|error| crate::config::ParserConfigError::BaseUrl(error.to_string()))?;
+    let client = http_client(timeout)
+        .map_err(|error| crate::config::ParserConfigError::Http(error.to_string()))?;
+    Ok((endpoint, client))
+}
+
 /// One POST with a JSON body, bounded in time (connect, send and read) and size.
 pub(crate) async fn post_json(
     request: reqwest::RequestBuilder,

@@ -10,7 +10,7 @@ use url::Url;
 
 use crate::config::{ModelPrice, ParserConfigError};
 use crate::error::LlmError;
-use crate::http::{endpoint, http_client, post_json};
+use crate::http::{connection, post_json};
 use crate::llm::{ExtractionRequest, LlmAnswer, LlmClient, LlmUsage};
 
 /// `POST {base_url}/v1/chat/completions`, with `Authorization: Bearer` when a key is configured
@@ -33,10 +33,7 @@ impl OpenAiClient {
         timeout: Duration,
         price: Option<ModelPrice>,
     ) -> Result<Self, ParserConfigError> {
-        let endpoint = endpoint(base_url, "v1/chat/completions")
-            .map_err(|error| ParserConfigError::BaseUrl(error.to_string()))?;
-        let http =
-            http_client(timeout).map_err(|error| ParserConfigError::Http(error.to_string()))?;
+        let (endpoint, http) = connection(base_url, "v1/chat/completions", timeout)?;
         Ok(Self {
             http,
             endpoint,
