@@ -4,6 +4,7 @@
 //! concrete adapter; the binary wires the real ones.
 
 pub mod backoff;
+mod declared;
 pub mod effects;
 pub mod engine;
 pub mod inbox;

@@ -308,6 +308,8 @@ impl Reconciler {
         let open = self.open_assigned(&records).await?;
         report.open_assigned = open.len();
         let edges = self.store.dependency_edges().await?;
+        // Edges the blockers declared (`Blocks: #N`) are the engine's, not Gitea's.
+        let declared = crate::declared::DeclaredBlocks::from_records(records.values());
 
         let mut repairs = Vec::new();
 
@@ -343,7 +345,7 @@ impl Reconciler {
                     }
                 }
                 Some(record) if is_waiting(record.state) => {
-                    match self.dependencies_changed(record, &edges).await {
+                    match self.dependencies_changed(record, &edges, &declared).await {
                         Ok(Some(listed)) => repairs.push(Repair {
                             issue: issue.clone(),
                             kind: ChangeKind::DependenciesChanged,
@@ -456,12 +458,14 @@ impl Reconciler {
     }
 
     /// Gitea's blockers of a waiting issue when they differ from the stored edges. The stored
-    /// edges also hold the metadata's references, so only Gitea's own list is compared: every
-    /// listed blocker must be stored, and every stored blocker not from the metadata listed.
+    /// edges also hold the metadata's references (its own `blocked_by` and other issues'
+    /// `blocks`), so only Gitea's own list is compared: every listed blocker must be stored,
+    /// and every stored blocker not from the metadata listed.
     async fn dependencies_changed(
         &self,
         record: &IssueRecord,
         edges: &[mosaic_store::DependencyEdge],
+        declared: &crate::declared::DeclaredBlocks,
     ) -> Result<Option<Vec<String>>, GiteaError> {
         let issue = &record.issue;
         self.pacer.wait().await;
@@ -479,11 +483,12 @@ impl Reconciler {
             .filter(|edge| &edge.issue == issue)
             .map(|edge| &edge.blocker)
             .collect();
-        let from_metadata: BTreeSet<&IssueRef> = record
+        let mut from_metadata: BTreeSet<&IssueRef> = record
             .metadata
             .as_ref()
             .map(|m| m.blocked_by.iter().collect())
             .unwrap_or_default();
+        from_metadata.extend(declared.blockers_of(issue));
         let added = listed.iter().any(|blocker| !stored.contains(blocker));
         let removed = stored
             .iter()

@@ -884,3 +884,151 @@ async fn a_full_context_rotates_the_session_and_the_issue_continues() {
     h.wait_for_state(1, IssueState::Completed).await;
     assert_eq!(h.engine.dispatch_once().await, 0);
 }
+
+fn blocks(numbers: &str) -> String {
+    format!(
+        "## Context Estimate\n- **Total estimated: 20,000 tokens**\n\n## Dependencies\n- Blocks: {numbers}\n"
+    )
+}
+
+async fn stored_blockers(h: &Harness, n: u64) -> Vec<u64> {
+    h.store
+        .dependency_edges()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|edge| edge.issue == issue(n))
+        .map(|edge| edge.blocker.number)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dependency_declared_by_the_blocker_holds_back_a_queued_issue() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(2, SMALL)).await;
+    assert_eq!(h.state(2).await, Some(IssueState::Ready));
+
+    // #1 says it blocks #2 (only on its own side): #2 now waits for #1.
+    h.deliver(&Event::assigned(1, &blocks("#2"))).await;
+    assert_eq!(h.state(1).await, Some(IssueState::Ready));
+    assert_eq!(h.state(2).await, Some(IssueState::Blocked));
+    assert_eq!(stored_blockers(&h, 2).await, vec![1]);
+    assert_eq!(
+        status_texts(&h.writes(2).await).last().unwrap(),
+        "**Mosaic** · Queued for glm · estimate 20,000 tokens · waiting on #1"
+    );
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    let sessions = h.runtime.sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].issue, issue(1), "only the blocker runs");
+
+    // Closing the blocker releases #2.
+    h.deliver(&Event {
+        action: "closed",
+        number: 1,
+        body: &blocks("#2"),
+        assignees: &[BOT],
+        open: false,
+        sender: "alice",
+    })
+    .await;
+    assert_eq!(h.state(2).await, Some(IssueState::Ready));
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    assert_eq!(h.runtime.sessions()[1].issue, issue(2));
+}
+
+#[tokio::test]
+async fn a_declaration_made_before_the_blocked_issue_is_coordinated_counts_when_it_is() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, &blocks("#2 and #3"))).await;
+    assert_eq!(h.state(1).await, Some(IssueState::Ready));
+    // #2 knows nothing of #1 itself.
+    h.deliver(&Event::assigned(2, SMALL)).await;
+    assert_eq!(h.state(2).await, Some(IssueState::Blocked));
+    assert_eq!(stored_blockers(&h, 2).await, vec![1]);
+    assert_eq!(
+        status_texts(&h.writes(2).await),
+        vec!["**Mosaic** · Queued for glm · estimate 20,000 tokens · waiting on #1".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn withdrawing_a_declaration_releases_the_issue_unless_it_names_the_blocker_itself() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(2, SMALL)).await;
+    h.deliver(&Event::assigned(
+        3,
+        "## Context Estimate\n- **Total estimated: 20,000 tokens**\n\n## Dependencies\n- Blocked by: #1\n",
+    ))
+    .await;
+    h.deliver(&Event::assigned(1, &blocks("#2, #3"))).await;
+    assert_eq!(h.state(2).await, Some(IssueState::Blocked));
+    assert_eq!(h.state(3).await, Some(IssueState::Blocked));
+
+    // #1's body is edited: it no longer blocks anything.
+    h.deliver(&Event {
+        action: "edited",
+        ..Event::assigned(1, SMALL)
+    })
+    .await;
+    assert_eq!(h.state(2).await, Some(IssueState::Ready));
+    assert!(stored_blockers(&h, 2).await.is_empty());
+    assert_eq!(
+        status_texts(&h.writes(2).await).last().unwrap(),
+        "**Mosaic** · Queued for glm · estimate 20,000 tokens"
+    );
+    // #3 says "Blocked by: #1" itself: that edge stays.
+    assert_eq!(h.state(3).await, Some(IssueState::Blocked));
+    assert_eq!(stored_blockers(&h, 3).await, vec![1]);
+}
+
+#[tokio::test]
+async fn declared_dependencies_survive_a_restart() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(2, SMALL)).await;
+    h.deliver(&Event::assigned(1, &blocks("#2"))).await;
+    assert_eq!(h.state(2).await, Some(IssueState::Blocked));
+    let Harness {
+        _dir, path, engine, ..
+    } = h;
+    drop(engine);
+
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
+    let runtime = Arc::new(FakeRuntime::default());
+    let (engine, report) = Engine::start(parts(
+        Arc::clone(&store),
+        Arc::clone(&runtime),
+        EngineConfig::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!((report.settled, report.edges_added), (0, 0));
+    let queue = engine.queue().await;
+    let waiting = queue.iter().find(|item| item.issue == issue(2)).unwrap();
+    assert_eq!(waiting.state, IssueState::Blocked);
+    assert_eq!(engine.dispatch_once().await, 1);
+    assert_eq!(runtime.sessions()[0].issue, issue(1));
+    assert_eq!(engine.dispatch_once().await, 0, "#2 still waits for #1");
+    drop(engine);
+
+    // A store written before declared edges were followed lacks #2's edge: recovery adds it.
+    let mut record = store.get_issue(&issue(2)).await.unwrap().unwrap();
+    record.state = IssueState::Ready;
+    let mut batch = mosaic_store::TransitionBatch::update(record);
+    batch.blocked_by = Some(Vec::new());
+    store.commit_transitions(vec![batch]).await.unwrap();
+    assert!(store.dependency_edges().await.unwrap().is_empty());
+    let (engine, report) = Engine::start(parts(
+        Arc::clone(&store),
+        Arc::new(FakeRuntime::default()),
+        EngineConfig::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(report.edges_added, 1);
+    let queue = engine.queue().await;
+    let waiting = queue.iter().find(|item| item.issue == issue(2)).unwrap();
+    assert_eq!(waiting.state, IssueState::Blocked);
+    assert_eq!(waiting.blockers, vec![issue(1)]);
+    assert_eq!(store.dependency_edges().await.unwrap().len(), 1);
+}

@@ -588,3 +588,24 @@ fn the_config_has_the_documented_defaults() {
         gitea.reconcile_max_requests_per_sec
     );
 }
+
+#[tokio::test]
+async fn a_dependency_declared_by_its_blocker_is_not_taken_for_a_change() {
+    let h = harness().await;
+    let waiting = h.new_issue("waits", Some(BOT));
+    let body = format!("{SMALL}\n## Dependencies\n- Blocks: #{}\n", waiting.number);
+    let blocker = h.gitea.create_issue(
+        &h.repo,
+        NewIssue::titled("blocks it").body(&body).assigned_to(BOT),
+    );
+    h.webhook(&waiting, "assigned", "alice").await;
+    h.webhook(&blocker, "assigned", "alice").await;
+    h.process_inbox().await;
+    assert_eq!(h.state(&waiting).await, Some(IssueState::Blocked));
+    assert_eq!(h.state(&blocker).await, Some(IssueState::Ready));
+
+    // Gitea's dependency list of the waiting issue is empty; the edge is the metadata's.
+    let report = h.reconciler(fast()).run_once().await.unwrap();
+    assert!(report.changes.is_empty(), "{report:?}");
+    assert_eq!(h.state(&waiting).await, Some(IssueState::Blocked));
+}

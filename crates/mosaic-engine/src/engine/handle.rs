@@ -4,6 +4,8 @@
 //! (open, assigned to the bot) against what the engine has; the action only decides whether
 //! metadata is read again. So synthetic `reconcile-…` deliveries need no special path.
 
+use std::collections::BTreeSet;
+
 use async_trait::async_trait;
 use chrono::Utc;
 use mosaic_domain::events::IssueAction;
@@ -414,8 +416,14 @@ impl Inner {
                         self.follow(core, work, &change, Some(issue))?;
                     }
                 }
-                work.set_blocked_by(core, issue, evaluation.blockers.clone());
-                (evaluation.metadata.clone(), evaluation.blockers.clone())
+                // Its own references and Gitea's list, plus coordinated issues that declare
+                // they block it.
+                let mut blockers = evaluation.blockers.clone();
+                blockers.extend(work.declared_blockers(core, issue));
+                blockers.sort_unstable();
+                blockers.dedup();
+                work.set_blocked_by(core, issue, blockers.clone());
+                (evaluation.metadata.clone(), blockers)
             }
             None => match before.as_ref().and_then(|record| record.metadata.clone()) {
                 Some(metadata) => (metadata, work.graph.blockers(issue)),
@@ -433,12 +441,20 @@ impl Inner {
         let estimate = metadata.estimated_context;
         let assignment = assign(&metadata, &self.profiles, &self.policy);
         let agent = assignment.as_ref().ok().map(|a| a.agent.clone());
+        let blocks_before = before
+            .as_ref()
+            .and_then(|record| record.metadata.as_ref())
+            .map(|m| m.blocks.clone())
+            .unwrap_or_default();
+        let blocks_now = metadata.blocks.clone();
         work.update(core, issue, |record| {
             record.metadata = Some(metadata);
             record.estimate = Some(estimate);
             record.priority = i32::try_from(rank).map_or(i32::MIN, |rank| -rank);
             record.assigned_agent = agent.clone();
         });
+        // Whatever becomes of this issue, what it says it blocks waits for it while it is open.
+        self.follow_declarations(core, work, issue, &blocks_before, &blocks_now)?;
         work.queue.set_agent(issue, agent.clone())?;
         let change = work.graph.set_blockers(issue, &blockers)?;
         self.follow(core, work, &change, Some(issue))?;
@@ -468,6 +484,61 @@ impl Inner {
                 }
                 tracing::info!(%issue, agent = %assignment.agent, estimate, state = ?work.queue.state(issue), "issue evaluated");
             }
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Adds or removes the edges `issue` declares on other coordinated issues (`Blocks: #N`)
+    /// when its metadata changed from `before` to `now`. An issue not coordinated yet picks
+    /// the declaration up when it is evaluated; an edge the target names itself stays.
+    fn follow_declarations(
+        &self,
+        core: &Core,
+        work: &mut Work,
+        issue: &IssueRef,
+        before: &[IssueRef],
+        now: &[IssueRef],
+    ) -> Result<(), EngineError> {
+        let changed: BTreeSet<&IssueRef> = before
+            .iter()
+            .filter(|target| !now.contains(target))
+            .chain(now.iter().filter(|target| !before.contains(target)))
+            .filter(|target| *target != issue)
+            .collect();
+        for target in changed {
+            let Some(record) = work.record(core, target) else {
+                continue;
+            };
+            let declared = now.contains(target);
+            let has_edge = work.graph.blockers(target).contains(issue);
+            let named_by_target = record
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.blocked_by.contains(issue));
+            let change = if declared && !has_edge {
+                work.graph.add_blocker(target, issue)?
+            } else if !declared && has_edge && !named_by_target {
+                work.graph.remove_blocker(target, issue)?
+            } else {
+                continue;
+            };
+            let blockers = work.graph.blockers(target);
+            work.set_blocked_by(core, target, blockers);
+            let moved = work.follow_graph(core, &change, Some(issue))?;
+            for other in &moved {
+                work.announce_waiting(core, other, &self.config.labels);
+            }
+            // What it waits on changed even when its state did not.
+            let waiting = matches!(
+                work.queue.state(target),
+                Some(IssueState::Blocked | IssueState::Ready)
+            );
+            if waiting && !moved.contains(target) {
+                work.announce_waiting(core, target, &self.config.labels);
+            }
+            tracing::info!(%issue, %target, declared, "dependency declared by the blocker followed");
         }
         Ok(())
     }

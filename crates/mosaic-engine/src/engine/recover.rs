@@ -26,6 +26,8 @@ pub struct RecoveryReport {
     pub requeued: Vec<IssueRef>,
     /// Waiting issues whose state was brought in line with the graph.
     pub settled: usize,
+    /// Issues that gained edges their blockers declared (`Blocks: #N`) but the store lacked.
+    pub edges_added: usize,
 }
 
 fn is_waiting_or_running(state: IssueState) -> bool {
@@ -121,6 +123,7 @@ impl Engine {
         *core = Core {
             graph,
             queue,
+            declared: crate::declared::DeclaredBlocks::from_records(by_issue.values()),
             records: by_issue,
             running: HashMap::new(),
         };
@@ -182,6 +185,47 @@ impl Engine {
             inner.store.commit_transitions(work.batches()).await?;
             work.install(&mut core);
             report.requeued.push(issue);
+        }
+
+        // Edges declared on the blocker's side (`Blocks: #N`) that the stored edges lack
+        // (written by a version that did not follow them). Usually none.
+        let mut undeclared: Vec<(IssueRef, IssueRef)> = Vec::new();
+        for (target, blockers) in core.declared.iter() {
+            if core
+                .records
+                .get(target)
+                .is_none_or(|record| record.state.is_terminal())
+            {
+                continue;
+            }
+            let stored = core.graph.blockers(target);
+            undeclared.extend(
+                blockers
+                    .iter()
+                    .filter(|blocker| !stored.contains(blocker))
+                    .map(|blocker| (target.clone(), blocker.clone())),
+            );
+        }
+        if !undeclared.is_empty() {
+            let mut work = Work::new(
+                &core,
+                "recovery: dependencies declared by blockers".to_owned(),
+                format!("rec-{}", uuid::Uuid::now_v7()),
+            );
+            let mut targets = Vec::new();
+            for (target, blocker) in undeclared {
+                work.graph.add_blocker(&target, &blocker)?;
+                targets.push(target);
+            }
+            targets.sort_unstable();
+            targets.dedup();
+            for target in &targets {
+                let blockers = work.graph.blockers(target);
+                work.set_blocked_by(&core, target, blockers);
+            }
+            inner.store.commit_transitions(work.batches()).await?;
+            work.install(&mut core);
+            report.edges_added = targets.len();
         }
 
         // Waiting issues whose stored state disagrees with the rebuilt graph. Usually there are

@@ -9,6 +9,7 @@ use mosaic_store::{
     IssueRecord, NewOutboxItem, NewSession, SessionEnd, StateTransition, TransitionBatch,
 };
 
+use crate::declared::{DeclaredBlocks, declares};
 use crate::effects::GiteaWrite;
 use crate::report::{StateLabels, Status, status_comment};
 
@@ -29,6 +30,8 @@ pub(crate) struct Core {
     pub graph: DependencyGraph,
     pub queue: IssueQueue,
     pub records: HashMap<IssueRef, IssueRecord>,
+    /// Derived from `records`: who declares (`Blocks: #N`) that it blocks whom.
+    pub declared: DeclaredBlocks,
     pub running: HashMap<IssueRef, Running>,
 }
 
@@ -200,6 +203,23 @@ impl Work {
         self.touch(core, issue).blocked_by = Some(blockers);
     }
 
+    /// The issues whose metadata, as this change leaves it, says they block `target`.
+    pub fn declared_blockers(&self, core: &Core, target: &IssueRef) -> Vec<IssueRef> {
+        let mut found: std::collections::BTreeSet<&IssueRef> = core
+            .declared
+            .blockers_of(target)
+            .filter(|blocker| !self.changes.contains_key(*blocker))
+            .collect();
+        found.extend(
+            self.changes
+                .iter()
+                .filter(|(_, touched)| declares(&touched.record, target))
+                .map(|(issue, _)| issue),
+        );
+        found.remove(target);
+        found.into_iter().cloned().collect()
+    }
+
     pub fn start_session(&mut self, core: &Core, issue: &IssueRef, session: NewSession) {
         self.touch(core, issue).session_started = Some(session);
     }
@@ -213,7 +233,16 @@ impl Work {
         let key = format!("{}-{}-{what}", self.key, issue);
         let at = self.at;
         let item = write.to_outbox(issue, key, at);
-        self.touch(core, issue).outbox.push(item);
+        // Within one change the last word counts (an issue can be told twice, e.g. its
+        // blockers changed after it was announced); across changes the store keeps the first.
+        let outbox = &mut self.touch(core, issue).outbox;
+        match outbox
+            .iter_mut()
+            .find(|queued| queued.idempotency_key == item.idempotency_key)
+        {
+            Some(queued) => *queued = item,
+            None => outbox.push(item),
+        }
     }
 
     /// The status comment and state label for the issue's current state.
@@ -335,6 +364,9 @@ impl Work {
         core.graph = self.graph;
         core.queue = self.queue;
         for (issue, touched) in self.changes {
+            let before = core.records.get(&issue).and_then(|r| r.metadata.as_ref());
+            core.declared
+                .replace(&issue, before, touched.record.metadata.as_ref());
             core.records.insert(issue, touched.record);
         }
     }
