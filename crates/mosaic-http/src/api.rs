@@ -100,12 +100,14 @@ pub(crate) async fn deliveries(
 ) -> Result<Json<Value>, ApiError> {
     let store = state.store()?;
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
-    let rows = store
-        .recent_deliveries(limit)
-        .await
-        .map_err(|err| ApiError::Internal(err.to_string()))?;
+    // Counts first: a delivery only moves forward (pending → processed), so rows read after
+    // the counts are never behind them — "0 pending" never comes with a pending row.
     let counts = store
         .delivery_counts()
+        .await
+        .map_err(|err| ApiError::Internal(err.to_string()))?;
+    let rows = store
+        .recent_deliveries(limit)
         .await
         .map_err(|err| ApiError::Internal(err.to_string()))?;
     Ok(Json(json!({ "deliveries": rows, "counts": counts })))
