@@ -127,8 +127,8 @@ pub enum GraphError {
 #[derive(Debug, Clone, Default)]
 pub struct DependencyGraph {
     nodes: Vec<Node>,
-    index: HashMap<IssueRef, NodeId>,
-    ready: HashSet<NodeId>,
+    index: HashMap<IssueRef, NodeId, foldhash::fast::RandomState>,
+    ready: HashSet<NodeId, foldhash::fast::RandomState>,
     /// Members of each cycle of open issues (sorted); `Node::cycle` points here.
     cycles: Vec<Vec<NodeId>>,
     min_rank: i64,

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,11 +19,16 @@ pub enum IssueRefError {
 
 /// `owner/name` of a repository, validated: both parts non-empty, made of
 /// ASCII letters, digits, `-`, `_` and `.`, and not `.` or `..`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+///
+/// The text is shared (`Arc<str>`): issue references are cloned into graph, queue and
+/// records by the hundred thousand, and a clone costs a reference count, not two strings.
+#[derive(Clone, Serialize)]
+#[serde(into = "String")]
 pub struct RepoName {
-    owner: String,
-    name: String,
+    /// `owner/name`.
+    full: Arc<str>,
+    /// Where the `/` is.
+    slash: usize,
 }
 
 fn valid_segment(segment: &str) -> bool {
@@ -40,8 +46,8 @@ impl RepoName {
     pub fn new(owner: &str, name: &str) -> Result<Self, IssueRefError> {
         if valid_segment(owner) && valid_segment(name) {
             Ok(Self {
-                owner: owner.to_owned(),
-                name: name.to_owned(),
+                full: Arc::from(format!("{owner}/{name}")),
+                slash: owner.len(),
             })
         } else {
             Err(IssueRefError::BadRepository(format!("{owner}/{name}")))
@@ -49,11 +55,55 @@ impl RepoName {
     }
 
     pub fn owner(&self) -> &str {
-        &self.owner
+        &self.full[..self.slash]
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.full[self.slash + 1..]
+    }
+
+    /// `owner/name`, without allocating.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+}
+
+impl PartialEq for RepoName {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.full, &other.full) || self.full == other.full
+    }
+}
+
+impl Eq for RepoName {}
+
+impl std::hash::Hash for RepoName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The full name determines both parts (the owner holds no `/`), as equality does.
+        self.full.hash(state);
+    }
+}
+
+impl PartialOrd for RepoName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RepoName {
+    /// By owner, then name.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.owner()
+            .cmp(other.owner())
+            .then_with(|| self.name().cmp(other.name()))
+    }
+}
+
+impl fmt::Debug for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RepoName")
+            .field("owner", &self.owner())
+            .field("name", &self.name())
+            .finish()
     }
 }
 
@@ -61,10 +111,13 @@ impl FromStr for RepoName {
     type Err = IssueRefError;
 
     fn from_str(full_name: &str) -> Result<Self, Self::Err> {
-        let (owner, name) = full_name
-            .split_once('/')
-            .ok_or_else(|| IssueRefError::BadRepository(full_name.to_owned()))?;
-        Self::new(owner, name).map_err(|_| IssueRefError::BadRepository(full_name.to_owned()))
+        match full_name.split_once('/') {
+            Some((owner, name)) if valid_segment(owner) && valid_segment(name) => Ok(Self {
+                full: Arc::from(full_name),
+                slash: owner.len(),
+            }),
+            _ => Err(IssueRefError::BadRepository(full_name.to_owned())),
+        }
     }
 }
 
@@ -83,13 +136,13 @@ impl From<RepoName> for String {
 
 impl fmt::Display for RepoName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.owner, self.name)
+        f.write_str(&self.full)
     }
 }
 
 /// One issue, qualified by its repository: `owner/name#12`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
 pub struct IssueRef {
     pub repo: RepoName,
     pub number: u64,
@@ -172,6 +225,38 @@ impl fmt::Display for IssueRef {
     }
 }
 
+/// Deserialises any `FromStr` type from a string, borrowed when the format allows (stored
+/// metadata holds many references; no intermediate `String` per reference).
+struct FromText<T>(std::marker::PhantomData<T>);
+
+impl<T> serde::de::Visitor<'_> for FromText<T>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+        text.parse().map_err(E::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for RepoName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(FromText(std::marker::PhantomData))
+    }
+}
+
+impl<'de> Deserialize<'de> for IssueRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(FromText(std::marker::PhantomData))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +292,24 @@ mod tests {
             assert!(bad.parse::<RepoName>().is_err(), "{bad:?}");
         }
         assert_eq!(repo("go-gitea/gitea.io").name(), "gitea.io");
+    }
+
+    #[test]
+    fn shared_names_compare_by_owner_then_name() {
+        use std::hash::BuildHasher;
+        let a = repo("a/x");
+        let same = RepoName::new("a", "x").unwrap();
+        assert_eq!((a.owner(), a.name(), a.as_str()), ("a", "x", "a/x"));
+        assert_eq!(a, same);
+        assert_eq!(a, a.clone());
+        let hasher = std::collections::hash_map::RandomState::new();
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one(&same));
+        // By parts, not by text: `-` sorts before `/`, yet owner `a` comes before `a-b`.
+        let mut names = [repo("a-b/x"), repo("a/y"), repo("a/x"), repo("b/a")];
+        names.sort();
+        let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["a/x", "a/y", "a-b/x", "b/a"]);
+        assert_eq!(format!("{a:?}"), r#"RepoName { owner: "a", name: "x" }"#);
     }
 
     #[test]

@@ -73,13 +73,19 @@ impl PriorityOrder {
     pub fn rank<S: AsRef<str>>(&self, labels: &[S]) -> u32 {
         let unlabelled = self.above_unlabelled.len();
         let rank_of = |label: &str| -> Option<usize> {
-            let label = label.trim().to_lowercase();
-            if let Some(i) = self.above_unlabelled.iter().position(|l| *l == label) {
+            let label = label.trim();
+            // Known labels are lower-cased; an ASCII label compares without allocating.
+            let lowered = (!label.is_ascii()).then(|| label.to_lowercase());
+            let same = |known: &String| match &lowered {
+                Some(lowered) => known == lowered,
+                None => known.eq_ignore_ascii_case(label),
+            };
+            if let Some(i) = self.above_unlabelled.iter().position(&same) {
                 Some(i)
             } else {
                 self.below_unlabelled
                     .iter()
-                    .position(|l| *l == label)
+                    .position(&same)
                     .map(|j| unlabelled + 1 + j)
             }
         };
@@ -193,7 +199,7 @@ impl Slot {
 #[derive(Debug, Clone, Default)]
 pub struct IssueQueue {
     priorities: PriorityOrder,
-    slots: HashMap<IssueRef, Slot>,
+    slots: HashMap<IssueRef, Slot, foldhash::fast::RandomState>,
     ready: BTreeSet<OrderKey>,
 }
 
@@ -201,7 +207,7 @@ impl IssueQueue {
     pub fn new(priorities: PriorityOrder) -> Self {
         Self {
             priorities,
-            slots: HashMap::new(),
+            slots: HashMap::default(),
             ready: BTreeSet::new(),
         }
     }
@@ -489,6 +495,10 @@ mod tests {
         check(&["someday"], 2);
         check(&["never", "someday"], 2);
         check(&[" URGENT "], 0);
+        check(&["SomeDay"], 2);
+        let accented = PriorityOrder::new(labels(&["Ñoño"]), Vec::new()).unwrap();
+        assert_eq!(accented.rank(&labels(&["ÑOÑO"])), 0);
+        assert_eq!(accented.rank(&labels(&["nono"])), 1);
         assert_eq!(
             PriorityOrder::new(labels(&["a"]), labels(&["A"])).unwrap_err(),
             PriorityError::DuplicateLabel("a".into())

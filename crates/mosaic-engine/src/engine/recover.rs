@@ -11,7 +11,7 @@ use mosaic_store::SessionOutcome;
 use serde::Serialize;
 
 use super::dispatch::{Conclusion, session_end};
-use super::work::{Core, Work};
+use super::work::{Core, IssueMap, Work};
 use super::{Engine, EngineError};
 
 /// What recovery found and did.
@@ -54,8 +54,9 @@ impl Engine {
         };
 
         // Blockers that are not coordinated issues, in order of first mention.
-        let coordinated: HashSet<&IssueRef> = records.iter().map(|record| &record.issue).collect();
-        let mut mentioned = HashSet::new();
+        let coordinated: HashSet<&IssueRef, foldhash::fast::RandomState> =
+            records.iter().map(|record| &record.issue).collect();
+        let mut mentioned: HashSet<&IssueRef, foldhash::fast::RandomState> = HashSet::default();
         let outside: Vec<IssueRef> = edges
             .iter()
             .map(|edge| &edge.blocker)
@@ -79,7 +80,10 @@ impl Engine {
         // otherwise); other blockers are known when they have a snapshot, else open and unknown.
         let mut nodes = Vec::with_capacity(records.len() + outside.len());
         let mut entries = Vec::with_capacity(records.len());
-        let mut by_issue = HashMap::with_capacity(records.len());
+        let mut by_issue = IssueMap::with_capacity_and_hasher(
+            records.len(),
+            foldhash::fast::RandomState::default(),
+        );
         for record in records {
             let summary = tracker.next().flatten();
             let tracker_open = summary.as_ref().is_none_or(|s| s.state.is_open());

@@ -15,6 +15,9 @@ use crate::report::{StateLabels, Status, status_comment};
 
 use super::EngineError;
 
+/// A map keyed by issue with a fast seeded hasher (the records run to 100,000s).
+pub(crate) type IssueMap<V> = HashMap<IssueRef, V, foldhash::fast::RandomState>;
+
 /// A session the engine owns (or is starting) for an issue.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Running {
@@ -29,7 +32,7 @@ pub(crate) struct Running {
 pub(crate) struct Core {
     pub graph: DependencyGraph,
     pub queue: IssueQueue,
-    pub records: HashMap<IssueRef, IssueRecord>,
+    pub records: IssueMap<IssueRecord>,
     /// Derived from `records`: who declares (`Blocks: #N`) that it blocks whom.
     pub declared: DeclaredBlocks,
     pub running: HashMap<IssueRef, Running>,

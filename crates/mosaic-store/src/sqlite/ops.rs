@@ -81,6 +81,37 @@ fn issue_from(
     Ok(IssueRef::new(repo, number))
 }
 
+/// Repository names met in one bulk read, each parsed once: rows name few repositories, and
+/// a parsed name is shared (a clone costs a reference count, not an allocation).
+#[derive(Default)]
+struct RepoNames(HashMap<String, RepoName>);
+
+impl RepoNames {
+    /// Beyond this many distinct names the rest are parsed each time (bounded memory).
+    const MAX: usize = 4_096;
+
+    fn issue(
+        &mut self,
+        repo_column: &'static str,
+        repository: &str,
+        number: i64,
+    ) -> Result<IssueRef, StoreError> {
+        let repo = match self.0.get(repository) {
+            Some(repo) => repo.clone(),
+            None => {
+                let repo: RepoName = repository
+                    .parse()
+                    .map_err(|e| StoreError::corrupt(repo_column, format!("{e}")))?;
+                if self.0.len() < Self::MAX {
+                    self.0.insert(repository.to_owned(), repo.clone());
+                }
+                repo
+            }
+        };
+        Ok(IssueRef::new(repo, to_u64("number", number)?))
+    }
+}
+
 fn issue_key(issue: &IssueRef) -> Result<(String, i64), StoreError> {
     Ok((
         issue.repo.to_string(),
@@ -568,19 +599,26 @@ pub(crate) fn issue_snapshot_summaries(
 const ISSUE_COLUMNS: &str = "repository, number, state, metadata, assigned_agent, estimate, \
     priority, queued_at, attempts, input_tokens, output_tokens, cost_usd, updated_at";
 
-fn issue_record_from(row: &Row<'_>) -> Result<IssueRecord, StoreError> {
-    let repository: String = row.get(0)?;
-    let state: String = row.get(2)?;
-    let metadata = row
-        .get::<_, Option<String>>(3)?
-        .map(|text| {
-            serde_json::from_str::<IssueMetadata>(&text)
-                .map_err(|e| StoreError::corrupt("issues.metadata", e.to_string()))
-        })
-        .transpose()?;
+fn issue_record_from(row: &Row<'_>, names: &mut RepoNames) -> Result<IssueRecord, StoreError> {
+    let metadata = match row.get_ref(3)? {
+        rusqlite::types::ValueRef::Null => None,
+        value => {
+            let text = value
+                .as_str()
+                .map_err(|e| StoreError::corrupt("issues.metadata", e.to_string()))?;
+            Some(
+                serde_json::from_str::<IssueMetadata>(text)
+                    .map_err(|e| StoreError::corrupt("issues.metadata", e.to_string()))?,
+            )
+        }
+    };
     Ok(IssueRecord {
-        issue: issue_from("issues.repository", &repository, row.get(1)?)?,
-        state: state_from("issues.state", &state)?,
+        issue: names.issue(
+            "issues.repository",
+            text(row, 0, "issues.repository")?,
+            row.get(1)?,
+        )?,
+        state: state_from("issues.state", text(row, 2, "issues.state")?)?,
         metadata,
         assigned_agent: row.get(4)?,
         estimate: row
@@ -727,7 +765,7 @@ pub(crate) fn get_issue(
         conn,
         &format!("SELECT {ISSUE_COLUMNS} FROM issues WHERE repository = ?1 AND number = ?2"),
         params![repository, number],
-        issue_record_from,
+        |row| issue_record_from(row, &mut RepoNames::default()),
     )?;
     Ok(found.pop())
 }
@@ -736,19 +774,24 @@ pub(crate) fn list_issues(
     conn: &Connection,
     states: &[IssueState],
 ) -> Result<Vec<IssueRecord>, StoreError> {
+    let mut names = RepoNames::default();
     if states.is_empty() {
-        return collect(
+        // A scan in table order and a sort here: ORDER BY would walk the key index and look
+        // every row up again (recovery reads every issue; issue 4 gives it one second).
+        let mut records = collect(
             conn,
-            &format!("SELECT {ISSUE_COLUMNS} FROM issues ORDER BY repository, number"),
+            &format!("SELECT {ISSUE_COLUMNS} FROM issues"),
             [],
-            issue_record_from,
-        );
+            |row| issue_record_from(row, &mut names),
+        )?;
+        records.sort_unstable_by(|a, b| a.issue.cmp(&b.issue));
+        return Ok(records);
     }
     let placeholders = (1..=states.len())
         .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let names: Vec<Value> = states
+    let states: Vec<Value> = states
         .iter()
         .map(|s| Value::Text(s.as_str().to_owned()))
         .collect();
@@ -758,8 +801,8 @@ pub(crate) fn list_issues(
             "SELECT {ISSUE_COLUMNS} FROM issues WHERE state IN ({placeholders})
              ORDER BY repository, number"
         ),
-        rusqlite::params_from_iter(names),
-        issue_record_from,
+        rusqlite::params_from_iter(states),
+        |row| issue_record_from(row, &mut names),
     )
 }
 
@@ -791,19 +834,22 @@ pub(crate) fn issue_history(
 }
 
 pub(crate) fn dependency_edges(conn: &Connection) -> Result<Vec<DependencyEdge>, StoreError> {
+    let mut names = RepoNames::default();
     collect(
         conn,
         "SELECT repository, number, blocker_repository, blocker_number FROM dependencies
          ORDER BY repository, number, blocker_repository, blocker_number",
         [],
         |row| {
-            let repository: String = row.get(0)?;
-            let blocker_repository: String = row.get(2)?;
             Ok(DependencyEdge {
-                issue: issue_from("dependencies.repository", &repository, row.get(1)?)?,
-                blocker: issue_from(
+                issue: names.issue(
+                    "dependencies.repository",
+                    text(row, 0, "dependencies.repository")?,
+                    row.get(1)?,
+                )?,
+                blocker: names.issue(
                     "dependencies.blocker_repository",
-                    &blocker_repository,
+                    text(row, 2, "dependencies.blocker_repository")?,
                     row.get(3)?,
                 )?,
             })
