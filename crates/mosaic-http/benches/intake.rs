@@ -148,10 +148,12 @@ fn main() {
             Ok("normal") => Synchronous::Normal,
             _ => Synchronous::Full,
         };
+        let defaults = StoreConfig::default();
         let config = StoreConfig {
             url: format!("sqlite://{}", dir.path().join("bench.db").display()),
             synchronous,
-            ..StoreConfig::default()
+            group_window_us: env_or("BENCH_GROUP_WINDOW_US", defaults.group_window_us),
+            ..defaults
         };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config).unwrap());
         let verifier = WebhookVerifier::new(vec![Secret::new(SECRET.to_owned())]).unwrap();
