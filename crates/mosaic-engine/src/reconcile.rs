@@ -351,7 +351,13 @@ impl Reconciler {
                             kind: ChangeKind::DependenciesChanged,
                             action: "edited",
                             issue_json: issue_json(current, issue)?,
-                            detail: json!({ "blocked_by": listed }),
+                            // The record's time makes a repair differ from an earlier one
+                            // that was processed (a list that returns to an earlier state),
+                            // while one still waiting in the inbox is not recorded twice.
+                            detail: json!({
+                                "blocked_by": listed,
+                                "record_updated_at": record.updated_at,
+                            }),
                         }),
                         Ok(None) => {}
                         Err(err) if err.is_retryable() => return Err(err.into()),

@@ -332,6 +332,24 @@ async fn unassignments_deletions_and_dependency_changes_are_repaired() {
     h.process_inbox().await;
     assert!(h.store.dependency_edges().await.unwrap().is_empty());
     assert!(reconciler.run_once().await.unwrap().changes.is_empty());
+
+    // And added again with the blocker reopened: the list is back to an earlier state, and
+    // the repair is recorded and applied again (not taken for the earlier one).
+    h.gitea.set_issue_state(&blocker, TrackerState::Open);
+    assert!(h.gitea.add_dependency(&waiting, &blocker));
+    let report = reconciler.run_once().await.unwrap();
+    assert_eq!(
+        kinds(&report),
+        vec![(
+            waiting.number,
+            ChangeKind::DependenciesChanged,
+            "edited".into()
+        )]
+    );
+    assert_eq!(report.recorded(), 1, "{report:?}");
+    h.process_inbox().await;
+    assert_eq!(h.state(&waiting).await, Some(IssueState::Blocked));
+    assert!(reconciler.run_once().await.unwrap().changes.is_empty());
     let counts = reconciler.stats().counts();
     assert_eq!(
         (
@@ -340,7 +358,7 @@ async fn unassignments_deletions_and_dependency_changes_are_repaired() {
             counts.dependencies_changed,
             counts.blockers_closed
         ),
-        (1, 1, 2, 1)
+        (1, 1, 3, 1)
     );
 }
 
