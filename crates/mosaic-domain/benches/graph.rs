@@ -186,6 +186,12 @@ fn bench(c: &mut Criterion) {
             ))
         });
     });
+    // What the engine pays per change today: it computes each change on a copy of graph and
+    // queue and installs the copy after the commit.
+    let (graph, queue) = rebuild(&graph_snapshot, &queue_snapshot);
+    group.bench_function("clone_graph_and_queue", |b| {
+        b.iter(|| black_box((graph.clone(), queue.clone())));
+    });
     let graph_json = serde_json::to_vec(&graph_snapshot).unwrap();
     let queue_json = serde_json::to_vec(&queue_snapshot).unwrap();
     group.bench_function("graph_and_queue_from_json", |b| {
