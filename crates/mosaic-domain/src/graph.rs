@@ -15,6 +15,8 @@ use crate::issue::IssueRef;
 
 type NodeId = u32;
 
+type Edges = smallvec::SmallVec<[NodeId; 4]>;
+
 #[derive(Debug, Clone)]
 struct Node {
     issue: IssueRef,
@@ -22,10 +24,10 @@ struct Node {
     /// The tracker has told us about this issue (unknown blockers count as open).
     known: bool,
     coordinated: bool,
-    /// Issues this one is blocked by.
-    blockers: Vec<NodeId>,
+    /// Issues this one is blocked by (inline up to four: copying the graph stays cheap).
+    blockers: Edges,
     /// Issues blocked by this one.
-    dependents: Vec<NodeId>,
+    dependents: Edges,
     /// How many of `blockers` are open.
     open_blockers: u32,
     ready: bool,
@@ -43,8 +45,8 @@ impl Node {
             open: true,
             known: false,
             coordinated: false,
-            blockers: Vec::new(),
-            dependents: Vec::new(),
+            blockers: Edges::new(),
+            dependents: Edges::new(),
             open_blockers: 0,
             ready: false,
             rank,
@@ -418,7 +420,7 @@ impl DependencyGraph {
     fn collect_sorted(
         &self,
         issue: &IssueRef,
-        edges: impl Fn(&Node) -> &Vec<NodeId>,
+        edges: impl Fn(&Node) -> &Edges,
         keep: impl Fn(&Node) -> bool,
     ) -> Vec<IssueRef> {
         let Some(id) = self.id(issue) else {

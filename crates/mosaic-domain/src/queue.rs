@@ -6,6 +6,7 @@
 //! `BTreeSet`, so taking the next issue is O(log n).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -180,7 +181,9 @@ struct OrderKey {
 
 #[derive(Debug, Clone)]
 struct Slot {
-    entry: QueueEntry,
+    /// Shared between copies of the queue (the engine computes each change on a copy); a
+    /// write copies the one entry it changes.
+    entry: Arc<QueueEntry>,
     rank: u32,
 }
 
@@ -225,7 +228,7 @@ impl IssueQueue {
     }
 
     pub fn get(&self, issue: &IssueRef) -> Option<&QueueEntry> {
-        self.slots.get(issue).map(|slot| &slot.entry)
+        self.slots.get(issue).map(|slot| &*slot.entry)
     }
 
     pub fn state(&self, issue: &IssueRef) -> Option<IssueState> {
@@ -234,7 +237,7 @@ impl IssueQueue {
 
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &QueueEntry> {
-        self.slots.values().map(|slot| &slot.entry)
+        self.slots.values().map(|slot| &*slot.entry)
     }
 
     /// How many entries are in `state`.
@@ -267,7 +270,10 @@ impl IssueQueue {
             agent: None,
             attempts: 0,
         };
-        let slot = self.slots.entry(issue).or_insert(Slot { entry, rank });
+        let slot = self.slots.entry(issue).or_insert(Slot {
+            entry: Arc::new(entry),
+            rank,
+        });
         Ok(&slot.entry)
     }
 
@@ -277,7 +283,7 @@ impl IssueQueue {
         if slot.entry.state == IssueState::Ready {
             self.ready.remove(&slot.key());
         }
-        Some(slot.entry)
+        Some(Arc::unwrap_or_clone(slot.entry))
     }
 
     /// Moves `issue` to `to`; an arrow the state diagram lacks is an error and changes nothing.
@@ -303,9 +309,10 @@ impl IssueQueue {
             self.ready.insert(slot.key());
         }
         if to == IssueState::InProgress {
-            slot.entry.attempts = slot.entry.attempts.saturating_add(1);
+            let entry = Arc::make_mut(&mut slot.entry);
+            entry.attempts = entry.attempts.saturating_add(1);
         }
-        slot.entry.state = to;
+        Arc::make_mut(&mut slot.entry).state = to;
         Ok(Transition {
             issue: issue.clone(),
             from,
@@ -325,7 +332,7 @@ impl IssueQueue {
             self.ready.remove(&slot.key());
         }
         slot.rank = rank;
-        slot.entry.labels = labels;
+        Arc::make_mut(&mut slot.entry).labels = labels;
         if was_ready {
             self.ready.insert(slot.key());
         }
@@ -337,7 +344,7 @@ impl IssueQueue {
             .slots
             .get_mut(issue)
             .ok_or_else(|| QueueError::NotQueued(issue.clone()))?;
-        slot.entry.agent = agent;
+        Arc::make_mut(&mut slot.entry).agent = agent;
         Ok(())
     }
 
@@ -418,7 +425,10 @@ impl IssueQueue {
         queue.slots.reserve(snapshot.entries.len());
         for entry in snapshot.entries {
             let rank = queue.priorities.rank(&entry.labels);
-            let slot = Slot { entry, rank };
+            let slot = Slot {
+                entry: Arc::new(entry),
+                rank,
+            };
             if slot.entry.state == IssueState::Ready {
                 queue.ready.insert(slot.key());
             }
