@@ -7,10 +7,11 @@
 //! additions prove in O(1) that they close no cycle. Only a change that may create or break
 //! a cycle among open issues recomputes the strongly connected components (O(V + E)).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cow::{CowMap, CowVec};
 use crate::issue::IssueRef;
 
 type NodeId = u32;
@@ -128,8 +129,10 @@ pub enum GraphError {
 /// Blocked-by relations between repository-qualified issues.
 #[derive(Debug, Clone, Default)]
 pub struct DependencyGraph {
-    nodes: Vec<Node>,
-    index: HashMap<IssueRef, NodeId, foldhash::fast::RandomState>,
+    /// Copy-on-write storage: a copy of the graph (the engine computes each change on one)
+    /// shares every piece it does not write to.
+    nodes: CowVec<Node>,
+    index: CowMap<IssueRef, NodeId>,
     ready: HashSet<NodeId, foldhash::fast::RandomState>,
     /// Members of each cycle of open issues (sorted); `Node::cycle` points here.
     cycles: Vec<Vec<NodeId>>,
@@ -148,7 +151,7 @@ impl DependencyGraph {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.nodes.len() == 0
     }
 
     pub fn contains(&self, issue: &IssueRef) -> bool {
@@ -507,7 +510,7 @@ impl DependencyGraph {
         let mut next_order = 0u32;
         let mut next_rank = 0i64;
         let mut cycles: Vec<Vec<NodeId>> = Vec::new();
-        for node in &mut self.nodes {
+        for node in self.nodes.iter_mut() {
             node.cycle = None;
         }
 
@@ -613,7 +616,6 @@ impl DependencyGraph {
     /// open and unknown. Repeated edges count once.
     pub fn from_snapshot(snapshot: &GraphSnapshot) -> Result<Self, GraphError> {
         let mut graph = Self::new();
-        graph.nodes.reserve(snapshot.nodes.len());
         graph.index.reserve(snapshot.nodes.len());
         for entry in &snapshot.nodes {
             if graph.contains(&entry.issue) {

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod assignment;
+mod cow;
 pub mod estimate;
 pub mod events;
 pub mod graph;

@@ -5,12 +5,13 @@
 //! repository, so the order is total and deterministic). The ready order is kept in a
 //! `BTreeSet`, so taking the next issue is O(log n).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::cow::CowMap;
 use crate::graph::{DependencyGraph, GraphChange};
 use crate::issue::{IssueRef, RepoName};
 use crate::state::{InvalidTransition, IssueState};
@@ -202,7 +203,8 @@ impl Slot {
 #[derive(Debug, Clone, Default)]
 pub struct IssueQueue {
     priorities: PriorityOrder,
-    slots: HashMap<IssueRef, Slot, foldhash::fast::RandomState>,
+    /// Copy-on-write (see `cow`): copies share the shards they do not write to.
+    slots: CowMap<IssueRef, Slot>,
     ready: BTreeSet<OrderKey>,
 }
 
@@ -210,7 +212,7 @@ impl IssueQueue {
     pub fn new(priorities: PriorityOrder) -> Self {
         Self {
             priorities,
-            slots: HashMap::default(),
+            slots: CowMap::default(),
             ready: BTreeSet::new(),
         }
     }
@@ -270,11 +272,17 @@ impl IssueQueue {
             agent: None,
             attempts: 0,
         };
-        let slot = self.slots.entry(issue).or_insert(Slot {
-            entry: Arc::new(entry),
-            rank,
-        });
-        Ok(&slot.entry)
+        self.slots.insert(
+            issue.clone(),
+            Slot {
+                entry: Arc::new(entry),
+                rank,
+            },
+        );
+        self.slots
+            .get(&issue)
+            .map(|slot| &*slot.entry)
+            .ok_or(QueueError::NotQueued(issue))
     }
 
     /// Removes an issue altogether (deleted in the tracker).

@@ -355,3 +355,25 @@ proptest! {
         prop_assert_eq!(observe(&rebuilt), observe(&graph));
     }
 }
+
+#[test]
+fn a_change_on_a_copy_leaves_the_original_as_it_was() {
+    // More issues than one storage chunk, so copies share some pieces and not others.
+    let mut graph = DependencyGraph::new();
+    for n in 1..=600 {
+        add(&mut graph, n);
+    }
+    for n in 2..=600 {
+        graph.add_blocker(&issue(n), &issue(n - 1)).unwrap();
+    }
+    let before = graph.snapshot();
+    let mut copy = graph.clone();
+    assert_eq!(copy.close(&issue(1)).unwrap(), issues(&[2]));
+    copy.add_blocker(&issue(599), &issue(3)).unwrap();
+    copy.set_coordinated(&issue(700), true).unwrap();
+    copy.add_blocker(&issue(1), &issue(600)).unwrap();
+    assert_eq!(graph.snapshot(), before);
+    assert_eq!(graph.ready_set(), issues(&[1]));
+    assert!(!graph.contains(&issue(700)) && copy.contains(&issue(700)));
+    assert_eq!(copy.ready_set(), issues(&[2, 700]));
+}
