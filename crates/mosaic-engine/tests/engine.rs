@@ -194,6 +194,15 @@ async fn harness_with(config: EngineConfig) -> Harness {
     }
 }
 
+async fn start_on(
+    store: &Arc<dyn Store>,
+    runtime: Arc<FakeRuntime>,
+) -> (Engine, mosaic_engine::engine::RecoveryReport) {
+    Engine::start(parts(Arc::clone(store), runtime, EngineConfig::default()))
+        .await
+        .unwrap()
+}
+
 async fn harness() -> Harness {
     harness_with(EngineConfig::default()).await
 }
@@ -309,6 +318,28 @@ impl Harness {
             rows[0].last_error
         );
         delivery
+    }
+
+    /// The engine goes away (its sessions left open in the store, as after a crash) and a new
+    /// one starts on the same store file with a fresh runtime.
+    async fn restart(
+        self,
+    ) -> (
+        tempfile::TempDir,
+        Arc<dyn Store>,
+        Arc<FakeRuntime>,
+        Engine,
+        mosaic_engine::engine::RecoveryReport,
+    ) {
+        let Self {
+            _dir, path, engine, ..
+        } = self;
+        drop(engine);
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
+        let runtime = Arc::new(FakeRuntime::default());
+        let (engine, report) = start_on(&store, Arc::clone(&runtime)).await;
+        (_dir, store, runtime, engine, report)
     }
 
     async fn state(&self, n: u64) -> Option<IssueState> {
@@ -698,21 +729,8 @@ async fn recovery_redispatches_an_interrupted_issue_exactly_once() {
     h.deliver(&Event::assigned(1, SMALL)).await;
     assert_eq!(h.engine.dispatch_once().await, 1);
     assert_eq!(h.store.open_sessions().await.unwrap().len(), 1);
-    let Harness {
-        _dir, path, engine, ..
-    } = h;
     // "Crash": the engine goes away with its session open in the store.
-    drop(engine);
-
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
-    let runtime = Arc::new(FakeRuntime::default());
-    let (engine, report) = Engine::start(parts(
-        Arc::clone(&store),
-        Arc::clone(&runtime),
-        EngineConfig::default(),
-    ))
-    .await
-    .unwrap();
+    let (_dir, store, runtime, engine, report) = h.restart().await;
     assert_eq!(report.interrupted_sessions, 1);
     assert_eq!(report.requeued, vec![issue(1)]);
     assert_eq!(
@@ -988,20 +1006,7 @@ async fn declared_dependencies_survive_a_restart() {
     h.deliver(&Event::assigned(2, SMALL)).await;
     h.deliver(&Event::assigned(1, &blocks("#2"))).await;
     assert_eq!(h.state(2).await, Some(IssueState::Blocked));
-    let Harness {
-        _dir, path, engine, ..
-    } = h;
-    drop(engine);
-
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
-    let runtime = Arc::new(FakeRuntime::default());
-    let (engine, report) = Engine::start(parts(
-        Arc::clone(&store),
-        Arc::clone(&runtime),
-        EngineConfig::default(),
-    ))
-    .await
-    .unwrap();
+    let (_dir, store, runtime, engine, report) = h.restart().await;
     assert_eq!((report.settled, report.edges_added), (0, 0));
     let queue = engine.queue().await;
     let waiting = queue.iter().find(|item| item.issue == issue(2)).unwrap();
@@ -1018,13 +1023,7 @@ async fn declared_dependencies_survive_a_restart() {
     batch.blocked_by = Some(Vec::new());
     store.commit_transitions(vec![batch]).await.unwrap();
     assert!(store.dependency_edges().await.unwrap().is_empty());
-    let (engine, report) = Engine::start(parts(
-        Arc::clone(&store),
-        Arc::new(FakeRuntime::default()),
-        EngineConfig::default(),
-    ))
-    .await
-    .unwrap();
+    let (engine, report) = start_on(&store, Arc::new(FakeRuntime::default())).await;
     assert_eq!(report.edges_added, 1);
     let queue = engine.queue().await;
     let waiting = queue.iter().find(|item| item.issue == issue(2)).unwrap();
