@@ -153,6 +153,10 @@ fn main() {
             url: format!("sqlite://{}", dir.path().join("bench.db").display()),
             synchronous,
             group_window_us: env_or("BENCH_GROUP_WINDOW_US", defaults.group_window_us),
+            checkpoint_interval_ms: env_or(
+                "BENCH_CHECKPOINT_INTERVAL_MS",
+                defaults.checkpoint_interval_ms,
+            ),
             ..defaults
         };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config).unwrap());
