@@ -727,6 +727,45 @@ async fn a_blocked_issue_runs_only_after_its_blocker_is_closed() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_declared_only_by_the_blocker_holds_the_other_issue_back() {
+    let mut s = Scenario::start(Vec::new()).await;
+    let blocked = s.issue(
+        "Dashboard for the monitor",
+        &issue_body("20,000", "medium", Some("glm"), &[]),
+    );
+    // Only the blocker says so ("Blocks: #N"); Gitea's dependency list stays empty.
+    let blocker = s.issue(
+        "Context monitor",
+        &format!(
+            "## Context Estimate\n- Total estimated: 20,000 tokens\n- Recommended agent: glm\n\n\
+             ## Difficulty\nmedium\n\n## Dependencies\n- Blocks: #{}\n",
+            blocked.number
+        ),
+    );
+    s.deliver(&blocker, "assigned", HUMAN).await;
+    s.deliver(&blocked, "assigned", HUMAN).await;
+
+    s.wait_for_state(&blocked, IssueState::Blocked).await;
+    s.wait_for_gitea(&blocked, "the blocked label", |comments, labels| {
+        labels == ["mosaic:blocked"]
+            && count_containing(comments, &format!("waiting on #{}", blocker.number)) == 1
+    })
+    .await;
+    s.wait_for_state(&blocker, IssueState::Completed).await;
+    assert_eq!(s.state(&blocked).await, Some(IssueState::Blocked));
+    assert!(s.sessions(&blocked).await.is_empty());
+
+    s.gitea
+        .set_issue_state(&blocker, mosaic_gitea::IssueState::Closed);
+    s.deliver(&blocker, "closed", HUMAN).await;
+    s.wait_for_state(&blocked, IssueState::Completed).await;
+    let blocker_session = s.sessions(&blocker).await.pop().unwrap();
+    let sessions = s.sessions(&blocked).await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert!(sessions[0].started_at >= blocker_session.ended_at.unwrap());
+}
+
 // ---- 3. unassigning cancels a running session and leaves no process ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
