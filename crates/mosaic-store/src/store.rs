@@ -104,7 +104,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn get_issue(&self, issue: &IssueRef) -> Result<Option<IssueRecord>, StoreError>;
 
-    /// Issues in any of `states` (all issues when empty), ordered by repository and number.
+    /// Issues in any of `states` (all issues when empty), in `IssueRef` order (owner, name,
+    /// number) on every backend, whatever its text collation.
     async fn list_issues(&self, states: &[IssueState]) -> Result<Vec<IssueRecord>, StoreError>;
 
     /// The issue's transitions, oldest first.

@@ -69,16 +69,21 @@ fn truncate_error(error: &str) -> &str {
     &error[..end]
 }
 
+fn repo_from(repo_column: &'static str, repository: &str) -> Result<RepoName, StoreError> {
+    repository
+        .parse()
+        .map_err(|e| StoreError::corrupt(repo_column, format!("{e}")))
+}
+
 fn issue_from(
     repo_column: &'static str,
     repository: &str,
     number: i64,
 ) -> Result<IssueRef, StoreError> {
-    let repo: RepoName = repository
-        .parse()
-        .map_err(|e| StoreError::corrupt(repo_column, format!("{e}")))?;
-    let number = to_u64("number", number)?;
-    Ok(IssueRef::new(repo, number))
+    Ok(IssueRef::new(
+        repo_from(repo_column, repository)?,
+        to_u64("number", number)?,
+    ))
 }
 
 /// Repository names met in one bulk read, each parsed once: rows name few repositories, and
@@ -99,9 +104,7 @@ impl RepoNames {
         let repo = match self.0.get(repository) {
             Some(repo) => repo.clone(),
             None => {
-                let repo: RepoName = repository
-                    .parse()
-                    .map_err(|e| StoreError::corrupt(repo_column, format!("{e}")))?;
+                let repo = repo_from(repo_column, repository)?;
                 if self.0.len() < Self::MAX {
                     self.0.insert(repository.to_owned(), repo.clone());
                 }
@@ -775,35 +778,34 @@ pub(crate) fn list_issues(
     states: &[IssueState],
 ) -> Result<Vec<IssueRecord>, StoreError> {
     let mut names = RepoNames::default();
-    if states.is_empty() {
-        // A scan in table order and a sort here: ORDER BY would walk the key index and look
-        // every row up again (recovery reads every issue; issue 4 gives it one second).
-        let mut records = collect(
+    // No ORDER BY: sorting by key would walk the key index and look every row up again
+    // (recovery reads every issue; issue 4 gives it one second), and SQL's text order is not
+    // `IssueRef`'s (owner, then name) — the order the trait promises on every backend.
+    let mut records = if states.is_empty() {
+        collect(
             conn,
             &format!("SELECT {ISSUE_COLUMNS} FROM issues"),
             [],
             |row| issue_record_from(row, &mut names),
-        )?;
-        records.sort_unstable_by(|a, b| a.issue.cmp(&b.issue));
-        return Ok(records);
-    }
-    let placeholders = (1..=states.len())
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let states: Vec<Value> = states
-        .iter()
-        .map(|s| Value::Text(s.as_str().to_owned()))
-        .collect();
-    collect(
-        conn,
-        &format!(
-            "SELECT {ISSUE_COLUMNS} FROM issues WHERE state IN ({placeholders})
-             ORDER BY repository, number"
-        ),
-        rusqlite::params_from_iter(states),
-        |row| issue_record_from(row, &mut names),
-    )
+        )?
+    } else {
+        let placeholders = (1..=states.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let states: Vec<Value> = states
+            .iter()
+            .map(|s| Value::Text(s.as_str().to_owned()))
+            .collect();
+        collect(
+            conn,
+            &format!("SELECT {ISSUE_COLUMNS} FROM issues WHERE state IN ({placeholders})"),
+            rusqlite::params_from_iter(states),
+            |row| issue_record_from(row, &mut names),
+        )?
+    };
+    records.sort_unstable_by(|a, b| a.issue.cmp(&b.issue));
+    Ok(records)
 }
 
 pub(crate) fn issue_history(

@@ -577,6 +577,27 @@ pub async fn several_batches_commit_all_or_nothing(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(some.len(), 2);
+
+    // `IssueRef` order, not text order (`-` sorts before `/`), and numbers as numbers.
+    store
+        .commit_transitions(vec![
+            transition("a-b/x#1", None, IssueState::Ready, 1),
+            transition("a/x#10", None, IssueState::Ready, 1),
+            transition("a/x#2", None, IssueState::Ready, 1),
+        ])
+        .await
+        .unwrap();
+    let names = |records: Vec<IssueRecord>| -> Vec<String> {
+        records.iter().map(|r| r.issue.to_string()).collect()
+    };
+    assert_eq!(
+        names(store.list_issues(&[]).await.unwrap()),
+        vec!["a/x#2", "a/x#10", "a-b/x#1", "o/r#1", "o/r#2"]
+    );
+    assert_eq!(
+        names(store.list_issues(&[IssueState::Ready]).await.unwrap()),
+        vec!["a/x#2", "a/x#10", "a-b/x#1", "o/r#2"]
+    );
 }
 
 pub async fn updates_without_a_transition_keep_history_and_accumulate_nothing_implicitly(
