@@ -8,6 +8,7 @@
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, Hash};
 use std::ops::{Index, IndexMut};
 use std::sync::Arc;
@@ -124,26 +125,43 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
         self.get(key).is_some()
     }
 
+    /// The shard holding `key`, writable (copied when shared); `None` when the key is absent,
+    /// so looking for a missing key never copies anything.
+    fn shard_holding<Q>(&mut self, key: &Q) -> Option<&mut HashMap<K, V, FastState>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let shard = self.shard_of(key);
+        if self.shards[shard].contains_key(key) {
+            Some(Arc::make_mut(&mut self.shards[shard]))
+        } else {
+            None
+        }
+    }
+
     /// The value, writable (copies its shard when shared).
     pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let shard = self.shard_of(key);
-        if !self.shards[shard].contains_key(key) {
-            return None;
-        }
-        Arc::make_mut(&mut self.shards[shard]).get_mut(key)
+        self.shard_holding(key)?.get_mut(key)
     }
 
-    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+    /// Puts `value` under `key` (replacing any value there) and returns it, writable.
+    pub fn insert(&mut self, key: K, value: V) -> &mut V {
         let shard = self.shard_of(&key);
-        let old = Arc::make_mut(&mut self.shards[shard]).insert(key, value);
-        if old.is_none() {
-            self.len += 1;
+        match Arc::make_mut(&mut self.shards[shard]).entry(key) {
+            Entry::Occupied(mut occupied) => {
+                occupied.insert(value);
+                occupied.into_mut()
+            }
+            Entry::Vacant(vacant) => {
+                self.len += 1;
+                vacant.insert(value)
+            }
         }
-        old
     }
 
     pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
@@ -151,11 +169,7 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let shard = self.shard_of(key);
-        if !self.shards[shard].contains_key(key) {
-            return None;
-        }
-        let old = Arc::make_mut(&mut self.shards[shard]).remove(key);
+        let old = self.shard_holding(key)?.remove(key);
         if old.is_some() {
             self.len -= 1;
         }
@@ -206,17 +220,18 @@ mod tests {
 
         let mut map = CowMap::default();
         for i in 0..1_000_u32 {
-            assert_eq!(map.insert(i, i * 2), None);
+            assert_eq!(*map.insert(i, i * 2), i * 2);
         }
         let copy = map.clone();
         *map.get_mut(&7).unwrap() = 0;
         assert_eq!(map.remove(&8), Some(16));
         assert_eq!(map.remove(&8), None);
-        assert_eq!(map.insert(9, 1), Some(18));
-        assert_eq!(map.insert(5_000, 1), None);
+        *map.insert(9, 1) += 1;
+        assert_eq!(*map.insert(5_000, 1), 1);
         assert_eq!((map.len(), copy.len()), (1_000, 1_000));
         assert_eq!((map.get(&7), copy.get(&7)), (Some(&0), Some(&14)));
         assert_eq!((map.get(&8), copy.get(&8)), (None, Some(&16)));
+        assert_eq!((map.get(&9), copy.get(&9)), (Some(&2), Some(&18)));
         assert!(map.contains_key(&5_000) && !copy.contains_key(&5_000));
         assert_eq!(copy.values().count(), 1_000);
         assert!(map.get_mut(&12_345).is_none());

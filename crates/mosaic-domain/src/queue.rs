@@ -272,17 +272,14 @@ impl IssueQueue {
             agent: None,
             attempts: 0,
         };
-        self.slots.insert(
-            issue.clone(),
+        let slot = self.slots.insert(
+            issue,
             Slot {
                 entry: Arc::new(entry),
                 rank,
             },
         );
-        self.slots
-            .get(&issue)
-            .map(|slot| &*slot.entry)
-            .ok_or(QueueError::NotQueued(issue))
+        Ok(&*slot.entry)
     }
 
     /// Removes an issue altogether (deleted in the tracker).
@@ -441,9 +438,10 @@ impl IssueQueue {
                 queue.ready.insert(slot.key());
             }
             let issue = slot.entry.issue.clone();
-            if queue.slots.insert(issue.clone(), slot).is_some() {
+            if queue.slots.contains_key(&issue) {
                 return Err(QueueError::DuplicateIssue(issue));
             }
+            queue.slots.insert(issue, slot);
         }
         Ok(queue)
     }
