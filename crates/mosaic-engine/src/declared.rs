@@ -42,6 +42,10 @@ impl DeclaredBlocks {
         old: Option<&IssueMetadata>,
         new: Option<&IssueMetadata>,
     ) {
+        if old.map(|m| &m.blocks) == new.map(|m| &m.blocks) {
+            // Most changes keep what an issue declares (every installed change comes here).
+            return;
+        }
         let targets = |metadata: Option<&IssueMetadata>| -> Vec<IssueRef> {
             metadata
                 .map(|m| m.blocks.iter().filter(|t| *t != issue).cloned().collect())

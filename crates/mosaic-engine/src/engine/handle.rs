@@ -487,9 +487,7 @@ impl Inner {
         }
         Ok(())
     }
-}
 
-impl Inner {
     /// Adds or removes the edges `issue` declares on other coordinated issues (`Blocks: #N`)
     /// when its metadata changed from `before` to `now`. An issue not coordinated yet picks
     /// the declaration up when it is evaluated; an edge the target names itself stays.

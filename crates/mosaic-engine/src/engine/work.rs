@@ -374,3 +374,33 @@ impl Work {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn within_one_change_the_last_write_under_a_key_counts() {
+        let core = Core::default();
+        let issue: IssueRef = "o/r#1".parse().unwrap();
+        let mut work = Work::new(&core, "test".to_owned(), "d1".to_owned());
+        let status = |body: &str| GiteaWrite::StatusComment {
+            body: body.to_owned(),
+        };
+        work.write(&core, &issue, "ready-status", status("waiting on #2"));
+        work.write(&core, &issue, "other", status("something else"));
+        work.write(&core, &issue, "ready-status", status("waiting on #2, #3"));
+        let outbox: Vec<(String, serde_json::Value)> = work
+            .batches()
+            .into_iter()
+            .flat_map(|batch| batch.outbox)
+            .map(|item| (item.idempotency_key, item.payload))
+            .collect();
+        assert_eq!(outbox.len(), 2, "{outbox:?}");
+        assert_eq!(outbox[0].0, "d1-o/r#1-ready-status");
+        assert!(outbox[0].1.to_string().contains("waiting on #2, #3"));
+        assert_eq!(outbox[1].0, "d1-o/r#1-other");
+    }
+}
