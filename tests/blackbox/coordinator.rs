@@ -252,6 +252,28 @@ impl Scenario {
             .map(|record| record.state)
     }
 
+    /// Gitea shows `blocked` waiting on `blocker`: the blocked label and one status comment.
+    async fn wait_for_blocked_label(&self, blocked: &IssueRef, blocker: &IssueRef) {
+        let waiting_on = format!("waiting on #{}", blocker.number);
+        self.wait_for_gitea(blocked, "the blocked label", |comments, labels| {
+            labels == ["mosaic:blocked"] && count_containing(comments, &waiting_on) == 1
+        })
+        .await;
+    }
+
+    /// Closes `blocker` in Gitea and delivers the close; `blocked` then runs once, after the
+    /// blocker's session ended, and completes.
+    async fn close_and_see_it_run(&mut self, blocker: &IssueRef, blocked: &IssueRef) {
+        self.gitea
+            .set_issue_state(blocker, mosaic_gitea::IssueState::Closed);
+        self.deliver(blocker, "closed", HUMAN).await;
+        self.wait_for_state(blocked, IssueState::Completed).await;
+        let blocker_session = self.sessions(blocker).await.pop().unwrap();
+        let sessions = self.sessions(blocked).await;
+        assert_eq!(sessions.len(), 1, "{sessions:?}");
+        assert!(sessions[0].started_at >= blocker_session.ended_at.unwrap());
+    }
+
     async fn wait_for_state(&self, issue: &IssueRef, wanted: IssueState) {
         let mut last = None;
         let found = poll(STEP, async || {
@@ -691,11 +713,7 @@ async fn a_blocked_issue_runs_only_after_its_blocker_is_closed() {
     assert_eq!(entry["state"], "blocked", "{entry}");
     assert_eq!(entry["blockers"], serde_json::json!([blocker.to_string()]));
     // Gitea shows it waiting; meanwhile (ten dispatch rounds at least) it never starts.
-    s.wait_for_gitea(&blocked, "the blocked label", |comments, labels| {
-        labels == ["mosaic:blocked"]
-            && count_containing(comments, &format!("waiting on #{}", blocker.number)) == 1
-    })
-    .await;
+    s.wait_for_blocked_label(&blocked, &blocker).await;
     let watch_until = Instant::now() + Duration::from_secs(1);
     while Instant::now() < watch_until {
         assert_eq!(s.state(&blocked).await, Some(IssueState::Blocked));
@@ -704,15 +722,7 @@ async fn a_blocked_issue_runs_only_after_its_blocker_is_closed() {
     }
 
     // Closed in Gitea, and the close delivered: now it runs.
-    s.gitea
-        .set_issue_state(&blocker, mosaic_gitea::IssueState::Closed);
-    s.deliver(&blocker, "closed", HUMAN).await;
-    s.wait_for_state(&blocked, IssueState::Completed).await;
-
-    let blocker_session = s.sessions(&blocker).await.pop().unwrap();
-    let sessions = s.sessions(&blocked).await;
-    assert_eq!(sessions.len(), 1, "{sessions:?}");
-    assert!(sessions[0].started_at >= blocker_session.ended_at.unwrap());
+    s.close_and_see_it_run(&blocker, &blocked).await;
     let history = s.store.issue_history(&blocked).await.unwrap();
     let states: Vec<IssueState> = history.iter().map(|t| t.to).collect();
     let blocked_at = states.iter().position(|s| *s == IssueState::Blocked);
@@ -747,23 +757,12 @@ async fn a_dependency_declared_only_by_the_blocker_holds_the_other_issue_back() 
     s.deliver(&blocked, "assigned", HUMAN).await;
 
     s.wait_for_state(&blocked, IssueState::Blocked).await;
-    s.wait_for_gitea(&blocked, "the blocked label", |comments, labels| {
-        labels == ["mosaic:blocked"]
-            && count_containing(comments, &format!("waiting on #{}", blocker.number)) == 1
-    })
-    .await;
+    s.wait_for_blocked_label(&blocked, &blocker).await;
     s.wait_for_state(&blocker, IssueState::Completed).await;
     assert_eq!(s.state(&blocked).await, Some(IssueState::Blocked));
     assert!(s.sessions(&blocked).await.is_empty());
 
-    s.gitea
-        .set_issue_state(&blocker, mosaic_gitea::IssueState::Closed);
-    s.deliver(&blocker, "closed", HUMAN).await;
-    s.wait_for_state(&blocked, IssueState::Completed).await;
-    let blocker_session = s.sessions(&blocker).await.pop().unwrap();
-    let sessions = s.sessions(&blocked).await;
-    assert_eq!(sessions.len(), 1, "{sessions:?}");
-    assert!(sessions[0].started_at >= blocker_session.ended_at.unwrap());
+    s.close_and_see_it_run(&blocker, &blocked).await;
 }
 
 // ---- 3. unassigning cancels a running session and leaves no process ----
