@@ -119,6 +119,74 @@ fn the_database_is_in_wal_mode_with_the_configured_durability() {
     assert_eq!(version, schema_version());
 }
 
+const FIXTURE: &str = include_str!("../../../../shared/fixtures/gitea/issue-assign-event.json");
+
+/// Bodies are stored compressed (less to write, sync and keep) and read back byte for byte;
+/// rows written before compression (schema 1) read back as they are.
+#[tokio::test]
+async fn bodies_are_stored_compressed_and_rows_from_schema_1_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("codec.db");
+    // A schema-1 database holding one body as received.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../migrations/sqlite/0001_initial.sql"))
+            .unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                 applied_at INTEGER NOT NULL);
+             INSERT INTO schema_migrations VALUES (1, 'initial', 0);",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO inbox (delivery_id, event, body_sha256, body, status, received_at,
+                 next_attempt_at) VALUES ('old', 'issues', zeroblob(32), ?1, 'pending', 0, 0)",
+            [FIXTURE.as_bytes()],
+        )
+        .unwrap();
+    }
+
+    let store = SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap();
+    let fresh = delivery(Some("new"), FIXTURE, at(1));
+    assert!(matches!(
+        store.record_delivery(fresh).await.unwrap(),
+        RecordOutcome::Recorded { .. }
+    ));
+    let pending = store.pending_deliveries(at(10), 10).await.unwrap();
+    let bodies: Vec<(Option<&str>, &[u8])> = pending
+        .iter()
+        .map(|d| (d.delivery_id.as_deref(), d.body.as_slice()))
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            (Some("old"), FIXTURE.as_bytes()),
+            (Some("new"), FIXTURE.as_bytes())
+        ]
+    );
+    drop(store);
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let stored: Vec<(String, String, usize)> = conn
+        .prepare("SELECT delivery_id, body_codec, length(body) FROM inbox ORDER BY id")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        stored[0],
+        ("old".to_owned(), "identity".to_owned(), FIXTURE.len())
+    );
+    assert_eq!((stored[1].0.as_str(), stored[1].1.as_str()), ("new", "lz4"));
+    assert!(
+        stored[1].2 * 2 < FIXTURE.len(),
+        "{} bytes stored for {}",
+        stored[1].2,
+        FIXTURE.len()
+    );
+}
+
 #[test]
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();

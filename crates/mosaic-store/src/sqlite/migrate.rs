@@ -11,11 +11,18 @@ struct Migration {
 }
 
 /// In version order; a released migration is never edited, only followed by a new one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../../migrations/sqlite/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../migrations/sqlite/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "body_codec",
+        sql: include_str!("../../migrations/sqlite/0002_body_codec.sql"),
+    },
+];
 
 /// The newest schema version this build knows (also the version a fresh database gets).
 pub fn supported_version() -> i64 {

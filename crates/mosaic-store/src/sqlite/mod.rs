@@ -4,14 +4,17 @@
 //! channel and await a reply; the writer takes every request that is queued (up to
 //! `max_batch`), runs each inside its own SAVEPOINT within ONE transaction, commits once (one
 //! sync under `synchronous=FULL`) and only then answers. A failing request rolls back to its
-//! savepoint and does not disturb the others in its group. Reads use separate connections on
-//! blocking threads; WAL lets them run while the writer commits.
+//! savepoint and does not disturb the others in its group; a request that writes with a single
+//! statement (recording a delivery) skips the savepoint, since SQLite undoes a failed
+//! statement by itself. Reads use separate connections on blocking threads; WAL lets them run
+//! while the writer commits. Delivery bodies are stored LZ4-compressed ([`body`]).
 //!
 //! When the previous group held several requests, the writer waits a short, bounded window
 //! (`group_window_us`) for the callers it just answered to come back before it begins, so
 //! groups fill up instead of alternating between halves. WAL checkpoints run on their own
 //! thread ([`checkpoint`]), never inside a commit.
 
+mod body;
 mod checkpoint;
 mod migrate;
 mod ops;
@@ -45,8 +48,21 @@ trait WriteJob: Send {
 
 struct Job<T, F> {
     op: Option<F>,
+    /// Whether `op` runs inside its own savepoint; see [`Isolation`].
+    isolation: Isolation,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+/// How a request is kept from disturbing the others in its group when it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// In its own SAVEPOINT, rolled back on error: for any operation.
+    Savepoint,
+    /// None needed: the operation changes the database with at most one statement, and
+    /// SQLite undoes a failed statement by itself. Saves the savepoint's statements and its
+    /// copy of every page the request touches (a large part of a small write's cost).
+    SingleStatement,
 }
 
 impl<T, F> WriteJob for Job<T, F>
@@ -56,7 +72,10 @@ where
 {
     fn run(&mut self, conn: &Connection) {
         if let Some(op) = self.op.take() {
-            self.result = Some(in_savepoint(conn, op));
+            self.result = Some(match self.isolation {
+                Isolation::Savepoint => in_savepoint(conn, op),
+                Isolation::SingleStatement => op(conn),
+            });
         }
     }
 
@@ -400,9 +419,18 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_isolated(Isolation::Savepoint, op).await
+    }
+
+    async fn write_isolated<T, F>(&self, isolation: Isolation, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let job: Box<dyn WriteJob> = Box::new(Job {
             op: Some(op),
+            isolation,
             result: None,
             reply,
         });
@@ -461,8 +489,13 @@ impl Drop for SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn record_delivery(&self, delivery: NewDelivery) -> Result<RecordOutcome, StoreError> {
-        self.write(move |conn| ops::record_delivery(conn, &delivery))
-            .await
+        // Compressed here, on the caller's task: the writer is shared by every request.
+        let stored = body::encode(&delivery.body);
+        // The hottest write: it changes the database with one INSERT (see the op).
+        self.write_isolated(Isolation::SingleStatement, move |conn| {
+            ops::record_delivery(conn, &delivery, &stored)
+        })
+        .await
     }
 
     async fn pending_deliveries(
@@ -675,6 +708,7 @@ mod tests {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Job {
             op: Some(op),
+            isolation: Isolation::Savepoint,
             result: None,
             reply,
         });
@@ -722,6 +756,50 @@ mod tests {
         ));
         assert!(last_answer.blocking_recv().unwrap().is_ok());
 
+        let keys: Vec<String> = conn
+            .prepare("SELECT cache_key FROM parse_cache ORDER BY cache_key")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(keys, ["a", "c"]);
+    }
+
+    /// A request run without a savepoint (one statement) fails alone too: SQLite undoes the
+    /// failed statement, and the group's other writes commit.
+    #[test]
+    fn a_failing_single_statement_request_leaves_its_group_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::sqlite(dir.path().join("t.db"));
+        let mut conn = open_writer(&config.sqlite_path().unwrap(), &config).unwrap();
+        migrate::migrate(&mut conn).unwrap();
+
+        let (first, first_answer) = job(|conn| insert(conn, "a"));
+        let single = |key: &'static str| {
+            let (reply, answer) = oneshot::channel();
+            let job: Box<dyn WriteJob> = Box::new(Job {
+                op: Some(move |conn: &Connection| insert(conn, key)),
+                isolation: Isolation::SingleStatement,
+                result: None,
+                reply,
+            });
+            (job, answer)
+        };
+        let (conflicting, conflicting_answer) = single("a");
+        let (last, last_answer) = single("c");
+        let mut group = vec![first, conflicting, last];
+        let commit = run_group(&conn, &mut group);
+        assert!(commit.is_ok());
+        for job in group {
+            job.finish(&commit);
+        }
+        assert!(first_answer.blocking_recv().unwrap().is_ok());
+        assert!(matches!(
+            conflicting_answer.blocking_recv().unwrap(),
+            Err(StoreError::Database(_))
+        ));
+        assert!(last_answer.blocking_recv().unwrap().is_ok());
         let keys: Vec<String> = conn
             .prepare("SELECT cache_key FROM parse_cache ORDER BY cache_key")
             .unwrap()

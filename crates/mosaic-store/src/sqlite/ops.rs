@@ -10,6 +10,7 @@ use mosaic_domain::{IssueMetadata, IssueRef, IssueState, RepoName};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
+use super::body::{self, StoredBody};
 use crate::error::StoreError;
 use crate::model::*;
 
@@ -188,7 +189,8 @@ fn collect<T>(
 // ----- inbox -----
 
 const DELIVERY_COLUMNS: &str = "id, delivery_id, event, event_type, action, repository, \
-    issue_number, body_sha256, body, status, attempts, last_error, received_at, next_attempt_at";
+    issue_number, body_sha256, body, status, attempts, last_error, received_at, next_attempt_at, \
+    body_codec";
 
 fn delivery_status_from(name: &str) -> Result<DeliveryStatus, StoreError> {
     DeliveryStatus::parse(name)
@@ -209,7 +211,10 @@ fn delivery_from(row: &Row<'_>) -> Result<Delivery, StoreError> {
             .map(|n| to_u64("inbox.issue_number", n))
             .transpose()?,
         body_sha256: hash_from(row.get(7)?)?,
-        body: row.get::<_, Option<Vec<u8>>>(8)?.unwrap_or_default(),
+        body: match row.get::<_, Option<Vec<u8>>>(8)? {
+            Some(stored) => body::decode(&row.get::<_, String>(14)?, stored)?,
+            None => Vec::new(),
+        },
         status: delivery_status_from(&status)?,
         attempts: to_u32("inbox.attempts", row.get(10)?)?,
         last_error: row.get(11)?,
@@ -218,9 +223,15 @@ fn delivery_from(row: &Row<'_>) -> Result<Delivery, StoreError> {
     })
 }
 
+/// Records a delivery, or a duplicate row pointing at the delivery it repeats.
+///
+/// Changes the database with exactly one INSERT whatever happens (the store runs it without a
+/// savepoint). The common case, a new delivery, is that INSERT alone: the unique indexes
+/// detect a repeat, and only then are the originals looked up.
 pub(crate) fn record_delivery(
     conn: &Connection,
     delivery: &NewDelivery,
+    stored: &StoredBody,
 ) -> Result<RecordOutcome, StoreError> {
     let issue_number = delivery
         .issue_number
@@ -228,6 +239,33 @@ pub(crate) fn record_delivery(
         .transpose()?;
     let received_at = micros(delivery.received_at);
 
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO inbox (delivery_id, event, event_type, action, repository, issue_number,
+                 body_sha256, body, body_codec, status, received_at, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            delivery.delivery_id,
+            delivery.event,
+            delivery.event_type,
+            delivery.action,
+            delivery.repository,
+            issue_number,
+            &delivery.body_sha256[..],
+            &stored.bytes,
+            stored.codec.as_str(),
+            DeliveryStatus::from(delivery.status).as_str(),
+            received_at,
+        ])?;
+    if inserted == 1 {
+        return Ok(RecordOutcome::Recorded {
+            id: conn.last_insert_rowid(),
+        });
+    }
+
+    // A unique key is taken: the delivery id first (the same delivery again), else the body.
     let by_id = match &delivery.delivery_id {
         Some(delivery_id) => conn
             .prepare_cached("SELECT id FROM inbox WHERE duplicate_of IS NULL AND delivery_id = ?1")?
@@ -235,56 +273,38 @@ pub(crate) fn record_delivery(
             .optional()?,
         None => None,
     };
-    let existing = match by_id {
-        Some(id) => Some(id),
+    let existing_id = match by_id {
+        Some(id) => id,
         None => conn
             .prepare_cached("SELECT id FROM inbox WHERE duplicate_of IS NULL AND body_sha256 = ?1")?
             .query_row([&delivery.body_sha256[..]], |row| row.get::<_, i64>(0))
-            .optional()?,
+            .optional()?
+            .ok_or_else(|| {
+                StoreError::Conflict(
+                    "the delivery conflicts with a stored one that has neither its id nor its body"
+                        .to_owned(),
+                )
+            })?,
     };
-
-    let mut insert = conn.prepare_cached(
+    // Kept for auditing (who replayed what, when) without a second copy of the body.
+    conn.prepare_cached(
         "INSERT INTO inbox (delivery_id, event, event_type, action, repository, issue_number,
              body_sha256, body, status, duplicate_of, received_at, next_attempt_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
-    )?;
-    match existing {
-        Some(existing_id) => {
-            // Kept for auditing (who replayed what, when) without a second copy of the body.
-            insert.execute(params![
-                delivery.delivery_id,
-                delivery.event,
-                delivery.event_type,
-                delivery.action,
-                delivery.repository,
-                issue_number,
-                &delivery.body_sha256[..],
-                Option::<Vec<u8>>::None,
-                DeliveryStatus::Duplicate.as_str(),
-                existing_id,
-                received_at,
-            ])?;
-            Ok(RecordOutcome::Duplicate { existing_id })
-        }
-        None => {
-            insert.execute(params![
-                delivery.delivery_id,
-                delivery.event,
-                delivery.event_type,
-                delivery.action,
-                delivery.repository,
-                issue_number,
-                &delivery.body_sha256[..],
-                &delivery.body,
-                DeliveryStatus::from(delivery.status).as_str(),
-                Option::<i64>::None,
-                received_at,
-            ])?;
-            Ok(RecordOutcome::Recorded {
-                id: conn.last_insert_rowid(),
-            })
-        }
-    }
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9, ?10, ?10)",
+    )?
+    .execute(params![
+        delivery.delivery_id,
+        delivery.event,
+        delivery.event_type,
+        delivery.action,
+        delivery.repository,
+        issue_number,
+        &delivery.body_sha256[..],
+        DeliveryStatus::Duplicate.as_str(),
+        existing_id,
+        received_at,
+    ])?;
+    Ok(RecordOutcome::Duplicate { existing_id })
 }
 
 pub(crate) fn pending_deliveries(
