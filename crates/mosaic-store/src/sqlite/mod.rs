@@ -702,17 +702,52 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
+
     fn job<T: Send + 'static>(
         op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> (Box<dyn WriteJob>, oneshot::Receiver<Result<T, StoreError>>) {
+    ) -> (Box<dyn WriteJob>, Answer<T>) {
+        job_isolated(Isolation::Savepoint, op)
+    }
+
+    fn job_isolated<T: Send + 'static>(
+        isolation: Isolation,
+        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> (Box<dyn WriteJob>, Answer<T>) {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Job {
             op: Some(op),
-            isolation: Isolation::Savepoint,
+            isolation,
             result: None,
             reply,
         });
         (job, answer)
+    }
+
+    /// A migrated database's write connection, as the writer thread has it.
+    fn migrated_writer(dir: &Path) -> Connection {
+        let config = StoreConfig::sqlite(dir.join("t.db"));
+        let mut conn = open_writer(&config.sqlite_path().unwrap(), &config).unwrap();
+        migrate::migrate(&mut conn).unwrap();
+        conn
+    }
+
+    /// Runs `group` as the writer does and answers every request.
+    fn run_and_finish(conn: &Connection, mut group: Vec<Box<dyn WriteJob>>) {
+        let commit = run_group(conn, &mut group);
+        assert_eq!(commit, Ok(()));
+        for job in group {
+            job.finish(&commit);
+        }
+    }
+
+    fn cache_keys(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT cache_key FROM parse_cache ORDER BY cache_key")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
     }
 
     fn insert(conn: &Connection, key: &str) -> Result<(), StoreError> {
@@ -726,9 +761,7 @@ mod tests {
     #[test]
     fn a_failing_request_rolls_back_alone_and_the_group_commits_once() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig::sqlite(dir.path().join("t.db"));
-        let mut conn = open_writer(&config.sqlite_path().unwrap(), &config).unwrap();
-        migrate::migrate(&mut conn).unwrap();
+        let conn = migrated_writer(dir.path());
 
         let (first, first_answer) = job(|conn| insert(conn, "a"));
         // Writes, then fails: its own write must vanish, the others' must stay.
@@ -738,13 +771,8 @@ mod tests {
         });
         let (constraint, constraint_answer) = job(|conn| insert(conn, "a"));
         let (last, last_answer) = job(|conn| insert(conn, "c"));
-        let mut group = vec![first, failing, constraint, last];
+        run_and_finish(&conn, vec![first, failing, constraint, last]);
 
-        let commit = run_group(&conn, &mut group);
-        assert_eq!(commit, Ok(()));
-        for job in group {
-            job.finish(&commit);
-        }
         assert!(first_answer.blocking_recv().unwrap().is_ok());
         assert!(matches!(
             failing_answer.blocking_recv().unwrap(),
@@ -755,15 +783,7 @@ mod tests {
             Err(StoreError::Database(_))
         ));
         assert!(last_answer.blocking_recv().unwrap().is_ok());
-
-        let keys: Vec<String> = conn
-            .prepare("SELECT cache_key FROM parse_cache ORDER BY cache_key")
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(keys, ["a", "c"]);
+        assert_eq!(cache_keys(&conn), ["a", "c"]);
     }
 
     /// A request run without a savepoint (one statement) fails alone too: SQLite undoes the
@@ -771,43 +791,21 @@ mod tests {
     #[test]
     fn a_failing_single_statement_request_leaves_its_group_intact() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig::sqlite(dir.path().join("t.db"));
-        let mut conn = open_writer(&config.sqlite_path().unwrap(), &config).unwrap();
-        migrate::migrate(&mut conn).unwrap();
+        let conn = migrated_writer(dir.path());
 
         let (first, first_answer) = job(|conn| insert(conn, "a"));
-        let single = |key: &'static str| {
-            let (reply, answer) = oneshot::channel();
-            let job: Box<dyn WriteJob> = Box::new(Job {
-                op: Some(move |conn: &Connection| insert(conn, key)),
-                isolation: Isolation::SingleStatement,
-                result: None,
-                reply,
-            });
-            (job, answer)
-        };
-        let (conflicting, conflicting_answer) = single("a");
-        let (last, last_answer) = single("c");
-        let mut group = vec![first, conflicting, last];
-        let commit = run_group(&conn, &mut group);
-        assert!(commit.is_ok());
-        for job in group {
-            job.finish(&commit);
-        }
+        let single = Isolation::SingleStatement;
+        let (conflicting, conflicting_answer) = job_isolated(single, |conn| insert(conn, "a"));
+        let (last, last_answer) = job_isolated(single, |conn| insert(conn, "c"));
+        run_and_finish(&conn, vec![first, conflicting, last]);
+
         assert!(first_answer.blocking_recv().unwrap().is_ok());
         assert!(matches!(
             conflicting_answer.blocking_recv().unwrap(),
             Err(StoreError::Database(_))
         ));
         assert!(last_answer.blocking_recv().unwrap().is_ok());
-        let keys: Vec<String> = conn
-            .prepare("SELECT cache_key FROM parse_cache ORDER BY cache_key")
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(keys, ["a", "c"]);
+        assert_eq!(cache_keys(&conn), ["a", "c"]);
     }
 
     #[test]

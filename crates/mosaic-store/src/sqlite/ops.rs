@@ -10,7 +10,7 @@ use mosaic_domain::{IssueMetadata, IssueRef, IssueState, RepoName};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
-use super::body::{self, StoredBody};
+use super::body::{self, BodyCodec, StoredBody};
 use crate::error::StoreError;
 use crate::model::*;
 
@@ -223,6 +223,17 @@ fn delivery_from(row: &Row<'_>) -> Result<Delivery, StoreError> {
     })
 }
 
+macro_rules! insert_inbox_sql {
+    () => {
+        "INSERT INTO inbox (delivery_id, event, event_type, action, repository, issue_number,
+             body_sha256, body, body_codec, status, duplicate_of, received_at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)"
+    };
+}
+/// A new delivery: inserts nothing (0 rows) when its delivery id or body is already taken.
+const INSERT_NEW_DELIVERY: &str = concat!(insert_inbox_sql!(), " ON CONFLICT DO NOTHING");
+const INSERT_DUPLICATE_DELIVERY: &str = insert_inbox_sql!();
+
 /// Records a delivery, or a duplicate row pointing at the delivery it repeats.
 ///
 /// Changes the database with exactly one INSERT whatever happens (the store runs it without a
@@ -238,15 +249,8 @@ pub(crate) fn record_delivery(
         .map(|n| to_i64("issue number", n))
         .transpose()?;
     let received_at = micros(delivery.received_at);
-
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO inbox (delivery_id, event, event_type, action, repository, issue_number,
-                 body_sha256, body, body_codec, status, received_at, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
-             ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![
+    let insert = |sql: &str, body: Option<&StoredBody>, status: DeliveryStatus, duplicate_of| {
+        conn.prepare_cached(sql)?.execute(params![
             delivery.delivery_id,
             delivery.event,
             delivery.event_type,
@@ -254,12 +258,16 @@ pub(crate) fn record_delivery(
             delivery.repository,
             issue_number,
             &delivery.body_sha256[..],
-            &stored.bytes,
-            stored.codec.as_str(),
-            DeliveryStatus::from(delivery.status).as_str(),
+            body.map(|b| &b.bytes),
+            body.map_or(BodyCodec::Identity, |b| b.codec).as_str(),
+            status.as_str(),
+            duplicate_of,
             received_at,
-        ])?;
-    if inserted == 1 {
+        ])
+    };
+
+    let status = DeliveryStatus::from(delivery.status);
+    if insert(INSERT_NEW_DELIVERY, Some(stored), status, None::<i64>)? == 1 {
         return Ok(RecordOutcome::Recorded {
             id: conn.last_insert_rowid(),
         });
@@ -287,23 +295,12 @@ pub(crate) fn record_delivery(
             })?,
     };
     // Kept for auditing (who replayed what, when) without a second copy of the body.
-    conn.prepare_cached(
-        "INSERT INTO inbox (delivery_id, event, event_type, action, repository, issue_number,
-             body_sha256, body, status, duplicate_of, received_at, next_attempt_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9, ?10, ?10)",
-    )?
-    .execute(params![
-        delivery.delivery_id,
-        delivery.event,
-        delivery.event_type,
-        delivery.action,
-        delivery.repository,
-        issue_number,
-        &delivery.body_sha256[..],
-        DeliveryStatus::Duplicate.as_str(),
-        existing_id,
-        received_at,
-    ])?;
+    insert(
+        INSERT_DUPLICATE_DELIVERY,
+        None,
+        DeliveryStatus::Duplicate,
+        Some(existing_id),
+    )?;
     Ok(RecordOutcome::Duplicate { existing_id })
 }
 
