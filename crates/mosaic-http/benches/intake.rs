@@ -2,7 +2,8 @@
 //! bare route that only reads the body and answers 200, over real HTTP on loopback.
 //!
 //! `cargo bench -p mosaic-http --bench intake` (env: `BENCH_SECONDS`, default 10;
-//! `BENCH_CONNECTIONS`, default 32; `BENCH_SYNCHRONOUS=normal` to compare with the durable
+//! `BENCH_CONNECTIONS`, default 32; `BENCH_ROUNDS`, default 1, to alternate both routes several
+//! times and print the median ratio; `BENCH_SYNCHRONOUS=normal` to compare with the durable
 //! default). Prints req/s, p50, p99 for both, their ratio, and how the store grouped commits.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -171,27 +172,47 @@ fn main() {
         let bare =
             spawn(Router::new().route("/webhook/gitea", post(|_body: Bytes| async { "ok" }))).await;
 
+        let rounds = env_or("BENCH_ROUNDS", 1).max(1);
         println!(
-            "intake benchmark: {connections} connections, {seconds} s per route, synchronous={synchronous:?}"
+            "intake benchmark: {connections} connections, {seconds} s per route, {rounds} round(s), synchronous={synchronous:?}"
         );
         let duration = Duration::from_secs(seconds);
         // Warm both paths so connection set-up is not measured.
         let _ = load(&bare, connections, Duration::from_millis(500)).await;
-        let bare_m = load(&bare, connections, duration).await;
-        let before = store.stats();
-        let durable_m = load(&durable, connections, duration).await;
-        let after = store.stats();
-        let bare_rate = report("bare route (read + 200)", &bare_m);
-        let durable_rate = report("durable intake", &durable_m);
-        println!("ratio durable / bare: {:.2}", durable_rate / bare_rate);
-        // How the writer grouped the durable run's requests: commits per second bound the rate
-        // (one sync each), the group size shows how much concurrency each sync absorbed.
-        let commits = after.commits - before.commits;
-        let writes = after.writes - before.writes;
-        println!(
-            "store writer: {commits} commits for {writes} writes, average group {:.1}, {:.0} commits/s",
-            writes as f64 / commits.max(1) as f64,
-            commits as f64 / durable_m.elapsed.as_secs_f64()
-        );
+        // Each round measures both routes back to back: this machine's speed drifts by tens of
+        // percent within minutes, so only a ratio from one round is a fair comparison.
+        let mut ratios = Vec::new();
+        for round in 1..=rounds {
+            if rounds > 1 {
+                println!("round {round}:");
+            }
+            let bare_m = load(&bare, connections, duration).await;
+            let before = store.stats();
+            let durable_m = load(&durable, connections, duration).await;
+            let after = store.stats();
+            let bare_rate = report("bare route (read + 200)", &bare_m);
+            let durable_rate = report("durable intake", &durable_m);
+            let ratio = durable_rate / bare_rate;
+            println!("ratio durable / bare: {ratio:.2}");
+            ratios.push(ratio);
+            // How the writer grouped the durable run's requests: commits per second bound the
+            // rate (one sync each), the group size shows how much concurrency each sync absorbed.
+            let commits = after.commits - before.commits;
+            let writes = after.writes - before.writes;
+            println!(
+                "store writer: {commits} commits for {writes} writes, average group {:.1}, {:.0} commits/s",
+                writes as f64 / commits.max(1) as f64,
+                commits as f64 / durable_m.elapsed.as_secs_f64()
+            );
+        }
+        if rounds > 1 {
+            ratios.sort_by(f64::total_cmp);
+            println!(
+                "median ratio over {rounds} rounds: {:.2} (from {:.2} to {:.2})",
+                ratios[ratios.len() / 2],
+                ratios[0],
+                ratios[ratios.len() - 1]
+            );
+        }
     });
 }
