@@ -627,3 +627,66 @@ async fn a_dependency_declared_by_its_blocker_is_not_taken_for_a_change() {
     assert!(report.changes.is_empty(), "{report:?}");
     assert_eq!(h.state(&waiting).await, Some(IssueState::Blocked));
 }
+
+/// Withdrawing `Blocks: #N` removes only the engine's own edge: when Gitea's dependency list of
+/// #N also names the blocker (or cannot be read), #N keeps waiting; the reconciler takes the
+/// edge away once Gitea's list no longer has it.
+#[tokio::test]
+async fn withdrawing_a_declaration_keeps_the_edge_gitea_also_lists() {
+    let h = harness().await;
+    let listed = h.new_issue("also in Gitea's list", Some(BOT));
+    let unreadable = h.new_issue("list cannot be read", Some(BOT));
+    let body = format!(
+        "{SMALL}\n## Dependencies\n- Blocks: #{} and #{}\n",
+        listed.number, unreadable.number
+    );
+    let blocker = h.gitea.create_issue(
+        &h.repo,
+        NewIssue::titled("blocks both").body(&body).assigned_to(BOT),
+    );
+    for issue in [&listed, &unreadable, &blocker] {
+        h.webhook(issue, "assigned", "alice").await;
+    }
+    h.process_inbox().await;
+    assert_eq!(h.state(&listed).await, Some(IssueState::Blocked));
+    assert_eq!(h.state(&unreadable).await, Some(IssueState::Blocked));
+    assert!(h.gitea.add_dependency(&listed, &blocker));
+
+    // The blocker's body no longer declares anything; Gitea fails on the second issue's list.
+    assert!(h.gitea.set_body(&blocker, SMALL));
+    h.gitea.fail_next(
+        &format!("/issues/{}/dependencies", unreadable.number),
+        500,
+        10,
+    );
+    h.webhook(&blocker, "edited", "alice").await;
+    h.process_inbox().await;
+    let blockers_of = |edges: &[mosaic_store::DependencyEdge], issue: &IssueRef| -> Vec<u64> {
+        edges
+            .iter()
+            .filter(|edge| &edge.issue == issue)
+            .map(|edge| edge.blocker.number)
+            .collect()
+    };
+    let edges = h.store.dependency_edges().await.unwrap();
+    assert_eq!(blockers_of(&edges, &listed), vec![blocker.number]);
+    assert_eq!(blockers_of(&edges, &unreadable), vec![blocker.number]);
+    assert_eq!(h.state(&listed).await, Some(IssueState::Blocked));
+    assert_eq!(h.state(&unreadable).await, Some(IssueState::Blocked));
+
+    // The reconciler sees Gitea's lists: the listed edge is Gitea's and stays; the other is
+    // nobody's any more and goes.
+    h.gitea.clear_failures();
+    let report = h.reconciler(fast()).run_once().await.unwrap();
+    assert_eq!(
+        kinds(&report),
+        vec![(
+            unreadable.number,
+            ChangeKind::DependenciesChanged,
+            "edited".into()
+        )]
+    );
+    h.process_inbox().await;
+    assert_eq!(h.state(&listed).await, Some(IssueState::Blocked));
+    assert_eq!(h.state(&unreadable).await, Some(IssueState::Ready));
+}

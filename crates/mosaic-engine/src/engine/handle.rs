@@ -31,6 +31,9 @@ pub(crate) struct Evaluation {
     pub blockers: Vec<IssueRef>,
     /// Tracker states (open?) learnt for blockers.
     pub blocker_states: Vec<(IssueRef, bool)>,
+    /// Issues this one no longer says it blocks whose own Gitea dependency list still names it
+    /// (or could not be read): their edge stays when the declaration is withdrawn.
+    pub still_listed_by: Vec<IssueRef>,
 }
 
 /// A session to close once the change is committed (never while holding the lock).
@@ -263,11 +266,56 @@ impl Inner {
                 }
             }
         }
+        let still_listed_by = self.still_listed_by(issue, &metadata.blocks).await;
         Evaluation {
             metadata,
             blockers,
             blocker_states: states,
+            still_listed_by,
         }
+    }
+
+    /// Of the issues `issue` said it blocks before and no longer does, those whose Gitea
+    /// dependency list still names it. Asked here, outside the lock, because withdrawing the
+    /// declaration must not remove an edge Gitea also holds; an unreadable list counts as
+    /// naming it (keeping an edge only delays an issue; the reconciler corrects it).
+    async fn still_listed_by(&self, issue: &IssueRef, blocks_now: &[IssueRef]) -> Vec<IssueRef> {
+        let Some(gitea) = &self.gitea else {
+            return Vec::new();
+        };
+        let withdrawn: Vec<IssueRef> = {
+            let core = self.core.lock().await;
+            core.records
+                .get(issue)
+                .and_then(|record| record.metadata.as_ref())
+                .map(|metadata| {
+                    metadata
+                        .blocks
+                        .iter()
+                        .filter(|target| *target != issue && !blocks_now.contains(target))
+                        .filter(|target| core.graph.blockers(target).contains(issue))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut listing = Vec::new();
+        for target in withdrawn.into_iter().take(MAX_STATE_LOOKUPS) {
+            let listed = match gitea.dependencies(&target).await {
+                Ok(Dependencies::Listed(listed)) => listed
+                    .iter()
+                    .any(|blocker| blocker.issue_ref().as_ref() == Some(issue)),
+                Ok(Dependencies::DependenciesDisabled) => false,
+                Err(err) => {
+                    tracing::warn!(%target, error = %err, "Gitea dependencies unavailable; the declared edge stays until reconciliation");
+                    true
+                }
+            };
+            if listed {
+                listing.push(target);
+            }
+        }
+        listing
     }
 
     fn decide(
@@ -454,7 +502,14 @@ impl Inner {
             record.assigned_agent = agent.clone();
         });
         // Whatever becomes of this issue, what it says it blocks waits for it while it is open.
-        self.follow_declarations(core, work, issue, &blocks_before, &blocks_now)?;
+        let still_listed_by = evaluation.map_or(&[][..], |e| &e.still_listed_by);
+        self.follow_declarations(
+            core,
+            work,
+            issue,
+            (&blocks_before, &blocks_now),
+            still_listed_by,
+        )?;
         work.queue.set_agent(issue, agent.clone())?;
         let change = work.graph.set_blockers(issue, &blockers)?;
         self.follow(core, work, &change, Some(issue))?;
@@ -490,14 +545,15 @@ impl Inner {
 
     /// Adds or removes the edges `issue` declares on other coordinated issues (`Blocks: #N`)
     /// when its metadata changed from `before` to `now`. An issue not coordinated yet picks
-    /// the declaration up when it is evaluated; an edge the target names itself stays.
+    /// the declaration up when it is evaluated; an edge the target names itself, or that the
+    /// target's Gitea dependency list holds (`still_listed_by`), stays.
     fn follow_declarations(
         &self,
         core: &Core,
         work: &mut Work,
         issue: &IssueRef,
-        before: &[IssueRef],
-        now: &[IssueRef],
+        (before, now): (&[IssueRef], &[IssueRef]),
+        still_listed_by: &[IssueRef],
     ) -> Result<(), EngineError> {
         let changed: BTreeSet<&IssueRef> = before
             .iter()
@@ -517,7 +573,8 @@ impl Inner {
                 .is_some_and(|m| m.blocked_by.contains(issue));
             let change = if declared && !has_edge {
                 work.graph.add_blocker(target, issue)?
-            } else if !declared && has_edge && !named_by_target {
+            } else if !declared && has_edge && !named_by_target && !still_listed_by.contains(target)
+            {
                 work.graph.remove_blocker(target, issue)?
             } else {
                 continue;

@@ -159,6 +159,19 @@ impl MockGitea {
         }
     }
 
+    /// Replaces an issue's body as a person editing it would (no webhook is sent).
+    pub fn set_body(&self, issue: &IssueRef, body: &str) -> bool {
+        let mut state = lock(&self.shared);
+        match state.issue_mut(issue) {
+            Some(stored) => {
+                stored.body = body.to_owned();
+                stored.updated_at = state::now();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Replaces an issue's assignees as a person would (no webhook is sent).
     pub fn set_assignees(&self, issue: &IssueRef, logins: &[&str]) -> bool {
         let mut state = lock(&self.shared);
@@ -199,6 +212,11 @@ impl MockGitea {
 
     pub fn inject_failure(&self, failure: InjectedFailure) {
         lock(&self.shared).failures.push(failure);
+    }
+
+    /// Forgets the injected failures not used up yet.
+    pub fn clear_failures(&self) {
+        lock(&self.shared).failures.clear();
     }
 
     /// The next `times` requests whose path contains `path_contains` answer `status`.
