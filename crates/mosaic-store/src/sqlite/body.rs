@@ -49,10 +49,10 @@ pub(crate) struct StoredBody {
     pub bytes: Vec<u8>,
 }
 
-/// Compresses `body` when that makes it smaller.
-pub(crate) fn encode(body: &[u8]) -> StoredBody {
+/// Compresses `body` when that makes it smaller; otherwise keeps it as it is (no copy).
+pub(crate) fn encode(body: Vec<u8>) -> StoredBody {
     if body.len() <= MAX_DECODED_LEN {
-        let compressed = lz4_flex::compress_prepend_size(body);
+        let compressed = lz4_flex::compress_prepend_size(&body);
         if compressed.len() < body.len() {
             return StoredBody {
                 codec: BodyCodec::Lz4,
@@ -62,7 +62,7 @@ pub(crate) fn encode(body: &[u8]) -> StoredBody {
     }
     StoredBody {
         codec: BodyCodec::Identity,
-        bytes: body.to_vec(),
+        bytes: body,
     }
 }
 
@@ -97,14 +97,14 @@ mod tests {
 
     #[track_caller]
     fn check_round_trip(body: &[u8], codec: BodyCodec) {
-        let stored = encode(body);
+        let stored = encode(body.to_vec());
         assert_eq!(stored.codec, codec);
         assert_eq!(decode(codec.as_str(), stored.bytes).unwrap(), body);
     }
 
     #[test]
     fn webhook_json_is_compressed_and_comes_back_exactly() {
-        let stored = encode(FIXTURE);
+        let stored = encode(FIXTURE.to_vec());
         assert!(
             stored.bytes.len() * 2 < FIXTURE.len(),
             "{} of {} bytes",
@@ -133,7 +133,7 @@ mod tests {
 
     #[test]
     fn corrupt_stored_bodies_are_errors_not_panics() {
-        let mut stored = encode(FIXTURE).bytes;
+        let mut stored = encode(FIXTURE.to_vec()).bytes;
         let check = |codec: &str, bytes: Vec<u8>, expect: &str| {
             let err = decode(codec, bytes).unwrap_err().to_string();
             assert!(err.contains(expect), "{err}");

@@ -488,9 +488,13 @@ impl Drop for SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn record_delivery(&self, delivery: NewDelivery) -> Result<RecordOutcome, StoreError> {
-        // Compressed here, on the caller's task: the writer is shared by every request.
-        let stored = body::encode(&delivery.body);
+    async fn record_delivery(
+        &self,
+        mut delivery: NewDelivery,
+    ) -> Result<RecordOutcome, StoreError> {
+        // Compressed here, on the caller's task: the writer is shared by every request. The
+        // stored form replaces the body (the op reads only the other fields).
+        let stored = body::encode(std::mem::take(&mut delivery.body));
         // The hottest write: it changes the database with one INSERT (see the op).
         self.write_isolated(Isolation::SingleStatement, move |conn| {
             ops::record_delivery(conn, &delivery, &stored)
