@@ -122,6 +122,27 @@ impl Harness {
         self.gitea.create_issue(&self.repo, new)
     }
 
+    /// A bot-assigned issue whose body declares it blocks `targets` (`Blocks: #N`); every issue
+    /// of `targets` and then the blocker are delivered as assigned and handled.
+    async fn declaring_blocker(&self, targets: &[&IssueRef]) -> IssueRef {
+        let numbers: Vec<String> = targets.iter().map(|t| format!("#{}", t.number)).collect();
+        let body = format!(
+            "{SMALL}\n## Dependencies\n- Blocks: {}\n",
+            numbers.join(" and ")
+        );
+        let blocker = self.gitea.create_issue(
+            &self.repo,
+            NewIssue::titled("blocks others")
+                .body(&body)
+                .assigned_to(BOT),
+        );
+        for issue in targets.iter().copied().chain([&blocker]) {
+            self.webhook(issue, "assigned", "alice").await;
+        }
+        self.process_inbox().await;
+        blocker
+    }
+
     /// The webhook Gitea sends for `issue` now, recorded as intake would.
     async fn webhook(&self, issue: &IssueRef, action: &str, sender: &str) {
         let body =
@@ -611,14 +632,7 @@ fn the_config_has_the_documented_defaults() {
 async fn a_dependency_declared_by_its_blocker_is_not_taken_for_a_change() {
     let h = harness().await;
     let waiting = h.new_issue("waits", Some(BOT));
-    let body = format!("{SMALL}\n## Dependencies\n- Blocks: #{}\n", waiting.number);
-    let blocker = h.gitea.create_issue(
-        &h.repo,
-        NewIssue::titled("blocks it").body(&body).assigned_to(BOT),
-    );
-    h.webhook(&waiting, "assigned", "alice").await;
-    h.webhook(&blocker, "assigned", "alice").await;
-    h.process_inbox().await;
+    let blocker = h.declaring_blocker(&[&waiting]).await;
     assert_eq!(h.state(&waiting).await, Some(IssueState::Blocked));
     assert_eq!(h.state(&blocker).await, Some(IssueState::Ready));
 
@@ -636,18 +650,7 @@ async fn withdrawing_a_declaration_keeps_the_edge_gitea_also_lists() {
     let h = harness().await;
     let listed = h.new_issue("also in Gitea's list", Some(BOT));
     let unreadable = h.new_issue("list cannot be read", Some(BOT));
-    let body = format!(
-        "{SMALL}\n## Dependencies\n- Blocks: #{} and #{}\n",
-        listed.number, unreadable.number
-    );
-    let blocker = h.gitea.create_issue(
-        &h.repo,
-        NewIssue::titled("blocks both").body(&body).assigned_to(BOT),
-    );
-    for issue in [&listed, &unreadable, &blocker] {
-        h.webhook(issue, "assigned", "alice").await;
-    }
-    h.process_inbox().await;
+    let blocker = h.declaring_blocker(&[&listed, &unreadable]).await;
     assert_eq!(h.state(&listed).await, Some(IssueState::Blocked));
     assert_eq!(h.state(&unreadable).await, Some(IssueState::Blocked));
     assert!(h.gitea.add_dependency(&listed, &blocker));
