@@ -15,7 +15,7 @@ use mosaic_store::Store;
 
 use crate::helpers::{Running, SECRET};
 
-const FIXTURE: &[u8] = include_bytes!("../../../shared/fixtures/gitea/issue-assign-event.json");
+const FIXTURE: &[u8] = include_bytes!("../fixtures/gitea/issue-assign-event.json");
 const FIXTURE_SIGNATURE: &str = "7d2adaf2fb3dc3769294c737ff48da003b7c3660b4f917b85c2c25dabd34a13c";
 
 fn sign(secret: &str, body: &[u8]) -> String {

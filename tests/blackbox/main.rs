@@ -9,3 +9,4 @@ mod gitea;
 mod helpers;
 mod intake;
 mod lifecycle;
+mod standalone;

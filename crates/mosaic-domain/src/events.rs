@@ -596,14 +596,14 @@ pub fn parse_payload(kind: &EventKind, body: &[u8]) -> Result<WebhookPayload, Pa
 mod tests {
     use super::*;
 
-    const ISSUES: &[u8] = include_bytes!("../../../../shared/fixtures/gitea/issues-event.json");
+    const ISSUES: &[u8] = include_bytes!("../../../tests/fixtures/gitea/issues-event.json");
     const ASSIGN: &[u8] =
-        include_bytes!("../../../../shared/fixtures/gitea/issue-assign-event.json");
-    const LABEL: &[u8] = include_bytes!("../../../../shared/fixtures/gitea/issue-label-event.json");
+        include_bytes!("../../../tests/fixtures/gitea/issue-assign-event.json");
+    const LABEL: &[u8] = include_bytes!("../../../tests/fixtures/gitea/issue-label-event.json");
     const MILESTONE: &[u8] =
-        include_bytes!("../../../../shared/fixtures/gitea/issue-milestone-event.json");
+        include_bytes!("../../../tests/fixtures/gitea/issue-milestone-event.json");
     const COMMENT: &[u8] =
-        include_bytes!("../../../../shared/fixtures/gitea/issue-comment-event.json");
+        include_bytes!("../../../tests/fixtures/gitea/issue-comment-event.json");
 
     fn issue_payload(kind: &EventKind, body: &[u8]) -> IssuePayload {
         match parse_payload(kind, body).unwrap() {

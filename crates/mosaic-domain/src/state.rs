@@ -1,4 +1,4 @@
-//! The states a coordinated issue moves through (see DESIGN.md, "Issue states").
+//! The states a coordinated issue moves through (see docs/DESIGN.md, "Issue states").
 
 use std::fmt;
 use std::str::FromStr;
@@ -64,7 +64,7 @@ pub struct InvalidTransition {
 }
 
 impl IssueState {
-    /// Whether DESIGN.md's state diagram allows `self → to`:
+    /// Whether docs/DESIGN.md's state diagram allows `self → to`:
     /// pending → blocked | ready; blocked ⇄ ready; ready → in_progress;
     /// in_progress → completed | failed; every non-terminal state → rejected | cancelled;
     /// and every state but pending → pending (a reopened, re-assigned or requeued issue

@@ -255,7 +255,7 @@ mod tests {
     use std::sync::Mutex;
 
     const ASSIGN: &[u8] =
-        include_bytes!("../../../../shared/fixtures/gitea/issue-assign-event.json");
+        include_bytes!("../../../tests/fixtures/gitea/issue-assign-event.json");
 
     fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
         Arc::new(SqliteStore::open(&StoreConfig::sqlite(dir.path().join("t.db"))).unwrap())

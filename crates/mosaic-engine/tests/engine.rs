@@ -26,7 +26,7 @@ use mosaic_store::{
 use tokio::sync::{Notify, watch};
 
 const BOT: &str = "mosaic-bot";
-const FIXTURE: &[u8] = include_bytes!("../../../../shared/fixtures/gitea/issue-assign-event.json");
+const FIXTURE: &[u8] = include_bytes!("../../../tests/fixtures/gitea/issue-assign-event.json");
 
 // ----- a scripted agent runtime -----
 

@@ -22,7 +22,7 @@ use mosaic_store::{StoreConfig, Synchronous};
 use tokio::net::TcpListener;
 
 const SECRET: &str = "bench-secret";
-const FIXTURE: &str = include_str!("../../../../shared/fixtures/gitea/issue-assign-event.json");
+const FIXTURE: &str = include_str!("../../../tests/fixtures/gitea/issue-assign-event.json");
 
 struct Measurement {
     requests: u64,

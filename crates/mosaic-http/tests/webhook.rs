@@ -38,7 +38,7 @@ struct Fixture {
 const FIXTURES: [Fixture; 5] = [
     Fixture {
         name: "issues-event.json",
-        body: include_bytes!("../../../../shared/fixtures/gitea/issues-event.json"),
+        body: include_bytes!("../../../tests/fixtures/gitea/issues-event.json"),
         event: "issues",
         event_type: "issues",
         signature: "98c44fd0ae42ca4208eac6f81e59b436837740abc8693bf828366b32d33b1cbc",
@@ -46,7 +46,7 @@ const FIXTURES: [Fixture; 5] = [
     },
     Fixture {
         name: "issue-assign-event.json",
-        body: include_bytes!("../../../../shared/fixtures/gitea/issue-assign-event.json"),
+        body: include_bytes!("../../../tests/fixtures/gitea/issue-assign-event.json"),
         event: "issues",
         event_type: "issue_assign",
         signature: "7d2adaf2fb3dc3769294c737ff48da003b7c3660b4f917b85c2c25dabd34a13c",
@@ -54,7 +54,7 @@ const FIXTURES: [Fixture; 5] = [
     },
     Fixture {
         name: "issue-label-event.json",
-        body: include_bytes!("../../../../shared/fixtures/gitea/issue-label-event.json"),
+        body: include_bytes!("../../../tests/fixtures/gitea/issue-label-event.json"),
         event: "issues",
         event_type: "issue_label",
         signature: "3611415860ed5904c87dd589a7c5fa7e87d2a72b0b2a92ea149ba9691ba8c785",
@@ -62,7 +62,7 @@ const FIXTURES: [Fixture; 5] = [
     },
     Fixture {
         name: "issue-milestone-event.json",
-        body: include_bytes!("../../../../shared/fixtures/gitea/issue-milestone-event.json"),
+        body: include_bytes!("../../../tests/fixtures/gitea/issue-milestone-event.json"),
         event: "issues",
         event_type: "issue_milestone",
         signature: "4b782b02035ca264c8e7782b8f2eb9d64e4a61344a1bc3a08fa85d7eed1e77b5",
@@ -70,7 +70,7 @@ const FIXTURES: [Fixture; 5] = [
     },
     Fixture {
         name: "issue-comment-event.json",
-        body: include_bytes!("../../../../shared/fixtures/gitea/issue-comment-event.json"),
+        body: include_bytes!("../../../tests/fixtures/gitea/issue-comment-event.json"),
         event: "issue_comment",
         event_type: "issue_comment",
         signature: "690180a8c853460cba88f9b09911a531d449e9f63ed6b1ff0a0def3b972ca744",

@@ -38,7 +38,7 @@ fn fixture(name: &str) -> Vec<u8> {
     let dir = std::env::var_os("MOSAIC_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
         });
     std::fs::read(dir.join("gitea").join(name)).unwrap()
 }

@@ -42,7 +42,7 @@ async fn main() {
     };
     let store = Arc::new(SqliteStore::open(&config).unwrap());
     // A real Gitea delivery (5.4 KB of JSON), made unique per delivery below.
-    let body = include_str!("../../../../shared/fixtures/gitea/issue-assign-event.json");
+    let body = include_str!("../../../tests/fixtures/gitea/issue-assign-event.json");
 
     let started = Instant::now();
     let tasks = (0..callers).map(|caller| {

@@ -119,7 +119,7 @@ fn the_database_is_in_wal_mode_with_the_configured_durability() {
     assert_eq!(version, schema_version());
 }
 
-const FIXTURE: &str = include_str!("../../../../shared/fixtures/gitea/issue-assign-event.json");
+const FIXTURE: &str = include_str!("../../../tests/fixtures/gitea/issue-assign-event.json");
 
 /// Bodies are stored compressed (less to write, sync and keep) and read back byte for byte;
 /// rows written before compression (schema 1) read back as they are.

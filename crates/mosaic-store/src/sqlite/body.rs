@@ -93,7 +93,7 @@ mod tests {
     use super::*;
 
     const FIXTURE: &[u8] =
-        include_bytes!("../../../../../shared/fixtures/gitea/issue-assign-event.json");
+        include_bytes!("../../../../tests/fixtures/gitea/issue-assign-event.json");
 
     #[track_caller]
     fn check_round_trip(body: &[u8], codec: BodyCodec) {
