@@ -516,6 +516,12 @@ impl GiteaClient {
         if let Some(observer) = &self.observer {
             observer.observe(operation, outcome, elapsed);
         }
+    /// A GET with the read timeout: reads sit on the delivery path (dependencies, blocker
+    /// states) and have a fallback, so a hanging Gitea must not hold them for a write's timeout.
+    fn read(&self, url: Url) -> reqwest::RequestBuilder {
+        self.http.get(url).timeout(self.config.read_timeout())
+    }
+
     }
 
     async fn get_json<T: DeserializeOwned>(
@@ -523,7 +529,7 @@ impl GiteaClient {
         operation: &'static str,
         url: Url,
     ) -> Result<T, GiteaError> {
-        let response = self.send(operation, self.http.get(url)).await?;
+        let response = self.send(operation, self.read(url)).await?;
         decode(operation, response).await
     }
 
@@ -574,7 +580,7 @@ impl GiteaClient {
                 .query_pairs_mut()
                 .append_pair("page", &page.to_string())
                 .append_pair("limit", &PAGE_LIMIT.to_string());
-            let response = self.send(operation, self.http.get(page_url)).await?;
+            let response = self.send(operation, self.read(page_url)).await?;
             pages_read += 1;
             let total = response
                 .headers()

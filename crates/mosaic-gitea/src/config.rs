@@ -13,6 +13,9 @@ use url::Url;
 #[serde(deny_unknown_fields)]
 pub struct GiteaConfig {
     /// Gitea's base URL, e.g. `https://git.example.com` (env GITEA_URL); `/api/v1` is appended.
+    /// Credentials in it are refused (they would be printed and sent as Basic auth); it
+    /// serialises without them in any case.
+    #[serde(serialize_with = "url_without_credentials")]
     pub url: Url,
     /// The bot's access token (env GITEA_BOT_TOKEN). Unset: events are recorded, nothing is
     /// written to Gitea.
@@ -28,6 +31,10 @@ pub struct GiteaConfig {
     pub connect_timeout_secs: u64,
     #[serde(default = "defaults::request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// Limit for one read (GET). Reads sit on the delivery path and fall back (to the issue's
+    /// own metadata, then reconciliation), so they give up sooner than writes.
+    #[serde(default = "defaults::read_timeout_secs")]
+    pub read_timeout_secs: u64,
     #[serde(default = "defaults::reconcile_interval_secs")]
     pub reconcile_interval_secs: u64,
     /// Upper bound on Gitea requests per second during reconciliation.
@@ -52,6 +59,9 @@ mod defaults {
     pub(super) fn request_timeout_secs() -> u64 {
         30
     }
+    pub(super) fn read_timeout_secs() -> u64 {
+        5
+    }
     pub(super) fn reconcile_interval_secs() -> u64 {
         300
     }
@@ -61,6 +71,29 @@ mod defaults {
     pub(super) fn label_colour() -> String {
         "#1d76db".to_owned()
     }
+}
+
+/// `url` as it may be shown: user name and password replaced.
+pub fn shown_url(url: &Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    // Setting credentials fails only for URLs that cannot have them, which then have none.
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    let text = shown.to_string();
+    match text.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://[redacted]@{rest}"),
+        None => text,
+    }
+}
+
+fn url_without_credentials<S: serde::Serializer>(
+    url: &Url,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&shown_url(url))
 }
 
 /// One problem with the `[gitea]` section, naming its key.
@@ -81,6 +114,7 @@ impl GiteaConfig {
             assignee: None,
             connect_timeout_secs: defaults::connect_timeout_secs(),
             request_timeout_secs: defaults::request_timeout_secs(),
+            read_timeout_secs: defaults::read_timeout_secs(),
             reconcile_interval_secs: defaults::reconcile_interval_secs(),
             reconcile_max_requests_per_sec: defaults::reconcile_max_requests_per_sec(),
             repositories: Vec::new(),
@@ -95,6 +129,10 @@ impl GiteaConfig {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.read_timeout_secs)
     }
 
     pub fn reconcile_interval(&self) -> Duration {
@@ -119,19 +157,28 @@ impl GiteaConfig {
                 problem: text,
             });
         };
+        let shown = shown_url(&self.url);
         if !matches!(self.url.scheme(), "http" | "https") {
             problem(
                 "url",
-                format!("`{}` must be an http:// or https:// URL", self.url),
+                format!("`{shown}` must be an http:// or https:// URL"),
             );
         }
         if self.url.cannot_be_a_base() || self.url.host().is_none() {
-            problem("url", format!("`{}` has no host", self.url));
+            problem("url", format!("`{shown}` has no host"));
+        }
+        if !self.url.username().is_empty() || self.url.password().is_some() {
+            problem(
+                "url",
+                format!(
+                    "`{shown}` must not carry a user name or password; give the bot's access token in GITEA_BOT_TOKEN (gitea.token) instead"
+                ),
+            );
         }
         if self.url.query().is_some() || self.url.fragment().is_some() {
             problem(
                 "url",
-                format!("`{}` must not carry a query or fragment", self.url),
+                format!("`{shown}` must not carry a query or fragment"),
             );
         }
         if let Some(token) = &self.token
@@ -160,6 +207,7 @@ impl GiteaConfig {
         for (key, value) in [
             ("connect_timeout_secs", self.connect_timeout_secs),
             ("request_timeout_secs", self.request_timeout_secs),
+            ("read_timeout_secs", self.read_timeout_secs),
             ("reconcile_interval_secs", self.reconcile_interval_secs),
         ] {
             if value == 0 {
@@ -307,6 +355,27 @@ mod tests {
                 "label_colours.mosaic:done"
             ]
         );
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_and_never_shown() {
+        let config = parse(r#"url = "http://bot:hunter2secret@git.example/""#).unwrap();
+        let problems = config.validate().unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let text = problems[0].to_string();
+        assert!(text.starts_with("gitea.url:"), "{text}");
+        assert!(text.contains("GITEA_BOT_TOKEN"), "{text}");
+        assert!(
+            !text.contains("hunter2secret") && !text.contains("bot:"),
+            "{text}"
+        );
+        let shown = serde_json::to_string(&config).unwrap();
+        assert!(!shown.contains("hunter2secret"), "{shown}");
+        assert!(shown.contains("http://[redacted]@git.example/"), "{shown}");
+        // A user name alone is refused too (Gitea would ask for a password).
+        let config = parse(r#"url = "https://someone@git.example""#).unwrap();
+        assert!(config.validate().is_err());
+        assert_eq!(shown_url(&config.url), "https://[redacted]@git.example/");
     }
 
     #[test]

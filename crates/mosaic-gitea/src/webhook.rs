@@ -342,10 +342,33 @@ impl fmt::Display for CheckReport {
                 HookCheck::Failed(why) => writeln!(f, "; webhook check failed — {why}")?,
             }
         }
+        writeln!(f, "Checked:   {}", self.scope())?;
         write!(
             f,
             "Result:    {}",
             if self.is_ok() { "OK" } else { "PROBLEMS FOUND" }
         )
+    }
+}
+
+impl CheckReport {
+    /// What was checked, and what was not and how to include it: an "OK" must not hide that
+    /// nothing but the token was looked at.
+    pub fn scope(&self) -> String {
+        let token = match self.token {
+            TokenCheck::NotConfigured => "no token (none configured)",
+            _ => "the token",
+        };
+        let repositories = match self.repositories.len() {
+            0 => "no repository (pass --repo owner/name or set gitea.repositories)".to_owned(),
+            1 => "1 repository".to_owned(),
+            n => format!("{n} repositories"),
+        };
+        let hooks = match (&self.hook_url, self.repositories.is_empty()) {
+            (None, _) => "no webhook (pass --url or set webhook.public_url)",
+            (Some(_), true) => "no webhook (no repository to look in)",
+            (Some(_), false) => "their webhooks",
+        };
+        format!("{token}, {repositories}, {hooks}")
     }
 }

@@ -16,6 +16,7 @@ fn client_for(server: &MockServer, sub_path: &str) -> GiteaClient {
     let url = Url::parse(&format!("{}{sub_path}", server.uri())).unwrap();
     let mut config = GiteaConfig::new(url, Some(Secret::new("t0ken")));
     config.request_timeout_secs = 1;
+    config.read_timeout_secs = 1;
     config.connect_timeout_secs = 1;
     GiteaClient::new(&config).unwrap()
 }
@@ -265,4 +266,25 @@ async fn a_page_without_link_ends_the_listing() {
         .await;
     let blocks = client_for(&server, "").blocks(&issue_ref(1)).await.unwrap();
     assert_eq!(blocks.len(), 1);
+}
+
+#[tokio::test]
+async fn reads_give_up_at_the_read_timeout_not_the_write_timeout() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/repos/o/r/issues/2"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(issue_json(2))
+                .set_delay(Duration::from_secs(3)),
+        )
+        .mount(&server)
+        .await;
+    let url = Url::parse(&server.uri()).unwrap();
+    let mut config = GiteaConfig::new(url, Some(Secret::new("t0ken")));
+    config.request_timeout_secs = 30;
+    config.read_timeout_secs = 1;
+    let client = GiteaClient::new(&config).unwrap();
+    let error = client.get_issue(&issue_ref(2)).await.unwrap_err();
+    assert!(matches!(error, GiteaError::Timeout { .. }), "{error:?}");
 }
