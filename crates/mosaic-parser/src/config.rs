@@ -133,6 +133,9 @@ pub struct ParserConfig {
     pub bounds: EstimateBounds,
     /// Model id → price; merged over the built-in list prices.
     pub prices: BTreeMap<String, ModelPrice>,
+    /// After a model failed on an issue's content, the same content is not sent again for this
+    /// long (the template's reading is used meanwhile); remembered across restarts.
+    pub failure_backoff_secs: u64,
 }
 
 impl Default for ParserConfig {
@@ -154,6 +157,7 @@ impl Default for ParserConfig {
             default_difficulty: template.default_difficulty,
             bounds: template.bounds,
             prices: BTreeMap::new(),
+            failure_backoff_secs: 3_600,
         }
     }
 }
@@ -337,13 +341,16 @@ where
             )?)
         }
     };
-    Ok(Arc::new(LlmParser::new(
-        client,
-        template,
-        cache,
-        config.retry_policy(),
-        config.max_tokens,
-    )))
+    Ok(Arc::new(
+        LlmParser::new(
+            client,
+            template,
+            cache,
+            config.retry_policy(),
+            config.max_tokens,
+        )
+        .with_failure_backoff(Duration::from_secs(config.failure_backoff_secs)),
+    ))
 }
 
 fn priced(config: &ParserConfig, model: &str) -> Option<ModelPrice> {

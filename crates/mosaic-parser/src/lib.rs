@@ -37,7 +37,7 @@ pub use parser::{IssueParser, ParseInput, ParseOutcome, ParserHealth};
 pub use prompt::{PROMPT_VERSION, TOOL_NAME, metadata_schema};
 pub use retry::RetryPolicy;
 pub use template::{TemplateParser, TemplateSettings};
-pub use validate::{AnswerError, validate_answer};
+pub use validate::{AnswerError, AnswerFields, read_answer, validate_answer};
 
 #[cfg(any(test, feature = "mock"))]
 pub use cache::MockParseCache;

@@ -2,9 +2,12 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use mosaic_domain::{IssueMetadata, MetadataSource};
+use chrono::{DateTime, Utc};
+use mosaic_domain::{IssueMetadata, IssueRef, MetadataSource};
+use serde::{Deserialize, Serialize};
 
 use crate::cache::{ParseCache, cache_key};
 use crate::error::LlmError;
@@ -13,7 +16,16 @@ use crate::parser::{IssueParser, ParseInput, ParseOutcome, ParserHealth};
 use crate::prompt::{PROMPT_VERSION, extraction_request};
 use crate::retry::RetryPolicy;
 use crate::template::TemplateParser;
-use crate::validate::validate_answer;
+use crate::validate::{AnswerFields, read_answer};
+
+/// Default of [`LlmParser::with_failure_backoff`].
+pub const DEFAULT_FAILURE_BACKOFF: Duration = Duration::from_secs(3_600);
+
+/// An unusable answer's problems as one line.
+fn problems_text(fields: &AnswerFields) -> String {
+    let problems: Vec<String> = fields.problems().iter().map(ToString::to_string).collect();
+    problems.join("; ")
+}
 
 /// Asks a model, validates its answer, caches it; falls back to the template parser.
 pub struct LlmParser {
@@ -22,9 +34,23 @@ pub struct LlmParser {
     cache: Arc<dyn ParseCache>,
     retry: RetryPolicy,
     max_tokens: u32,
+    /// How long a failed parse of the same content is not retried.
+    failure_backoff: Duration,
     provider: String,
     model: String,
     health: Mutex<HealthState>,
+}
+
+/// What the cache remembers of a parse that failed, under [`failure_key`].
+#[derive(Debug, Serialize, Deserialize)]
+struct RememberedFailure {
+    failed_at: DateTime<Utc>,
+    error: String,
+}
+
+/// The cache key under which a failure for `key`'s content is remembered.
+fn failure_key(key: &str) -> String {
+    format!("failed:{key}")
 }
 
 #[derive(Debug, Default)]
@@ -60,9 +86,38 @@ impl LlmParser {
             cache,
             retry,
             max_tokens,
+            failure_backoff: DEFAULT_FAILURE_BACKOFF,
             provider,
             model,
             health: Mutex::new(HealthState::default()),
+        }
+    }
+
+    /// How long the model is not asked again about content it failed on (default one hour).
+    pub fn with_failure_backoff(mut self, backoff: Duration) -> Self {
+        self.failure_backoff = backoff;
+        self
+    }
+
+    /// A failure for this content still inside the back-off horizon: its error text.
+    async fn recent_failure(&self, key: &str) -> Option<String> {
+        let json = self.cache.get(&failure_key(key)).await.ok()??;
+        let failure: RememberedFailure = serde_json::from_str(&json).ok()?;
+        let age = Utc::now().signed_duration_since(failure.failed_at);
+        let horizon = chrono::Duration::from_std(self.failure_backoff).ok()?;
+        (age >= chrono::Duration::zero() && age < horizon).then_some(failure.error)
+    }
+
+    async fn remember_failure(&self, key: &str, error: &str) {
+        let failure = RememberedFailure {
+            failed_at: Utc::now(),
+            error: error.chars().take(500).collect(),
+        };
+        let Ok(json) = serde_json::to_string(&failure) else {
+            return;
+        };
+        if let Err(error) = self.cache.put(&failure_key(key), &json).await {
+            tracing::warn!(%error, "could not remember a failed parse in the parse cache");
         }
     }
 
@@ -112,13 +167,15 @@ impl LlmParser {
         }
     }
 
-    /// Up to `max_attempts` calls; the validated metadata, or the last error. Usage of every
-    /// answered call is added to `usage`.
+    /// Up to `max_attempts` calls; the metadata (the answer's valid fields over `template`),
+    /// or the last error with the last answer's readable fields. Usage of every answered call
+    /// is added to `usage`.
     async fn ask_model(
         &self,
         input: &ParseInput,
+        template: &IssueMetadata,
         usage: &mut Option<LlmUsage>,
-    ) -> Result<IssueMetadata, LlmError> {
+    ) -> Result<IssueMetadata, (LlmError, Option<AnswerFields>)> {
         let settings = self.template.settings();
         let request = extraction_request(
             input,
@@ -126,11 +183,13 @@ impl LlmParser {
             settings.max_body_bytes,
             self.max_tokens,
         );
+        let own = IssueRef::new(input.repository.clone(), input.number);
         let mut attempt = 1;
+        let mut last_fields = None;
         loop {
             let result = self.client.extract(&request).await.and_then(|answer| {
                 *usage.get_or_insert_default() += answer.usage;
-                validate_answer(
+                read_answer(
                     &answer.value,
                     &input.repository,
                     input.number,
@@ -140,7 +199,24 @@ impl LlmParser {
                 .map_err(|error| LlmError::invalid(error.to_string(), None))
             });
             let error = match result {
-                Ok(metadata) => return Ok(metadata),
+                Ok(fields) => {
+                    let problems = fields.problems();
+                    if !problems.is_empty() {
+                        let problems: Vec<String> =
+                            problems.iter().map(ToString::to_string).collect();
+                        tracing::warn!(
+                            provider = %self.provider, model = %self.model, issue = %own,
+                            problems = %problems.join("; "),
+                            "the model's answer has fields outside the schema; those fall back to the template's reading"
+                        );
+                    }
+                    if fields.usable() {
+                        return Ok(fields.merge_over(template.clone(), &own));
+                    }
+                    let reason = problems_text(&fields);
+                    last_fields = Some(fields);
+                    LlmError::invalid(reason, None)
+                }
                 Err(error) => error,
             };
             if let Some(spent) = error.usage() {
@@ -148,7 +224,7 @@ impl LlmParser {
             }
             self.log_failure(input, attempt, &error);
             if !error.is_retryable() || attempt >= self.retry.max_attempts {
-                return Err(error);
+                return Err((error, last_fields));
             }
             tokio::time::sleep(self.retry.jittered_delay(attempt, error.retry_after())).await;
             attempt += 1;
@@ -187,8 +263,23 @@ impl IssueParser for LlmParser {
                 llm_error: None,
             };
         }
+        // The body's own statements (`Blocked by: #N`) count whatever the model says.
+        let template = self.template.parse_metadata(input);
+        if let Some(error) = self.recent_failure(&key).await {
+            let mut metadata = template;
+            metadata.source = MetadataSource::Fallback;
+            return ParseOutcome {
+                metadata,
+                usage: None,
+                from_cache: true,
+                llm_error: Some(format!(
+                    "not asked again within the failure back-off ({} s): {error}",
+                    self.failure_backoff.as_secs()
+                )),
+            };
+        }
         let mut usage = None;
-        match self.ask_model(input, &mut usage).await {
+        match self.ask_model(input, &template, &mut usage).await {
             Ok(metadata) => {
                 *self.health_state() = HealthState::default();
                 self.remember(&key, &metadata).await;
@@ -199,13 +290,18 @@ impl IssueParser for LlmParser {
                     llm_error: None,
                 }
             }
-            Err(error) => {
+            Err((error, fields)) => {
                 {
                     let mut health = self.health_state();
                     health.last_error = Some(error.to_string());
                     health.auth_failed = matches!(error, LlmError::Auth { .. });
                 }
-                let mut metadata = self.template.parse_metadata(input);
+                self.remember_failure(&key, &error.to_string()).await;
+                let own = IssueRef::new(input.repository.clone(), input.number);
+                let mut metadata = match fields {
+                    Some(fields) => fields.merge_over(template, &own),
+                    None => template,
+                };
                 metadata.source = MetadataSource::Fallback;
                 ParseOutcome {
                     metadata,

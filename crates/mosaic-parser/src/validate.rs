@@ -40,11 +40,112 @@ const FIELDS: [&str; 6] = [
     "confidence",
 ];
 
-/// Checks an answer against the schema and turns it into metadata (source `Llm`).
+/// An answer read field by field: each field's value, or why it cannot be used. Optional
+/// fields (`recommended_agent`, `blocked_by`, `blocks`, `confidence`) may be missing or null.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnswerFields {
+    pub estimated_context: Result<u64, AnswerError>,
+    pub difficulty: Result<Difficulty, AnswerError>,
+    pub recommended_agent: Result<Option<String>, AnswerError>,
+    pub blocked_by: Result<Vec<IssueRef>, AnswerError>,
+    pub blocks: Result<Vec<IssueRef>, AnswerError>,
+    pub confidence: Result<Option<f32>, AnswerError>,
+    /// Keys outside the schema (ignored, reported).
+    pub unexpected: Vec<String>,
+}
+
+impl AnswerFields {
+    /// Whether the answer carries what only a reading of the issue can give: a valid estimate
+    /// and difficulty. Otherwise the model is asked again (and then the template decides).
+    pub fn usable(&self) -> bool {
+        self.estimated_context.is_ok() && self.difficulty.is_ok()
+    }
+
+    /// Every problem, in schema order (for logs and the retry decision).
+    pub fn problems(&self) -> Vec<AnswerError> {
+        let mut problems: Vec<AnswerError> = [
+            self.estimated_context.as_ref().err(),
+            self.difficulty.as_ref().err(),
+            self.recommended_agent.as_ref().err(),
+            self.blocked_by.as_ref().err(),
+            self.blocks.as_ref().err(),
+            self.confidence.as_ref().err(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        problems.extend(self.unexpected.iter().cloned().map(AnswerError::Unexpected));
+        problems
+    }
+
+    /// The answer's valid fields over `template` (the template parser's reading of the same
+    /// issue), field by field; dependencies are the union of both, since a reference the body
+    /// states (`Blocked by: #N`) must never be lost to a model that overlooked it. The source
+    /// is `Llm` when the answer is usable, else the template's own.
+    pub fn merge_over(self, template: IssueMetadata, own: &IssueRef) -> IssueMetadata {
+        let usable = self.usable();
+        // The answer's references first, then those only the body states.
+        let union = |answer: Result<Vec<IssueRef>, AnswerError>, body: Vec<IssueRef>| {
+            let mut all = answer.unwrap_or_default();
+            for reference in body {
+                push_reference(&mut all, reference, own);
+            }
+            all
+        };
+        IssueMetadata {
+            estimated_context: self.estimated_context.unwrap_or(template.estimated_context),
+            difficulty: self.difficulty.unwrap_or(template.difficulty),
+            recommended_agent: self
+                .recommended_agent
+                .ok()
+                .flatten()
+                .or(template.recommended_agent),
+            blocked_by: union(self.blocked_by, template.blocked_by),
+            blocks: union(self.blocks, template.blocks),
+            source: if usable {
+                MetadataSource::Llm
+            } else {
+                template.source
+            },
+            confidence: match self.confidence {
+                Ok(Some(confidence)) if usable => confidence,
+                _ => template.confidence,
+            },
+        }
+    }
+}
+
+/// Reads an answer field by field. Only a non-object is rejected whole.
 ///
-/// Type and enum violations reject the answer; positive estimates outside `bounds` are clamped,
-/// confidence is clamped to 0..=1, and an agent that is not configured is dropped (the model
-/// may suggest, configuration decides).
+/// Positive estimates outside `bounds` are clamped, confidence is clamped to 0..=1, and an agent
+/// that is not configured is dropped (the model may suggest, configuration decides).
+pub fn read_answer(
+    answer: &Value,
+    repository: &RepoName,
+    number: u64,
+    agents: &KnownAgents,
+    bounds: EstimateBounds,
+) -> Result<AnswerFields, AnswerError> {
+    let object = answer.as_object().ok_or(AnswerError::NotAnObject)?;
+    let own = IssueRef::new(repository.clone(), number);
+    Ok(AnswerFields {
+        estimated_context: estimate(object).map(|tokens| bounds.clamp(tokens)),
+        difficulty: difficulty(object),
+        recommended_agent: recommended_agent(object, agents),
+        blocked_by: references(object, "blocked_by", repository, &own),
+        blocks: references(object, "blocks", repository, &own),
+        confidence: confidence(object),
+        unexpected: object
+            .keys()
+            .filter(|key| !FIELDS.contains(&key.as_str()))
+            .map(|key| shorten(key))
+            .collect(),
+    })
+}
+
+/// Checks an answer strictly against the schema: the first problem rejects it. (The parser
+/// itself reads answers leniently with [`read_answer`]; this is the schema as a predicate.)
 pub fn validate_answer(
     answer: &Value,
     repository: &RepoName,
@@ -52,20 +153,27 @@ pub fn validate_answer(
     agents: &KnownAgents,
     bounds: EstimateBounds,
 ) -> Result<IssueMetadata, AnswerError> {
-    let object = answer.as_object().ok_or(AnswerError::NotAnObject)?;
-    if let Some(unexpected) = object.keys().find(|key| !FIELDS.contains(&key.as_str())) {
-        return Err(AnswerError::Unexpected(unexpected.clone()));
+    let fields = read_answer(answer, repository, number, agents, bounds)?;
+    if let Some(problem) = fields.problems().into_iter().next() {
+        return Err(problem);
     }
-    let own = IssueRef::new(repository.clone(), number);
     Ok(IssueMetadata {
-        estimated_context: bounds.clamp(estimate(object)?),
-        difficulty: difficulty(object)?,
-        recommended_agent: recommended_agent(object, agents)?,
-        blocked_by: references(object, "blocked_by", repository, &own)?,
-        blocks: references(object, "blocks", repository, &own)?,
+        estimated_context: fields.estimated_context?,
+        difficulty: fields.difficulty?,
+        recommended_agent: fields.recommended_agent?,
+        blocked_by: fields.blocked_by?,
+        blocks: fields.blocks?,
         source: MetadataSource::Llm,
-        confidence: confidence(object)?,
+        confidence: fields.confidence?.unwrap_or(DEFAULT_CONFIDENCE),
     })
+}
+
+/// Confidence of an answer that does not state one.
+const DEFAULT_CONFIDENCE: f32 = 0.5;
+
+/// An optional field: missing and `null` both mean "not stated".
+fn optional<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    object.get(name).filter(|value| !value.is_null())
 }
 
 fn field<'a>(object: &'a Map<String, Value>, name: &'static str) -> Result<&'a Value, AnswerError> {
@@ -112,9 +220,9 @@ fn recommended_agent(
     agents: &KnownAgents,
 ) -> Result<Option<String>, AnswerError> {
     const FIELD: &str = "recommended_agent";
-    match field(object, FIELD)? {
-        Value::Null => Ok(None),
-        Value::String(name) => {
+    match optional(object, FIELD) {
+        None => Ok(None),
+        Some(Value::String(name)) => {
             let resolved = agents.resolve(name);
             if resolved.is_none() && !name.trim().is_empty() {
                 tracing::warn!(agent = %shorten(name), "dropping an agent the model named that is not configured");
@@ -134,12 +242,13 @@ fn references(
     repository: &RepoName,
     own: &IssueRef,
 ) -> Result<Vec<IssueRef>, AnswerError> {
-    let items = field(object, name)?
-        .as_array()
-        .ok_or(AnswerError::WrongType {
-            field: name,
-            expected: "an array of strings",
-        })?;
+    let Some(value) = optional(object, name) else {
+        return Ok(Vec::new());
+    };
+    let items = value.as_array().ok_or(AnswerError::WrongType {
+        field: name,
+        expected: "an array of strings",
+    })?;
     if items.len() > MAX_REFERENCES {
         return Err(AnswerError::TooManyReferences { field: name });
     }
@@ -159,15 +268,16 @@ fn references(
     Ok(references)
 }
 
-fn confidence(object: &Map<String, Value>) -> Result<f32, AnswerError> {
+fn confidence(object: &Map<String, Value>) -> Result<Option<f32>, AnswerError> {
     const FIELD: &str = "confidence";
-    let value = field(object, FIELD)?
-        .as_f64()
-        .ok_or(AnswerError::WrongType {
-            field: FIELD,
-            expected: "a number",
-        })?;
-    Ok(value.clamp(0.0, 1.0) as f32)
+    let Some(value) = optional(object, FIELD) else {
+        return Ok(None);
+    };
+    let value = value.as_f64().ok_or(AnswerError::WrongType {
+        field: FIELD,
+        expected: "a number",
+    })?;
+    Ok(Some(value.clamp(0.0, 1.0) as f32))
 }
 
 /// Untrusted text quoted in an error or log: bounded so an answer cannot flood the logs.
@@ -361,10 +471,93 @@ mod tests {
             "error: field `command` is not part of the schema",
         );
         check(remove("difficulty"), "error: field `difficulty` is missing");
+    }
+
+    #[test]
+    fn optional_fields_may_be_missing_or_null() {
         check(
             remove("recommended_agent"),
-            "error: field `recommended_agent` is missing",
+            r##"46800 medium agent=- by=["#151"] blocks=["#153", "mosaic/infra#7"] conf=0.8"##,
         );
+        check(
+            |object| {
+                object.remove("blocked_by");
+                object.insert("blocks".into(), Value::Null);
+                object.remove("confidence");
+            },
+            "46800 medium agent=glm by=[] blocks=[] conf=0.5",
+        );
+    }
+
+    fn own() -> IssueRef {
+        IssueRef::new("mosaic/coordinator".parse().unwrap(), 150)
+    }
+
+    fn read(edit: impl FnOnce(&mut Map<String, Value>)) -> AnswerFields {
+        let mut answer = valid();
+        if let Some(object) = answer.as_object_mut() {
+            edit(object);
+        }
+        read_answer(
+            &answer,
+            &"mosaic/coordinator".parse().unwrap(),
+            150,
+            &KnownAgents::new(["glm", "opus"]),
+            EstimateBounds::default(),
+        )
+        .unwrap()
+    }
+
+    fn template_reading() -> IssueMetadata {
+        let repo: RepoName = "mosaic/coordinator".parse().unwrap();
+        IssueMetadata {
+            estimated_context: 20_000,
+            difficulty: Difficulty::Low,
+            recommended_agent: Some("opus".to_owned()),
+            blocks: vec![],
+            blocked_by: vec![IssueRef::new(repo.clone(), 99), IssueRef::new(repo, 151)],
+            source: MetadataSource::Template,
+            confidence: 0.9,
+        }
+    }
+
+    #[test]
+    fn a_bad_field_falls_back_alone_and_the_body_s_references_are_always_kept() {
+        // One broken optional field: the rest of the answer is used.
+        let fields = read(set("recommended_agent", json!(["glm"])));
+        assert!(fields.usable());
+        assert_eq!(fields.problems().len(), 1);
+        let merged = fields.merge_over(template_reading(), &own());
+        assert_eq!(merged.source, MetadataSource::Llm);
+        assert_eq!(merged.estimated_context, 46_800);
+        assert_eq!(merged.difficulty, Difficulty::Medium);
+        assert_eq!(
+            merged.recommended_agent.as_deref(),
+            Some("opus"),
+            "the template's"
+        );
+        // #99 is only in the body: it is kept. #151 is in both: once.
+        let blockers: Vec<u64> = merged.blocked_by.iter().map(|r| r.number).collect();
+        assert_eq!(blockers, [151, 99]);
+        assert_eq!(merged.blocks.len(), 2);
+
+        // No usable estimate: the template's, and the source says so; valid fields still count.
+        let fields = read(set("estimated_context", json!("lots")));
+        assert!(!fields.usable());
+        let merged = fields.merge_over(template_reading(), &own());
+        assert_eq!(merged.source, MetadataSource::Template);
+        assert_eq!(merged.estimated_context, 20_000);
+        assert_eq!(
+            merged.difficulty,
+            Difficulty::Medium,
+            "the answer's valid field"
+        );
+        assert_eq!(merged.confidence, 0.9, "the template's confidence");
+
+        // Unknown keys are reported, not fatal to the reading.
+        let fields = read(set("command", json!("rm -rf /")));
+        assert!(fields.usable());
+        assert_eq!(fields.unexpected, ["command"]);
     }
 
     #[test]

@@ -334,9 +334,23 @@ async fn schema_violating_answers_fall_back() {
         .mount(&server)
         .await;
     let parser = parser_for("anthropic", &server, json!({}), Arc::default());
-    assert_fallback(
-        &parser.parse(&input(TEMPLATE_BODY)).await,
-        "`estimated_context` must be a positive integer",
+    let outcome = parser.parse(&input(TEMPLATE_BODY)).await;
+    // Field by field: the body's estimate replaces the broken one; the answer's valid fields
+    // stay, and the body's blocker joins the answer's.
+    assert_eq!(outcome.metadata.source, MetadataSource::Fallback);
+    assert_eq!(outcome.metadata.estimated_context, 12_000);
+    assert_eq!(outcome.metadata.difficulty, Difficulty::Medium);
+    let blockers: Vec<String> = outcome
+        .metadata
+        .blocked_by
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(blockers, ["mosaic/coordinator#151", "mosaic/coordinator#7"]);
+    let error = outcome.llm_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("`estimated_context` must be a positive integer"),
+        "{error:?}"
     );
 }
 

@@ -103,14 +103,87 @@ async fn retryable_failures_are_retried_then_fall_back_to_the_template() {
         outcome.llm_error.as_deref(),
         Some("the provider is overloaded (529): Overloaded")
     );
-    assert!(
-        cache.is_empty(),
-        "fallbacks are not cached, so the next parse asks again"
-    );
     assert_eq!(
         parser.health().last_error.as_deref(),
         Some("the provider is overloaded (529): Overloaded")
     );
+    // The failure is remembered: the same content is not sent again within the back-off (the
+    // mock allows three calls only), and the template's reading stands meanwhile.
+    assert_eq!(cache.len(), 1, "the failure, not a result");
+    let again = parser
+        .parse(&input("Total estimated: 12k\nDifficulty: hard"))
+        .await;
+    assert_eq!(again.metadata.source, MetadataSource::Fallback);
+    assert_eq!(again.metadata.estimated_context, 12_000);
+    assert!(again.usage.is_none());
+    assert!(
+        again
+            .llm_error
+            .as_deref()
+            .unwrap()
+            .starts_with("not asked again within the failure back-off (3600 s)"),
+        "{:?}",
+        again.llm_error
+    );
+}
+
+#[tokio::test]
+async fn a_remembered_failure_expires_after_the_back_off() {
+    let cache = Arc::new(InMemoryParseCache::new());
+    let key = cache_key("mock", "m1", PROMPT_VERSION, &input("body"));
+    // A failure remembered (by an earlier run) two hours ago.
+    let old = RememberedFailure {
+        failed_at: Utc::now() - chrono::Duration::hours(2),
+        error: "boom".to_owned(),
+    };
+    cache
+        .put(&failure_key(&key), &serde_json::to_string(&old).unwrap())
+        .await
+        .unwrap();
+    let mut client = mock_client();
+    client.expect_extract().times(1).returning(|_| Ok(answer()));
+    let parser = parser_with(client, cache.clone());
+    let outcome = parser.parse(&input("body")).await;
+    assert_eq!(outcome.metadata.source, MetadataSource::Llm);
+    // Within a shorter horizon it would have been skipped; a longer one skips it.
+    let parser = parser_with(mock_client(), cache.clone())
+        .with_failure_backoff(Duration::from_secs(3 * 3600));
+    let other = input("another body");
+    let other_key = cache_key("mock", "m1", PROMPT_VERSION, &other);
+    cache
+        .put(
+            &failure_key(&other_key),
+            &serde_json::to_string(&old).unwrap(),
+        )
+        .await
+        .unwrap();
+    let skipped = parser.parse(&other).await;
+    assert_eq!(skipped.metadata.source, MetadataSource::Fallback);
+}
+
+#[tokio::test]
+async fn a_missing_optional_field_keeps_the_answer_and_the_body_s_blockers_are_merged() {
+    let mut client = mock_client();
+    client.expect_extract().times(1).returning(|_| {
+        let mut partial = answer();
+        if let Some(object) = partial.value.as_object_mut() {
+            object.remove("recommended_agent");
+        }
+        Ok(partial)
+    });
+    let parser = parser_with(client, Arc::new(InMemoryParseCache::new()));
+    let outcome = parser
+        .parse(&input("## Dependencies\n- Blocked by: #99\n"))
+        .await;
+    assert_eq!(outcome.metadata.source, MetadataSource::Llm, "{outcome:?}");
+    assert_eq!(outcome.metadata.estimated_context, 46_800);
+    let blockers: Vec<u64> = outcome
+        .metadata
+        .blocked_by
+        .iter()
+        .map(|r| r.number)
+        .collect();
+    assert_eq!(blockers, [151, 99], "the model's #151 and the body's #99");
 }
 
 #[tokio::test]
@@ -148,6 +221,14 @@ async fn invalid_answers_fail_once_and_keep_their_usage() {
             "the model's answer is unusable: field `difficulty` has a value outside the schema: impossible"
         )
     );
+    // Field by field: the answer's valid estimate and blocker count; its difficulty does not.
+    assert_eq!(outcome.metadata.estimated_context, 46_800);
+    assert_eq!(
+        outcome.metadata.difficulty,
+        Difficulty::Medium,
+        "the default"
+    );
+    assert_eq!(outcome.metadata.blocked_by.len(), 1);
 }
 
 #[tokio::test]
