@@ -1,6 +1,9 @@
 //! Request and response bodies mirroring Gitea's REST API (`/api/v1`), limited to the fields the
 //! coordinator reads. Unknown fields are ignored, so newer Gitea versions keep working; fields
-//! Gitea sends as `null` instead of an empty list are read as empty.
+//! Gitea sends as `null` instead of an empty list are read as empty. Only what the coordinator
+//! decides on is required (ids it refers back to, names, numbers, states); everything else has a
+//! default, so a reply from an older, newer or trimmed Gitea (a comment without `created_at`)
+//! is not taken for a failure after Gitea did the work.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +19,19 @@ where
     Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// A time Gitea did not send: never read by the coordinator, only kept for display.
+fn unknown_time() -> DateTime<Utc> {
+    DateTime::UNIX_EPOCH
+}
+
 fn null_as_empty_string<'de, D>(deserializer: D) -> Result<String, D::Error>
 where
     D: Deserializer<'de>,
@@ -23,10 +39,13 @@ where
     Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
 }
 
-/// A Gitea account (`GET /user`, posters, assignees).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A Gitea account (`GET /user`, posters, assignees). A missing user reads as one with an
+/// empty login, which is never the bot and never an assignee.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct User {
+    #[serde(default)]
     pub id: i64,
+    #[serde(default, deserialize_with = "null_as_empty_string")]
     pub login: String,
     #[serde(default, deserialize_with = "null_as_empty_string")]
     pub full_name: String,
@@ -49,6 +68,7 @@ pub struct Label {
     pub id: i64,
     pub name: String,
     /// Six hex digits; Gitea answers without `#` (older versions with).
+    #[serde(default, deserialize_with = "null_as_empty_string")]
     pub color: String,
     #[serde(default, deserialize_with = "null_as_empty_string")]
     pub description: String,
@@ -70,8 +90,11 @@ pub enum IssueState {
 /// The short repository description embedded in issues.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepositoryMeta {
+    #[serde(default)]
     pub id: i64,
+    #[serde(default, deserialize_with = "null_as_empty_string")]
     pub name: String,
+    #[serde(default, deserialize_with = "null_as_empty_string")]
     pub owner: String,
     pub full_name: String,
 }
@@ -86,6 +109,7 @@ pub struct PullRequestMeta {
 /// An issue (`GET /repos/{owner}/{repo}/issues/{index}` and listings).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issue {
+    #[serde(default)]
     pub id: i64,
     /// The per-repository issue number (Gitea calls it `index` in paths).
     pub number: u64,
@@ -93,7 +117,9 @@ pub struct Issue {
     pub url: String,
     #[serde(default, deserialize_with = "null_as_empty_string")]
     pub html_url: String,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub user: User,
+    #[serde(default, deserialize_with = "null_as_empty_string")]
     pub title: String,
     #[serde(default, deserialize_with = "null_as_empty_string")]
     pub body: String,
@@ -108,7 +134,9 @@ pub struct Issue {
     pub is_locked: bool,
     #[serde(default)]
     pub comments: u64,
+    #[serde(default = "unknown_time")]
     pub created_at: DateTime<Utc>,
+    #[serde(default = "unknown_time")]
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub closed_at: Option<DateTime<Utc>>,
@@ -165,10 +193,13 @@ pub struct Comment {
     pub html_url: String,
     #[serde(default, deserialize_with = "null_as_empty_string")]
     pub issue_url: String,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub user: User,
     #[serde(default, deserialize_with = "null_as_empty_string")]
     pub body: String,
+    #[serde(default = "unknown_time")]
     pub created_at: DateTime<Utc>,
+    #[serde(default = "unknown_time")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -197,9 +228,12 @@ pub struct InternalTracker {
 /// A repository (`GET /repos/{owner}/{repo}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repository {
+    #[serde(default)]
     pub id: i64,
+    #[serde(default, deserialize_with = "null_as_empty_string")]
     pub name: String,
     pub full_name: String,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub owner: User,
     #[serde(default)]
     pub private: bool,
@@ -349,6 +383,26 @@ pub enum Dependencies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_missing_fields_the_coordinator_does_not_use_still_decode() {
+        // A comment reply as a trimmed or older Gitea may send it (no dates, no poster).
+        let comment: Comment = serde_json::from_str(r#"{"id": 7, "body": "ok"}"#).unwrap();
+        assert_eq!(comment.id, 7);
+        assert!(!comment.user.is("mosaic-bot"), "a missing poster is nobody");
+        // An issue reply with what decisions need: number and state.
+        let issue: Issue = serde_json::from_str(
+            r#"{"number": 3, "state": "closed", "assignees": null, "user": null}"#,
+        )
+        .unwrap();
+        assert!(!issue.is_open());
+        assert!(issue.assignee_logins().is_empty());
+        let label: Label = serde_json::from_str(r#"{"id": 1, "name": "mosaic:done"}"#).unwrap();
+        assert_eq!(label.name, "mosaic:done");
+        // What decisions rest on stays required: a comment without an id is an error.
+        assert!(serde_json::from_str::<Comment>(r#"{"body": "x"}"#).is_err());
+        assert!(serde_json::from_str::<Issue>(r#"{"number": 3}"#).is_err());
+    }
 
     /// An issue as Gitea 1.22 sends it, trimmed of fields the coordinator ignores only where
     /// they are long; `assignees: null` and a `closed_at: null` are kept on purpose.
