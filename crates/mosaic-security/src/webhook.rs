@@ -50,6 +50,10 @@ pub enum VerifyError {
     Mismatch,
     #[error("form-encoded delivery has no `payload` field")]
     BadForm,
+    /// One signature header name came more than once: which value was meant is ambiguous, and
+    /// trying each would let a sender add guesses, so the delivery is refused.
+    #[error("signature header {header} appears more than once: send exactly one value")]
+    RepeatedSignature { header: &'static str },
 }
 
 /// A body whose signature held.
@@ -86,7 +90,14 @@ impl WebhookVerifier {
     ///
     /// Any non-empty signature header that matches under any configured secret is enough;
     /// an empty header counts as missing (Gitea sends one when its webhook has no secret).
+    /// Each header name may carry one value only ([`VerifyError::RepeatedSignature`]).
     pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<VerifiedBody, VerifyError> {
+        if let Some(&header) = SIGNATURE_HEADERS
+            .iter()
+            .find(|&&name| headers.get_all(name).iter().nth(1).is_some())
+        {
+            return Err(VerifyError::RepeatedSignature { header });
+        }
         let candidates = signature_candidates(headers);
         if candidates.is_empty() {
             return Err(VerifyError::MissingSignature);
@@ -145,15 +156,15 @@ fn mac_for(secret: &Secret, message: &[u8]) -> Option<HmacSha256> {
     Some(mac)
 }
 
-/// Every non-empty value of every signature header, in [`SIGNATURE_HEADERS`] order.
+/// The non-empty value of each signature header, in [`SIGNATURE_HEADERS`] order (each name
+/// holds at most one value: `verify` refuses repeats first).
 fn signature_candidates(headers: &HeaderMap) -> Vec<(&'static str, &[u8])> {
     SIGNATURE_HEADERS
         .iter()
-        .flat_map(|&name| {
+        .filter_map(|&name| {
             headers
-                .get_all(name)
-                .iter()
-                .map(move |value| (name, value.as_bytes().trim_ascii()))
+                .get(name)
+                .map(|value| (name, value.as_bytes().trim_ascii()))
         })
         .filter(|(_, value)| !value.is_empty())
         .collect()

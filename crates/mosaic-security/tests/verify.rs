@@ -37,9 +37,7 @@ const FIXTURES: [(&str, &str); 5] = [
 fn fixture(name: &str) -> Vec<u8> {
     let dir = std::env::var_os("MOSAIC_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures"));
     std::fs::read(dir.join("gitea").join(name)).unwrap()
 }
 
@@ -311,4 +309,53 @@ proptest! {
         let verified = verifier.verify(&map, &body).unwrap();
         prop_assert_eq!(verified.json.as_ref(), body.as_slice());
     }
+}
+
+#[test]
+fn a_repeated_signature_header_is_refused_even_when_one_value_matches() {
+    let verifier = verifier(&[FIXTURE_SECRET]);
+    let (file, signature) = FIXTURES[0];
+    let body = fixture(file);
+    let wrong = sign_hex(&Secret::new("guess"), &body);
+    let hub = format!("sha256={signature}");
+    let repeated = |header: &'static str| Err(VerifyError::RepeatedSignature { header });
+
+    // A second value, right or wrong and in either order, makes the header ambiguous.
+    for pair in [
+        [&wrong, signature],
+        [signature, &wrong],
+        [signature, signature],
+    ] {
+        let map = headers(&[
+            ("X-Gitea-Signature", pair[0]),
+            ("X-Gitea-Signature", pair[1]),
+        ]);
+        assert_eq!(
+            verifier.verify(&map, &body).map(|_| ()),
+            repeated("x-gitea-signature")
+        );
+    }
+    // Also when another header alone would have verified.
+    let map = headers(&[
+        ("X-Gitea-Signature", signature),
+        ("X-Hub-Signature-256", &hub),
+        ("X-Hub-Signature-256", &hub),
+    ]);
+    assert_eq!(
+        verifier.verify(&map, &body).map(|_| ()),
+        repeated("x-hub-signature-256")
+    );
+    let message = VerifyError::RepeatedSignature {
+        header: "x-gitea-signature",
+    }
+    .to_string();
+    assert!(message.contains("more than once"), "{message}");
+
+    // One value per name, several names (what Gitea sends) still verifies.
+    let map = headers(&[
+        ("X-Gitea-Signature", signature),
+        ("X-Gogs-Signature", signature),
+        ("X-Hub-Signature-256", &hub),
+    ]);
+    assert!(verifier.verify(&map, &body).is_ok());
 }
