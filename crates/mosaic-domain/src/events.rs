@@ -9,7 +9,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::issue::{IssueRef, IssueRefError, RepoName};
+use crate::issue::{IssueRef, IssueRefError, MAX_ISSUE_NUMBER, RepoName};
 
 /// Longest event name kept in [`EventKind::Other`]; header values are attacker-sized.
 const MAX_EVENT_NAME_LEN: usize = 64;
@@ -207,6 +207,19 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+/// An issue number is read only if it can name an issue (1..=[`MAX_ISSUE_NUMBER`]), so a
+/// larger one is a payload error, not a failure further on (in the store).
+fn issue_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let number = u64::deserialize(deserializer)?;
+    if (1..=MAX_ISSUE_NUMBER).contains(&number) {
+        Ok(number)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "issue number must be a positive integer up to {MAX_ISSUE_NUMBER}"
+        )))
+    }
+}
+
 /// A Gitea account. The ghost user of deleted accounts has id `-1`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
@@ -282,6 +295,7 @@ pub struct IssueRepository {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issue {
     pub id: i64,
+    #[serde(deserialize_with = "issue_number")]
     pub number: u64,
     pub title: String,
     #[serde(default, deserialize_with = "null_as_default")]
@@ -597,13 +611,11 @@ mod tests {
     use super::*;
 
     const ISSUES: &[u8] = include_bytes!("../../../tests/fixtures/gitea/issues-event.json");
-    const ASSIGN: &[u8] =
-        include_bytes!("../../../tests/fixtures/gitea/issue-assign-event.json");
+    const ASSIGN: &[u8] = include_bytes!("../../../tests/fixtures/gitea/issue-assign-event.json");
     const LABEL: &[u8] = include_bytes!("../../../tests/fixtures/gitea/issue-label-event.json");
     const MILESTONE: &[u8] =
         include_bytes!("../../../tests/fixtures/gitea/issue-milestone-event.json");
-    const COMMENT: &[u8] =
-        include_bytes!("../../../tests/fixtures/gitea/issue-comment-event.json");
+    const COMMENT: &[u8] = include_bytes!("../../../tests/fixtures/gitea/issue-comment-event.json");
 
     fn issue_payload(kind: &EventKind, body: &[u8]) -> IssuePayload {
         match parse_payload(kind, body).unwrap() {
@@ -830,6 +842,17 @@ mod tests {
         let mut zero: serde_json::Value = serde_json::from_slice(ISSUES).unwrap();
         zero["issue"]["number"] = serde_json::json!(0);
         assert!(reason(&serde_json::to_vec(&zero).unwrap()).contains("positive"));
+        // Beyond a signed 64-bit integer no issue can exist: refused here, not by the store.
+        for too_large in [MAX_ISSUE_NUMBER + 1, u64::MAX] {
+            let mut huge: serde_json::Value = serde_json::from_slice(ISSUES).unwrap();
+            huge["issue"]["number"] = serde_json::json!(too_large);
+            let shown = reason(&serde_json::to_vec(&huge).unwrap());
+            assert!(shown.contains("issue number must be"), "{shown}");
+        }
+        let mut largest: serde_json::Value = serde_json::from_slice(ISSUES).unwrap();
+        largest["issue"]["number"] = serde_json::json!(MAX_ISSUE_NUMBER);
+        let kind = EventKind::Issue(IssueEventType::Issues);
+        assert!(parse_payload(&kind, &serde_json::to_vec(&largest).unwrap()).is_ok());
 
         assert!(
             parse_payload(&EventKind::Other("push".into()), ISSUES)

@@ -181,6 +181,10 @@ impl IssueRef {
     }
 }
 
+/// The largest issue number there can be: Gitea numbers issues with a signed 64-bit integer
+/// (and stores keep them as one), so a larger number names no issue.
+pub const MAX_ISSUE_NUMBER: u64 = i64::MAX.unsigned_abs();
+
 fn parse_issue_number(digits: &str) -> Option<u64> {
     if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
