@@ -58,6 +58,18 @@ impl StoreError {
         Self::NotFound { what: what.into() }
     }
 
+    /// Whether the database failed (I/O, corruption, a full disk, a refused commit), as opposed
+    /// to the caller asking for something it cannot have (not found, conflict, bad input).
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(rusqlite::Error::SqliteFailure(..))
+                | Self::Corrupt { .. }
+                | Self::CommitFailed(_)
+                | Self::WriterStopped
+        )
+    }
+
     pub(crate) fn corrupt(column: &'static str, reason: impl Into<String>) -> Self {
         Self::Corrupt {
             column,

@@ -91,9 +91,16 @@ pub struct NewDelivery {
 pub enum RecordOutcome {
     /// A new inbox row.
     Recorded { id: DeliveryRowId },
-    /// The delivery id or the body was seen before. The attempt is kept as a `duplicate` row
-    /// for auditing; `existing_id` is the original row.
+    /// The delivery id was seen before (or, without an id, the body). The attempt is kept as
+    /// a `duplicate` row for auditing; `existing_id` is the original row.
     Duplicate { existing_id: DeliveryRowId },
+    /// A new inbox row whose body is byte for byte that of row `replay_of`, under a new
+    /// delivery id: a replay of an old delivery, or a real repeat (Gitea's timestamps have
+    /// one-second resolution). It is handled; the handler confirms with Gitea first.
+    PossibleReplay {
+        id: DeliveryRowId,
+        replay_of: DeliveryRowId,
+    },
 }
 
 /// A pending inbox row, with its body, as the worker gets it.
@@ -113,6 +120,9 @@ pub struct Delivery {
     pub last_error: Option<String>,
     pub received_at: DateTime<Utc>,
     pub next_attempt_at: DateTime<Utc>,
+    /// For a possible replay: the earlier row with the same body
+    /// ([`RecordOutcome::PossibleReplay`]).
+    pub replay_of: Option<DeliveryRowId>,
 }
 
 /// An inbox row without its body, for listings.
@@ -494,6 +504,23 @@ pub enum CompletionOutcome {
     Completed,
     /// The row was already processed; nothing was written again (invariant 3).
     AlreadyProcessed,
+}
+
+/// How the store's writes have been going, for `/health`: a webhook is accepted only if its
+/// write succeeds, so a failing write path must show even when reads still work.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct WriteOutcomes {
+    /// When a group of write requests last went through without a database failure.
+    pub last_success: Option<DateTime<Utc>>,
+    /// The last database failure of a write (a caller's conflict or bad input is none).
+    pub last_failure: Option<WriteFailure>,
+}
+
+/// One failed write, as [`WriteOutcomes`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WriteFailure {
+    pub at: DateTime<Utc>,
+    pub error: String,
 }
 
 /// Writer counters: `writes / commits` is the average group size.

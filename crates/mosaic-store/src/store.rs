@@ -173,8 +173,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     // ----- operations -----
 
-    /// Proves the store can write: a tiny write through the same path as every other write.
+    /// Proves the store can write: a tiny write through the same path as every other write,
+    /// including a delivery insert that is rolled back (so a broken inbox shows here too).
     async fn health_check(&self) -> Result<(), StoreError>;
+
+    /// How the latest writes went (the writer knows without writing again).
+    fn write_outcomes(&self) -> WriteOutcomes;
 
     /// Writer counters since open.
     fn stats(&self) -> StoreStats;

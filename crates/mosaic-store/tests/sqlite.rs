@@ -19,7 +19,7 @@ async fn fresh() -> (TempDir, Arc<dyn Store>) {
 conformance_tests!(fresh();
     inbox_records_in_increasing_order_and_lists_pending_oldest_first,
     inbox_dedupes_by_delivery_id,
-    inbox_dedupes_by_body_hash_under_a_new_id,
+    inbox_keeps_a_repeated_body_under_a_new_id_as_a_possible_replay,
     inbox_ignored_deliveries_are_kept_but_never_pending,
     inbox_failed_attempts_back_off_then_die,
     inbox_status_changes_are_checked,
@@ -37,5 +37,43 @@ conformance_tests!(fresh();
     parse_cache_stores_json_by_key,
     llm_usage_is_summed_per_provider_and_model,
     health_check_writes,
+    write_outcomes_follow_the_writes,
     time_survives_with_microsecond_precision,
 );
+
+/// A store whose inbox refuses inserts (as a damaged table would) while the rest still works:
+/// the health check must fail exactly like a webhook's write, and pass again once writes do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_fails_while_deliveries_cannot_be_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mosaic.db");
+    let store = SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap();
+    store.health_check().await.unwrap();
+
+    let outside = rusqlite::Connection::open(&path).unwrap();
+    outside
+        .execute_batch(
+            "CREATE TRIGGER inbox_broken BEFORE INSERT ON inbox \
+             BEGIN SELECT RAISE(ABORT, 'simulated inbox failure'); END;",
+        )
+        .unwrap();
+    let delivery = conformance::delivery(Some("refused"), "refused", conformance::at(0));
+    let refused = store.record_delivery(delivery.clone()).await.unwrap_err();
+    assert!(refused.is_storage_failure(), "{refused}");
+    let failure = store
+        .write_outcomes()
+        .last_failure
+        .expect("the failure is noted");
+    assert!(
+        failure.error.contains("simulated inbox failure"),
+        "{failure:?}"
+    );
+    let err = store.health_check().await.unwrap_err();
+    assert!(err.to_string().contains("simulated inbox failure"), "{err}");
+
+    outside.execute_batch("DROP TRIGGER inbox_broken").unwrap();
+    store.health_check().await.unwrap();
+    let outcomes = store.write_outcomes();
+    assert!(outcomes.last_success.unwrap() > failure.at);
+    store.record_delivery(delivery).await.unwrap();
+}

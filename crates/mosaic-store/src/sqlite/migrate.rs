@@ -22,6 +22,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "body_codec",
         sql: include_str!("../../migrations/sqlite/0002_body_codec.sql"),
     },
+    Migration {
+        version: 3,
+        name: "possible_replays",
+        sql: include_str!("../../migrations/sqlite/0003_possible_replays.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (also the version a fresh database gets).

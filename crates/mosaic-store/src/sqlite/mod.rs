@@ -42,6 +42,9 @@ pub use migrate::supported_version as schema_version;
 trait WriteJob: Send {
     /// Runs the request inside the open transaction, within its own savepoint.
     fn run(&mut self, conn: &Connection);
+    /// The error, when the database failed this request (see
+    /// [`StoreError::is_storage_failure`]); known once it ran and the group's fate is known.
+    fn storage_failure(&self, commit: &Result<(), String>) -> Option<String>;
     /// Answers the caller once the group's fate is known.
     fn finish(self: Box<Self>, commit: &Result<(), String>);
 }
@@ -76,6 +79,14 @@ where
                 Isolation::Savepoint => in_savepoint(conn, op),
                 Isolation::SingleStatement => op(conn),
             });
+        }
+    }
+
+    fn storage_failure(&self, commit: &Result<(), String>) -> Option<String> {
+        match (commit, &self.result) {
+            (Err(message), _) => Some(message.clone()),
+            (Ok(()), Some(Err(error))) if error.is_storage_failure() => Some(error.to_string()),
+            _ => None,
         }
     }
 
@@ -121,6 +132,22 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 struct Counters {
     commits: AtomicU64,
     writes: AtomicU64,
+    outcomes: Mutex<WriteOutcomes>,
+}
+
+impl Counters {
+    /// Notes how a group went: any request the database failed makes it a failure.
+    fn record_outcome(&self, failure: Option<String>) {
+        let mut outcomes = self
+            .outcomes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = Utc::now();
+        match failure {
+            None => outcomes.last_success = Some(at),
+            Some(error) => outcomes.last_failure = Some(WriteFailure { at, error }),
+        }
+    }
 }
 
 /// How the writer forms groups.
@@ -150,6 +177,9 @@ fn writer_loop(
         counters
             .writes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        // Noted before anyone is answered, so a caller that saw its write fail sees it here too.
+        let failure = batch.iter().find_map(|job| job.storage_failure(&commit));
+        counters.record_outcome(failure);
         for job in batch {
             job.finish(&commit);
         }
@@ -691,7 +721,16 @@ impl Store for SqliteStore {
     }
 
     async fn health_check(&self) -> Result<(), StoreError> {
-        self.write(ops::heartbeat).await
+        let probe = body::encode(b"{}".to_vec());
+        self.write(move |conn| ops::heartbeat(conn, &probe)).await
+    }
+
+    fn write_outcomes(&self) -> WriteOutcomes {
+        self.counters
+            .outcomes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn stats(&self) -> StoreStats {

@@ -190,7 +190,7 @@ fn collect<T>(
 
 const DELIVERY_COLUMNS: &str = "id, delivery_id, event, event_type, action, repository, \
     issue_number, body_sha256, body, status, attempts, last_error, received_at, next_attempt_at, \
-    body_codec";
+    body_codec, replay_of";
 
 fn delivery_status_from(name: &str) -> Result<DeliveryStatus, StoreError> {
     DeliveryStatus::parse(name)
@@ -220,19 +220,22 @@ fn delivery_from(row: &Row<'_>) -> Result<Delivery, StoreError> {
         last_error: row.get(11)?,
         received_at: time_from("inbox.received_at", row.get(12)?)?,
         next_attempt_at: time_from("inbox.next_attempt_at", row.get(13)?)?,
+        replay_of: row.get(15)?,
     })
 }
 
 macro_rules! insert_inbox_sql {
     () => {
         "INSERT INTO inbox (delivery_id, event, event_type, action, repository, issue_number,
-             body_sha256, body, body_codec, status, duplicate_of, received_at, next_attempt_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)"
+             body_sha256, body, body_codec, status, duplicate_of, received_at, next_attempt_at,
+             replay_of)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13)"
     };
 }
 /// A new delivery: inserts nothing (0 rows) when its delivery id or body is already taken.
 const INSERT_NEW_DELIVERY: &str = concat!(insert_inbox_sql!(), " ON CONFLICT DO NOTHING");
-const INSERT_DUPLICATE_DELIVERY: &str = insert_inbox_sql!();
+/// A duplicate row, or a possible replay (its body is not unique-indexed).
+const INSERT_REPEAT_DELIVERY: &str = insert_inbox_sql!();
 
 /// Records a delivery, or a duplicate row pointing at the delivery it repeats.
 ///
@@ -249,7 +252,11 @@ pub(crate) fn record_delivery(
         .map(|n| to_i64("issue number", n))
         .transpose()?;
     let received_at = micros(delivery.received_at);
-    let insert = |sql: &str, body: Option<&StoredBody>, status: DeliveryStatus, duplicate_of| {
+    let insert = |sql: &str,
+                  body: Option<&StoredBody>,
+                  status: DeliveryStatus,
+                  duplicate_of: Option<i64>,
+                  replay_of: Option<i64>| {
         conn.prepare_cached(sql)?.execute(params![
             delivery.delivery_id,
             delivery.event,
@@ -263,11 +270,12 @@ pub(crate) fn record_delivery(
             status.as_str(),
             duplicate_of,
             received_at,
+            replay_of,
         ])
     };
 
     let status = DeliveryStatus::from(delivery.status);
-    if insert(INSERT_NEW_DELIVERY, Some(stored), status, None::<i64>)? == 1 {
+    if insert(INSERT_NEW_DELIVERY, Some(stored), status, None, None)? == 1 {
         return Ok(RecordOutcome::Recorded {
             id: conn.last_insert_rowid(),
         });
@@ -283,23 +291,48 @@ pub(crate) fn record_delivery(
     };
     let existing_id = match by_id {
         Some(id) => id,
-        None => conn
-            .prepare_cached("SELECT id FROM inbox WHERE duplicate_of IS NULL AND body_sha256 = ?1")?
-            .query_row([&delivery.body_sha256[..]], |row| row.get::<_, i64>(0))
-            .optional()?
-            .ok_or_else(|| {
-                StoreError::Conflict(
-                    "the delivery conflicts with a stored one that has neither its id nor its body"
-                        .to_owned(),
-                )
-            })?,
+        None => {
+            let original = conn
+                .prepare_cached(
+                    "SELECT id FROM inbox
+                     WHERE duplicate_of IS NULL AND replay_of IS NULL AND body_sha256 = ?1",
+                )?
+                .query_row([&delivery.body_sha256[..]], |row| row.get::<_, i64>(0))
+                .optional()?
+                .ok_or_else(|| {
+                    StoreError::Conflict(
+                        "the delivery conflicts with a stored one that has neither its id nor its body"
+                            .to_owned(),
+                    )
+                })?;
+            // The same body under a new delivery id: Gitea repeats a body byte for byte when
+            // the same change happens again within its one-second timestamps, so it is kept
+            // and handled; only the handler can tell (by asking Gitea) whether it changes
+            // anything. Without an id nothing tells it from a resend, and an ignored event has
+            // nothing to handle: a duplicate.
+            if delivery.delivery_id.is_some() && delivery.status == IntakeStatus::Pending {
+                insert(
+                    INSERT_REPEAT_DELIVERY,
+                    Some(stored),
+                    status,
+                    None,
+                    Some(original),
+                )?;
+                return Ok(RecordOutcome::PossibleReplay {
+                    id: conn.last_insert_rowid(),
+                    replay_of: original,
+                });
+            }
+            original
+        }
     };
     // Kept for auditing (who replayed what, when) without a second copy of the body.
     insert(
-        INSERT_DUPLICATE_DELIVERY,
+        INSERT_REPEAT_DELIVERY,
         None,
         DeliveryStatus::Duplicate,
         Some(existing_id),
+        None,
     )?;
     Ok(RecordOutcome::Duplicate { existing_id })
 }
@@ -1346,16 +1379,38 @@ pub(crate) fn llm_usage_totals(conn: &Connection) -> Result<Vec<LlmUsageTotal>, 
 
 // ----- operations -----
 
-pub(crate) fn heartbeat(conn: &Connection) -> Result<(), StoreError> {
+/// Counts a beat, and records a delivery that is then rolled back: a webhook is accepted only
+/// when that insert works, so a damaged inbox must fail the health check too.
+pub(crate) fn heartbeat(conn: &Connection, probe_body: &StoredBody) -> Result<(), StoreError> {
+    let now = Utc::now();
     let changed = conn
         .prepare_cached("UPDATE heartbeat SET beats = beats + 1, at = ?1 WHERE id = 1")?
-        .execute([micros(Utc::now())])?;
-    if changed == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::corrupt(
+        .execute([micros(now)])?;
+    if changed != 1 {
+        return Err(StoreError::corrupt(
             "heartbeat",
             "the heartbeat row is missing",
-        ))
+        ));
     }
+    let mut body_sha256 = [0_u8; 32];
+    body_sha256[..8].copy_from_slice(&now.timestamp_micros().to_be_bytes());
+    body_sha256[8..20].copy_from_slice(b"health-probe");
+    let probe = NewDelivery {
+        delivery_id: None,
+        event: "health_probe".to_owned(),
+        event_type: None,
+        action: None,
+        repository: None,
+        issue_number: None,
+        body_sha256,
+        body: Vec::new(),
+        status: IntakeStatus::Ignored,
+        received_at: now,
+    };
+    conn.prepare_cached("SAVEPOINT health_probe")?.execute([])?;
+    let recorded = record_delivery(conn, &probe, probe_body);
+    conn.prepare_cached("ROLLBACK TO health_probe")?
+        .execute([])?;
+    conn.prepare_cached("RELEASE health_probe")?.execute([])?;
+    recorded.map(|_| ())
 }

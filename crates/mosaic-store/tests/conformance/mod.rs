@@ -159,28 +159,59 @@ pub async fn inbox_dedupes_by_delivery_id(store: &dyn Store) {
     assert_eq!((counts.pending, counts.duplicate), (1, 1));
 }
 
-pub async fn inbox_dedupes_by_body_hash_under_a_new_id(store: &dyn Store) {
-    // A replay from Gitea's UI, or repository and organisation hooks sending one event.
+pub async fn inbox_keeps_a_repeated_body_under_a_new_id_as_a_possible_replay(store: &dyn Store) {
+    // Gitea's updated_at has one-second resolution: assign, unassign, assign within a second
+    // sends the first body again, byte for byte, under a new delivery id. It must be handled.
     let first = record(store, delivery(Some("original"), "the body", at(0))).await;
-    for (id, when) in [(Some("replayed"), 1), (None, 2)] {
-        let outcome = store
-            .record_delivery(delivery(id, "the body", at(when)))
+    let RecordOutcome::PossibleReplay {
+        id: replay,
+        replay_of,
+    } = store
+        .record_delivery(delivery(Some("replayed"), "the body", at(1)))
+        .await
+        .unwrap()
+    else {
+        panic!("a repeated body under a new id is a possible replay");
+    };
+    assert_eq!(replay_of, first);
+    // Its own delivery id again: a duplicate, of the replay row.
+    assert_eq!(
+        store
+            .record_delivery(delivery(Some("replayed"), "the body", at(2)))
             .await
-            .unwrap();
-        assert_eq!(outcome, RecordOutcome::Duplicate { existing_id: first });
-    }
+            .unwrap(),
+        RecordOutcome::Duplicate {
+            existing_id: replay
+        }
+    );
+    // A third id: again a possible replay of the original.
+    assert!(matches!(
+        store
+            .record_delivery(delivery(Some("third"), "the body", at(3)))
+            .await
+            .unwrap(),
+        RecordOutcome::PossibleReplay { replay_of, .. } if replay_of == first
+    ));
+    // Without a delivery id nothing tells a repeat from a resend: a duplicate.
+    assert_eq!(
+        store
+            .record_delivery(delivery(None, "the body", at(4)))
+            .await
+            .unwrap(),
+        RecordOutcome::Duplicate { existing_id: first }
+    );
     // Without a delivery id a new body is still new.
-    record(store, delivery(None, "a different body", at(3))).await;
+    record(store, delivery(None, "a different body", at(5))).await;
 
-    let recent = store.recent_deliveries(10).await.unwrap();
-    assert_eq!(recent.len(), 4);
-    let duplicates: Vec<_> = recent
-        .iter()
-        .filter(|d| d.status == DeliveryStatus::Duplicate)
-        .collect();
-    assert_eq!(duplicates.len(), 2);
-    assert!(duplicates.iter().all(|d| d.duplicate_of == Some(first)));
-    assert_eq!(store.pending_deliveries(at(10), 10).await.unwrap().len(), 2);
+    let pending = store.pending_deliveries(at(10), 10).await.unwrap();
+    assert_eq!(pending.len(), 4);
+    assert_eq!(pending[0].replay_of, None);
+    assert_eq!(pending[1].id, replay);
+    assert_eq!(pending[1].replay_of, Some(first));
+    assert_eq!(pending[1].body, b"the body");
+    assert_eq!(pending[1].delivery_id.as_deref(), Some("replayed"));
+    let counts = store.delivery_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.duplicate), (4, 2));
 }
 
 pub async fn inbox_ignored_deliveries_are_kept_but_never_pending(store: &dyn Store) {
@@ -923,6 +954,27 @@ pub async fn health_check_writes(store: &dyn Store) {
     let after = store.stats();
     assert_eq!(after.writes, before.writes + 2);
     assert!(after.commits > before.commits);
+}
+
+pub async fn write_outcomes_follow_the_writes(store: &dyn Store) {
+    assert_eq!(store.write_outcomes().last_failure, None);
+    store.health_check().await.unwrap();
+    let first = store
+        .write_outcomes()
+        .last_success
+        .expect("a write succeeded");
+    // The health check's probe delivery is rolled back: it leaves no row.
+    assert!(store.recent_deliveries(10).await.unwrap().is_empty());
+
+    // A caller's mistake is not a failure of the store.
+    assert!(matches!(
+        store.mark_processed(999_999).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    record(store, delivery(Some("w"), "w", at(0))).await;
+    let outcomes = store.write_outcomes();
+    assert_eq!(outcomes.last_failure, None);
+    assert!(outcomes.last_success.unwrap() >= first);
 }
 
 pub async fn time_survives_with_microsecond_precision(store: &dyn Store) {
