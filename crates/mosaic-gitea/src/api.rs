@@ -32,11 +32,13 @@ pub trait GiteaApi: Send + Sync {
 
     async fn list_comments(&self, issue: &IssueRef) -> Result<Vec<Comment>, GiteaError>;
 
-    /// The first comment whose body carries `key`'s marker.
+    /// The first comment by `author` whose body carries `key`'s marker. Anyone can write a
+    /// marker into a comment; only the author's own comments count.
     async fn find_marked_comment(
         &self,
         issue: &IssueRef,
         key: &IdempotencyKey,
+        author: &str,
     ) -> Result<Option<Comment>, GiteaError>;
 
     async fn create_comment(&self, issue: &IssueRef, body: &str) -> Result<Comment, GiteaError>;
@@ -107,8 +109,9 @@ impl GiteaApi for GiteaClient {
         &self,
         issue: &IssueRef,
         key: &IdempotencyKey,
+        author: &str,
     ) -> Result<Option<Comment>, GiteaError> {
-        GiteaClient::find_marked_comment(self, issue, key).await
+        GiteaClient::find_marked_comment(self, issue, key, author).await
     }
 
     async fn create_comment(&self, issue: &IssueRef, body: &str) -> Result<Comment, GiteaError> {
@@ -174,16 +177,20 @@ impl CommentDelivery {
     }
 }
 
-/// Posts `body` with `key`'s marker unless a comment with that marker already exists: the
-/// outbox worker's "exactly one comment per state change", safe to call again after a timeout
-/// or a crash between posting and recording the delivery.
+/// Posts `body` with `key`'s marker unless a comment by `author` (the bot, whose token posts
+/// it) with that marker already exists: the outbox worker's "exactly one comment per state
+/// change", safe to call again after a timeout or a crash between posting and recording the
+/// delivery. A marker in someone else's comment does not count, so nobody can suppress the
+/// comment by writing its marker first (and the key should be unguessable besides:
+/// [`IdempotencyKey::random`]).
 pub async fn post_comment_once(
     api: &dyn GiteaApi,
     issue: &IssueRef,
     key: &IdempotencyKey,
+    author: &str,
     body: &str,
 ) -> Result<CommentDelivery, GiteaError> {
-    if let Some(existing) = api.find_marked_comment(issue, key).await? {
+    if let Some(existing) = api.find_marked_comment(issue, key, author).await? {
         return Ok(CommentDelivery::AlreadyPresent(existing));
     }
     let posted = api.create_comment(issue, &key.mark(body)).await?;
@@ -209,31 +216,42 @@ mod tests {
 
         let mut api = MockGiteaApi::new();
         api.expect_find_marked_comment()
+            .withf(|_, _, author| author == "mosaic-bot")
             .times(1)
-            .returning(|_, _| Ok(None));
+            .returning(|_, _, _| Ok(None));
         api.expect_create_comment()
             .withf(|_, body| body == "Done\n\n<!-- mosaic:outbox:1 -->")
             .times(1)
             .returning(|_, body| Ok(comment(body)));
-        let delivery = post_comment_once(&api, &issue, &key, "Done").await.unwrap();
+        let delivery = post_comment_once(&api, &issue, &key, "mosaic-bot", "Done")
+            .await
+            .unwrap();
         assert!(matches!(delivery, CommentDelivery::Posted(_)));
 
         let mut api = MockGiteaApi::new();
         api.expect_find_marked_comment()
             .times(1)
-            .returning(|_, _| Ok(Some(comment("Done\n\n<!-- mosaic:outbox:1 -->"))));
+            .returning(|_, _, _| Ok(Some(comment("Done\n\n<!-- mosaic:outbox:1 -->"))));
         api.expect_create_comment().never();
-        let delivery = post_comment_once(&api, &issue, &key, "Done").await.unwrap();
+        let delivery = post_comment_once(&api, &issue, &key, "mosaic-bot", "Done")
+            .await
+            .unwrap();
         assert!(matches!(delivery, CommentDelivery::AlreadyPresent(_)));
 
         // A failed lookup posts nothing: posting blind could duplicate the comment.
         let mut api = MockGiteaApi::new();
-        api.expect_find_marked_comment().times(1).returning(|_, _| {
-            Err(GiteaError::Timeout {
-                operation: "issue.comments.list",
-            })
-        });
+        api.expect_find_marked_comment()
+            .times(1)
+            .returning(|_, _, _| {
+                Err(GiteaError::Timeout {
+                    operation: "issue.comments.list",
+                })
+            });
         api.expect_create_comment().never();
-        assert!(post_comment_once(&api, &issue, &key, "Done").await.is_err());
+        assert!(
+            post_comment_once(&api, &issue, &key, "mosaic-bot", "Done")
+                .await
+                .is_err()
+        );
     }
 }

@@ -258,14 +258,18 @@ impl GiteaClient {
         self.get_json("issue.comments.list", url).await
     }
 
-    /// The first comment carrying `key`'s marker, if any.
+    /// The first comment by `author` carrying `key`'s marker, if any (a marker anyone else
+    /// wrote does not count).
     pub async fn find_marked_comment(
         &self,
         issue: &IssueRef,
         key: &crate::IdempotencyKey,
+        author: &str,
     ) -> Result<Option<Comment>, GiteaError> {
         let comments = self.list_comments(issue).await?;
-        Ok(comments.into_iter().find(|c| key.is_in(&c.body)))
+        Ok(comments
+            .into_iter()
+            .find(|c| c.user.is(author) && key.is_in(&c.body)))
     }
 
     /// `POST /repos/{owner}/{repo}/issues/{index}/comments`.
@@ -512,16 +516,16 @@ impl GiteaClient {
         ))
     }
 
-    fn observe(&self, operation: &'static str, outcome: CallOutcome, elapsed: Duration) {
-        if let Some(observer) = &self.observer {
-            observer.observe(operation, outcome, elapsed);
-        }
     /// A GET with the read timeout: reads sit on the delivery path (dependencies, blocker
     /// states) and have a fallback, so a hanging Gitea must not hold them for a write's timeout.
     fn read(&self, url: Url) -> reqwest::RequestBuilder {
         self.http.get(url).timeout(self.config.read_timeout())
     }
 
+    fn observe(&self, operation: &'static str, outcome: CallOutcome, elapsed: Duration) {
+        if let Some(observer) = &self.observer {
+            observer.observe(operation, outcome, elapsed);
+        }
     }
 
     async fn get_json<T: DeserializeOwned>(

@@ -41,6 +41,13 @@ impl IdempotencyKey {
         Ok(Self(key.to_owned()))
     }
 
+    /// A fresh key nobody can guess (`c-` and 128 random bits in hex), for a comment that must
+    /// be posted exactly once: stored with the write before it is posted, so a retry finds it,
+    /// while nobody else can predict it and pre-empt the comment by posting its marker first.
+    pub fn random() -> Self {
+        Self(format!("c-{:032x}", rand::random::<u128>()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -100,6 +107,17 @@ mod tests {
         check("a -->b", Err(MarkerError::BadCharacter("a -->b".into())));
         check("", Err(MarkerError::Empty));
         check(&"k".repeat(201), Err(MarkerError::TooLong(201)));
+    }
+
+    #[test]
+    fn random_keys_are_valid_and_differ_per_write() {
+        let keys: std::collections::BTreeSet<IdempotencyKey> =
+            (0..100).map(|_| IdempotencyKey::random()).collect();
+        assert_eq!(keys.len(), 100);
+        for key in &keys {
+            assert_eq!(IdempotencyKey::new(key.as_str()).as_ref(), Ok(key));
+            assert_eq!(key.as_str().len(), 34, "{key}");
+        }
     }
 
     #[test]

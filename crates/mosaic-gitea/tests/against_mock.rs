@@ -160,18 +160,33 @@ async fn comments_are_created_edited_and_found_by_marker() {
     let issue = gitea.create_issue(&repo, NewIssue::titled("x"));
     let key = IdempotencyKey::new("outbox:7").unwrap();
     assert_eq!(
-        client.find_marked_comment(&issue, &key).await.unwrap(),
+        client
+            .find_marked_comment(&issue, &key, MockGitea::BOT_LOGIN)
+            .await
+            .unwrap(),
         None
     );
 
-    let first = post_comment_once(&client, &issue, &key, "Queued for glm")
-        .await
-        .unwrap();
+    let first = post_comment_once(
+        &client,
+        &issue,
+        &key,
+        MockGitea::BOT_LOGIN,
+        "Queued for glm",
+    )
+    .await
+    .unwrap();
     assert!(matches!(first, CommentDelivery::Posted(_)));
     // A retry after an uncertain outcome finds the marker instead of posting again.
-    let second = post_comment_once(&client, &issue, &key, "Queued for glm")
-        .await
-        .unwrap();
+    let second = post_comment_once(
+        &client,
+        &issue,
+        &key,
+        MockGitea::BOT_LOGIN,
+        "Queued for glm",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         second,
         CommentDelivery::AlreadyPresent(first.comment().clone())
@@ -193,6 +208,31 @@ async fn comments_are_created_edited_and_found_by_marker() {
 
     let error = client.edit_comment(&repo, 123_456, "x").await.unwrap_err();
     assert!(error.is_not_found(), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_marker_in_someone_elses_comment_is_not_the_bots_comment() {
+    let (gitea, client, repo) = setup().await;
+    let issue = gitea.create_issue(&repo, NewIssue::titled("x"));
+    let key = IdempotencyKey::new("outbox:8").unwrap();
+    let mallory = GiteaClient::new(&GiteaConfig::new(
+        gitea.base_url().clone(),
+        Some(Secret::new(gitea.add_user("mallory"))),
+    ))
+    .unwrap();
+    mallory
+        .create_comment(&issue, &key.mark("ha"))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.find_marked_comment(&issue, &key, BOT).await.unwrap(),
+        None
+    );
+    let posted = post_comment_once(&client, &issue, &key, BOT, "Failed")
+        .await
+        .unwrap();
+    assert!(matches!(posted, CommentDelivery::Posted(_)));
+    assert_eq!(gitea.comments(&issue).len(), 2);
 }
 
 #[tokio::test]

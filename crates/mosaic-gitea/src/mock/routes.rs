@@ -100,17 +100,29 @@ async fn record_and_inject(
         position.map(|i| {
             let failure = &mut state.failures[i];
             failure.times -= 1;
-            let status = failure.status;
+            let answer = failure.clone();
             if failure.times == 0 {
                 state.failures.remove(i);
             }
-            status
+            answer
         })
     };
     let response = match injected {
-        Some(status) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            error(status, "injected failure").into_response()
+        Some(failure) => {
+            if let Some(delay) = failure.delay {
+                tokio::time::sleep(delay).await;
+            }
+            let status =
+                StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = error(status, "injected failure").into_response();
+            if let Some(value) = failure
+                .retry_after
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+            {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            response
         }
         None => next.run(request).await,
     };

@@ -30,6 +30,10 @@ pub struct InjectedFailure {
     pub path_contains: String,
     pub status: u16,
     pub times: u32,
+    /// Sent as `Retry-After` with the failure.
+    pub retry_after: Option<String>,
+    /// How long the mock waits before answering (a hanging Gitea).
+    pub delay: Option<std::time::Duration>,
 }
 
 impl InjectedFailure {
@@ -39,7 +43,20 @@ impl InjectedFailure {
             path_contains: path_contains.to_owned(),
             status,
             times,
+            retry_after: None,
+            delay: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, value: &str) -> Self {
+        self.retry_after = Some(value.to_owned());
+        self
+    }
+
+    /// Answers only after `delay` (a Gitea that hangs, then fails).
+    pub fn after(mut self, delay: std::time::Duration) -> Self {
+        self.delay = Some(delay);
+        self
     }
 
     pub fn for_method(mut self, method: &str) -> Self {
