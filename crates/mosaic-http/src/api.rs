@@ -3,13 +3,14 @@
 //! With `MOSAIC_API_TOKEN` set, every call needs `Authorization: Bearer <token>`; without it,
 //! only clients on loopback are answered, so a fresh install never exposes its data.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use mosaic_domain::issue::MAX_ISSUE_NUMBER;
 use mosaic_domain::{IssueRef, RepoName};
 use mosaic_engine::engine::EngineError;
 use serde::Deserialize;
@@ -24,26 +25,26 @@ pub(crate) async fn authorize(
     State(state): State<AppState>,
     request: Request,
     next: Next,
-) -> Result<Response, ApiError> {
+) -> Response {
     match state.api_token() {
         Some(expected) => {
             let presented = request
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
+                .and_then(bearer_token);
             let Some(presented) = presented else {
-                return Err(ApiError::Unauthorized(
-                    "missing `Authorization: Bearer <token>` header".to_owned(),
-                ));
+                return bearer_challenge(
+                    "missing `Authorization: Bearer <token>` header",
+                    BEARER_CHALLENGE,
+                );
             };
             if !bool::from(
                 presented
                     .as_bytes()
                     .ct_eq(expected.expose_secret().as_bytes()),
             ) {
-                return Err(ApiError::Unauthorized("invalid API token".to_owned()));
+                return bearer_challenge("invalid API token", BEARER_INVALID_TOKEN);
             }
         }
         None => {
@@ -51,15 +52,43 @@ pub(crate) async fn authorize(
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|ConnectInfo(addr)| addr.ip());
-            if !peer.is_some_and(|ip| ip.is_loopback()) {
-                return Err(ApiError::Forbidden(
+            if !peer.is_some_and(is_loopback) {
+                return ApiError::Forbidden(
                     "the API answers only loopback clients unless MOSAIC_API_TOKEN is set"
                         .to_owned(),
-                ));
+                )
+                .into_response();
             }
         }
     }
-    Ok(next.run(request).await)
+    next.run(request).await
+}
+
+/// The challenge a 401 carries (RFC 6750), so clients know which scheme to use.
+const BEARER_CHALLENGE: &str = "Bearer realm=\"mosaic\"";
+const BEARER_INVALID_TOKEN: &str = "Bearer realm=\"mosaic\", error=\"invalid_token\"";
+
+fn bearer_challenge(message: &str, challenge: &'static str) -> Response {
+    let mut response = ApiError::Unauthorized(message.to_owned()).into_response();
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme name is
+/// case-insensitive (RFC 9110, section 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Loopback, including an IPv4 loopback client seen on an IPv6 socket (`::ffff:127.0.0.1`,
+/// which a server bound to `::` reports).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 /// axum's `Query`, answering a bad query string with this API's JSON error, not plain text.
@@ -119,7 +148,7 @@ fn issue_ref(owner: &str, repo: &str, number: &str) -> Result<IssueRef, ApiError
     let number: u64 = number
         .parse()
         .ok()
-        .filter(|n| *n > 0)
+        .filter(|n| (1..=MAX_ISSUE_NUMBER).contains(n))
         .ok_or_else(|| ApiError::BadRequest(format!("`{number}` is not an issue number")))?;
     Ok(IssueRef::new(repository, number))
 }
@@ -217,4 +246,33 @@ pub(crate) async fn cancel(
     Ok(Json(
         json!({ "issue": issue.to_string(), "state": "cancelled" }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Bearer\tabc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer   "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    #[test]
+    fn ipv4_mapped_loopback_is_loopback() {
+        let parse = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert!(is_loopback(parse("127.0.0.1")));
+        assert!(is_loopback(parse("::1")));
+        assert!(is_loopback(parse("::ffff:127.0.0.1")));
+        assert!(is_loopback(parse("::ffff:127.1.2.3")));
+        assert!(!is_loopback(parse("::ffff:10.0.0.1")));
+        assert!(!is_loopback(parse("10.0.0.1")));
+        assert!(!is_loopback(parse("2001:db8::1")));
+    }
 }

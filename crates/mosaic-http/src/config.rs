@@ -88,6 +88,38 @@ pub struct HttpConfig {
     pub shutdown_grace_secs: u64,
     /// Seconds one request may take before it is answered 408.
     pub request_timeout_secs: u64,
+    /// Seconds a client has to send a request's head (from connecting, or from the first byte
+    /// of a later request); a slower connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight.
+    pub idle_timeout_secs: u64,
+    /// Connections open at once. At the limit the connection idle the longest is closed to
+    /// make room; keep it below the process's file descriptor limit (`ulimit -n`).
+    pub max_connections: usize,
+}
+
+impl HttpConfig {
+    /// Every timeout and the connection limit must be at least 1.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("server.shutdown_grace_secs", self.shutdown_grace_secs),
+            ("server.request_timeout_secs", self.request_timeout_secs),
+            (
+                "server.header_read_timeout_secs",
+                self.header_read_timeout_secs,
+            ),
+            ("server.idle_timeout_secs", self.idle_timeout_secs),
+        ] {
+            // A zero grace period is a valid choice (stop at once); a zero timeout is not.
+            if value == 0 && key != "server.shutdown_grace_secs" {
+                return Err(format!("`{key}`: must be at least 1 second"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err("`server.max_connections`: must be at least 1".to_owned());
+        }
+        Ok(())
+    }
 }
 
 impl Default for HttpConfig {
@@ -97,6 +129,10 @@ impl Default for HttpConfig {
             port: Port::DEFAULT,
             shutdown_grace_secs: 10,
             request_timeout_secs: 30,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            // Well below the usual 1024 descriptors, leaving room for the store and logs.
+            max_connections: 512,
         }
     }
 }
@@ -123,6 +159,37 @@ mod tests {
         check("abc", None);
         check("-1", None);
         check("", None);
+    }
+
+    #[test]
+    fn connection_limits_must_be_positive() {
+        assert!(HttpConfig::default().validate().is_ok());
+        for (config, key) in [
+            (
+                HttpConfig {
+                    header_read_timeout_secs: 0,
+                    ..HttpConfig::default()
+                },
+                "server.header_read_timeout_secs",
+            ),
+            (
+                HttpConfig {
+                    idle_timeout_secs: 0,
+                    ..HttpConfig::default()
+                },
+                "server.idle_timeout_secs",
+            ),
+            (
+                HttpConfig {
+                    max_connections: 0,
+                    ..HttpConfig::default()
+                },
+                "server.max_connections",
+            ),
+        ] {
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -5,14 +5,17 @@
 
 mod api;
 mod config;
+mod connections;
 mod error;
 mod health;
 mod metrics;
 mod server;
 mod webhook;
 
+pub use api::is_loopback;
 pub use config::{ApiConfig, HttpConfig, Port, PortError, WebhookConfig};
+pub use connections::ConnectionLimits;
 pub use error::ApiError;
 pub use health::{ComponentHealth, ComponentStatus, HealthProbe, HealthReport};
 pub use metrics::Metrics;
-pub use server::{AppState, Intake, router, serve};
+pub use server::{AppState, Intake, router, serve, serve_with_limits};

@@ -1,7 +1,6 @@
 //! The router, its shared state and the server loop.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,8 @@ use tokio::sync::Notify;
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
+use crate::config::HttpConfig;
+use crate::connections::ConnectionLimits;
 use crate::error::ApiError;
 use crate::health::{self, HealthProbe};
 use crate::metrics::Metrics;
@@ -271,41 +272,32 @@ async fn request_context(mut request: Request, next: Next) -> Response {
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and gives
-/// in-flight requests up to `grace` to finish.
+/// in-flight requests up to `shutdown_grace_secs` to finish. The `[server]` settings bound the
+/// connections: at most `max_connections` open (the one idle the longest makes room for a new
+/// one), `header_read_timeout_secs` to send a request head, `idle_timeout_secs` between requests.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
+    config: &HttpConfig,
 ) -> std::io::Result<()> {
-    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-    let signal = async move {
-        shutdown.await;
-        tracing::info!(
-            grace_secs = grace.as_secs_f64(),
-            "shutting down: no new connections"
-        );
-        let _ = stopping_tx.send(true);
+    let limits = ConnectionLimits {
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+        idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+        max_connections: config.max_connections,
+        shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
     };
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal);
-    let grace_elapsed = async move {
-        if stopping_rx.wait_for(|stopping| *stopping).await.is_err() {
-            // The server ended before any shutdown signal: nothing to wait for.
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = server => result,
-        () = grace_elapsed => {
-            tracing::warn!("grace period over: closing the connections still open");
-            Ok(())
-        }
-    }
+    serve_with_limits(listener, app, shutdown, limits).await
+}
+
+/// [`serve`] with limits given directly (tests use sub-second timeouts).
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ConnectionLimits,
+) -> std::io::Result<()> {
+    crate::connections::serve(listener, app, shutdown, limits).await
 }
 
 #[cfg(test)]

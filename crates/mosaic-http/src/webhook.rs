@@ -242,7 +242,10 @@ async fn intake(
                 (StatusCode::OK, Json(json!({"status": "duplicate"}))).into_response(),
             )
         }
-        (RecordOutcome::Recorded { .. }, IntakeStatus::Ignored) => {
+        (
+            RecordOutcome::Recorded { .. } | RecordOutcome::PossibleReplay { .. },
+            IntakeStatus::Ignored,
+        ) => {
             log("ignored");
             (
                 label,
@@ -260,6 +263,22 @@ async fn intake(
                 (
                     StatusCode::OK,
                     Json(json!({"status": "accepted", "delivery": shown})),
+                )
+                    .into_response(),
+            )
+        }
+        // Same body, new delivery id: handled (Gitea repeats bodies within one second), with
+        // the issue confirmed from Gitea first; told apart in the answer and the log.
+        (RecordOutcome::PossibleReplay { id, .. }, _) => {
+            log("possible_replay");
+            intake.notify.notify_one();
+            let shown = delivery_id.unwrap_or_else(|| format!("inbox-{id}"));
+            (
+                label,
+                "accepted",
+                (
+                    StatusCode::OK,
+                    Json(json!({"status": "accepted", "delivery": shown, "possible_replay": true})),
                 )
                     .into_response(),
             )
@@ -288,5 +307,6 @@ fn verify_error_kind(err: &VerifyError) -> &'static str {
         VerifyError::MalformedSignature { .. } => "malformed",
         VerifyError::Mismatch => "mismatch",
         VerifyError::BadForm => "bad_form",
+        VerifyError::RepeatedSignature { .. } => "repeated",
     }
 }

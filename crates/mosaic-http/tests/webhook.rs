@@ -230,6 +230,9 @@ impl Store for SpyStore {
         }
         self.inner.health_check().await
     }
+    fn write_outcomes(&self) -> WriteOutcomes {
+        self.inner.write_outcomes()
+    }
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }
@@ -567,10 +570,14 @@ async fn duplicates_by_id_and_replays_with_a_new_id_are_recognised() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"status": "duplicate"}));
 
-    // A replay from Gitea's UI: same body, new id.
+    // Same body, new id: a replay from Gitea's UI, or the same change again within Gitea's
+    // one-second timestamps. Kept and handled (the engine confirms with Gitea first).
     let (status, body) = h.send(request("d-2")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"status": "duplicate"}));
+    assert_eq!(
+        body,
+        json!({"status": "accepted", "delivery": "d-2", "possible_replay": true})
+    );
 
     // Another body under a known id: the id is the delivery, so still a duplicate.
     let other = variant(fixture, 7);
@@ -579,16 +586,19 @@ async fn duplicates_by_id_and_replays_with_a_new_id_are_recognised() {
     assert_eq!(body, json!({"status": "duplicate"}));
 
     let counts = h.store.delivery_counts().await.unwrap();
-    assert_eq!((counts.pending, counts.duplicate), (1, 3));
-    // Only one row is ever handed to the worker.
+    assert_eq!((counts.pending, counts.duplicate), (2, 2));
+    // A duplicate is never handed to the worker; the possible replay is, marked as one.
     let pending = h.store.pending_deliveries(Utc::now(), 10).await.unwrap();
-    assert_eq!(pending.len(), 1);
+    assert_eq!(pending.len(), 2);
     assert_eq!(pending[0].delivery_id.as_deref(), Some("d-1"));
+    assert_eq!(pending[1].delivery_id.as_deref(), Some("d-2"));
+    assert_eq!(pending[1].replay_of, Some(pending[0].id));
 }
 
 #[tokio::test]
-async fn the_same_event_from_two_webhooks_collapses_to_one() {
-    // A repository hook and an organisation hook send the same body under two ids.
+async fn the_same_event_from_two_webhooks_is_recorded_as_a_possible_replay() {
+    // A repository hook and an organisation hook send the same body under two ids: nothing
+    // tells that from a real repeat, so the second is kept (handling is level-triggered).
     let h = harness();
     let fixture = &FIXTURES[4];
     let first = json_delivery(
@@ -606,7 +616,14 @@ async fn the_same_event_from_two_webhooks_collapses_to_one() {
         fixture.signature,
     );
     assert_eq!(h.send(first).await.1["status"], "accepted");
-    assert_eq!(h.send(second).await.1["status"], "duplicate");
+    let answer = h.send(second).await.1;
+    assert_eq!(
+        (
+            answer["status"].as_str(),
+            answer["possible_replay"].as_bool()
+        ),
+        (Some("accepted"), Some(true))
+    );
 }
 
 #[tokio::test]
@@ -1302,6 +1319,12 @@ async fn the_issue_endpoint_checks_its_path() {
             StatusCode::BAD_REQUEST,
             "not an issue number",
         ),
+        // 2^63: no issue can have it (the store keeps signed 64-bit numbers).
+        (
+            "/api/v1/issues/example/example/9223372036854775808",
+            StatusCode::BAD_REQUEST,
+            "not an issue number",
+        ),
     ];
     for (path, expected, fragment) in cases {
         let (status, body) = h.send(get(path, None, local)).await;
@@ -1356,4 +1379,116 @@ async fn health_reports_the_store_and_is_503_when_it_cannot_write() {
 
     h.store.unwritable.store(false, Ordering::SeqCst);
     assert_eq!(h.send(get("/health", None, None)).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_401_names_it() {
+    let h = harness_with(Options {
+        api_token: Some("s3cret-token"),
+        ..Options::default()
+    });
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let request = Request::get("/api/v1/deliveries")
+            .header("authorization", format!("{scheme} s3cret-token"))
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(h.send(request).await.0, StatusCode::OK, "{scheme}");
+    }
+    for authorization in [None, Some("Bearer wrong"), Some("Basic s3cret-token")] {
+        let mut builder = Request::get("/api/v1/deliveries");
+        if let Some(value) = authorization {
+            builder = builder.header("authorization", value);
+        }
+        let response = h
+            .app
+            .clone()
+            .oneshot(builder.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{authorization:?}"
+        );
+        let challenge = response.headers()[http::header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap();
+        assert!(challenge.starts_with("Bearer "), "{challenge}");
+    }
+}
+
+#[tokio::test]
+async fn an_ipv4_client_on_an_ipv6_socket_counts_as_loopback() {
+    let h = harness();
+    let mapped = |ip: &str| {
+        let mut request = Request::get("/api/v1/deliveries")
+            .body(Body::empty())
+            .unwrap();
+        let ip: std::net::Ipv6Addr = ip.parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((ip, 40_000))));
+        request
+    };
+    assert_eq!(h.send(mapped("::ffff:127.0.0.1")).await.0, StatusCode::OK);
+    assert_eq!(
+        h.send(mapped("::ffff:192.168.1.5")).await.0,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_with_two_gitea_signatures_is_refused() {
+    let h = harness();
+    let fixture = &FIXTURES[0];
+    let wrong = sign("a guess", fixture.body);
+    let request = Request::post("/webhook/gitea")
+        .header("content-type", "application/json")
+        .header("x-gitea-event", fixture.event)
+        .header("x-gitea-delivery", "twice-signed")
+        .header("x-gitea-signature", wrong)
+        .header("x-gitea-signature", fixture.signature)
+        .body(Body::from(fixture.body.to_vec()))
+        .unwrap();
+    let (status, body) = h.send(request).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("more than once"),
+        "{body}"
+    );
+    assert_eq!(h.store.record_calls(), 0);
+}
+
+#[tokio::test]
+async fn an_issue_number_beyond_63_bits_is_422_and_never_reaches_the_store() {
+    let h = harness();
+    let fixture = &FIXTURES[0];
+    for (index, number) in [9_223_372_036_854_775_808_u64, u64::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let mut payload: Value = serde_json::from_slice(fixture.body).unwrap();
+        payload["issue"]["number"] = json!(number);
+        payload["number"] = json!(number);
+        let body = serde_json::to_vec(&payload).unwrap();
+        let signature = sign(SECRET, &body);
+        let request = json_delivery(
+            &body,
+            fixture.event,
+            fixture.event_type,
+            &format!("huge-{index}"),
+            &signature,
+        );
+        let (status, answer) = h.send(request).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{number}: {answer}"
+        );
+        assert!(
+            answer["error"].as_str().unwrap().contains("issue number"),
+            "{answer}"
+        );
+    }
+    assert_eq!(h.store.record_calls(), 0);
 }
