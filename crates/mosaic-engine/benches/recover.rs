@@ -228,6 +228,8 @@ fn engine(store: Arc<dyn Store>) -> Engine {
         parser,
         gitea: None,
         acts_for: "mosaic-bot".to_owned(),
+        bot_login: "mosaic-bot".to_owned(),
+        redactor: mosaic_security::Redactor::default(),
         profiles,
         policy: AssignmentPolicy::default(),
         priorities: PriorityOrder::default(),

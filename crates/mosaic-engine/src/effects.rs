@@ -7,6 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use mosaic_domain::IssueRef;
+use mosaic_gitea::IdempotencyKey;
 use mosaic_store::{NewOutboxItem, OutboxItem};
 use serde::{Deserialize, Serialize};
 
@@ -17,9 +18,15 @@ pub enum GiteaWrite {
     /// Creates or updates the coordinator's single status comment on the issue (found by the
     /// fixed marker `<!-- mosaic:status -->`), so state changes do not pile up comments.
     StatusComment { body: String },
-    /// Posts a new comment exactly once: the item's idempotency key goes into the body as
-    /// `<!-- mosaic:KEY -->`, and after an uncertain outcome the worker looks for it first.
-    Comment { body: String },
+    /// Posts a new comment exactly once: `marker`, a random key made when the write is
+    /// enqueued ([`GiteaWrite::comment`]), goes into the body as `<!-- mosaic:KEY -->`, and
+    /// after an uncertain outcome the worker looks for it, in the bot's own comments, first.
+    /// Rows from before markers were stored have none (the worker then uses the row's key).
+    Comment {
+        body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        marker: Option<String>,
+    },
     /// Puts the state label on the issue and takes the other state labels off.
     StateLabel {
         add: Option<String>,
@@ -39,6 +46,15 @@ pub struct UnknownWrite {
 }
 
 impl GiteaWrite {
+    /// A comment to post once, with a fresh unguessable marker (stored with the write, so a
+    /// retry after a crash looks for the same one).
+    pub fn comment(body: String) -> Self {
+        Self::Comment {
+            body,
+            marker: Some(IdempotencyKey::random().as_str().to_owned()),
+        }
+    }
+
     /// The outbox row for this write. `key` must be unique per intended write (e.g.
     /// `t42-status`), so replaying the same state change enqueues nothing twice.
     pub fn to_outbox(&self, issue: &IssueRef, key: String, at: DateTime<Utc>) -> NewOutboxItem {
@@ -84,8 +100,10 @@ mod tests {
             GiteaWrite::StatusComment {
                 body: "Queued".into(),
             },
+            GiteaWrite::comment("Done".into()),
             GiteaWrite::Comment {
                 body: "Done".into(),
+                marker: None,
             },
             GiteaWrite::StateLabel {
                 add: Some("mosaic:queued".into()),

@@ -85,6 +85,11 @@ impl DeliveryHandler for SnapshotHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
         let payload = decode(delivery)?;
         let snapshot = snapshot_of(&payload)?;
+        if delivery.replay_of.is_some() {
+            // A possible replay may describe the past, and nothing here can ask Gitea.
+            self.store.mark_processed(delivery.id).await?;
+            return Ok(());
+        }
         self.store
             .process_delivery_with_snapshot(delivery.id, snapshot)
             .await?;
@@ -251,11 +256,10 @@ impl InboxWorker {
 mod tests {
     use super::*;
     use mosaic_store::sqlite::SqliteStore;
-    use mosaic_store::{DeliveryStatus, IntakeStatus, NewDelivery, StoreConfig};
+    use mosaic_store::{DeliveryStatus, IntakeStatus, NewDelivery, RecordOutcome, StoreConfig};
     use std::sync::Mutex;
 
-    const ASSIGN: &[u8] =
-        include_bytes!("../../../tests/fixtures/gitea/issue-assign-event.json");
+    const ASSIGN: &[u8] = include_bytes!("../../../tests/fixtures/gitea/issue-assign-event.json");
 
     fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
         Arc::new(SqliteStore::open(&StoreConfig::sqlite(dir.path().join("t.db"))).unwrap())
@@ -410,6 +414,51 @@ mod tests {
             (rows[0].status, rows[0].attempts),
             (DeliveryStatus::Pending, 1)
         );
+    }
+
+    #[tokio::test]
+    async fn snapshot_handler_does_not_take_a_possible_replay_for_the_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let mut edited: serde_json::Value = serde_json::from_slice(ASSIGN).unwrap();
+        edited["issue"]["title"] = "renamed in the same second".into();
+        let edited = serde_json::to_vec(&edited).unwrap();
+        let same_hash = |mut new: NewDelivery| {
+            new.body_sha256 = fake_hash(ASSIGN, "the body");
+            new
+        };
+        store
+            .record_delivery(same_hash(delivery("a", ASSIGN)))
+            .await
+            .unwrap();
+        store.record_delivery(delivery("b", &edited)).await.unwrap();
+        let replay = store
+            .record_delivery(same_hash(delivery("c", ASSIGN)))
+            .await
+            .unwrap();
+        assert!(matches!(replay, RecordOutcome::PossibleReplay { .. }));
+        let worker = InboxWorker::new(
+            Arc::clone(&store),
+            Arc::new(SnapshotHandler::new(Arc::clone(&store))),
+            Arc::new(Notify::new()),
+            InboxConfig::default(),
+        );
+        while worker.run_once().await.unwrap() > 0 {}
+        let counts = store.delivery_counts().await.unwrap();
+        assert_eq!((counts.pending, counts.processed), (0, 3));
+        let payload: serde_json::Value = serde_json::from_slice(ASSIGN).unwrap();
+        let repo: mosaic_domain::RepoName = payload["repository"]["full_name"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let number = payload["issue"]["number"].as_u64().unwrap();
+        let snapshot = store
+            .get_issue_snapshot(&mosaic_domain::IssueRef::new(repo, number))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(snapshot.title, "renamed in the same second");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use mosaic_gitea::{
 };
 use mosaic_store::{OutboxBacklog, OutboxItem, Store, StoreError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use crate::effects::GiteaWrite;
@@ -113,7 +113,9 @@ pub struct OutboxWorker {
     notify: Arc<Notify>,
     config: OutboxConfig,
     stats: Arc<OutboxStats>,
-    bot_login: Option<String>,
+    /// Only the bot's own comments count as already posted or as the status comment; asked
+    /// from Gitea once when not given.
+    bot_login: OnceCell<String>,
 }
 
 impl std::fmt::Debug for OutboxWorker {
@@ -138,15 +140,25 @@ impl OutboxWorker {
             notify,
             config,
             stats: Arc::new(OutboxStats::default()),
-            bot_login: None,
+            bot_login: OnceCell::new(),
         }
     }
 
-    /// Only the bot's own comment counts as the status comment (a person quoting the hidden
-    /// marker must not have their comment overwritten). Without it any marked comment counts.
-    pub fn with_bot_login(mut self, login: &str) -> Self {
-        self.bot_login = Some(login.to_owned());
-        self
+    /// The bot's login, known already (otherwise the worker asks Gitea for the token's user
+    /// before its first comment). Only the bot's own comments count: a person quoting a hidden
+    /// marker must neither have their comment overwritten nor suppress the bot's.
+    pub fn with_bot_login(self, login: &str) -> Self {
+        Self {
+            bot_login: OnceCell::new_with(Some(login.to_owned())),
+            ..self
+        }
+    }
+
+    async fn bot_login(&self) -> Result<&str, GiteaError> {
+        self.bot_login
+            .get_or_try_init(|| async { Ok(self.gitea.current_user().await?.login) })
+            .await
+            .map(String::as_str)
     }
 
     /// The counters, shared: keep a clone for metrics before `run` takes the worker.
@@ -212,10 +224,12 @@ impl OutboxWorker {
                     self.stats.given_up.fetch_add(1, Ordering::Relaxed);
                 } else {
                     let delay = match &err {
+                        // Gitea's wish, within our own bound: `Retry-After: 999999` must not
+                        // park a write for days.
                         GiteaError::RateLimited {
                             retry_after: Some(after),
                             ..
-                        } => *after,
+                        } => (*after).min(Duration::from_millis(self.config.max_backoff_ms)),
                         _ => self.config.backoff(attempts),
                     };
                     tracing::warn!(%reason, attempts, retry_in_ms = delay.as_millis() as u64, "Gitea write failed; will retry");
@@ -236,9 +250,10 @@ impl OutboxWorker {
     async fn apply(&self, item: &OutboxItem) -> Result<(), WriteError> {
         let issue = &item.issue;
         match GiteaWrite::from_outbox(item)? {
-            GiteaWrite::Comment { body } => {
-                let key = comment_key(item)?;
-                match post_comment_once(self.gitea.as_ref(), issue, &key, &body).await? {
+            GiteaWrite::Comment { body, marker } => {
+                let key = comment_key(item, marker.as_deref())?;
+                let author = self.bot_login().await?;
+                match post_comment_once(self.gitea.as_ref(), issue, &key, author, &body).await? {
                     CommentDelivery::Posted(comment) => {
                         tracing::info!(comment_id = comment.id, "comment posted");
                     }
@@ -282,18 +297,13 @@ impl OutboxWorker {
         let issue = &item.issue;
         let key = IdempotencyKey::new(STATUS_KEY)?;
         let marked = key.mark(body);
+        let bot = self.bot_login().await?;
         let existing = self
             .gitea
             .list_comments(issue)
             .await?
             .into_iter()
-            .find(|comment| {
-                key.is_in(&comment.body)
-                    && self
-                        .bot_login
-                        .as_deref()
-                        .is_none_or(|login| comment.user.is(login))
-            });
+            .find(|comment| key.is_in(&comment.body) && comment.user.is(bot));
         if let Some(comment) = existing {
             if comment.body == marked {
                 tracing::debug!(comment_id = comment.id, "status comment already says this");
@@ -360,10 +370,13 @@ impl OutboxWorker {
     }
 }
 
-/// The item's own key when it is a valid marker key (the engine's keys name the issue with a
-/// `#`, which markers do not allow), else `outbox:<row id>`: unique in the store and stable
-/// across restarts, which is all the marker needs.
-fn comment_key(item: &OutboxItem) -> Result<IdempotencyKey, MarkerError> {
-    IdempotencyKey::new(&item.idempotency_key)
-        .or_else(|_| IdempotencyKey::new(&format!("outbox:{}", item.id)))
+/// The write's stored random marker. Rows enqueued before markers were stored keep what they
+/// were posted with: the item's own key when it is a valid marker key, else `outbox:<row id>`
+/// (predictable, which is why only the bot's own comments count).
+fn comment_key(item: &OutboxItem, marker: Option<&str>) -> Result<IdempotencyKey, MarkerError> {
+    match marker {
+        Some(marker) => IdempotencyKey::new(marker),
+        None => IdempotencyKey::new(&item.idempotency_key)
+            .or_else(|_| IdempotencyKey::new(&format!("outbox:{}", item.id))),
+    }
 }

@@ -601,8 +601,16 @@ impl Reconciler {
             issue: issue.clone(),
             reason: err.to_string(),
         })?;
+        let body_sha256: [u8; 32] = Sha256::digest(&body).into();
+        // Named by its content, not by the run: the same repair found again by a later run is
+        // the same delivery (a duplicate), while a new body under a new id would be handled
+        // again as a possible replay.
+        let content: String = body_sha256[..8]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
         let delivery_id = format!(
-            "reconcile-{run_id}-{owner}-{}-{}-{action}",
+            "reconcile-{content}-{owner}-{}-{}-{action}",
             issue.repo.name(),
             issue.number
         );
@@ -619,16 +627,16 @@ impl Reconciler {
                 action: Some(action.to_owned()),
                 repository: Some(issue.repo.to_string()),
                 issue_number: Some(issue.number),
-                body_sha256: Sha256::digest(&body).into(),
+                body_sha256,
                 body,
                 status: IntakeStatus::Pending,
                 received_at: Utc::now(),
             })
             .await?;
         let recorded = match outcome {
-            RecordOutcome::Recorded { id } => {
+            RecordOutcome::Recorded { id } | RecordOutcome::PossibleReplay { id, .. } => {
                 self.stats.count(kind);
-                tracing::info!(%issue, kind = kind.as_str(), action, inbox_id = id, %delivery_id, "reconciliation: synthetic delivery recorded");
+                tracing::info!(%issue, kind = kind.as_str(), action, inbox_id = id, %delivery_id, run = run_id, "reconciliation: synthetic delivery recorded");
                 true
             }
             RecordOutcome::Duplicate { existing_id } => {

@@ -2,6 +2,7 @@
 //! label. Pure text, so the wording is reviewed in snapshots.
 
 use mosaic_domain::{IssueRef, IssueState, RepoName};
+use mosaic_security::Redactor;
 use serde::{Deserialize, Serialize};
 
 /// Names of the state labels (the `[labels]` section).
@@ -112,7 +113,35 @@ pub enum Status<'a> {
 }
 
 /// Longest agent summary quoted in a comment; the rest stays in the session log.
-const MAX_SUMMARY_CHARS: usize = 2_000;
+pub const MAX_SUMMARY_CHARS: usize = 2_000;
+/// Longest failure reason quoted in a comment.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// Text that came from an agent (a summary, a failure reason with its stderr) as a comment may
+/// quote it: configured secrets and credential-shaped values replaced, control and escape
+/// sequences removed, at most `max_chars` characters (invariant 9). Every agent text passes
+/// here before it reaches a [`Status`] or a comment.
+pub fn agent_text(redactor: &Redactor, text: &str, max_chars: usize) -> String {
+    redactor.for_comment(text.trim(), max_chars)
+}
+
+/// The comment posted once when an agent finished an issue; `summary` is [`agent_text`].
+pub fn finished_comment(agent: &str, tokens: u64, cost_usd: f64, summary: &str) -> String {
+    format!(
+        "**Mosaic** · {agent} finished this issue · {} tokens this session · ${cost_usd:.2}\n\n{}",
+        thousands(tokens),
+        clip(summary, MAX_SUMMARY_CHARS)
+    )
+}
+
+/// The comment posted once when an issue failed for good; `reason` is [`agent_text`].
+pub fn failed_comment(agent: &str, attempts: u32, reason: &str) -> String {
+    format!(
+        "**Mosaic** · {agent} could not finish this issue after {attempts} attempt{}: {}",
+        if attempts == 1 { "" } else { "s" },
+        clip(reason, MAX_REASON_CHARS)
+    )
+}
 
 fn clip(text: &str, max: usize) -> String {
     let text = text.trim();
@@ -170,7 +199,7 @@ pub fn status_comment(status: &Status<'_>, repo: &RepoName) -> String {
         } => format!(
             "**Mosaic** · Failed with {agent} after {attempts} attempt{} · {}",
             if *attempts == 1 { "" } else { "s" },
-            clip(reason, 500)
+            clip(reason, MAX_REASON_CHARS)
         ),
         Status::Cancelled { why } => format!("**Mosaic** · Cancelled · {why}"),
     }

@@ -18,6 +18,7 @@ use mosaic_engine::effects::GiteaWrite;
 use mosaic_engine::engine::{Engine, EngineConfig, EngineError, EngineParts};
 use mosaic_engine::inbox::{DeliveryHandler, InboxConfig, InboxWorker};
 use mosaic_parser::{KnownAgents, TemplateParser, TemplateSettings};
+use mosaic_security::{Redactor, Secret};
 use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{
     Delivery, IntakeStatus, NewDelivery, RecordOutcome, SessionOutcome as Stored, Store,
@@ -158,8 +159,23 @@ struct Harness {
     seq: AtomicU32,
 }
 
+/// Secrets the engine's redactor knows, as the binary configures them.
+const BOT_TOKEN: &str = "b0t-t0ken-5f2c9a7e1d";
+const WEBHOOK_SECRET: &str = "whsec-8d1e4b7c2a9f";
+
 fn parts(store: Arc<dyn Store>, runtime: Arc<FakeRuntime>, config: EngineConfig) -> EngineParts {
+    parts_for(store, runtime, config, BOT)
+}
+
+/// The engine working for `assignee` while the bot's own login is [`BOT`].
+fn parts_for(
+    store: Arc<dyn Store>,
+    runtime: Arc<FakeRuntime>,
+    config: EngineConfig,
+    assignee: &str,
+) -> EngineParts {
     let profiles = profiles();
+    let secrets = [Secret::new(BOT_TOKEN), Secret::new(WEBHOOK_SECRET)];
     EngineParts {
         store,
         parser: Arc::new(TemplateParser::new(
@@ -167,7 +183,9 @@ fn parts(store: Arc<dyn Store>, runtime: Arc<FakeRuntime>, config: EngineConfig)
             KnownAgents::new(profiles.names()),
         )),
         gitea: None,
-        acts_for: BOT.into(),
+        acts_for: assignee.into(),
+        bot_login: BOT.into(),
+        redactor: Redactor::new(&secrets),
         profiles,
         policy: AssignmentPolicy::default(),
         priorities: PriorityOrder::default(),
@@ -177,13 +195,22 @@ fn parts(store: Arc<dyn Store>, runtime: Arc<FakeRuntime>, config: EngineConfig)
 }
 
 async fn harness_with(config: EngineConfig) -> Harness {
+    harness_for(config, BOT).await
+}
+
+async fn harness_for(config: EngineConfig, assignee: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("engine.db");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
     let runtime = Arc::new(FakeRuntime::default());
-    let (engine, _) = Engine::start(parts(Arc::clone(&store), Arc::clone(&runtime), config))
-        .await
-        .unwrap();
+    let (engine, _) = Engine::start(parts_for(
+        Arc::clone(&store),
+        Arc::clone(&runtime),
+        config,
+        assignee,
+    ))
+    .await
+    .unwrap();
     Harness {
         _dir: dir,
         path,
@@ -547,7 +574,7 @@ async fn a_successful_session_completes_the_issue_with_a_comment() {
     let comment = writes
         .iter()
         .find_map(|w| match w {
-            GiteaWrite::Comment { body } => Some(body.clone()),
+            GiteaWrite::Comment { body, .. } => Some(body.clone()),
             _ => None,
         })
         .expect("a done comment");
@@ -670,11 +697,9 @@ async fn a_failing_issue_is_retried_then_failed() {
             .unwrap()
             .starts_with("**Mosaic** · Failed with glm after 2 attempts")
     );
-    assert!(
-        writes.iter().any(
-            |w| matches!(w, GiteaWrite::Comment { body } if body.contains("could not finish"))
-        )
-    );
+    assert!(writes.iter().any(
+        |w| matches!(w, GiteaWrite::Comment { body, .. } if body.contains("could not finish"))
+    ));
     assert_eq!(h.engine.dispatch_once().await, 0);
     let sessions = h.store.sessions_for_issue(&issue(1)).await.unwrap();
     assert_eq!(sessions.len(), 2);
@@ -1030,4 +1055,336 @@ async fn declared_dependencies_survive_a_restart() {
     assert_eq!(waiting.state, IssueState::Blocked);
     assert_eq!(waiting.blockers, vec![issue(1)]);
     assert_eq!(store.dependency_edges().await.unwrap().len(), 1);
+}
+
+// ----- agent text is redacted before it leaves (issue 2) -----
+
+/// Everything the engine wrote for Gitea about issue `n`, and the stored session reasons.
+async fn everything_said(h: &Harness, n: u64) -> String {
+    let mut said: Vec<String> = h
+        .store
+        .outbox_for_issue(&issue(n))
+        .await
+        .unwrap()
+        .iter()
+        .map(|item| item.payload.to_string())
+        .collect();
+    said.extend(
+        h.store
+            .sessions_for_issue(&issue(n))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|s| s.detail),
+    );
+    said.join("\n")
+}
+
+fn assert_clean(said: &str) {
+    for secret in [BOT_TOKEN, WEBHOOK_SECRET, "sk-ant-api03-abcdefghijkl"] {
+        assert!(!said.contains(secret), "`{secret}` leaked: {said}");
+    }
+    assert!(
+        !said.contains('\u{1b}'),
+        "an escape sequence leaked: {said}"
+    );
+    assert!(
+        !said.contains("\\u001b"),
+        "an escape sequence leaked: {said}"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_reason_and_a_summary_reach_comments_only_redacted() {
+    let h = harness_with(EngineConfig {
+        max_attempts: 1,
+        ..EngineConfig::default()
+    })
+    .await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    h.runtime.sessions()[0].finish(SessionOutcome::Failed {
+        reason: format!(
+            "exited with status 128; stderr: \u{1b}[31mfatal:\u{1b}[0m Authentication failed for \
+             'https://mosaic-bot:{BOT_TOKEN}@gitea.example/o/r.git' (hook secret {WEBHOOK_SECRET})\u{7}"
+        ),
+    });
+    h.wait_for_state(1, IssueState::Failed).await;
+    let said = everything_said(&h, 1).await;
+    assert_clean(&said);
+    let writes = h.writes(1).await;
+    let failed = writes
+        .iter()
+        .find_map(|w| match w {
+            GiteaWrite::Comment { body, .. } if body.contains("could not finish") => {
+                Some(body.clone())
+            }
+            _ => None,
+        })
+        .expect("a failed comment");
+    assert!(failed.contains("fatal:"), "{failed}");
+    assert!(failed.contains("[redacted]"), "{failed}");
+    assert!(status_texts(&writes).last().unwrap().contains("[redacted]"));
+
+    h.deliver(&Event::assigned(2, SMALL)).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    let long_tail = "x".repeat(10_000);
+    h.runtime.sessions()[1].finish(SessionOutcome::Succeeded {
+        summary: format!(
+            "Done.\n\u{1b}]0;title\u{7}Authorization: token {BOT_TOKEN}\nused key sk-ant-api03-abcdefghijkl \
+             and {WEBHOOK_SECRET}\n{long_tail}"
+        ),
+        tokens: 10,
+        cost_usd: None,
+    });
+    h.wait_for_state(2, IssueState::Completed).await;
+    let said = everything_said(&h, 2).await;
+    assert_clean(&said);
+    let done = h
+        .writes(2)
+        .await
+        .iter()
+        .find_map(|w| match w {
+            GiteaWrite::Comment { body, .. } => Some(body.clone()),
+            _ => None,
+        })
+        .expect("a done comment");
+    assert!(done.contains("Done."), "{done}");
+    assert!(
+        done.chars().count() < 3_000,
+        "the summary is bounded: {} chars",
+        done.chars().count()
+    );
+}
+
+// ----- the bot and the assignee it works for are told apart (issue 5) -----
+
+const ASSIGNEE: &str = "team-bot";
+const OVERSIZED: &str =
+    "## Context Estimate\n- **Total estimated: 90,000 tokens**\n\n## Difficulty\nmedium\n";
+
+#[tokio::test]
+async fn an_assignment_to_the_assignee_is_coordinated_whoever_makes_it() {
+    let h = harness_for(EngineConfig::default(), ASSIGNEE).await;
+    for (number, sender) in [(1, "alice"), (2, ASSIGNEE)] {
+        h.deliver(&Event {
+            assignees: &[ASSIGNEE],
+            sender,
+            ..Event::assigned(number, SMALL)
+        })
+        .await;
+        assert_eq!(
+            h.state(number).await,
+            Some(IssueState::Ready),
+            "assigned by {sender}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_assignment_to_the_bot_itself_is_not_coordinated_when_it_works_for_another() {
+    let h = harness_for(EngineConfig::default(), ASSIGNEE).await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    assert_eq!(h.state(1).await, None);
+    assert!(h.writes(1).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_bots_own_events_are_not_acted_on_when_it_works_for_another() {
+    let h = harness_for(EngineConfig::default(), ASSIGNEE).await;
+    h.deliver(&Event {
+        assignees: &[ASSIGNEE],
+        ..Event::assigned(1, OVERSIZED)
+    })
+    .await;
+    assert_eq!(h.state(1).await, Some(IssueState::Rejected));
+    let history = h.store.issue_history(&issue(1)).await.unwrap().len();
+    let writes = h.writes(1).await.len();
+    // The bot putting its state label on the issue.
+    h.deliver(&Event {
+        action: "label_updated",
+        assignees: &[ASSIGNEE],
+        sender: BOT,
+        ..Event::assigned(1, OVERSIZED)
+    })
+    .await;
+    assert_eq!(
+        h.store.issue_history(&issue(1)).await.unwrap().len(),
+        history
+    );
+    assert_eq!(h.writes(1).await.len(), writes);
+    // Even an edit is the bot's own: a person's edit re-judges a rejected issue, this does not.
+    h.deliver(&Event {
+        action: "edited",
+        assignees: &[ASSIGNEE],
+        sender: BOT,
+        ..Event::assigned(1, SMALL)
+    })
+    .await;
+    assert_eq!(h.state(1).await, Some(IssueState::Rejected));
+    assert_eq!(h.writes(1).await.len(), writes);
+    // Sent by the bot while the assignee is assigned: still only recorded.
+    h.deliver(&Event {
+        assignees: &[ASSIGNEE],
+        sender: BOT,
+        ..Event::assigned(2, SMALL)
+    })
+    .await;
+    assert_eq!(h.state(2).await, None);
+}
+
+// ----- a finished issue comes back only on an explicit trigger (issue 8) -----
+
+impl Harness {
+    async fn complete(&self, n: u64) {
+        assert_eq!(self.engine.dispatch_once().await, 1);
+        let session = self.runtime.sessions().last().unwrap().clone();
+        assert_eq!(session.issue, issue(n));
+        session.finish(SessionOutcome::Succeeded {
+            summary: "done".into(),
+            tokens: 1,
+            cost_usd: None,
+        });
+        self.wait_for_state(n, IssueState::Completed).await;
+    }
+}
+
+#[tokio::test]
+async fn a_completed_issue_stays_done_when_a_person_joins_as_co_assignee() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    h.complete(1).await;
+    let writes = h.writes(1).await.len();
+    for event in [
+        // A person added next to the bot: Gitea sends "assigned" with the bot still there.
+        Event {
+            assignees: &[BOT, "alice"],
+            ..Event::assigned(1, SMALL)
+        },
+        Event {
+            action: "edited",
+            ..Event::assigned(
+                1,
+                "## Context Estimate\n- **Total estimated: 10,000 tokens**\n",
+            )
+        },
+        Event {
+            action: "label_updated",
+            ..Event::assigned(1, SMALL)
+        },
+        Event {
+            action: "opened",
+            ..Event::assigned(1, SMALL)
+        },
+    ] {
+        h.deliver(&event).await;
+        assert_eq!(
+            h.state(1).await,
+            Some(IssueState::Completed),
+            "after {}",
+            event.action
+        );
+    }
+    assert_eq!(h.engine.dispatch_once().await, 0);
+    assert_eq!(
+        h.runtime.spawns.load(Ordering::SeqCst),
+        1,
+        "no second session"
+    );
+    assert_eq!(h.writes(1).await.len(), writes, "no second comment");
+}
+
+#[tokio::test]
+async fn a_completed_issue_runs_again_when_the_bot_is_unassigned_then_assigned() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    h.complete(1).await;
+    h.deliver(&Event {
+        action: "unassigned",
+        assignees: &["alice"],
+        ..Event::assigned(1, SMALL)
+    })
+    .await;
+    assert_eq!(h.state(1).await, Some(IssueState::Completed));
+    h.deliver(&Event {
+        assignees: &["alice", BOT],
+        ..Event::assigned(1, SMALL)
+    })
+    .await;
+    assert_eq!(h.state(1).await, Some(IssueState::Ready));
+    assert_eq!(h.engine.dispatch_once().await, 1);
+}
+
+#[tokio::test]
+async fn a_completed_issue_runs_again_when_reopened() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    h.complete(1).await;
+    h.deliver(&Event {
+        action: "closed",
+        open: false,
+        ..Event::assigned(1, SMALL)
+    })
+    .await;
+    assert_eq!(h.state(1).await, Some(IssueState::Completed));
+    h.deliver(&Event {
+        action: "reopened",
+        ..Event::assigned(1, SMALL)
+    })
+    .await;
+    assert_eq!(h.state(1).await, Some(IssueState::Ready));
+}
+
+#[tokio::test]
+async fn a_failed_issue_stays_failed_until_an_explicit_trigger() {
+    let h = harness_with(EngineConfig {
+        max_attempts: 1,
+        ..EngineConfig::default()
+    })
+    .await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    h.runtime.sessions()[0].finish(SessionOutcome::Failed {
+        reason: "exit status 1".into(),
+    });
+    h.wait_for_state(1, IssueState::Failed).await;
+    h.deliver(&Event {
+        assignees: &[BOT, "alice"],
+        ..Event::assigned(1, SMALL)
+    })
+    .await;
+    assert_eq!(h.state(1).await, Some(IssueState::Failed));
+    assert_eq!(h.engine.dispatch_once().await, 0);
+    assert_eq!(
+        h.engine.requeue(&issue(1)).await.unwrap(),
+        IssueState::Ready
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_issue_is_judged_again_only_when_its_text_changes() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, OVERSIZED)).await;
+    assert_eq!(h.state(1).await, Some(IssueState::Rejected));
+    let writes = h.writes(1).await.len();
+    // A person's label event that changes nothing the parser reads, and a co-assignee.
+    h.deliver(&Event {
+        action: "label_updated",
+        ..Event::assigned(1, OVERSIZED)
+    })
+    .await;
+    h.deliver(&Event {
+        assignees: &[BOT, "alice"],
+        ..Event::assigned(1, OVERSIZED)
+    })
+    .await;
+    assert_eq!(h.state(1).await, Some(IssueState::Rejected));
+    assert_eq!(h.writes(1).await.len(), writes, "not rejected again");
+    // Split: the estimate went down.
+    h.deliver(&Event {
+        action: "edited",
+        ..Event::assigned(1, SMALL)
+    })
+    .await;
+    assert_eq!(h.state(1).await, Some(IssueState::Ready));
 }

@@ -156,8 +156,9 @@ impl GiteaApi for Flaky {
         &self,
         issue: &IssueRef,
         key: &IdempotencyKey,
+        author: &str,
     ) -> Result<Option<Comment>, GiteaError> {
-        self.inner.find_marked_comment(issue, key).await
+        self.inner.find_marked_comment(issue, key, author).await
     }
     async fn create_comment(&self, issue: &IssueRef, body: &str) -> Result<Comment, GiteaError> {
         self.inner.create_comment(issue, body).await?;
@@ -217,7 +218,27 @@ fn flaky(h: &Harness, after_post: AfterPost) -> Arc<Flaky> {
 }
 
 fn comment(body: &str) -> GiteaWrite {
-    GiteaWrite::Comment { body: body.into() }
+    GiteaWrite::comment(body.into())
+}
+
+/// A comment write as enqueued before markers were stored with it.
+fn legacy_comment(body: &str) -> GiteaWrite {
+    GiteaWrite::Comment {
+        body: body.into(),
+        marker: None,
+    }
+}
+
+/// The marker stored with the issue's first outbox row.
+async fn stored_marker(h: &Harness, issue: &IssueRef) -> IdempotencyKey {
+    let stored = h.store.outbox_for_issue(issue).await.unwrap();
+    match GiteaWrite::from_outbox(&stored[0]).unwrap() {
+        GiteaWrite::Comment {
+            marker: Some(marker),
+            ..
+        } => IdempotencyKey::new(&marker).unwrap(),
+        other => panic!("no marker stored: {other:?}"),
+    }
 }
 
 fn status(body: &str) -> GiteaWrite {
@@ -285,17 +306,17 @@ async fn an_uncertain_outcome_is_checked_before_posting_again() {
     assert_eq!(api.posts.load(Ordering::SeqCst), 1, "not posted twice");
     let comments = h.gitea.comments(&issue);
     assert_eq!(comments.len(), 1);
-    assert!(IdempotencyKey::new("k1").unwrap().is_in(&comments[0].body));
+    assert!(stored_marker(&h, &issue).await.is_in(&comments[0].body));
     assert_eq!(h.statuses(&issue).await, vec![OutboxStatus::Done]);
 }
 
 #[tokio::test]
-async fn engine_keys_naming_the_issue_fall_back_to_the_row_id_marker() {
+async fn rows_without_a_stored_marker_keep_the_row_id_marker() {
     let h = harness().await;
     let issue = h.issue(&[]);
     h.enqueue(
         &issue,
-        &[("d3-acme/widgets#1-failed-comment", comment("Failed"))],
+        &[("d3-acme/widgets#1-failed-comment", legacy_comment("Failed"))],
     )
     .await;
     let worker = h.worker(fast());
@@ -308,6 +329,88 @@ async fn engine_keys_naming_the_issue_fall_back_to_the_row_id_marker() {
             .body
             .ends_with(&format!("<!-- mosaic:outbox:{id} -->"))
     );
+}
+
+// ----- nobody else can suppress the bot's comments (issue 7) -----
+
+impl Harness {
+    /// A client posting as `login`, a person on the same Gitea.
+    fn person(&self, login: &str) -> GiteaClient {
+        let token = self.gitea.add_user(login);
+        GiteaClient::new(&GiteaConfig::new(
+            self.gitea.base_url().clone(),
+            Some(mosaic_security::Secret::new(token)),
+        ))
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn each_comment_write_carries_its_own_unguessable_marker() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    h.enqueue(
+        &issue,
+        &[
+            ("d1-acme/widgets#1-done", comment("Done.")),
+            ("d2-acme/widgets#1-done", comment("Done again.")),
+        ],
+    )
+    .await;
+    let worker = h.worker(fast());
+    while worker.run_once().await.unwrap() > 0 {}
+    let comments = h.gitea.comments(&issue);
+    assert_eq!(comments.len(), 2);
+    let markers: Vec<IdempotencyKey> = comments
+        .iter()
+        .flat_map(|c| mosaic_gitea::markers_in(&c.body))
+        .collect();
+    assert_eq!(markers.len(), 2);
+    assert_ne!(markers[0], markers[1]);
+    let rows = h.store.outbox_for_issue(&issue).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    for marker in &markers {
+        assert!(marker.as_str().starts_with("c-"), "{marker}");
+        assert!(marker.as_str().len() >= 32, "{marker}");
+        assert!(!marker.as_str().contains("outbox"), "{marker}");
+    }
+}
+
+#[tokio::test]
+async fn a_marker_in_a_persons_comment_does_not_suppress_the_bots_comment() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    // A row whose marker is predictable (enqueued before markers were stored): its row id.
+    h.enqueue(
+        &issue,
+        &[("d3-acme/widgets#1-failed-comment", legacy_comment("Failed"))],
+    )
+    .await;
+    let id = h.store.outbox_for_issue(&issue).await.unwrap()[0].id;
+    h.person("mallory")
+        .create_comment(
+            &issue,
+            &format!("nothing to see <!-- mosaic:outbox:{id} -->"),
+        )
+        .await
+        .unwrap();
+    // A worker that was not told the bot's login asks Gitea for it.
+    let worker = OutboxWorker::new(
+        Arc::clone(&h.store),
+        h.client.clone(),
+        Arc::new(Notify::new()),
+        fast(),
+    );
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    let mine: Vec<Comment> = h
+        .gitea
+        .comments(&issue)
+        .into_iter()
+        .filter(|c| c.user.is(MockGitea::BOT_LOGIN))
+        .collect();
+    assert_eq!(mine.len(), 1, "the bot posted its comment: {mine:?}");
+    assert!(mine[0].body.starts_with("Failed"));
+    assert_eq!(h.statuses(&issue).await, vec![OutboxStatus::Done]);
 }
 
 // ----- the writes -----
@@ -630,4 +733,33 @@ fn the_outbox_section_has_defaults_and_refuses_unknown_keys() {
             "{attempt}: {delay}"
         );
     }
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_only_up_to_the_largest_backoff() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    h.enqueue(&issue, &[("s", status("Queued"))]).await;
+    // Eleven days, as a hostile or broken proxy may say.
+    h.gitea.inject_failure(
+        mosaic_gitea::mock::InjectedFailure::new("/comments", 429, 1).with_retry_after("999999"),
+    );
+    let worker = h.worker(OutboxConfig {
+        base_backoff_ms: 100,
+        max_backoff_ms: 3_000,
+        ..fast()
+    });
+    let before = Utc::now();
+    worker.run_once().await.unwrap();
+    let item = &h.store.outbox_for_issue(&issue).await.unwrap()[0];
+    assert_eq!((item.status, item.attempts), (OutboxStatus::Pending, 1));
+    let waits = item.next_attempt_at - before;
+    assert!(
+        waits <= chrono::Duration::milliseconds(3_500),
+        "parked for {waits} despite max_backoff_ms = 3000"
+    );
+    assert!(
+        waits >= chrono::Duration::milliseconds(2_500),
+        "Retry-After (capped) should still be honoured, waited {waits}"
+    );
 }

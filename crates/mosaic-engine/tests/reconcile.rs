@@ -22,7 +22,7 @@ use mosaic_gitea::mock::{MockGitea, NewIssue};
 use mosaic_gitea::{BotIdentity, GiteaApi, GiteaClient, GiteaConfig, IssueState as TrackerState};
 use mosaic_parser::{KnownAgents, TemplateParser, TemplateSettings};
 use mosaic_store::sqlite::SqliteStore;
-use mosaic_store::{Delivery, IntakeStatus, NewDelivery, Store, StoreConfig};
+use mosaic_store::{Delivery, IntakeStatus, NewDelivery, RecordOutcome, Store, StoreConfig};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +76,8 @@ async fn harness() -> Harness {
         )),
         gitea: Some(client.clone() as Arc<dyn GiteaApi>),
         acts_for: BOT.into(),
+        bot_login: BOT.into(),
+        redactor: mosaic_security::Redactor::default(),
         profiles,
         policy: AssignmentPolicy::default(),
         priorities: PriorityOrder::default(),
@@ -692,4 +694,122 @@ async fn withdrawing_a_declaration_keeps_the_edge_gitea_also_lists() {
     h.process_inbox().await;
     assert_eq!(h.state(&listed).await, Some(IssueState::Blocked));
     assert_eq!(h.state(&unreadable).await, Some(IssueState::Ready));
+}
+
+// ----- possible replays: the same body under a new delivery id (issue 6) -----
+
+impl Harness {
+    /// Records `body` as intake would under `delivery_id`.
+    async fn record_body(&self, issue: &IssueRef, delivery_id: &str, body: &[u8]) -> RecordOutcome {
+        self.store
+            .record_delivery(NewDelivery {
+                delivery_id: Some(delivery_id.into()),
+                event: "issues".into(),
+                event_type: Some("issue_assign".into()),
+                action: None,
+                repository: Some(issue.repo.to_string()),
+                issue_number: Some(issue.number),
+                body_sha256: Sha256::digest(body).into(),
+                body: body.to_vec(),
+                status: IntakeStatus::Pending,
+                received_at: Utc::now(),
+            })
+            .await
+            .unwrap()
+    }
+
+    /// `GET` requests for the issue itself (not its comments or dependencies).
+    fn issue_reads(&self, issue: &IssueRef) -> usize {
+        let path = format!("/api/v1/repos/{}/issues/{}", issue.repo, issue.number);
+        self.gitea
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn a_real_repeat_within_one_second_is_honoured_after_asking_gitea() {
+    let h = harness().await;
+    let issue = h.new_issue("assigned twice", Some(BOT));
+    // Assign, unassign, assign within one second: Gitea sends the first body again, byte for
+    // byte, under a new delivery id.
+    let assigned =
+        serde_json::to_vec(&h.gitea.issue_event(&issue, "assigned", "alice").unwrap()).unwrap();
+    assert!(matches!(
+        h.record_body(&issue, "hook-1", &assigned).await,
+        RecordOutcome::Recorded { .. }
+    ));
+    h.gitea.set_assignees(&issue, &[]);
+    let unassigned =
+        serde_json::to_vec(&h.gitea.issue_event(&issue, "unassigned", "alice").unwrap()).unwrap();
+    h.record_body(&issue, "hook-2", &unassigned).await;
+    h.gitea.set_assignees(&issue, &[BOT]);
+    assert!(matches!(
+        h.record_body(&issue, "hook-3", &assigned).await,
+        RecordOutcome::PossibleReplay { .. }
+    ));
+    // The same delivery id again is a duplicate, and is never handled.
+    assert!(matches!(
+        h.record_body(&issue, "hook-3", &assigned).await,
+        RecordOutcome::Duplicate { .. }
+    ));
+    h.gitea.clear_requests();
+    h.process_inbox().await;
+    assert_eq!(h.state(&issue).await, Some(IssueState::Ready));
+    assert_eq!(
+        h.issue_reads(&issue),
+        1,
+        "only the possible replay is confirmed, with one call"
+    );
+    let history: Vec<_> = h
+        .store
+        .issue_history(&issue)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.to)
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            IssueState::Pending,
+            IssueState::Ready,
+            IssueState::Cancelled,
+            IssueState::Pending,
+            IssueState::Ready
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_old_delivery_changes_nothing() {
+    let h = harness().await;
+    let issue = h.new_issue("unassigned later", Some(BOT));
+    let assigned =
+        serde_json::to_vec(&h.gitea.issue_event(&issue, "assigned", "alice").unwrap()).unwrap();
+    h.record_body(&issue, "hook-1", &assigned).await;
+    h.gitea.set_assignees(&issue, &[]);
+    h.webhook(&issue, "unassigned", "alice").await;
+    h.process_inbox().await;
+    assert_eq!(h.state(&issue).await, Some(IssueState::Cancelled));
+    let outbox = h.store.outbox_for_issue(&issue).await.unwrap().len();
+    let snapshot = h.store.get_issue_snapshot(&issue).await.unwrap();
+
+    // Someone sends the old "assigned" body again under a fresh delivery id.
+    assert!(matches!(
+        h.record_body(&issue, "replayed-by-someone", &assigned)
+            .await,
+        RecordOutcome::PossibleReplay { .. }
+    ));
+    h.process_inbox().await;
+    assert_eq!(h.state(&issue).await, Some(IssueState::Cancelled));
+    assert_eq!(
+        h.store.outbox_for_issue(&issue).await.unwrap().len(),
+        outbox
+    );
+    let now = h.store.get_issue_snapshot(&issue).await.unwrap().unwrap();
+    assert!(now.assignees.is_empty(), "the stored snapshot is Gitea's");
+    assert_eq!(now.updated_at, snapshot.unwrap().updated_at);
 }

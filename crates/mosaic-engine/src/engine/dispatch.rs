@@ -10,7 +10,9 @@ use mosaic_store::{NewSession, SessionEnd, SessionOutcome};
 use tokio_util::sync::CancellationToken;
 
 use crate::effects::GiteaWrite;
-use crate::report::{Status, thousands};
+use crate::report::{
+    MAX_REASON_CHARS, MAX_SUMMARY_CHARS, Status, agent_text, failed_comment, finished_comment,
+};
 
 use super::work::{Core, Running, Work};
 use super::{Engine, EngineError, Inner};
@@ -336,6 +338,7 @@ impl Inner {
                 tokens,
                 cost_usd,
             } => {
+                let summary = &agent_text(&self.redactor, summary, MAX_SUMMARY_CHARS);
                 work.step(core, issue, IssueState::Completed)?;
                 let total = record.input_tokens.saturating_add(record.output_tokens);
                 let cost = record.cost_usd;
@@ -354,13 +357,7 @@ impl Inner {
                     core,
                     issue,
                     &format!("{tag}-done"),
-                    GiteaWrite::Comment {
-                        body: format!(
-                            "**Mosaic** · {agent} finished this issue · {} tokens this session · ${cost_usd:.2}\n\n{}",
-                            thousands(*tokens),
-                            summary.trim()
-                        ),
-                    },
+                    GiteaWrite::comment(finished_comment(&agent, *tokens, *cost_usd, summary)),
                 );
                 if self.config.close_on_success {
                     work.write(core, issue, &format!("{tag}-close"), GiteaWrite::CloseIssue);
@@ -373,6 +370,7 @@ impl Inner {
                 }
             }
             Conclusion::Failed { reason } => {
+                let reason = &agent_text(&self.redactor, reason, MAX_REASON_CHARS);
                 if record.attempts >= self.config.max_attempts {
                     work.step(core, issue, IssueState::Failed)?;
                     let attempts = record.attempts;
@@ -390,12 +388,7 @@ impl Inner {
                         core,
                         issue,
                         &format!("{tag}-failed"),
-                        GiteaWrite::Comment {
-                            body: format!(
-                                "**Mosaic** · {agent} could not finish this issue after {attempts} attempt{}: {reason}",
-                                if attempts == 1 { "" } else { "s" }
-                            ),
-                        },
+                        GiteaWrite::comment(failed_comment(&agent, attempts, reason)),
                     );
                 } else {
                     tracing::info!(%issue, %reason, attempts = record.attempts, "attempt failed; retrying");

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use mosaic_domain::events::IssueAction;
+use mosaic_domain::events::{IssueAction, TrackerState};
 use mosaic_domain::{IssueMetadata, IssueRef, IssueState, WebhookPayload, assign};
 use mosaic_gitea::Dependencies;
 use mosaic_parser::ParseInput;
@@ -53,15 +53,41 @@ fn handler_error(err: EngineError) -> HandlerError {
     }
 }
 
-/// Whether an issue in a terminal state comes back to the queue on `action`.
-fn reenters(state: IssueState, action: &IssueAction) -> bool {
-    match action {
-        IssueAction::Assigned | IssueAction::Reopened | IssueAction::Opened => true,
-        // A rejected issue that was edited (split, estimate lowered) is judged again.
-        IssueAction::Edited | IssueAction::LabelUpdated | IssueAction::LabelCleared => {
-            state == IssueState::Rejected
-        }
-        _ => false,
+/// The explicit triggers a delivery carries, judged against the issue's stored snapshot (what
+/// the coordinator saw before it): only these bring a finished issue back (docs/DESIGN.md,
+/// issue states). Any other delivery, e.g. a person added as a co-assignee while the bot stays
+/// assigned, leaves a finished issue finished.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Triggers {
+    /// Reopened. For a possible replay only when the issue was seen closed before.
+    pub reopened: bool,
+    /// Assigned to the coordinated assignee, who was not assigned before.
+    pub reassigned: bool,
+    /// The parser's input (title, body, labels other than state labels) changed.
+    pub edited: bool,
+}
+
+/// Whether an issue in a terminal state comes back to the queue on these triggers; a rejected
+/// issue also when edited (split, estimate lowered).
+fn reenters(state: IssueState, triggers: Triggers) -> bool {
+    triggers.reopened || triggers.reassigned || (state == IssueState::Rejected && triggers.edited)
+}
+
+/// The issue as Gitea shows it now, in the form a delivery's snapshot has.
+fn snapshot_from_gitea(issue: &IssueRef, current: &mosaic_gitea::Issue) -> IssueSnapshot {
+    IssueSnapshot {
+        issue: issue.clone(),
+        title: current.title.clone(),
+        body: current.body.clone(),
+        labels: current.label_names(),
+        assignees: current.assignee_logins(),
+        state: if current.is_open() {
+            TrackerState::Open
+        } else {
+            TrackerState::Closed
+        },
+        updated_at: current.updated_at,
+        html_url: (!current.html_url.is_empty()).then(|| current.html_url.clone()),
     }
 }
 
@@ -81,12 +107,13 @@ fn reevaluates(action: &IssueAction) -> bool {
 impl Inner {
     pub(crate) async fn handle_delivery(&self, delivery: &Delivery) -> Result<(), HandlerError> {
         let payload = decode(delivery)?;
-        let snapshot = snapshot_of(&payload)?;
+        let mut snapshot = snapshot_of(&payload)?;
         let (action, sender) = match &payload {
             WebhookPayload::Issue(p) => (Some(p.action.clone()), p.sender.as_ref()),
             WebhookPayload::IssueComment(p) => (None, p.sender.as_ref()),
         };
         let from_bot = sender.is_some_and(|user| self.is_bot(&user.login));
+        let replay = delivery.replay_of.is_some();
         // Comments, pull requests and the bot's own events are recorded, never acted on.
         let action = match action {
             Some(action) if !from_bot && !payload.issue().is_pull_request() => action,
@@ -98,7 +125,8 @@ impl Inner {
                     .complete_delivery(
                         delivery.id,
                         DeliveryEffects {
-                            snapshot: Some(snapshot),
+                            // A possible replay may describe the past: not recorded as current.
+                            snapshot: (!replay).then_some(snapshot),
                             transitions: Vec::new(),
                         },
                     )
@@ -106,18 +134,45 @@ impl Inner {
                 return Ok(());
             }
         };
+        // A possible replay (this body was delivered before, under another id) may be an old
+        // delivery sent again or a real repeat within Gitea's one-second timestamps: what it
+        // says about the issue is confirmed with Gitea (one call) before anything is decided.
+        if replay {
+            match self.confirm_with_gitea(&snapshot.issue).await? {
+                Some(current) => snapshot = current,
+                None => {
+                    tracing::warn!(issue = %snapshot.issue, delivery = delivery.id, "possible replay cannot be confirmed without Gitea; recorded only");
+                    self.store
+                        .complete_delivery(delivery.id, DeliveryEffects::default())
+                        .await?;
+                    return Ok(());
+                }
+            }
+        }
         let issue = snapshot.issue.clone();
         let open = snapshot.state.is_open();
         let deleted = action == IssueAction::Deleted;
-        let assigned =
-            open && !deleted && snapshot.assignees.iter().any(|login| self.is_bot(login));
+        let assigned = open
+            && !deleted
+            && snapshot
+                .assignees
+                .iter()
+                .any(|login| self.is_coordinated_assignee(login));
+        // Read before this delivery's snapshot replaces it; only an open, assigned issue can
+        // come back, so only then is it needed.
+        let triggers = if assigned {
+            let previous = self.store.get_issue_snapshot(&issue).await?;
+            self.triggers(&action, replay, previous.as_ref(), &snapshot)
+        } else {
+            Triggers::default()
+        };
 
         let needs_reading = assigned && {
             let core = self.core.lock().await;
             match core.queue.state(&issue) {
                 None => true,
                 Some(IssueState::InProgress) => false,
-                Some(state) if state.is_terminal() => reenters(state, &action),
+                Some(state) if state.is_terminal() => reenters(state, triggers),
                 Some(_) => {
                     reevaluates(&action)
                         || core
@@ -145,7 +200,7 @@ impl Inner {
             &mut work,
             &DeliveryFacts {
                 issue: &issue,
-                action: &action,
+                triggers,
                 open,
                 deleted,
                 assigned,
@@ -176,6 +231,66 @@ impl Inner {
         self.close_sessions(closing).await;
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// The issue as Gitea shows it now (`None` without a Gitea client).
+    async fn confirm_with_gitea(
+        &self,
+        issue: &IssueRef,
+    ) -> Result<Option<IssueSnapshot>, HandlerError> {
+        let Some(gitea) = &self.gitea else {
+            return Ok(None);
+        };
+        match gitea.get_issue(issue).await {
+            Ok(current) => Ok(Some(snapshot_from_gitea(issue, &current))),
+            Err(err) if err.is_retryable() => Err(HandlerError::Transient(format!(
+                "confirming a possible replay with Gitea: {err}"
+            ))),
+            Err(err) => Err(HandlerError::Permanent(format!(
+                "confirming a possible replay with Gitea: {err}"
+            ))),
+        }
+    }
+
+    /// The explicit triggers in a delivery, against the snapshot stored before it.
+    fn triggers(
+        &self,
+        action: &IssueAction,
+        replay: bool,
+        previous: Option<&IssueSnapshot>,
+        current: &IssueSnapshot,
+    ) -> Triggers {
+        let was_assigned = previous.is_some_and(|before| {
+            before
+                .assignees
+                .iter()
+                .any(|login| self.is_coordinated_assignee(login))
+        });
+        let was_closed = previous.is_some_and(|before| !before.state.is_open());
+        let state_labels = self.config.labels.all();
+        let parse_input = |snapshot: &IssueSnapshot| {
+            let mut labels: Vec<&str> = snapshot
+                .labels
+                .iter()
+                .map(String::as_str)
+                .filter(|label| !state_labels.contains(label))
+                .collect();
+            labels.sort_unstable();
+            (
+                snapshot.title.clone(),
+                snapshot.body.clone(),
+                labels.join("\n"),
+            )
+        };
+        Triggers {
+            // A real reopen needs no proof; a replayed one must show the issue was closed.
+            reopened: *action == IssueAction::Reopened && (!replay || was_closed),
+            reassigned: *action == IssueAction::Assigned && !was_assigned,
+            edited: matches!(
+                action,
+                IssueAction::Edited | IssueAction::LabelUpdated | IssueAction::LabelCleared
+            ) && previous.is_none_or(|before| parse_input(before) != parse_input(current)),
+        }
     }
 
     /// Closes sessions after their issue's change is committed; the outcome arrives through
@@ -404,7 +519,7 @@ impl Inner {
                 Ok(())
             }
             state if state.is_terminal() => {
-                if reenters(state, facts.action) {
+                if reenters(state, facts.triggers) {
                     work.step(core, issue, IssueState::Pending)?;
                     work.update(core, issue, |record| record.attempts = 0);
                     self.evaluate(core, work, issue, evaluation, true)?;
@@ -602,7 +717,7 @@ impl Inner {
 /// What a delivery says about its issue.
 pub(crate) struct DeliveryFacts<'a> {
     pub issue: &'a IssueRef,
-    pub action: &'a IssueAction,
+    pub triggers: Triggers,
     pub open: bool,
     pub deleted: bool,
     pub assigned: bool,

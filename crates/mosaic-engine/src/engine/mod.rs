@@ -28,6 +28,7 @@ use mosaic_domain::{
 };
 use mosaic_gitea::GiteaApi;
 use mosaic_parser::IssueParser;
+use mosaic_security::Redactor;
 use mosaic_store::{Store, StoreError};
 use tokio::sync::{Mutex, Notify};
 
@@ -80,8 +81,14 @@ pub struct EngineParts {
     /// `None` without a Gitea token: deliveries are still recorded and acted on, dependencies
     /// come from the metadata only, and the outbox keeps the writes.
     pub gitea: Option<Arc<dyn GiteaApi>>,
-    /// The bot's login: issues assigned to it are coordinated; its own events only recorded.
+    /// The assignee whose issues are coordinated (`gitea.assignee`, else the bot's login).
     pub acts_for: String,
+    /// The bot's own login (the token's user): events it sent are recorded, never acted on.
+    /// Differs from `acts_for` when `gitea.assignee` names another user.
+    pub bot_login: String,
+    /// Cleans text that came from an agent before it reaches a comment or a stored reason
+    /// (invariant 9), built from every configured secret.
+    pub redactor: Redactor,
     pub profiles: AgentProfiles,
     pub policy: AssignmentPolicy,
     pub priorities: PriorityOrder,
@@ -93,6 +100,7 @@ impl std::fmt::Debug for EngineParts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EngineParts")
             .field("acts_for", &self.acts_for)
+            .field("bot_login", &self.bot_login)
             .field("gitea", &self.gitea.is_some())
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -104,6 +112,8 @@ pub(crate) struct Inner {
     parser: Arc<dyn IssueParser>,
     gitea: Option<Arc<dyn GiteaApi>>,
     acts_for: String,
+    bot_login: String,
+    redactor: Redactor,
     profiles: AgentProfiles,
     policy: AssignmentPolicy,
     config: EngineConfig,
@@ -123,6 +133,7 @@ impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("acts_for", &self.acts_for)
+            .field("bot_login", &self.bot_login)
             .field("config", &self.config)
             .field("gitea", &self.gitea.is_some())
             .finish_non_exhaustive()
@@ -156,6 +167,8 @@ impl Engine {
                 parser: parts.parser,
                 gitea: parts.gitea,
                 acts_for: parts.acts_for,
+                bot_login: parts.bot_login,
+                redactor: parts.redactor,
                 profiles: parts.profiles,
                 policy: parts.policy,
                 config: parts.config,
@@ -186,9 +199,14 @@ impl Engine {
         &self.inner.config
     }
 
-    /// The bot login the engine acts for.
+    /// The assignee the engine acts for.
     pub fn acts_for(&self) -> &str {
         &self.inner.acts_for
+    }
+
+    /// The bot's own login.
+    pub fn bot_login(&self) -> &str {
+        &self.inner.bot_login
     }
 
     /// The context monitor watching the engine's sessions.
@@ -204,7 +222,13 @@ impl Inner {
         self.config.close_on_success
     }
 
+    /// Whether `login` is the bot itself (the sender of its own writes).
     fn is_bot(&self, login: &str) -> bool {
+        login.eq_ignore_ascii_case(&self.bot_login)
+    }
+
+    /// Whether `login` is the assignee the coordinator works for.
+    fn is_coordinated_assignee(&self, login: &str) -> bool {
         login.eq_ignore_ascii_case(&self.acts_for)
     }
 

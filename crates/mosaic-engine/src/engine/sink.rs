@@ -11,6 +11,8 @@ use mosaic_context::{
 use mosaic_domain::IssueState;
 use mosaic_store::{NewSession, RotationRecord, SessionOutcome as StoredOutcome};
 
+use crate::report::{MAX_SUMMARY_CHARS, agent_text};
+
 use super::dispatch::{Conclusion, session_end};
 use super::work::{Running, Work};
 use super::{EngineError, Inner};
@@ -155,6 +157,8 @@ impl Inner {
                 (StoredOutcome::Killed, Some(reason.to_string()), 0, 0.0)
             }
         };
+        // The stored reason is shown by the API and may become a comment: redacted like one.
+        let detail = detail.map(|text| agent_text(&self.redactor, &text, MAX_SUMMARY_CHARS));
         let shutting_down = self.shutting_down.load(Ordering::SeqCst);
         let stored = if shutting_down && stored != StoredOutcome::Succeeded {
             StoredOutcome::Interrupted
