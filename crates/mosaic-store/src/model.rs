@@ -146,6 +146,14 @@ pub struct DeliverySummary {
     pub processed_at: Option<DateTime<Utc>>,
 }
 
+/// Delivery bodies: how many rows still hold theirs and how many bytes that takes (as stored,
+/// i.e. compressed), or how many a retention run removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct BodyVolume {
+    pub rows: u64,
+    pub bytes: u64,
+}
+
 /// Inbox rows per status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct DeliveryCounts {

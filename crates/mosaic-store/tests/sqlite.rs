@@ -21,6 +21,7 @@ conformance_tests!(fresh();
     inbox_dedupes_by_delivery_id,
     inbox_keeps_a_repeated_body_under_a_new_id_as_a_possible_replay,
     inbox_ignored_deliveries_are_kept_but_never_pending,
+    retention_drops_only_the_bodies_of_old_handled_deliveries,
     inbox_failed_attempts_back_off_then_die,
     inbox_status_changes_are_checked,
     snapshots_are_idempotent_and_never_go_back_in_time,

@@ -562,6 +562,15 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn prune_delivery_bodies(&self, before: DateTime<Utc>) -> Result<BodyVolume, StoreError> {
+        self.write(move |conn| ops::prune_delivery_bodies(conn, before))
+            .await
+    }
+
+    async fn retained_delivery_bodies(&self) -> Result<BodyVolume, StoreError> {
+        self.read(ops::retained_delivery_bodies).await
+    }
+
     async fn recent_deliveries(&self, limit: u32) -> Result<Vec<DeliverySummary>, StoreError> {
         self.read(move |conn| ops::recent_deliveries(conn, limit))
             .await

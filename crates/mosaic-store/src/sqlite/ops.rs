@@ -424,6 +424,42 @@ pub(crate) fn mark_dead(
     }
 }
 
+/// Rows whose body retention may drop: handled (not pending), received before `?1`, still
+/// holding one. A dropped body is NULL, like a duplicate's, and reads back empty.
+const PRUNABLE: &str = "status != 'pending' AND received_at < ?1 AND body IS NOT NULL";
+
+pub(crate) fn prune_delivery_bodies(
+    conn: &Connection,
+    before: DateTime<Utc>,
+) -> Result<BodyVolume, StoreError> {
+    let before = micros(before);
+    let (rows, bytes): (i64, i64) = conn.query_row(
+        &format!("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM inbox WHERE {PRUNABLE}"),
+        params![before],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    conn.execute(
+        &format!("UPDATE inbox SET body = NULL WHERE {PRUNABLE}"),
+        params![before],
+    )?;
+    Ok(BodyVolume {
+        rows: to_u64("pruned rows", rows)?,
+        bytes: to_u64("pruned bytes", bytes)?,
+    })
+}
+
+pub(crate) fn retained_delivery_bodies(conn: &Connection) -> Result<BodyVolume, StoreError> {
+    let (rows, bytes): (i64, i64) = conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM inbox WHERE body IS NOT NULL",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    Ok(BodyVolume {
+        rows: to_u64("retained rows", rows)?,
+        bytes: to_u64("retained bytes", bytes)?,
+    })
+}
+
 pub(crate) fn recent_deliveries(
     conn: &Connection,
     limit: u32,

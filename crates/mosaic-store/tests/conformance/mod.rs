@@ -214,6 +214,55 @@ pub async fn inbox_keeps_a_repeated_body_under_a_new_id_as_a_possible_replay(sto
     assert_eq!((counts.pending, counts.duplicate), (4, 2));
 }
 
+pub async fn retention_drops_only_the_bodies_of_old_handled_deliveries(store: &dyn Store) {
+    let body = "x".repeat(2_000);
+    let old_handled = record(
+        store,
+        delivery(Some("old-handled"), &format!("a{body}"), at(0)),
+    )
+    .await;
+    let old_pending = record(
+        store,
+        delivery(Some("old-pending"), &format!("b{body}"), at(1)),
+    )
+    .await;
+    let new_handled = record(
+        store,
+        delivery(Some("new-handled"), &format!("c{body}"), at(500)),
+    )
+    .await;
+    store.mark_processed(old_handled).await.unwrap();
+    store.mark_processed(new_handled).await.unwrap();
+    let before = store.retained_delivery_bodies().await.unwrap();
+    assert_eq!(before.rows, 3);
+    assert!(before.bytes > 0);
+
+    let pruned = store.prune_delivery_bodies(at(100)).await.unwrap();
+    assert_eq!(pruned.rows, 1, "only the old handled body");
+    assert!(pruned.bytes > 0);
+    let after = store.retained_delivery_bodies().await.unwrap();
+    assert_eq!(after.rows, 2);
+    assert_eq!(after.bytes, before.bytes - pruned.bytes);
+    // The pending row keeps its body and is still handed out whole.
+    let pending = store.pending_deliveries(at(1_000), 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, old_pending);
+    assert_eq!(pending[0].body, format!("b{body}").into_bytes());
+    // The pruned row still dedupes its delivery id, and pruning again removes nothing.
+    assert!(matches!(
+        store
+            .record_delivery(delivery(Some("old-handled"), "again", at(600)))
+            .await
+            .unwrap(),
+        RecordOutcome::Duplicate { .. }
+    ));
+    assert_eq!(
+        store.prune_delivery_bodies(at(100)).await.unwrap(),
+        BodyVolume::default()
+    );
+    assert_eq!(store.recent_deliveries(10).await.unwrap().len(), 4);
+}
+
 pub async fn inbox_ignored_deliveries_are_kept_but_never_pending(store: &dyn Store) {
     let mut push = delivery(Some("push-1"), "push body", at(0));
     push.event = "push".to_owned();

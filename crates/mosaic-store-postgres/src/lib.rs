@@ -1,0 +1,517 @@
+//! The PostgreSQL backend of the coordinator's [`Store`] trait.
+//!
+//! A pool of tokio-postgres connections (deadpool). Every write runs in its own transaction and
+//! returns only after PostgreSQL committed it (with the server's default
+//! `synchronous_commit = on`, committed means flushed to the WAL on disk): an acknowledged
+//! delivery is durable. A session set to `synchronous_commit = off` is refused at connect. Operations that write several things (completing a delivery, several
+//! transition batches) are one transaction: all or nothing. Concurrent writers run side by
+//! side; the unique indexes deduplicate deliveries, row locks order status changes of one row,
+//! and per-issue advisory locks keep a transition's check and write together.
+//!
+//! Migrations are embedded and applied at [`PostgresStore::connect`], in one transaction under
+//! an advisory lock, so several coordinators may start at once. The same conformance suite as
+//! the SQLite backend's specifies the behaviour (`tests/postgres.rs`).
+
+mod body;
+mod failure;
+mod migrate;
+mod ops;
+
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use mosaic_domain::{IssueRef, IssueState};
+use mosaic_store::*;
+use tokio_postgres::NoTls;
+
+use crate::failure::Failure;
+
+pub use migrate::supported_version as schema_version;
+
+/// How to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresOptions {
+    /// Most connections open at once (concurrent operations beyond this wait for one).
+    pub pool_size: usize,
+    /// The schema the store's tables live in (PostgreSQL's `search_path`), created when
+    /// missing; `None`: the server's default (normally `public`). Lets several stores share a
+    /// database, as the tests do. Letters, digits and `_` only.
+    pub schema: Option<String>,
+    /// How long opening a connection, or waiting for a free one, may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            schema: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
+pub fn is_postgres_url(url: &str) -> bool {
+    let url = url.trim_start();
+    ["postgres://", "postgresql://"].iter().any(|scheme| {
+        url.get(..scheme.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
+    })
+}
+
+fn check_schema_name(schema: &str) -> Result<(), StoreError> {
+    let valid = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidConfig(format!(
+            "PostgreSQL schema `{schema}`: use 1 to 63 letters, digits and `_`, not starting with a digit"
+        )))
+    }
+}
+
+/// Refuses a session whose commits may return before they are on disk
+/// (`synchronous_commit = off`): the coordinator acknowledges a webhook once its row committed,
+/// so such a commit could lose an acknowledged delivery in a crash. Every other level (`local`,
+/// `on`, and the replicated `remote_write` and `remote_apply`) waits for the local flush at least.
+async fn refuse_lost_commits(conn: &deadpool_postgres::Object) -> Result<(), StoreError> {
+    let level: String = conn
+        .query_one("SELECT current_setting('synchronous_commit')", &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| Failure::Db(e).in_write())?;
+    if level == "off" {
+        return Err(StoreError::InvalidConfig(
+            "PostgreSQL runs with synchronous_commit = off, so an acknowledged delivery could be \
+             lost in a crash; set it to on (the default) for the coordinator's role or database"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    writes: AtomicU64,
+    outcomes: Mutex<WriteOutcomes>,
+}
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`; dropping it closes its connections.
+#[derive(Debug)]
+pub struct PostgresStore {
+    pool: Pool,
+    counters: Counters,
+}
+
+/// Runs `$body` on a pooled connection (`$client`), as a read.
+macro_rules! read {
+    ($store:expr, |$client:ident| $body:expr) => {{
+        let result: Result<_, Failure> = async {
+            let conn = $store.pool.get().await?;
+            let $client = &conn;
+            $body.await
+        }
+        .await;
+        result.map_err(Failure::in_read)
+    }};
+}
+
+/// Runs `$body` in a transaction on a pooled connection (`$tx`) and commits it; on any error
+/// the transaction is rolled back and nothing of it stays.
+macro_rules! write_in_transaction {
+    ($store:expr, |$tx:ident| $body:expr) => {{
+        let result: Result<_, Failure> = async {
+            let mut conn = $store.pool.get().await?;
+            #[allow(unused_mut)]
+            let mut $tx = conn.transaction().await?;
+            // Awaited apart from the match: the future borrows the transaction.
+            let outcome = $body.await;
+            match outcome {
+                Ok(value) => {
+                    $tx.commit().await?;
+                    Ok(value)
+                }
+                Err(error) => {
+                    // The connection goes back to the pool either way; a failed rollback
+                    // leaves it to deadpool to discard.
+                    let _ = $tx.rollback().await;
+                    Err(error)
+                }
+            }
+        }
+        .await;
+        $store.noted(result)
+    }};
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://` or `postgresql://`, any parameter tokio-postgres
+    /// accepts) and brings the schema up to date. Fails when the server cannot be reached.
+    pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        if !is_postgres_url(url) {
+            return Err(StoreError::InvalidConfig(
+                "a PostgreSQL store URL starts with postgres:// or postgresql://".to_owned(),
+            ));
+        }
+        if options.pool_size == 0 {
+            return Err(StoreError::InvalidConfig(
+                "the PostgreSQL pool size must be at least 1".to_owned(),
+            ));
+        }
+        // The error never repeats the URL: it may hold a password.
+        let mut config = tokio_postgres::Config::from_str(url.trim()).map_err(|e| {
+            StoreError::InvalidConfig(format!("cannot read the PostgreSQL URL: {e}"))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(options.connect_timeout);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("mosaic-coordinator");
+        }
+        if let Some(schema) = &options.schema {
+            check_schema_name(schema)?;
+            let earlier = config.get_options().map(str::to_owned);
+            let search_path = format!("-c search_path={schema}");
+            config.options(match earlier {
+                Some(earlier) if !earlier.is_empty() => format!("{earlier} {search_path}"),
+                _ => search_path,
+            });
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| StoreError::InvalidConfig(format!("PostgreSQL pool: {e}")))?;
+        let mut conn = pool.get().await.map_err(|e| Failure::Pool(e).in_write())?;
+        refuse_lost_commits(&conn).await?;
+        migrate::migrate(&mut conn, options.schema.as_deref()).await?;
+        drop(conn);
+        Ok(Self {
+            pool,
+            counters: Counters::default(),
+        })
+    }
+
+    /// Counts a write and notes how it went; a database failure (not a caller's conflict or
+    /// bad input) is what [`Store::write_outcomes`] reports.
+    fn noted<T>(&self, result: Result<T, Failure>) -> Result<T, StoreError> {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        let result = result.map_err(Failure::in_write);
+        let failure = match &result {
+            Ok(_) => {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(error) if error.is_storage_failure() => Some(error.to_string()),
+            Err(_) => None,
+        };
+        if let Some(error) = &failure {
+            tracing::error!(%error, "store write failed");
+        }
+        let mut outcomes = self
+            .counters
+            .outcomes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = Utc::now();
+        match failure {
+            None => outcomes.last_success = Some(at),
+            Some(error) => outcomes.last_failure = Some(WriteFailure { at, error }),
+        }
+        drop(outcomes);
+        result
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn record_delivery(
+        &self,
+        mut delivery: NewDelivery,
+    ) -> Result<RecordOutcome, StoreError> {
+        // The hottest write: one INSERT in the common case, committed on its own (no BEGIN and
+        // COMMIT round trips); see the op.
+        let stored = body::encode(std::mem::take(&mut delivery.body));
+        let result = async {
+            let conn = self.pool.get().await?;
+            ops::record_delivery(&conn, &delivery, &stored).await
+        }
+        .await;
+        self.noted(result)
+    }
+
+    async fn pending_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        read!(self, |client| ops::pending_deliveries(client, now, limit))
+    }
+
+    async fn mark_processed(&self, id: DeliveryRowId) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::mark_processed(&tx, id))
+    }
+
+    async fn mark_failed_attempt(
+        &self,
+        id: DeliveryRowId,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::mark_failed_attempt(
+            &tx,
+            id,
+            error,
+            next_attempt_at
+        ))
+    }
+
+    async fn mark_dead(&self, id: DeliveryRowId, error: &str) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::mark_dead(&tx, id, error))
+    }
+
+    async fn prune_delivery_bodies(&self, before: DateTime<Utc>) -> Result<BodyVolume, StoreError> {
+        write_in_transaction!(self, |tx| ops::prune_delivery_bodies(&tx, before))
+    }
+
+    async fn retained_delivery_bodies(&self) -> Result<BodyVolume, StoreError> {
+        read!(self, |client| ops::retained_delivery_bodies(client))
+    }
+
+    async fn recent_deliveries(&self, limit: u32) -> Result<Vec<DeliverySummary>, StoreError> {
+        read!(self, |client| ops::recent_deliveries(client, limit))
+    }
+
+    async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError> {
+        read!(self, |client| ops::delivery_counts(client))
+    }
+
+    async fn complete_delivery(
+        &self,
+        id: DeliveryRowId,
+        effects: DeliveryEffects,
+    ) -> Result<CompletionOutcome, StoreError> {
+        write_in_transaction!(self, |tx| ops::complete_delivery(&tx, id, &effects))
+    }
+
+    async fn upsert_issue_snapshot(
+        &self,
+        snapshot: IssueSnapshot,
+    ) -> Result<SnapshotOutcome, StoreError> {
+        write_in_transaction!(self, |tx| ops::upsert_issue_snapshot(&tx, &snapshot))
+    }
+
+    async fn get_issue_snapshot(
+        &self,
+        issue: &IssueRef,
+    ) -> Result<Option<IssueSnapshot>, StoreError> {
+        read!(self, |client| ops::get_issue_snapshot(client, issue))
+    }
+
+    async fn issue_snapshot_summaries(
+        &self,
+        issues: Vec<IssueRef>,
+    ) -> Result<Vec<Option<SnapshotSummary>>, StoreError> {
+        read!(self, |client| ops::issue_snapshot_summaries(
+            client, &issues
+        ))
+    }
+
+    async fn commit_transitions(&self, batches: Vec<TransitionBatch>) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::commit_transitions(&tx, &batches))
+    }
+
+    async fn get_issue(&self, issue: &IssueRef) -> Result<Option<IssueRecord>, StoreError> {
+        read!(self, |client| ops::get_issue(client, issue))
+    }
+
+    async fn list_issues(&self, states: &[IssueState]) -> Result<Vec<IssueRecord>, StoreError> {
+        read!(self, |client| ops::list_issues(client, states))
+    }
+
+    async fn issue_history(&self, issue: &IssueRef) -> Result<Vec<TransitionRecord>, StoreError> {
+        read!(self, |client| ops::issue_history(client, issue))
+    }
+
+    async fn dependency_edges(&self) -> Result<Vec<DependencyEdge>, StoreError> {
+        read!(self, |client| ops::dependency_edges(client))
+    }
+
+    async fn next_outbox_items(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        read!(self, |client| ops::next_outbox_items(client, now, limit))
+    }
+
+    async fn mark_outbox_done(&self, id: OutboxId) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::mark_outbox_done(&tx, id))
+    }
+
+    async fn mark_outbox_failed(
+        &self,
+        id: OutboxId,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::mark_outbox_failed(&tx, id, error, retry_at))
+    }
+
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        read!(self, |client| ops::outbox_backlog(client))
+    }
+
+    async fn outbox_for_issue(&self, issue: &IssueRef) -> Result<Vec<OutboxItem>, StoreError> {
+        read!(self, |client| ops::outbox_for_issue(client, issue))
+    }
+
+    async fn open_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        read!(self, |client| ops::open_sessions(client))
+    }
+
+    async fn sessions_for_issue(&self, issue: &IssueRef) -> Result<Vec<SessionRecord>, StoreError> {
+        read!(self, |client| ops::sessions_for_issue(client, issue))
+    }
+
+    async fn record_rotation(&self, rotation: RotationRecord) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::record_rotation(&tx, &rotation))
+    }
+
+    async fn recent_rotations(&self, limit: u32) -> Result<Vec<RotationRecord>, StoreError> {
+        read!(self, |client| ops::recent_rotations(client, limit))
+    }
+
+    async fn record_compaction(&self, compaction: CompactionRecord) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::record_compaction(&tx, &compaction))
+    }
+
+    async fn compactions_for_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Vec<CompactionRecord>, StoreError> {
+        read!(self, |client| ops::compactions_for_session(
+            client, session_id
+        ))
+    }
+
+    async fn cache_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        read!(self, |client| ops::cache_get(client, key))
+    }
+
+    async fn cache_put(&self, key: &str, value_json: &str) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::cache_put(&tx, key, value_json))
+    }
+
+    async fn record_llm_usage(&self, usage: LlmUsageRecord) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::record_llm_usage(&tx, &usage))
+    }
+
+    async fn llm_usage_totals(&self) -> Result<Vec<LlmUsageTotal>, StoreError> {
+        read!(self, |client| ops::llm_usage_totals(client))
+    }
+
+    async fn health_check(&self) -> Result<(), StoreError> {
+        let probe = body::encode(b"{}".to_vec());
+        write_in_transaction!(self, |tx| ops::heartbeat(&mut tx, &probe))
+    }
+
+    fn write_outcomes(&self) -> WriteOutcomes {
+        self.counters
+            .outcomes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            writes: self.counters.writes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_postgres_urls() {
+        assert!(is_postgres_url("postgres://u:p@h/db"));
+        assert!(is_postgres_url("postgresql://h/db"));
+        assert!(is_postgres_url("PostgreSQL://h/db"));
+        assert!(!is_postgres_url("sqlite://data/mosaic.db"));
+        assert!(!is_postgres_url("data/mosaic.db"));
+        assert!(!is_postgres_url("postgres:/h"));
+        // Byte 11 falls inside `é`: no panic on a non-ASCII URL.
+        assert!(!is_postgres_url("postgres:/é/x"));
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["public", "mosaic_test_01", "_x"] {
+            assert!(check_schema_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "1abc", "a-b", "a b", "x\"; DROP", &"a".repeat(64)] {
+            assert!(
+                matches!(check_schema_name(bad), Err(StoreError::InvalidConfig(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_other_urls_and_an_empty_pool_before_connecting() {
+        let other = PostgresStore::connect("sqlite://x.db", PostgresOptions::default()).await;
+        assert!(matches!(other, Err(StoreError::InvalidConfig(m)) if m.contains("postgres://")));
+        let empty = PostgresStore::connect(
+            "postgres://u:secret@127.0.0.1:1/db",
+            PostgresOptions {
+                pool_size: 0,
+                ..PostgresOptions::default()
+            },
+        )
+        .await;
+        assert!(matches!(empty, Err(StoreError::InvalidConfig(m)) if m.contains("pool size")));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_a_clear_error_without_the_password() {
+        // Port 1 on loopback: nothing listens, the connection is refused at once.
+        let err = PostgresStore::connect(
+            "postgres://u:hunter2@127.0.0.1:1/db",
+            PostgresOptions {
+                connect_timeout: Duration::from_secs(2),
+                ..PostgresOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("no connection to PostgreSQL"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        assert!(err.is_storage_failure());
+    }
+}

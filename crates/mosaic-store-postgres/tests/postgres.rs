@@ -1,0 +1,578 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+//! The PostgreSQL backend: the shared conformance suite (the SQLite backend's checks, word for
+//! word), plus what only a server backend has: concurrent writers, concurrent migrations,
+//! durability across a new pool.
+//!
+//! The server: `MOSAIC_TEST_POSTGRES_URL`, default [`DEFAULT_URL`]. Each test works in a fresh
+//! schema of its own, dropped at the end, so tests run in parallel. When the server cannot be
+//! reached the tests fail with `CI=true`, and otherwise say how to start it and pass.
+
+#[path = "../../mosaic-store/tests/conformance/mod.rs"]
+mod conformance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mosaic_domain::IssueState;
+use mosaic_store::*;
+use mosaic_store_postgres::{PostgresOptions, PostgresStore};
+
+const DEFAULT_URL: &str = "postgres://mosaic:mosaic@127.0.0.1:5432/mosaic_test";
+
+fn server_url() -> String {
+    std::env::var("MOSAIC_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// A direct connection for test set-up, or `None` (after saying why) when there is no server
+/// and this is not CI.
+async fn admin() -> Option<tokio_postgres::Client> {
+    let mut config: tokio_postgres::Config = server_url().parse().expect("a valid test URL");
+    config.connect_timeout(Duration::from_secs(5));
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(connection);
+            Some(client)
+        }
+        Err(error) => {
+            let cause = std::error::Error::source(&error)
+                .map(|cause| format!(": {cause}"))
+                .unwrap_or_default();
+            let message = format!(
+                "PostgreSQL is not reachable at MOSAIC_TEST_POSTGRES_URL (default {DEFAULT_URL}): \
+                 {error}{cause}. Start it with `pg_ctlcluster 15 main start` and create the role and \
+                 database as in .ci/run"
+            );
+            if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+                panic!("{message}");
+            }
+            println!("skipped: {message}");
+            None
+        }
+    }
+}
+
+/// A schema of the test's own, dropped (with everything in it) when the guard goes.
+struct Schema {
+    name: String,
+}
+
+impl Schema {
+    async fn create() -> Option<Self> {
+        let client = admin().await?;
+        let name = format!("mosaic_test_{:016x}", rand::random::<u64>());
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .unwrap();
+        Some(Self { name })
+    }
+
+    fn options(&self) -> PostgresOptions {
+        PostgresOptions {
+            pool_size: 4,
+            schema: Some(self.name.clone()),
+            ..PostgresOptions::default()
+        }
+    }
+
+    async fn open(&self) -> PostgresStore {
+        PostgresStore::connect(&server_url(), self.options())
+            .await
+            .unwrap()
+    }
+
+    /// A connection to the schema, outside any store.
+    async fn outside(&self) -> tokio_postgres::Client {
+        let client = admin().await.unwrap();
+        client
+            .batch_execute(&format!("SET search_path = {}", self.name))
+            .await
+            .unwrap();
+        client
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot block on itself: a thread of its
+        // own with a small runtime drops the schema.
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                if let Some(client) = admin().await {
+                    client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                        .await
+                        .unwrap();
+                }
+            });
+        })
+        .join();
+        if dropped.is_err() && !std::thread::panicking() {
+            panic!("could not drop the test schema");
+        }
+    }
+}
+
+async fn fresh() -> Option<(Schema, Arc<dyn Store>)> {
+    let schema = Schema::create().await?;
+    let store = schema.open().await;
+    Some((schema, Arc::new(store)))
+}
+
+/// One test per conformance check, as `conformance_tests!` makes them, except that a missing
+/// server outside CI skips instead of failing; and the list of names, to compare with SQLite's.
+macro_rules! postgres_conformance_tests {
+    ($($check:ident),* $(,)?) => {
+        const CHECKS: &[&str] = &[$(stringify!($check)),*];
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some((_schema, store)) = fresh().await else {
+                    return;
+                };
+                conformance::$check(store.as_ref()).await;
+                // The store's connections close before the schema is dropped.
+                drop(store);
+            }
+        )*
+    };
+}
+
+postgres_conformance_tests!(
+    inbox_records_in_increasing_order_and_lists_pending_oldest_first,
+    inbox_dedupes_by_delivery_id,
+    inbox_keeps_a_repeated_body_under_a_new_id_as_a_possible_replay,
+    inbox_ignored_deliveries_are_kept_but_never_pending,
+    retention_drops_only_the_bodies_of_old_handled_deliveries,
+    inbox_failed_attempts_back_off_then_die,
+    inbox_status_changes_are_checked,
+    snapshots_are_idempotent_and_never_go_back_in_time,
+    snapshot_summaries_match_the_stored_snapshots,
+    completing_a_delivery_writes_effects_and_status_together,
+    a_failed_completion_leaves_the_delivery_pending_and_writes_nothing,
+    transitions_store_record_history_edges_and_outbox_atomically,
+    several_batches_commit_all_or_nothing,
+    updates_without_a_transition_keep_history_and_accumulate_nothing_implicitly,
+    outbox_delivers_in_order_per_issue,
+    outbox_idempotency_keys_enqueue_once,
+    sessions_start_and_end_with_their_issue,
+    rotations_and_compactions_round_trip,
+    parse_cache_stores_json_by_key,
+    llm_usage_is_summed_per_provider_and_model,
+    health_check_writes,
+    write_outcomes_follow_the_writes,
+    time_survives_with_microsecond_precision,
+);
+
+/// The list above must stay SQLite's list: a check added there and forgotten here fails this.
+#[test]
+fn runs_every_check_the_sqlite_backend_runs() {
+    let sqlite = include_str!("../../mosaic-store/tests/sqlite.rs");
+    let call = "conformance_tests!(fresh();";
+    let start = sqlite
+        .find(call)
+        .expect("sqlite.rs calls conformance_tests!")
+        + call.len();
+    let rest = &sqlite[start..];
+    let list = &rest[..rest.find(");").unwrap()];
+    let sqlite_checks: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .collect();
+    assert_eq!(CHECKS, sqlite_checks.as_slice());
+}
+
+/// Acknowledged means durable: a delivery recorded and acknowledged is there for a new pool
+/// (new connections, nothing cached) once the first store is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_delivery_survives_reopening() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let body = include_bytes!("../../../tests/fixtures/gitea/issue-assign-event.json");
+    let mut delivery = conformance::delivery(Some("durable"), "durable", conformance::at(0));
+    delivery.body = body.to_vec();
+    let store = schema.open().await;
+    let RecordOutcome::Recorded { id } = store.record_delivery(delivery).await.unwrap() else {
+        panic!("a new delivery");
+    };
+    let other = conformance::delivery(Some("done"), "done", conformance::at(1));
+    let RecordOutcome::Recorded { id: done } = store.record_delivery(other).await.unwrap() else {
+        panic!("a new delivery");
+    };
+    store.mark_processed(done).await.unwrap();
+    drop(store);
+
+    let reopened = schema.open().await;
+    let pending = reopened
+        .pending_deliveries(conformance::at(10), 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, id);
+    assert_eq!(pending[0].body, body, "the body comes back byte for byte");
+    let counts = reopened.delivery_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.processed), (1, 1));
+
+    // Stored compressed, like SQLite stores it.
+    let codec: String = schema
+        .outside()
+        .await
+        .query_one("SELECT body_codec FROM inbox WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(codec, "lz4");
+}
+
+/// A server (or role, or URL) set to acknowledge commits before they are on disk is refused:
+/// acknowledged must mean durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_without_durable_commits_is_refused() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let mut url = server_url();
+    url.push(if url.contains('?') { '&' } else { '?' });
+    url.push_str("options=-c%20synchronous_commit%3Doff");
+    let refused = PostgresStore::connect(&url, schema.options()).await;
+    assert!(
+        matches!(&refused, Err(StoreError::InvalidConfig(m)) if m.contains("synchronous_commit")),
+        "{refused:?}"
+    );
+}
+
+/// Several coordinators starting at once against one schema: all of them come up, the
+/// migrations are applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_migrating_one_schema_at_once_all_succeed() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let opens = (0..4).map(|_| {
+        let options = schema.options();
+        tokio::spawn(async move { PostgresStore::connect(&server_url(), options).await })
+    });
+    let stores: Vec<PostgresStore> = futures::future::join_all(opens)
+        .await
+        .into_iter()
+        .map(|opened| opened.unwrap().unwrap())
+        .collect();
+    let applied: i64 = schema
+        .outside()
+        .await
+        .query_one("SELECT COUNT(*) FROM schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, mosaic_store_postgres::schema_version());
+    for store in &stores {
+        store.health_check().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_newer_than_this_build_is_refused() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    drop(schema.open().await);
+    schema
+        .outside()
+        .await
+        .batch_execute("INSERT INTO schema_migrations VALUES (999, 'future', now())")
+        .await
+        .unwrap();
+    let refused = PostgresStore::connect(&server_url(), schema.options()).await;
+    assert!(
+        matches!(refused, Err(StoreError::SchemaTooNew { found: 999, .. })),
+        "{refused:?}"
+    );
+}
+
+/// Many webhooks carrying the same delivery at once (Gitea retrying while the first attempt
+/// is still being written): exactly one row is recorded, every other attempt is a duplicate
+/// of it; the same body under new ids at once: one original, the rest possible replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_recordings_of_one_delivery_record_it_once() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    let same_id = (0..16).map(|n| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let delivery =
+                conformance::delivery(Some("retried"), &format!("body {n}"), conformance::at(n));
+            store.record_delivery(delivery).await.unwrap()
+        })
+    });
+    let outcomes: Vec<RecordOutcome> = futures::future::join_all(same_id)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let recorded: Vec<_> = outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            RecordOutcome::Recorded { id } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recorded.len(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|outcome| match outcome {
+        RecordOutcome::Recorded { .. } => true,
+        RecordOutcome::Duplicate { existing_id } => *existing_id == recorded[0],
+        RecordOutcome::PossibleReplay { .. } => false,
+    }));
+
+    let same_body = (0..16).map(|n| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let delivery =
+                conformance::delivery(Some(&format!("id {n}")), "one body", conformance::at(n));
+            store.record_delivery(delivery).await.unwrap()
+        })
+    });
+    let outcomes: Vec<RecordOutcome> = futures::future::join_all(same_body)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let originals: Vec<_> = outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            RecordOutcome::Recorded { id } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(originals.len(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|outcome| match outcome {
+        RecordOutcome::Recorded { .. } => true,
+        RecordOutcome::PossibleReplay { replay_of, .. } => *replay_of == originals[0],
+        RecordOutcome::Duplicate { .. } => false,
+    }));
+
+    // One replayed body arriving several times at once under one new id: one possible
+    // replay, the other attempts duplicates of it.
+    let replayed_together = (0..16).map(|n| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let delivery = conformance::delivery(Some("replayed"), "one body", conformance::at(n));
+            store.record_delivery(delivery).await.unwrap()
+        })
+    });
+    let outcomes: Vec<RecordOutcome> = futures::future::join_all(replayed_together)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let replays: Vec<_> = outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            RecordOutcome::PossibleReplay { id, replay_of } => {
+                assert_eq!(*replay_of, originals[0]);
+                Some(*id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replays.len(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|outcome| match outcome {
+        RecordOutcome::PossibleReplay { .. } => true,
+        RecordOutcome::Duplicate { existing_id } => *existing_id == replays[0],
+        RecordOutcome::Recorded { .. } => false,
+    }));
+
+    let counts = store.delivery_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.duplicate), (1 + 16 + 1, 15 + 15));
+}
+
+/// Two workers moving one issue from the same state at once: one wins, the other is told the
+/// state changed under it (no lost update), also for an issue not stored yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transitions_of_one_issue_do_not_lose_updates() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    let key = conformance::issue("o/r#1");
+    for (from, to) in [
+        (None, IssueState::Pending),
+        (Some(IssueState::Pending), IssueState::Ready),
+    ] {
+        let attempts = (0..8).map(|n| {
+            let store = Arc::clone(&store);
+            let key = key.clone();
+            tokio::spawn(async move {
+                let record = IssueRecord::new(key, to, conformance::at(n));
+                let batch = TransitionBatch {
+                    transition: Some(StateTransition {
+                        from,
+                        to,
+                        cause: format!("worker {n}"),
+                        at: conformance::at(n),
+                    }),
+                    ..TransitionBatch::update(record)
+                };
+                store.commit_transitions(vec![batch]).await
+            })
+        });
+        let results: Vec<_> = futures::future::join_all(attempts)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        assert!(
+            results
+                .iter()
+                .all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict(_))))
+        );
+    }
+    assert_eq!(store.issue_history(&key).await.unwrap().len(), 2);
+}
+
+/// An inbox that refuses inserts (as a damaged table would) while the rest still works: the
+/// failure is a storage failure, shows in the write outcomes and fails the health check, which
+/// passes again once writes do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_fails_while_deliveries_cannot_be_recorded() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = schema.open().await;
+    store.health_check().await.unwrap();
+
+    let outside = schema.outside().await;
+    outside
+        .batch_execute(
+            "CREATE FUNCTION inbox_broken() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'simulated inbox failure'; END $$;
+             CREATE TRIGGER inbox_broken BEFORE INSERT ON inbox
+                 FOR EACH ROW EXECUTE FUNCTION inbox_broken();",
+        )
+        .await
+        .unwrap();
+    let delivery = conformance::delivery(Some("refused"), "refused", conformance::at(0));
+    let refused = store.record_delivery(delivery.clone()).await.unwrap_err();
+    assert!(refused.is_storage_failure(), "{refused}");
+    let failure = store
+        .write_outcomes()
+        .last_failure
+        .expect("the failure is noted");
+    assert!(
+        failure.error.contains("simulated inbox failure"),
+        "{failure:?}"
+    );
+    let err = store.health_check().await.unwrap_err();
+    assert!(err.to_string().contains("simulated inbox failure"), "{err}");
+
+    outside
+        .batch_execute("DROP TRIGGER inbox_broken ON inbox")
+        .await
+        .unwrap();
+    store.health_check().await.unwrap();
+    let outcomes = store.write_outcomes();
+    assert!(outcomes.last_success.unwrap() > failure.at);
+    store.record_delivery(delivery).await.unwrap();
+}
+
+/// Acknowledged means durable through a server crash: deliveries are recorded by concurrent
+/// writers while the server is killed without a checkpoint (`-m immediate`: it recovers from
+/// its WAL at start); every delivery acknowledged before the crash is there afterwards.
+/// It stops the server, so it runs only when asked:
+/// `MOSAIC_TEST_POSTGRES_CRASH="pg_ctlcluster 15 main stop -m immediate"
+/// MOSAIC_TEST_POSTGRES_START="pg_ctlcluster 15 main start"
+/// cargo test -p mosaic-store-postgres --test postgres -- --ignored`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops the PostgreSQL server; see the comment for how to run it"]
+async fn acknowledged_deliveries_survive_a_server_crash() {
+    let (Ok(crash), Ok(start)) = (
+        std::env::var("MOSAIC_TEST_POSTGRES_CRASH"),
+        std::env::var("MOSAIC_TEST_POSTGRES_START"),
+    ) else {
+        println!("skipped: set MOSAIC_TEST_POSTGRES_CRASH and MOSAIC_TEST_POSTGRES_START");
+        return;
+    };
+    let run = |command: &str| {
+        let status = std::process::Command::new("sh")
+            .args(["-c", command])
+            .status()
+            .unwrap();
+        assert!(status.success(), "`{command}` failed: {status}");
+    };
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = Arc::new(schema.open().await);
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..16)
+        .map(|writer| {
+            let store = Arc::clone(&store);
+            let acknowledged = Arc::clone(&acknowledged);
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let name = format!("w{writer}-{n}");
+                    let delivery = conformance::delivery(Some(&name), &name, conformance::at(0));
+                    match store.record_delivery(delivery).await {
+                        Ok(RecordOutcome::Recorded { id }) => acknowledged.lock().unwrap().push(id),
+                        Ok(other) => panic!("{other:?}"),
+                        // The server is gone: what was acknowledged so far must survive.
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run(&crash);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    drop(store);
+    run(&start);
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() > 100, "{} writes", acknowledged.len());
+
+    let mut reopened = None;
+    for _ in 0..60 {
+        match PostgresStore::connect(&server_url(), schema.options()).await {
+            Ok(store) => {
+                reopened = Some(store);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    let reopened = reopened.expect("the server came back");
+    let stored: std::collections::HashSet<DeliveryRowId> = reopened
+        .pending_deliveries(conformance::at(10), u32::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|delivery| delivery.id)
+        .collect();
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(id))
+        .collect();
+    println!(
+        "{} acknowledged before the crash, {} stored after it",
+        acknowledged.len(),
+        stored.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged deliveries lost",
+        lost.len()
+    );
+}
