@@ -12,7 +12,6 @@
 //! an advisory lock, so several coordinators may start at once. The same conformance suite as
 //! the SQLite backend's specifies the behaviour (`tests/postgres.rs`).
 
-mod body;
 mod failure;
 mod migrate;
 mod ops;
@@ -252,7 +251,7 @@ impl Store for PostgresStore {
     ) -> Result<RecordOutcome, StoreError> {
         // The hottest write: one INSERT in the common case, committed on its own (no BEGIN and
         // COMMIT round trips); see the op.
-        let stored = body::encode(std::mem::take(&mut delivery.body));
+        let stored = mosaic_store::body::encode(std::mem::take(&mut delivery.body));
         let result = async {
             let conn = self.pool.get().await?;
             ops::record_delivery(&conn, &delivery, &stored).await
@@ -433,7 +432,7 @@ impl Store for PostgresStore {
     }
 
     async fn health_check(&self) -> Result<(), StoreError> {
-        let probe = body::encode(b"{}".to_vec());
+        let probe = mosaic_store::body::encode(b"{}".to_vec());
         write_in_transaction!(self, |tx| ops::heartbeat(&mut tx, &probe))
     }
 

@@ -13,7 +13,7 @@ use mosaic_store::*;
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, Json};
 
-use crate::body::{self, BodyCodec, StoredBody};
+use mosaic_store::body::{self, BodyCodec, StoredBody};
 use crate::failure::Failure;
 
 type OpResult<T> = Result<T, Failure>;

@@ -8,6 +8,7 @@
 //! [`sqlite::SqliteStore`] is the embedded backend. Its writes go through one writer thread
 //! that commits concurrent requests in groups: one transaction and one sync for many callers.
 
+pub mod body;
 mod config;
 mod error;
 mod model;

@@ -14,7 +14,6 @@
 //! groups fill up instead of alternating between halves. WAL checkpoints run on their own
 //! thread ([`checkpoint`]), never inside a commit.
 
-mod body;
 mod checkpoint;
 mod migrate;
 mod ops;
@@ -524,7 +523,7 @@ impl Store for SqliteStore {
     ) -> Result<RecordOutcome, StoreError> {
         // Compressed here, on the caller's task: the writer is shared by every request. The
         // stored form replaces the body (the op reads only the other fields).
-        let stored = body::encode(std::mem::take(&mut delivery.body));
+        let stored = crate::body::encode(std::mem::take(&mut delivery.body));
         // The hottest write: it changes the database with one INSERT (see the op).
         self.write_isolated(Isolation::SingleStatement, move |conn| {
             ops::record_delivery(conn, &delivery, &stored)
@@ -730,7 +729,7 @@ impl Store for SqliteStore {
     }
 
     async fn health_check(&self) -> Result<(), StoreError> {
-        let probe = body::encode(b"{}".to_vec());
+        let probe = crate::body::encode(b"{}".to_vec());
         self.write(move |conn| ops::heartbeat(conn, &probe)).await
     }
 

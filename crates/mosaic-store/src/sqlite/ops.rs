@@ -10,7 +10,7 @@ use mosaic_domain::{IssueMetadata, IssueRef, IssueState, RepoName};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
-use super::body::{self, BodyCodec, StoredBody};
+use crate::body::{self, BodyCodec, StoredBody};
 use crate::error::StoreError;
 use crate::model::*;
 

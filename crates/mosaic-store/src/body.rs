@@ -1,4 +1,5 @@
-//! How delivery bodies are kept: compressed with LZ4.
+//! How delivery bodies are kept: compressed with LZ4, by every backend alike (the same
+//! `body_codec` values and framing), so a body reads back byte for byte whichever stores it.
 //!
 //! Webhook bodies are JSON of a few kilobytes that compress three to four times. Stored as
 //! received, a 5 KB body needs a page and an overflow page of its own; compressed, two or
@@ -15,7 +16,7 @@ const MAX_DECODED_LEN: usize = 64 * 1024 * 1024;
 
 /// The value of `inbox.body_codec`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BodyCodec {
+pub enum BodyCodec {
     /// The bytes as received.
     Identity,
     /// An LZ4 block preceded by the decoded length (4 bytes, little-endian).
@@ -23,7 +24,7 @@ pub(crate) enum BodyCodec {
 }
 
 impl BodyCodec {
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Identity => "identity",
             Self::Lz4 => "lz4",
@@ -44,13 +45,13 @@ impl BodyCodec {
 
 /// A body as it goes into the `body` column.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct StoredBody {
+pub struct StoredBody {
     pub codec: BodyCodec,
     pub bytes: Vec<u8>,
 }
 
 /// Compresses `body` when that makes it smaller; otherwise keeps it as it is (no copy).
-pub(crate) fn encode(body: Vec<u8>) -> StoredBody {
+pub fn encode(body: Vec<u8>) -> StoredBody {
     if body.len() <= MAX_DECODED_LEN {
         let compressed = lz4_flex::compress_prepend_size(&body);
         if compressed.len() < body.len() {
@@ -67,7 +68,7 @@ pub(crate) fn encode(body: Vec<u8>) -> StoredBody {
 }
 
 /// The body as received, from the `body` and `body_codec` columns.
-pub(crate) fn decode(codec: &str, stored: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+pub fn decode(codec: &str, stored: Vec<u8>) -> Result<Vec<u8>, StoreError> {
     match BodyCodec::parse(codec)? {
         BodyCodec::Identity => Ok(stored),
         BodyCodec::Lz4 => {
@@ -92,8 +93,7 @@ pub(crate) fn decode(codec: &str, stored: Vec<u8>) -> Result<Vec<u8>, StoreError
 mod tests {
     use super::*;
 
-    const FIXTURE: &[u8] =
-        include_bytes!("../../../../tests/fixtures/gitea/issue-assign-event.json");
+    const FIXTURE: &[u8] = include_bytes!("../../../tests/fixtures/gitea/issue-assign-event.json");
 
     #[track_caller]
     fn check_round_trip(body: &[u8], codec: BodyCodec) {
