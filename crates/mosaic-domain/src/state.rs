@@ -14,6 +14,9 @@ pub enum IssueState {
     Ready,
     InProgress,
     Completed,
+    /// The agent succeeded but left the branch without a commit the base lacks: nothing to
+    /// review, so no pull request and not done.
+    NoChanges,
     Failed,
     /// The 50% rule or no capable agent.
     Rejected,
@@ -22,12 +25,13 @@ pub enum IssueState {
 }
 
 impl IssueState {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Pending,
         Self::Blocked,
         Self::Ready,
         Self::InProgress,
         Self::Completed,
+        Self::NoChanges,
         Self::Failed,
         Self::Rejected,
         Self::Cancelled,
@@ -40,6 +44,7 @@ impl IssueState {
             Self::Ready => "ready",
             Self::InProgress => "in_progress",
             Self::Completed => "completed",
+            Self::NoChanges => "no_changes",
             Self::Failed => "failed",
             Self::Rejected => "rejected",
             Self::Cancelled => "cancelled",
@@ -50,7 +55,7 @@ impl IssueState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Self::Completed | Self::Failed | Self::Rejected | Self::Cancelled
+            Self::Completed | Self::NoChanges | Self::Failed | Self::Rejected | Self::Cancelled
         )
     }
 }
@@ -66,7 +71,7 @@ pub struct InvalidTransition {
 impl IssueState {
     /// Whether docs/DESIGN.md's state diagram allows `self → to`:
     /// pending → blocked | ready; blocked ⇄ ready; ready → in_progress;
-    /// in_progress → completed | failed; every non-terminal state → rejected | cancelled;
+    /// in_progress → completed | no_changes | failed; every non-terminal state → rejected | cancelled;
     /// and every state but pending → pending (a reopened, re-assigned or requeued issue
     /// re-enters there). Staying in the same state is not a transition.
     pub fn can_transition_to(self, to: Self) -> bool {
@@ -77,7 +82,7 @@ impl IssueState {
             (Pending, Blocked | Ready) => true,
             (Blocked, Ready) | (Ready, Blocked) => true,
             (Ready, InProgress) => true,
-            (InProgress, Completed | Failed) => true,
+            (InProgress, Completed | NoChanges | Failed) => true,
             (from, Rejected | Cancelled) => !from.is_terminal(),
             _ => false,
         }
@@ -149,11 +154,13 @@ mod tests {
             (Ready, Rejected),
             (Ready, Cancelled),
             (InProgress, Completed),
+            (InProgress, NoChanges),
             (InProgress, Failed),
             (InProgress, Pending),
             (InProgress, Rejected),
             (InProgress, Cancelled),
             (Completed, Pending),
+            (NoChanges, Pending),
             (Failed, Pending),
             (Rejected, Pending),
             (Cancelled, Pending),

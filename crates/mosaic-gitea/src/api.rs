@@ -7,7 +7,10 @@ use mosaic_domain::{IssueRef, RepoName};
 use crate::client::{GiteaClient, LabelRemoval};
 use crate::error::GiteaError;
 use crate::marker::IdempotencyKey;
-use crate::types::{Comment, Dependencies, Issue, IssueFilter, Label, StateFilter, User};
+use crate::types::{
+    Comment, CreatePullRequestOption, Dependencies, EditPullRequestOption, Issue, IssueFilter,
+    Label, PullRequest, Repository, StateFilter, User,
+};
 
 #[cfg_attr(any(test, feature = "mockall"), mockall::automock)]
 #[async_trait]
@@ -74,6 +77,31 @@ pub trait GiteaApi: Send + Sync {
     async fn blocks(&self, issue: &IssueRef) -> Result<Vec<Issue>, GiteaError>;
 
     async fn close_issue(&self, issue: &IssueRef) -> Result<Issue, GiteaError>;
+
+    /// The repository (its `clone_url` and `default_branch` make the workspaces).
+    async fn repository(&self, repo: &RepoName) -> Result<Repository, GiteaError>;
+
+    /// Opens a pull request; a 409 (`Conflict`) means one from `head` into `base` is open.
+    async fn create_pull_request(
+        &self,
+        repo: &RepoName,
+        pull: &CreatePullRequestOption,
+    ) -> Result<PullRequest, GiteaError>;
+
+    /// The pull request from `head` into `base`.
+    async fn pull_request_by_branches(
+        &self,
+        repo: &RepoName,
+        base: &str,
+        head: &str,
+    ) -> Result<PullRequest, GiteaError>;
+
+    async fn edit_pull_request(
+        &self,
+        repo: &RepoName,
+        number: u64,
+        edit: &EditPullRequestOption,
+    ) -> Result<PullRequest, GiteaError>;
 }
 
 #[async_trait]
@@ -158,6 +186,36 @@ impl GiteaApi for GiteaClient {
 
     async fn close_issue(&self, issue: &IssueRef) -> Result<Issue, GiteaError> {
         GiteaClient::close_issue(self, issue).await
+    }
+
+    async fn repository(&self, repo: &RepoName) -> Result<Repository, GiteaError> {
+        GiteaClient::get_repository(self, repo).await
+    }
+
+    async fn create_pull_request(
+        &self,
+        repo: &RepoName,
+        pull: &CreatePullRequestOption,
+    ) -> Result<PullRequest, GiteaError> {
+        GiteaClient::create_pull_request(self, repo, pull).await
+    }
+
+    async fn pull_request_by_branches(
+        &self,
+        repo: &RepoName,
+        base: &str,
+        head: &str,
+    ) -> Result<PullRequest, GiteaError> {
+        GiteaClient::pull_request_by_branches(self, repo, base, head).await
+    }
+
+    async fn edit_pull_request(
+        &self,
+        repo: &RepoName,
+        number: u64,
+        edit: &EditPullRequestOption,
+    ) -> Result<PullRequest, GiteaError> {
+        GiteaClient::edit_pull_request(self, repo, number, edit).await
     }
 }
 

@@ -16,9 +16,9 @@ use url::Url;
 use crate::config::GiteaConfig;
 use crate::error::{GiteaError, error_message_from_body};
 use crate::types::{
-    Comment, CommentOption, CreateHookOption, CreateLabelOption, Dependencies, EditHookOption,
-    EditIssueOption, Hook, Issue, IssueFilter, IssueLabelsOption, IssueState, Label, Repository,
-    StateFilter, User,
+    Comment, CommentOption, CreateHookOption, CreateLabelOption, CreatePullRequestOption,
+    Dependencies, EditHookOption, EditIssueOption, EditPullRequestOption, Hook, Issue, IssueFilter,
+    IssueLabelsOption, IssueState, Label, PullRequest, Repository, StateFilter, User,
 };
 
 /// Items asked for per page: Gitea's default `[api] MAX_RESPONSE_ITEMS` (it caps larger values).
@@ -423,6 +423,43 @@ impl GiteaClient {
             ..EditIssueOption::default()
         };
         self.send_json("issue.edit.close", Method::PATCH, url, &edit)
+            .await
+    }
+
+    /// `POST /repos/{owner}/{repo}/pulls`. Gitea answers 409 when an open pull request from
+    /// `head` into `base` exists already.
+    pub async fn create_pull_request(
+        &self,
+        repo: &RepoName,
+        pull: &CreatePullRequestOption,
+    ) -> Result<PullRequest, GiteaError> {
+        let url = self.endpoint(&["repos", repo.owner(), repo.name(), "pulls"])?;
+        self.send_json("repo.pulls.create", Method::POST, url, pull)
+            .await
+    }
+
+    /// `GET /repos/{owner}/{repo}/pulls/{base}/{head}`: the pull request from `head` into
+    /// `base`.
+    pub async fn pull_request_by_branches(
+        &self,
+        repo: &RepoName,
+        base: &str,
+        head: &str,
+    ) -> Result<PullRequest, GiteaError> {
+        let url = self.endpoint(&["repos", repo.owner(), repo.name(), "pulls", base, head])?;
+        self.get_json("repo.pulls.get_by_branches", url).await
+    }
+
+    /// `PATCH /repos/{owner}/{repo}/pulls/{index}`.
+    pub async fn edit_pull_request(
+        &self,
+        repo: &RepoName,
+        number: u64,
+        edit: &EditPullRequestOption,
+    ) -> Result<PullRequest, GiteaError> {
+        let index = number.to_string();
+        let url = self.endpoint(&["repos", repo.owner(), repo.name(), "pulls", &index])?;
+        self.send_json("repo.pulls.edit", Method::PATCH, url, edit)
             .await
     }
 

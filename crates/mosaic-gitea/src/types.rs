@@ -245,6 +245,12 @@ pub struct Repository {
     pub permissions: Option<Permission>,
     #[serde(default)]
     pub internal_tracker: Option<InternalTracker>,
+    /// Where the repository is cloned from over HTTP(S) (workspaces fetch and push here).
+    #[serde(default, deserialize_with = "null_as_empty_string")]
+    pub clone_url: String,
+    /// The branch new work starts from.
+    #[serde(default, deserialize_with = "null_as_empty_string")]
+    pub default_branch: String,
 }
 
 /// A repository webhook. Gitea never returns the hook's secret.
@@ -305,6 +311,51 @@ pub struct EditHookOption {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommentOption {
     pub body: String,
+}
+
+/// One end of a pull request (`head` or `base`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequestBranch {
+    /// The branch name.
+    #[serde(rename = "ref", default, deserialize_with = "null_as_empty_string")]
+    pub name: String,
+    #[serde(default, deserialize_with = "null_as_empty_string")]
+    pub sha: String,
+}
+
+/// A pull request (`GET /repos/{owner}/{repo}/pulls/{index}`), limited to what the coordinator
+/// reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub id: i64,
+    pub number: u64,
+    #[serde(default, deserialize_with = "null_as_empty_string")]
+    pub title: String,
+    #[serde(default, deserialize_with = "null_as_empty_string")]
+    pub body: String,
+    #[serde(default, deserialize_with = "null_as_empty_string")]
+    pub html_url: String,
+    pub state: IssueState,
+    pub head: PullRequestBranch,
+    pub base: PullRequestBranch,
+}
+
+/// Body of `POST /repos/{owner}/{repo}/pulls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatePullRequestOption {
+    pub head: String,
+    pub base: String,
+    pub title: String,
+    pub body: String,
+}
+
+/// Body of `PATCH /repos/{owner}/{repo}/pulls/{index}`, limited to what the coordinator edits.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EditPullRequestOption {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 /// Body of `POST /repos/{owner}/{repo}/labels`.

@@ -579,3 +579,70 @@ async fn the_trait_object_serves_the_engine() {
     api.close_issue(&issue).await.unwrap();
     assert_eq!(gitea.issue_labels(&issue), ["mosaic:queued"]);
 }
+
+#[tokio::test]
+async fn repository_shows_its_clone_url_and_default_branch() {
+    let (gitea, client, repo) = setup().await;
+    let api: &dyn GiteaApi = &client;
+    let shown = api.repository(&repo).await.unwrap();
+    assert_eq!(
+        shown.clone_url, "",
+        "no git server behind the mock unless set"
+    );
+    assert_eq!(shown.default_branch, "main");
+    gitea.set_clone_url(&repo, "http://127.0.0.1:1/git/r.git");
+    gitea.set_default_branch(&repo, "trunk");
+    let shown = api.repository(&repo).await.unwrap();
+    assert_eq!(shown.clone_url, "http://127.0.0.1:1/git/r.git");
+    assert_eq!(shown.default_branch, "trunk");
+}
+
+#[tokio::test]
+async fn a_pull_request_is_opened_once_found_by_its_branches_and_edited() {
+    let (gitea, client, repo) = setup().await;
+    let issue = gitea.create_issue(&repo, NewIssue::titled("Add caching"));
+    let api: &dyn GiteaApi = &client;
+    let pull = mosaic_gitea::CreatePullRequestOption {
+        head: "mosaic/1-add-caching".into(),
+        base: "main".into(),
+        title: "Add caching".into(),
+        body: "Closes #1".into(),
+    };
+    let opened = api.create_pull_request(&repo, &pull).await.unwrap();
+    // Pull requests share the issues' numbers.
+    assert_eq!(opened.number, issue.number + 1);
+    assert_eq!(opened.head.name, "mosaic/1-add-caching");
+    assert_eq!(opened.base.name, "main");
+
+    let again = api.create_pull_request(&repo, &pull).await.unwrap_err();
+    assert_eq!(again.status(), Some(409), "{again:?}");
+    assert!(!again.is_retryable());
+
+    let found = api
+        .pull_request_by_branches(&repo, "main", "mosaic/1-add-caching")
+        .await
+        .unwrap();
+    assert_eq!(found.number, opened.number);
+    let edited = api
+        .edit_pull_request(
+            &repo,
+            found.number,
+            &mosaic_gitea::EditPullRequestOption {
+                title: None,
+                body: Some("Closes #1\n\nupdated".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(edited.body, "Closes #1\n\nupdated");
+    let stored = gitea.pull_requests(&repo);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].body, "Closes #1\n\nupdated");
+    assert_eq!(stored[0].title, "Add caching");
+
+    let missing = api
+        .pull_request_by_branches(&repo, "main", "mosaic/2-other")
+        .await
+        .unwrap_err();
+    assert!(missing.is_not_found(), "{missing:?}");
+}

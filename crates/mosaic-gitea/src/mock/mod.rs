@@ -28,7 +28,7 @@ use url::Url;
 
 pub use state::{InjectedFailure, MockHook, NewIssue, RecordedRequest};
 
-use crate::types::{Comment, Issue, IssueState, Label, Permission};
+use crate::types::{Comment, Issue, IssueState, Label, Permission, PullRequest};
 use routes::{Shared, lock};
 use state::State;
 
@@ -111,6 +111,16 @@ impl MockGitea {
     /// Creates an issue (and the repository, author, assignees and labels it names).
     pub fn create_issue(&self, repo: &RepoName, issue: NewIssue) -> IssueRef {
         lock(&self.shared).create_issue(repo, issue)
+    }
+
+    /// The `clone_url` the repository object shows (e.g. a test git server's repository).
+    pub fn set_clone_url(&self, repo: &RepoName, clone_url: &str) {
+        lock(&self.shared).ensure_repo(repo).clone_url = Some(clone_url.to_owned());
+    }
+
+    /// The repository's `default_branch` (`main` unless set).
+    pub fn set_default_branch(&self, repo: &RepoName, branch: &str) {
+        branch.clone_into(&mut lock(&self.shared).ensure_repo(repo).default_branch);
     }
 
     /// Switches the repository's issue dependencies on or off (off: the API answers 404).
@@ -210,6 +220,12 @@ impl MockGitea {
         lock(&self.shared).max_page_size = max.max(1);
     }
 
+    /// Every request from now on is answered only after `latency` (a slow or distant Gitea;
+    /// requests still run concurrently). `Duration::ZERO` answers at once again.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        lock(&self.shared).latency = latency;
+    }
+
     pub fn inject_failure(&self, failure: InjectedFailure) {
         lock(&self.shared).failures.push(failure);
     }
@@ -287,6 +303,15 @@ impl MockGitea {
     }
 
     /// The repository's hooks, with the secrets Gitea's API never shows.
+    /// The repository's pull requests, in the order they were opened.
+    pub fn pull_requests(&self, repo: &RepoName) -> Vec<PullRequest> {
+        lock(&self.shared)
+            .repos
+            .get(repo)
+            .map(|r| r.pulls.clone())
+            .unwrap_or_default()
+    }
+
     pub fn hooks(&self, repo: &RepoName) -> Vec<MockHook> {
         lock(&self.shared)
             .repos

@@ -10,14 +10,16 @@ use axum::extract::{Path, Query, Request, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch};
+use axum::routing::{delete, get, patch, post};
 use mosaic_domain::{IssueRef, RepoName};
 use serde::Serialize;
 use serde_json::{Value, json};
 use url::Url;
 
 use super::state::{MockHook, RecordedRequest, State, now};
-use crate::types::{Comment, Hook, IssueState, Label, Permission, User};
+use crate::types::{
+    Comment, Hook, IssueState, Label, Permission, PullRequest, PullRequestBranch, User,
+};
 
 pub(crate) type Shared = Arc<Mutex<State>>;
 
@@ -69,7 +71,13 @@ pub(crate) fn router(shared: Shared) -> Router {
             "/repos/{owner}/{repo}/hooks",
             get(list_hooks).post(create_hook),
         )
-        .route("/repos/{owner}/{repo}/hooks/{id}", patch(edit_hook));
+        .route("/repos/{owner}/{repo}/hooks/{id}", patch(edit_hook))
+        .route("/repos/{owner}/{repo}/pulls", post(create_pull))
+        .route("/repos/{owner}/{repo}/pulls/{index}", patch(edit_pull))
+        .route(
+            "/repos/{owner}/{repo}/pulls/{base}/{head}",
+            get(pull_by_branches),
+        );
     Router::new()
         .nest("/api/v1", api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
@@ -90,6 +98,10 @@ async fn record_and_inject(
     let path = request.uri().path().to_owned();
     let query = request.uri().query().map(str::to_owned);
     let authenticated = request.headers().contains_key(header::AUTHORIZATION);
+    let latency = lock(&shared).latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let injected = {
         let mut state = lock(&shared);
         let position = state.failures.iter().position(|f| {
@@ -997,4 +1009,123 @@ async fn edit_hook(
     }
     stored.hook.updated_at = Some(now());
     Ok(json_status(StatusCode::OK, &stored.hook.clone()))
+}
+
+fn required_text(body: &Value, key: &str) -> Result<String, ApiError> {
+    body.get(key)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .filter(|text| !text.trim().is_empty())
+        .ok_or_else(|| {
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("{key}: Required"),
+            )
+        })
+}
+
+/// `POST /repos/{owner}/{repo}/pulls`: 409 when an open pull request from `head` into `base`
+/// exists, as Gitea answers.
+async fn create_pull(
+    AxumState(shared): AxumState<Shared>,
+    headers: HeaderMap,
+    Path((owner, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut state = lock(&shared);
+    let user = authenticate(&state, &headers)?;
+    let repo = writable_repo(&state, &user, &owner, &name)?;
+    let body = parse_body(&body)?;
+    let head = required_text(&body, "head")?;
+    let base = required_text(&body, "base")?;
+    let title = required_text(&body, "title")?;
+    let text = body
+        .get("body")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let exists = state.repos.get(&repo).is_some_and(|r| {
+        r.pulls.iter().any(|pull| {
+            pull.state == IssueState::Open && pull.head.name == head && pull.base.name == base
+        })
+    });
+    if exists {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "pull request already exists for these targets",
+        ));
+    }
+    let id = state.next_id();
+    let base_url = state.base_url.clone();
+    let stored = state.ensure_repo(&repo);
+    let number = stored.next_number;
+    stored.next_number += 1;
+    let pull = PullRequest {
+        id,
+        number,
+        title,
+        body: text,
+        html_url: format!("{base_url}/{repo}/pulls/{number}"),
+        state: IssueState::Open,
+        head: PullRequestBranch {
+            name: head,
+            sha: String::new(),
+        },
+        base: PullRequestBranch {
+            name: base,
+            sha: String::new(),
+        },
+    };
+    stored.pulls.push(pull.clone());
+    Ok(json_status(StatusCode::CREATED, &pull))
+}
+
+/// `GET /repos/{owner}/{repo}/pulls/{base}/{head}` (the newest such pull request).
+async fn pull_by_branches(
+    AxumState(shared): AxumState<Shared>,
+    headers: HeaderMap,
+    Path((owner, name, base, head)): Path<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
+    let state = lock(&shared);
+    let user = authenticate(&state, &headers)?;
+    let (repo, _) = readable_repo(&state, &user, &owner, &name)?;
+    state
+        .repos
+        .get(&repo)
+        .and_then(|r| {
+            r.pulls
+                .iter()
+                .rev()
+                .find(|pull| pull.head.name == head && pull.base.name == base)
+        })
+        .map(|pull| json_status(StatusCode::OK, pull))
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "pull request does not exist"))
+}
+
+/// `PATCH /repos/{owner}/{repo}/pulls/{index}`: title and body.
+async fn edit_pull(
+    AxumState(shared): AxumState<Shared>,
+    headers: HeaderMap,
+    Path((owner, name, index)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut state = lock(&shared);
+    let user = authenticate(&state, &headers)?;
+    let repo = writable_repo(&state, &user, &owner, &name)?;
+    let body = parse_body(&body)?;
+    let number: u64 = index
+        .parse()
+        .map_err(|_| error(StatusCode::NOT_FOUND, "pull request does not exist"))?;
+    let pull = state
+        .repos
+        .get_mut(&repo)
+        .and_then(|r| r.pulls.iter_mut().find(|pull| pull.number == number))
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "pull request does not exist"))?;
+    if let Some(title) = body.get("title").and_then(Value::as_str) {
+        title.clone_into(&mut pull.title);
+    }
+    if let Some(text) = body.get("body").and_then(Value::as_str) {
+        text.clone_into(&mut pull.body);
+    }
+    Ok(json_status(StatusCode::OK, &pull.clone()))
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use mosaic_domain::{IssueRef, RepoName};
 
 use crate::types::{
-    Comment, Hook, InternalTracker, Issue, IssueState, Label, Permission, Repository,
+    Comment, Hook, InternalTracker, Issue, IssueState, Label, Permission, PullRequest, Repository,
     RepositoryMeta, User,
 };
 
@@ -140,6 +140,11 @@ pub(crate) struct MockRepo {
     pub dependencies_enabled: bool,
     /// Per-login permissions; a login not listed has full (admin) access.
     pub permissions: HashMap<String, Permission>,
+    /// The `clone_url` the repository object shows; empty (nothing to clone) when unset.
+    pub clone_url: Option<String>,
+    pub default_branch: String,
+    /// Pull requests; their numbers share the sequence of the issues, as in Gitea.
+    pub pulls: Vec<PullRequest>,
 }
 
 #[derive(Debug)]
@@ -158,6 +163,8 @@ pub(crate) struct State {
     pub max_page_size: usize,
     /// Gitea's `[api] DEFAULT_PAGING_NUM`.
     pub default_page_size: usize,
+    /// How long every request takes before it is answered (a slow or distant Gitea).
+    pub latency: std::time::Duration,
 }
 
 pub(crate) fn now() -> DateTime<Utc> {
@@ -176,6 +183,7 @@ impl State {
             requests: Vec::new(),
             max_page_size: 50,
             default_page_size: 30,
+            latency: std::time::Duration::ZERO,
         }
     }
 
@@ -268,6 +276,8 @@ impl State {
                 allow_only_contributors_to_track_time: true,
                 enable_issue_dependencies: stored.dependencies_enabled,
             }),
+            clone_url: stored.clone_url.clone().unwrap_or_default(),
+            default_branch: stored.default_branch.clone(),
         })
     }
 
@@ -377,6 +387,9 @@ impl MockRepo {
             hooks: Vec::new(),
             dependencies_enabled: true,
             permissions: HashMap::new(),
+            clone_url: None,
+            default_branch: "main".to_owned(),
+            pulls: Vec::new(),
         }
     }
 }
