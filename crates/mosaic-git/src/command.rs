@@ -3,15 +3,11 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
+use mosaic_process::{ChildSpec, Ending, OutputLimit, ProcessError};
 use mosaic_security::{Redactor, Secret, clip};
 use mosaic_workspace::{WorkspaceConfig, WorkspaceError};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
 
 /// Most stdout kept from one git command (status and diffstat of a huge change stay bounded).
 const MAX_STDOUT_BYTES: usize = 4 * 1024 * 1024;
@@ -190,21 +186,25 @@ impl Git {
         env
     }
 
-    /// The command, ready to spawn (argv and environment; the token never in argv).
-    pub fn command(&self, call: &GitCall<'_>) -> Command {
-        let mut command = Command::new(&self.program);
-        command
-            .args(&call.args)
-            .current_dir(call.dir)
-            .env_clear()
-            .envs(self.environment(call))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so a timeout ends the helpers git starts too.
-            .process_group(0)
-            .kill_on_drop(true);
-        command
+    /// The child to run: argv, working directory, environment and bounds (the token never in
+    /// argv).
+    pub fn spec(&self, call: &GitCall<'_>) -> ChildSpec {
+        ChildSpec {
+            program: self.program.clone().into_os_string(),
+            args: call.args.clone(),
+            dir: call.dir.to_path_buf(),
+            env: self.environment(call),
+            timeout: self.timeout(call),
+            stdout: OutputLimit::head(MAX_STDOUT_BYTES),
+            stderr: OutputLimit::head(MAX_STDERR_BYTES),
+        }
+    }
+
+    /// The command, ready to spawn (its own process group, so a timeout ends the helpers git
+    /// starts too).
+    #[cfg(test)]
+    pub fn command(&self, call: &GitCall<'_>) -> tokio::process::Command {
+        self.spec(call).command()
     }
 
     fn timeout(&self, call: &GitCall<'_>) -> Duration {
@@ -216,53 +216,35 @@ impl Git {
 
     /// Runs the call; any exit status is returned (for commands whose status is an answer).
     pub async fn output(&self, call: &GitCall<'_>) -> Result<GitOutput, WorkspaceError> {
-        let timeout = self.timeout(call);
-        let mut child = self
-            .command(call)
-            .spawn()
+        let spec = self.spec(call);
+        let finished = mosaic_process::run(&spec)
+            .await
             .map_err(|err| WorkspaceError::Spawn {
                 program: self.program.display().to_string(),
-                message: err.to_string(),
+                message: match &err {
+                    ProcessError::Spawn { source, .. } => source.to_string(),
+                    ProcessError::Wait { .. } => err.to_string(),
+                },
             })?;
-        let mut group = GroupGuard(
-            child
-                .id()
-                .and_then(|id| i32::try_from(id).ok())
-                .map(Pid::from_raw),
-        );
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let finished = tokio::time::timeout(timeout, async {
-            let (out, err) = tokio::join!(
-                read_bounded(stdout, MAX_STDOUT_BYTES),
-                read_bounded(stderr, MAX_STDERR_BYTES)
-            );
-            let status = child.wait().await;
-            (out, err, status)
-        })
-        .await;
-        // Whatever git left running in its group (a helper past its leader) ends with it.
-        group.kill();
-        let Ok((stdout, stderr, status)) = finished else {
-            let _ = child.kill().await;
-            return Err(WorkspaceError::Timeout {
-                operation: call.operation,
-                seconds: timeout.as_secs(),
-            });
+        let code = match finished.ending {
+            Ending::TimedOut => {
+                return Err(WorkspaceError::Timeout {
+                    operation: call.operation,
+                    seconds: spec.timeout.as_secs(),
+                });
+            }
+            Ending::Exited { code } => Some(code),
+            Ending::Signalled { .. } => None,
         };
-        let status = status.map_err(|err| WorkspaceError::Spawn {
-            program: self.program.display().to_string(),
-            message: err.to_string(),
-        })?;
         let stderr = clip(
             self.redactor
-                .redact(String::from_utf8_lossy(&stderr).trim())
+                .redact(finished.stderr.text_lossy().trim())
                 .as_str(),
             MAX_ERROR_CHARS,
         );
         Ok(GitOutput {
-            code: status.code(),
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            code,
+            stdout: finished.stdout.text_lossy(),
             stderr,
         })
     }
@@ -297,25 +279,6 @@ impl Git {
     }
 }
 
-/// Kills a child's process group: on [`GroupGuard::kill`], or when dropped first (the caller's
-/// future was cancelled mid-command).
-struct GroupGuard(Option<Pid>);
-
-impl GroupGuard {
-    fn kill(&mut self) {
-        if let Some(group) = self.0.take() {
-            // ESRCH (the group is already gone) is the normal case after a clean exit.
-            let _ = killpg(group, Signal::SIGKILL);
-        }
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// git's wording when the server answered 401/403 and no prompt may ask for another password.
 fn looks_unauthorized(stderr: &str) -> bool {
     let lower = stderr.to_ascii_lowercase();
@@ -329,26 +292,6 @@ fn looks_unauthorized(stderr: &str) -> bool {
     ]
     .iter()
     .any(|needle| lower.contains(needle))
-}
-
-/// Reads to the end, keeping at most `limit` bytes (the rest is read and dropped, so the child
-/// never blocks on a full pipe).
-async fn read_bounded<R: AsyncRead + Unpin>(reader: Option<R>, limit: usize) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let Some(mut reader) = reader else {
-        return kept;
-    };
-    let mut buffer = [0_u8; 8192];
-    loop {
-        match reader.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(read) => {
-                let room = limit.saturating_sub(kept.len());
-                kept.extend_from_slice(&buffer[..read.min(room)]);
-            }
-        }
-    }
-    kept
 }
 
 #[cfg(test)]
@@ -365,7 +308,7 @@ mod tests {
         )
     }
 
-    fn env_of(command: &Command) -> Vec<(String, Option<String>)> {
+    fn env_of(command: &tokio::process::Command) -> Vec<(String, Option<String>)> {
         command
             .as_std()
             .get_envs()
