@@ -235,6 +235,7 @@ fn engine(store: Arc<dyn Store>) -> Engine {
         priorities: PriorityOrder::default(),
         runtime: Arc::new(RefusingRuntime),
         config: EngineConfig::default(),
+        workspaces: None,
     })
     .unwrap()
 }

@@ -34,6 +34,15 @@ pub enum GiteaWrite {
     },
     /// Closes the issue (`engine.close_on_success`).
     CloseIssue,
+    /// Opens the pull request from the pushed `head` branch into `base`; when one is open
+    /// already (Gitea answers 409) its body is replaced, so repeating the write, or a later
+    /// attempt on the same branch, leaves one pull request.
+    PullRequest {
+        head: String,
+        base: String,
+        title: String,
+        body: String,
+    },
 }
 
 /// An outbox item whose kind or payload this version does not understand.
@@ -114,6 +123,12 @@ mod tests {
                 remove: vec![],
             },
             GiteaWrite::CloseIssue,
+            GiteaWrite::PullRequest {
+                head: "mosaic/5-x".into(),
+                base: "main".into(),
+                title: "X".into(),
+                body: "Closes #5".into(),
+            },
         ];
         for write in writes {
             let new = write.to_outbox(&issue, "k".into(), Utc::now());

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use mosaic_gitea::{
-    CommentDelivery, GiteaApi, GiteaError, IdempotencyKey, LabelRemoval, MarkerError,
-    post_comment_once,
+    CommentDelivery, CreatePullRequestOption, EditPullRequestOption, GiteaApi, GiteaError,
+    IdempotencyKey, LabelRemoval, MarkerError, post_comment_once,
 };
 use mosaic_store::{OutboxBacklog, OutboxItem, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -288,7 +288,61 @@ impl OutboxWorker {
             GiteaWrite::CloseIssue => {
                 self.gitea.close_issue(issue).await?;
             }
+            GiteaWrite::PullRequest {
+                head,
+                base,
+                title,
+                body,
+            } => {
+                self.put_pull_request(item, head, base, title, body).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// Opens the pull request, or, when Gitea says one from `head` into `base` exists (409),
+    /// gives that one the new body.
+    async fn put_pull_request(
+        &self,
+        item: &OutboxItem,
+        head: String,
+        base: String,
+        title: String,
+        body: String,
+    ) -> Result<(), WriteError> {
+        let repo = &item.issue.repo;
+        let pull = CreatePullRequestOption {
+            head,
+            base,
+            title,
+            body,
+        };
+        let err = match self.gitea.create_pull_request(repo, &pull).await {
+            Ok(opened) => {
+                tracing::info!(pull = opened.number, head = %pull.head, "pull request opened");
+                return Ok(());
+            }
+            Err(err) => err,
+        };
+        if err.status() != Some(409) {
+            return Err(err.into());
+        }
+        let existing = self
+            .gitea
+            .pull_request_by_branches(repo, &pull.base, &pull.head)
+            .await?;
+        if existing.body == pull.body {
+            tracing::debug!(pull = existing.number, "pull request already says this");
+            return Ok(());
+        }
+        let edit = EditPullRequestOption {
+            title: None,
+            body: Some(pull.body),
+        };
+        self.gitea
+            .edit_pull_request(repo, existing.number, &edit)
+            .await?;
+        tracing::info!(pull = existing.number, head = %pull.head, "pull request updated");
         Ok(())
     }
 

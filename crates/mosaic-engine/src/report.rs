@@ -13,6 +13,8 @@ pub struct StateLabels {
     pub blocked: String,
     pub in_progress: String,
     pub done: String,
+    /// The agent succeeded without changing anything: no pull request.
+    pub no_changes: String,
     pub failed: String,
     pub rejected: String,
 }
@@ -24,6 +26,7 @@ impl Default for StateLabels {
             blocked: "mosaic:blocked".to_owned(),
             in_progress: "mosaic:in-progress".to_owned(),
             done: "mosaic:done".to_owned(),
+            no_changes: "mosaic:no-changes".to_owned(),
             failed: "mosaic:failed".to_owned(),
             rejected: "mosaic:rejected".to_owned(),
         }
@@ -39,18 +42,20 @@ impl StateLabels {
             IssueState::Blocked => Some(&self.blocked),
             IssueState::InProgress => Some(&self.in_progress),
             IssueState::Completed => Some(&self.done),
+            IssueState::NoChanges => Some(&self.no_changes),
             IssueState::Failed => Some(&self.failed),
             IssueState::Rejected => Some(&self.rejected),
         }
     }
 
     /// Every state label, to remove the stale ones when the state changes.
-    pub fn all(&self) -> [&str; 6] {
+    pub fn all(&self) -> [&str; 7] {
         [
             &self.queued,
             &self.blocked,
             &self.in_progress,
             &self.done,
+            &self.no_changes,
             &self.failed,
             &self.rejected,
         ]
@@ -102,6 +107,20 @@ pub enum Status<'a> {
         tokens: u64,
         cost_usd: f64,
     },
+    /// Done, with the branch pushed and its pull request requested.
+    Published {
+        agent: &'a str,
+        summary: &'a str,
+        tokens: u64,
+        cost_usd: f64,
+        branch: &'a str,
+        base: &'a str,
+    },
+    /// The agent succeeded but the branch has nothing the base lacks.
+    NoChanges {
+        agent: &'a str,
+        branch: &'a str,
+    },
     Failed {
         agent: &'a str,
         attempts: u32,
@@ -130,6 +149,15 @@ pub fn finished_comment(agent: &str, tokens: u64, cost_usd: f64, summary: &str) 
     format!(
         "**Mosaic** · {agent} finished this issue · {} tokens this session · ${cost_usd:.2}\n\n{}",
         thousands(tokens),
+        clip(summary, MAX_SUMMARY_CHARS)
+    )
+}
+
+/// The comment posted once when an agent succeeded without changing anything; `summary` is
+/// [`agent_text`].
+pub fn no_changes_comment(agent: &str, branch: &str, summary: &str) -> String {
+    format!(
+        "**Mosaic** · {agent} reported success but left `{branch}` without a change, so no pull request was opened. Assign the issue again to retry.\n\n{}",
         clip(summary, MAX_SUMMARY_CHARS)
     )
 }
@@ -191,6 +219,21 @@ pub fn status_comment(status: &Status<'_>, repo: &RepoName) -> String {
             "**Mosaic** · Done by {agent} · {} tokens · ${cost_usd:.2}\n\n{}",
             thousands(*tokens),
             clip(summary, MAX_SUMMARY_CHARS)
+        ),
+        Status::Published {
+            agent,
+            summary,
+            tokens,
+            cost_usd,
+            branch,
+            base,
+        } => format!(
+            "**Mosaic** · Done by {agent} · {} tokens · ${cost_usd:.2} · pull request `{branch}` → `{base}`\n\n{}",
+            thousands(*tokens),
+            clip(summary, MAX_SUMMARY_CHARS)
+        ),
+        Status::NoChanges { agent, branch } => format!(
+            "**Mosaic** · No changes · {agent} finished without a commit on `{branch}`; no pull request"
         ),
         Status::Failed {
             agent,
@@ -270,6 +313,18 @@ mod tests {
                 tokens: 1,
                 cost_usd: 1.234,
             },
+            Status::Published {
+                agent: "glm",
+                summary: "Added the cache.",
+                tokens: 4_200,
+                cost_usd: 0.5,
+                branch: "mosaic/12-add-caching",
+                base: "main",
+            },
+            Status::NoChanges {
+                agent: "glm",
+                branch: "mosaic/12-add-caching",
+            },
             Status::Failed {
                 agent: "haiku",
                 attempts: 2,
@@ -295,6 +350,10 @@ mod tests {
             Some("mosaic:in-progress")
         );
         assert_eq!(labels.for_state(IssueState::Pending), None);
-        assert_eq!(labels.all().len(), 6);
+        assert_eq!(
+            labels.for_state(IssueState::NoChanges),
+            Some("mosaic:no-changes")
+        );
+        assert_eq!(labels.all().len(), 7);
     }
 }

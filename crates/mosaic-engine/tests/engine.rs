@@ -191,6 +191,7 @@ fn parts_for(
         priorities: PriorityOrder::default(),
         runtime,
         config,
+        workspaces: None,
     }
 }
 
@@ -1387,4 +1388,367 @@ async fn a_rejected_issue_is_judged_again_only_when_its_text_changes() {
     })
     .await;
     assert_eq!(h.state(1).await, Some(IssueState::Ready));
+}
+
+// ----- the inbox: issues handled concurrently, each issue in order -----
+
+/// The template parser, except that parsing a gated issue waits until the gate opens (a model
+/// that takes minutes to answer), and parsing sleeps `delay_ms(number)` milliseconds.
+struct GatedParser {
+    inner: TemplateParser,
+    gated: Vec<u64>,
+    gate: watch::Sender<bool>,
+    delay_ms: fn(u64) -> u64,
+    started: Mutex<Vec<u64>>,
+    finished: Mutex<Vec<u64>>,
+}
+
+impl GatedParser {
+    fn new(gated: &[u64]) -> Self {
+        Self {
+            inner: TemplateParser::new(
+                TemplateSettings::default(),
+                KnownAgents::new(profiles().names()),
+            ),
+            gated: gated.to_vec(),
+            gate: watch::Sender::new(false),
+            delay_ms: |_| 0,
+            started: Mutex::new(Vec::new()),
+            finished: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn set_gate(&self, open: bool) {
+        self.gate.send_replace(open);
+    }
+
+    fn started(&self, number: u64) -> usize {
+        self.started
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| **n == number)
+            .count()
+    }
+
+    fn finished(&self, number: u64) -> usize {
+        self.finished
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| **n == number)
+            .count()
+    }
+
+    async fn wait_until_started(&self, number: u64, times: usize) {
+        for _ in 0..200 {
+            if self.started(number) >= times {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the parse of #{number} never started");
+    }
+}
+
+#[async_trait]
+impl mosaic_parser::IssueParser for GatedParser {
+    async fn parse(&self, input: &mosaic_parser::ParseInput) -> mosaic_parser::ParseOutcome {
+        self.started.lock().unwrap().push(input.number);
+        let delay = (self.delay_ms)(input.number);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if self.gated.contains(&input.number) {
+            let mut gate = self.gate.subscribe();
+            gate.wait_for(|open| *open).await.unwrap();
+        }
+        let outcome = self.inner.parse(input).await;
+        self.finished.lock().unwrap().push(input.number);
+        outcome
+    }
+
+    fn health(&self) -> mosaic_parser::ParserHealth {
+        self.inner.health()
+    }
+}
+
+/// A harness whose engine uses `parser` (and `gitea`, if any), with the inbox worker running
+/// continuously as `serve` runs it.
+struct Running {
+    h: Harness,
+    notify: Arc<Notify>,
+    cancel: tokio_util::sync::CancellationToken,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+async fn running_inbox(
+    parser: Arc<GatedParser>,
+    gitea: Option<Arc<dyn mosaic_gitea::GiteaApi>>,
+    inbox: InboxConfig,
+) -> Running {
+    Running::start(engine_with(parser, gitea).await, inbox)
+}
+
+/// A harness whose engine uses `parser` (and `gitea`, if any).
+async fn engine_with(
+    parser: Arc<GatedParser>,
+    gitea: Option<Arc<dyn mosaic_gitea::GiteaApi>>,
+) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
+    let runtime = Arc::new(FakeRuntime::default());
+    let mut parts = parts(
+        Arc::clone(&store),
+        Arc::clone(&runtime),
+        EngineConfig::default(),
+    );
+    parts.parser = parser;
+    parts.gitea = gitea;
+    let (engine, _) = Engine::start(parts).await.unwrap();
+    Harness {
+        _dir: dir,
+        path,
+        store,
+        runtime,
+        engine,
+        seq: AtomicU32::new(0),
+    }
+}
+
+impl Running {
+    /// Runs the inbox worker of `h` until [`Running::stop`].
+    fn start(h: Harness, inbox: InboxConfig) -> Self {
+        let notify = Arc::new(Notify::new());
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let worker = InboxWorker::new(
+            Arc::clone(&h.store),
+            Arc::new(h.engine.clone()),
+            Arc::clone(&notify),
+            inbox,
+        );
+        let worker = tokio::spawn(worker.run(cancel.clone()));
+        Self {
+            h,
+            notify,
+            cancel,
+            worker,
+        }
+    }
+
+    /// Records the event as intake does (which wakes the worker).
+    async fn webhook(&self, event: &Event<'_>) -> Delivery {
+        let delivery = self.h.record(event).await;
+        self.notify.notify_one();
+        delivery
+    }
+
+    async fn wait_until_processed(&self, delivery: &Delivery) {
+        for _ in 0..200 {
+            let rows = self.h.store.recent_deliveries(10_000).await.unwrap();
+            let row = rows.iter().find(|row| row.id == delivery.id).unwrap();
+            if row.status == mosaic_store::DeliveryStatus::Processed {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("delivery {} was never processed", delivery.id);
+    }
+
+    async fn wait_until_none_pending(&self) {
+        for _ in 0..200 {
+            if self.h.store.delivery_counts().await.unwrap().pending == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("deliveries are still pending");
+    }
+
+    async fn stop(self) -> Harness {
+        self.cancel.cancel();
+        self.worker.await.unwrap();
+        self.h
+    }
+}
+
+fn unassigned(number: u64) -> Event<'static> {
+    Event {
+        action: "unassigned",
+        assignees: &[],
+        ..Event::assigned(number, SMALL)
+    }
+}
+
+#[tokio::test]
+async fn another_issue_is_queued_while_one_issue_waits_for_its_model() {
+    let parser = Arc::new(GatedParser::new(&[1]));
+    let inbox = running_inbox(Arc::clone(&parser), None, InboxConfig::default()).await;
+    inbox.webhook(&Event::assigned(1, SMALL)).await;
+    parser.wait_until_started(1, 1).await;
+
+    let second = inbox.webhook(&Event::assigned(2, SMALL)).await;
+    inbox.h.wait_for_state(2, IssueState::Ready).await;
+    inbox.wait_until_processed(&second).await;
+    assert_eq!(inbox.h.state(1).await, None, "#1 still waits for its model");
+    assert_eq!(parser.finished(1), 0);
+
+    parser.set_gate(true);
+    inbox.h.wait_for_state(1, IssueState::Ready).await;
+    inbox.stop().await;
+}
+
+#[tokio::test]
+async fn an_unassign_is_honoured_while_the_issue_waits_for_its_model() {
+    let parser = Arc::new(GatedParser::new(&[1]));
+    let inbox = running_inbox(Arc::clone(&parser), None, InboxConfig::default()).await;
+    let assigned = inbox.webhook(&Event::assigned(1, SMALL)).await;
+    parser.wait_until_started(1, 1).await;
+
+    let started = std::time::Instant::now();
+    let unassign = inbox.webhook(&unassigned(1)).await;
+    inbox.wait_until_processed(&unassign).await;
+    inbox.wait_until_processed(&assigned).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "honoured at once, not after the model: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(inbox.h.state(1).await, None, "never queued");
+
+    // The model answers late: nothing of that evaluation is applied.
+    parser.set_gate(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(parser.finished(1), 0, "the stale evaluation was given up");
+    let h = inbox.stop().await;
+    assert_eq!(h.state(1).await, None);
+    assert!(h.writes(1).await.is_empty(), "{:?}", h.writes(1).await);
+    let counts = h.store.delivery_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.processed), (0, 2));
+}
+
+#[tokio::test]
+async fn a_close_cancels_a_queued_issue_whose_edit_waits_for_the_model() {
+    let parser = Arc::new(GatedParser::new(&[1]));
+    parser.set_gate(true);
+    let inbox = running_inbox(Arc::clone(&parser), None, InboxConfig::default()).await;
+    inbox.webhook(&Event::assigned(1, SMALL)).await;
+    inbox.h.wait_for_state(1, IssueState::Ready).await;
+
+    parser.set_gate(false);
+    inbox
+        .webhook(&Event {
+            action: "edited",
+            ..Event::assigned(1, "## Difficulty\nhigh\n")
+        })
+        .await;
+    parser.wait_until_started(1, 2).await;
+    let close = inbox
+        .webhook(&Event {
+            action: "closed",
+            open: false,
+            ..Event::assigned(1, "## Difficulty\nhigh\n")
+        })
+        .await;
+    inbox.wait_until_processed(&close).await;
+    assert_eq!(inbox.h.state(1).await, Some(IssueState::Cancelled));
+
+    parser.set_gate(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let h = inbox.stop().await;
+    assert_eq!(h.state(1).await, Some(IssueState::Cancelled));
+    assert_eq!(parser.finished(1), 1, "only the first evaluation finished");
+    let statuses = status_texts(&h.writes(1).await);
+    assert!(
+        statuses.last().unwrap().contains("Cancelled"),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn deliveries_of_one_issue_keep_their_order_while_issues_run_concurrently() {
+    let mut parser = GatedParser::new(&[]);
+    // Unequal parse times, so issues finish in another order than they started, and an
+    // assignment takes longer than an unassign.
+    parser.delay_ms = |number| 5 + (number * 7) % 30;
+    let h = engine_with(Arc::new(parser), None).await;
+    // #1–#20: assigned, unassigned, assigned again; #21–#40: assigned, unassigned. An issue's
+    // deliveries follow each other closely.
+    for number in 1..=40 {
+        let mut events = vec![Event::assigned(number, SMALL), unassigned(number)];
+        if number <= 20 {
+            events.push(Event::assigned(number, SMALL));
+        }
+        for event in &events {
+            h.record(event).await;
+        }
+    }
+    // All of them wait when the worker starts (as after a burst or a restart).
+    let inbox = Running::start(h, InboxConfig::default());
+    inbox.wait_until_none_pending().await;
+    let h = inbox.stop().await;
+    let counts = h.store.delivery_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.processed), (0, 100));
+    for number in 1..=20 {
+        assert_eq!(
+            h.state(number).await,
+            Some(IssueState::Ready),
+            "#{number}: assigned, unassigned, assigned again"
+        );
+    }
+    for number in 21..=40 {
+        let state = h.state(number).await;
+        assert!(
+            matches!(state, None | Some(IssueState::Cancelled)),
+            "#{number}: assigned, then unassigned, is not queued: {state:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn gitea_reads_of_different_issues_overlap() {
+    const ISSUES: u64 = 8;
+    const LATENCY: Duration = Duration::from_millis(250);
+    let (gitea, url) = mosaic_gitea::mock::MockGitea::start().await.unwrap();
+    let repo: mosaic_domain::RepoName = "example/example".parse().unwrap();
+    for n in 1..=ISSUES {
+        let created = gitea.create_issue(
+            &repo,
+            mosaic_gitea::mock::NewIssue::titled(&format!("Issue {n}"))
+                .body(SMALL)
+                .assigned_to(BOT),
+        );
+        assert_eq!(created, issue(n));
+    }
+    gitea.set_latency(LATENCY);
+    let client = mosaic_gitea::GiteaClient::new(&mosaic_gitea::GiteaConfig::new(
+        url,
+        Some(gitea.bot_token()),
+    ))
+    .unwrap();
+    let inbox = running_inbox(
+        Arc::new(GatedParser::new(&[])),
+        Some(Arc::new(client)),
+        InboxConfig::default(),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let mut last = None;
+    for n in 1..=ISSUES {
+        last = Some(inbox.webhook(&Event::assigned(n, SMALL)).await);
+    }
+    inbox.wait_until_processed(&last.unwrap()).await;
+    for n in 1..=ISSUES {
+        inbox.h.wait_for_state(n, IssueState::Ready).await;
+    }
+    let elapsed = started.elapsed();
+    inbox.stop().await;
+    assert!(
+        gitea.count_requests("GET", "/dependencies") >= ISSUES as usize,
+        "every issue's dependencies were read"
+    );
+    assert!(elapsed >= LATENCY, "Gitea answered slowly: {elapsed:?}");
+    // One at a time this takes ISSUES × LATENCY (2 s).
+    assert!(elapsed < LATENCY * (ISSUES as u32) / 2, "took {elapsed:?}");
 }

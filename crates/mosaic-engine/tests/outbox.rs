@@ -12,8 +12,9 @@ use mosaic_engine::effects::GiteaWrite;
 use mosaic_engine::outbox::{OutboxConfig, OutboxWorker};
 use mosaic_gitea::mock::{MockGitea, NewIssue};
 use mosaic_gitea::{
-    Comment, Dependencies, GiteaApi, GiteaClient, GiteaConfig, GiteaError, IdempotencyKey, Issue,
-    IssueFilter, IssueState as TrackerState, Label, LabelRemoval, StateFilter, User,
+    Comment, CreatePullRequestOption, Dependencies, EditPullRequestOption, GiteaApi, GiteaClient,
+    GiteaConfig, GiteaError, IdempotencyKey, Issue, IssueFilter, IssueState as TrackerState, Label,
+    LabelRemoval, PullRequest, Repository, StateFilter, User,
 };
 use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{IssueRecord, NewOutboxItem, OutboxStatus, Store, StoreConfig, TransitionBatch};
@@ -205,6 +206,41 @@ impl GiteaApi for Flaky {
     }
     async fn close_issue(&self, issue: &IssueRef) -> Result<Issue, GiteaError> {
         self.inner.close_issue(issue).await
+    }
+    async fn repository(&self, repo: &RepoName) -> Result<Repository, GiteaError> {
+        GiteaApi::repository(self.inner.as_ref(), repo).await
+    }
+    /// Opens the pull request, then fails like a lost answer (a 409 from Gitea passes).
+    async fn create_pull_request(
+        &self,
+        repo: &RepoName,
+        pull: &CreatePullRequestOption,
+    ) -> Result<PullRequest, GiteaError> {
+        self.inner.create_pull_request(repo, pull).await?;
+        self.posts.fetch_add(1, Ordering::SeqCst);
+        self.posted.notify_one();
+        match self.after_post {
+            AfterPost::LoseAnswer => Err(GiteaError::Timeout {
+                operation: "repo.pulls.create",
+            }),
+            AfterPost::Hang => std::future::pending().await,
+        }
+    }
+    async fn pull_request_by_branches(
+        &self,
+        repo: &RepoName,
+        base: &str,
+        head: &str,
+    ) -> Result<PullRequest, GiteaError> {
+        self.inner.pull_request_by_branches(repo, base, head).await
+    }
+    async fn edit_pull_request(
+        &self,
+        repo: &RepoName,
+        number: u64,
+        edit: &EditPullRequestOption,
+    ) -> Result<PullRequest, GiteaError> {
+        self.inner.edit_pull_request(repo, number, edit).await
     }
 }
 
@@ -762,4 +798,63 @@ async fn retry_after_is_honoured_only_up_to_the_largest_backoff() {
         waits >= chrono::Duration::milliseconds(2_500),
         "Retry-After (capped) should still be honoured, waited {waits}"
     );
+}
+
+// ----- pull requests (exactly one per branch) -----
+
+fn pull_request(body: &str) -> GiteaWrite {
+    GiteaWrite::PullRequest {
+        head: "mosaic/1-add-caching".into(),
+        base: "main".into(),
+        title: "Add caching".into(),
+        body: body.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_lost_answer_to_opening_a_pull_request_leaves_one_pull_request() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    h.enqueue(&issue, &[("p1", pull_request("Closes #1\n\nfirst"))])
+        .await;
+    let api = flaky(&h, AfterPost::LoseAnswer);
+    let worker = h.worker_with(api.clone(), fast());
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(h.statuses(&issue).await, vec![OutboxStatus::Pending]);
+    assert_eq!(h.gitea.pull_requests(&h.repo).len(), 1);
+
+    // The retry meets Gitea's 409, finds the pull request by its branches and is done.
+    after_backoff().await;
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(h.statuses(&issue).await, vec![OutboxStatus::Done]);
+    let pulls = h.gitea.pull_requests(&h.repo);
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    assert_eq!(pulls[0].body, "Closes #1\n\nfirst");
+    assert_eq!(
+        h.gitea.count_requests("PATCH", "/pulls/"),
+        0,
+        "same body: not edited"
+    );
+}
+
+#[tokio::test]
+async fn a_later_pull_request_write_for_the_same_branch_updates_its_body() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    h.enqueue(&issue, &[("p1", pull_request("Closes #1\n\nfirst"))])
+        .await;
+    let worker = h.worker(fast());
+    worker.run_once().await.unwrap();
+    h.enqueue(&issue, &[("p2", pull_request("Closes #1\n\nsecond"))])
+        .await;
+    worker.run_once().await.unwrap();
+    assert_eq!(
+        h.statuses(&issue).await,
+        vec![OutboxStatus::Done, OutboxStatus::Done]
+    );
+    let pulls = h.gitea.pull_requests(&h.repo);
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    assert_eq!(pulls[0].body, "Closes #1\n\nsecond");
+    assert_eq!(pulls[0].head.name, "mosaic/1-add-caching");
+    assert_eq!(pulls[0].base.name, "main");
 }

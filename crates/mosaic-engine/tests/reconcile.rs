@@ -83,6 +83,7 @@ async fn harness() -> Harness {
         priorities: PriorityOrder::default(),
         runtime: Arc::new(MockAgentRuntime::new()),
         config: EngineConfig::default(),
+        workspaces: None,
     })
     .await
     .unwrap();
@@ -741,6 +742,9 @@ async fn a_real_repeat_within_one_second_is_honoured_after_asking_gitea() {
         h.record_body(&issue, "hook-1", &assigned).await,
         RecordOutcome::Recorded { .. }
     ));
+    // Handled before the unassign arrives (handled together, the unassign waiting behind it
+    // would make the engine give its evaluation up: never queued, nothing to cancel).
+    h.process_inbox().await;
     h.gitea.set_assignees(&issue, &[]);
     let unassigned =
         serde_json::to_vec(&h.gitea.issue_event(&issue, "unassigned", "alice").unwrap()).unwrap();
@@ -790,6 +794,7 @@ async fn a_replayed_old_delivery_changes_nothing() {
     let assigned =
         serde_json::to_vec(&h.gitea.issue_event(&issue, "assigned", "alice").unwrap()).unwrap();
     h.record_body(&issue, "hook-1", &assigned).await;
+    h.process_inbox().await;
     h.gitea.set_assignees(&issue, &[]);
     h.webhook(&issue, "unassigned", "alice").await;
     h.process_inbox().await;

@@ -5,10 +5,15 @@ use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
 use mosaic_domain::{IssueRef, IssueState};
-use mosaic_store::{IssueRecord, IssueSnapshot, RotationRecord, SessionRecord, TransitionRecord};
+use mosaic_store::{
+    IssueRecord, IssueSnapshot, OutboxItem, RotationRecord, SessionRecord, TransitionRecord,
+};
 use serde::Serialize;
 
+use crate::effects::GiteaWrite;
 use crate::report::Status;
+
+use super::attempt::WorkspaceView;
 
 use super::work::Work;
 use super::{Engine, EngineError};
@@ -42,6 +47,36 @@ pub struct IssueDetail {
     pub rotations: Vec<RotationRecord>,
     pub snapshot: Option<IssueSnapshot>,
     pub live: Option<LiveSessionView>,
+    /// The issue's git worktree, once this process prepared it.
+    pub workspace: Option<WorkspaceView>,
+    /// The newest pull request write for the issue, once one was enqueued.
+    pub pull_request: Option<PullRequestView>,
+}
+
+/// A pull request the coordinator opened (or updated) for an issue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PullRequestView {
+    pub head: String,
+    pub base: String,
+    pub title: String,
+    /// The write's outbox status: `pending` (not yet in Gitea), `done` or `failed`.
+    pub status: String,
+}
+
+impl PullRequestView {
+    fn from_outbox(item: &OutboxItem) -> Option<Self> {
+        match GiteaWrite::from_outbox(item).ok()? {
+            GiteaWrite::PullRequest {
+                head, base, title, ..
+            } => Some(Self {
+                head,
+                base,
+                title,
+                status: item.status.as_str().to_owned(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// A running session as the API shows it.
@@ -139,7 +174,24 @@ impl Engine {
             .into_iter()
             .filter(|r| &r.issue == issue || r.next_issue.as_ref() == Some(issue))
             .collect();
+        let pull_request = store
+            .outbox_for_issue(issue)
+            .await?
+            .iter()
+            .rev()
+            .find_map(PullRequestView::from_outbox);
+        let workspace = self
+            .inner
+            .known_workspace(issue)
+            .map(|known| WorkspaceView {
+                path: known.workspace.path.display().to_string(),
+                branch: known.workspace.branch,
+                base: known.workspace.base_branch,
+                head_commit: known.head_commit,
+            });
         Ok(IssueDetail {
+            workspace,
+            pull_request,
             state: record.state,
             history: store.issue_history(issue).await?,
             sessions: store.sessions_for_issue(issue).await?,

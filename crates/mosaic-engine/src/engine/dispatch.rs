@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::effects::GiteaWrite;
 use crate::report::{
     MAX_REASON_CHARS, MAX_SUMMARY_CHARS, Status, agent_text, failed_comment, finished_comment,
+    no_changes_comment,
 };
 
+use super::attempt::{Publication, pull_request_body};
 use super::work::{Core, Running, Work};
 use super::{Engine, EngineError, Inner};
 
@@ -24,6 +26,8 @@ pub(crate) enum Conclusion {
         summary: String,
         tokens: u64,
         cost_usd: f64,
+        /// What publishing the workspace led to (decided before the locks are taken).
+        publication: Publication,
     },
     Failed {
         reason: String,
@@ -101,6 +105,9 @@ pub(crate) fn acceptance_criteria(body: &str) -> Vec<String> {
 impl Inner {
     pub(crate) async fn dispatch_ready(&self) -> usize {
         let mut started = 0;
+        if !self.disk_allows_dispatch().await {
+            return 0;
+        }
         while !self.shutting_down.load(Ordering::SeqCst) {
             let claim = match self.claim_next(None).await {
                 Ok(Some(claim)) => claim,
@@ -184,7 +191,19 @@ impl Inner {
         );
         drop(core);
         tracing::info!(%issue, agent = %profile.name, attempt, "dispatching");
-        let task = self.task_for(&issue, None).await;
+        let mut task = self.task_for(&issue, None).await;
+        // Every session of the issue (retries and rotations included) works in this worktree.
+        match self.prepare_workspace(&issue, &task.title).await {
+            Ok(workspace) => task.work_dir = workspace.map(|workspace| workspace.path),
+            Err(reason) => {
+                tracing::error!(%issue, %reason, "no workspace; the attempt fails");
+                let _gate = self.gate.lock().await;
+                let mut core = self.core.lock().await;
+                self.conclude_now(&mut core, &issue, Conclusion::Failed { reason }, None)
+                    .await;
+                return Ok(None);
+            }
+        }
         Ok(Some(Claim {
             issue,
             profile,
@@ -212,6 +231,9 @@ impl Inner {
             body,
             repository: issue.repo.clone(),
             handover_summary: handover,
+            work_dir: self
+                .known_workspace(issue)
+                .map(|known| known.workspace.path),
         }
     }
 
@@ -337,22 +359,72 @@ impl Inner {
                 summary,
                 tokens,
                 cost_usd,
+                publication,
             } => {
                 let summary = &agent_text(&self.redactor, summary, MAX_SUMMARY_CHARS);
-                work.step(core, issue, IssueState::Completed)?;
                 let total = record.input_tokens.saturating_add(record.output_tokens);
                 let cost = record.cost_usd;
-                work.announce(
-                    core,
-                    issue,
-                    labels,
-                    &Status::Done {
-                        agent: &agent,
-                        summary,
-                        tokens: total,
-                        cost_usd: cost,
-                    },
-                );
+                if let Publication::NoChanges { branch } = publication {
+                    work.step(core, issue, IssueState::NoChanges)?;
+                    work.announce(
+                        core,
+                        issue,
+                        labels,
+                        &Status::NoChanges {
+                            agent: &agent,
+                            branch,
+                        },
+                    );
+                    work.write(
+                        core,
+                        issue,
+                        &format!("{tag}-no-changes"),
+                        GiteaWrite::comment(no_changes_comment(&agent, branch, summary)),
+                    );
+                    return Ok(());
+                }
+                work.step(core, issue, IssueState::Completed)?;
+                match publication {
+                    Publication::Pushed(pushed) => {
+                        work.announce(
+                            core,
+                            issue,
+                            labels,
+                            &Status::Published {
+                                agent: &agent,
+                                summary,
+                                tokens: total,
+                                cost_usd: cost,
+                                branch: &pushed.branch,
+                                base: &pushed.base,
+                            },
+                        );
+                        // Written before the comment: the outbox delivers an issue's writes
+                        // in order, so the comment follows an open pull request.
+                        work.write(
+                            core,
+                            issue,
+                            &format!("{tag}-pull-request"),
+                            GiteaWrite::PullRequest {
+                                head: pushed.branch.clone(),
+                                base: pushed.base.clone(),
+                                title: pushed.title.clone(),
+                                body: pull_request_body(issue, summary, pushed, total, cost),
+                            },
+                        );
+                    }
+                    _ => work.announce(
+                        core,
+                        issue,
+                        labels,
+                        &Status::Done {
+                            agent: &agent,
+                            summary,
+                            tokens: total,
+                            cost_usd: cost,
+                        },
+                    ),
+                }
                 work.write(
                     core,
                     issue,

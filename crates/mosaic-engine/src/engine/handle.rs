@@ -4,7 +4,9 @@
 //! (open, assigned to the bot) against what the engine has; the action only decides whether
 //! metadata is read again. So synthetic `reconcile-…` deliveries need no special path.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Mutex as StdMutex, PoisonError};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -12,7 +14,10 @@ use mosaic_domain::events::{IssueAction, TrackerState};
 use mosaic_domain::{IssueMetadata, IssueRef, IssueState, WebhookPayload, assign};
 use mosaic_gitea::Dependencies;
 use mosaic_parser::ParseInput;
-use mosaic_store::{CompletionOutcome, Delivery, DeliveryEffects, IssueSnapshot, LlmUsageRecord};
+use mosaic_store::{
+    CompletionOutcome, Delivery, DeliveryEffects, DeliveryRowId, IssueSnapshot, LlmUsageRecord,
+};
+use tokio::sync::watch;
 
 use crate::inbox::{DeliveryHandler, HandlerError, decode, snapshot_of};
 use crate::report::Status;
@@ -43,6 +48,176 @@ pub(crate) type Closing = (String, String);
 impl DeliveryHandler for Engine {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
         self.inner.handle_delivery(delivery).await
+    }
+
+    fn queued(&self, delivery: &Delivery) {
+        if let Some(issue) = self.inner.withdrawn_by(delivery) {
+            tracing::debug!(%issue, by = delivery.id, "a waiting delivery unassigns or closes the issue; earlier evaluations give up");
+            self.inner.withdrawals.record(issue, delivery.id);
+        }
+    }
+}
+
+/// Orders what the engine learns about whether issues are open, now that deliveries of
+/// different issues are handled concurrently: each evaluation starts at a tick, and each
+/// issue remembers the tick at which its open state was last learnt (its own delivery, or
+/// another evaluation's reads). A blocker state read by an evaluation that started before is
+/// older and is not applied, so a slow read can never undo a close handled meanwhile.
+#[derive(Debug, Default)]
+pub(crate) struct TrackerClock {
+    state: StdMutex<ClockState>,
+}
+
+#[derive(Debug, Default)]
+struct ClockState {
+    now: u64,
+    /// Ticks of the evaluations under way (a tick → how many started at it).
+    under_way: BTreeMap<u64, usize>,
+    /// Only ticks newer than the oldest evaluation under way matter; cleared when none is.
+    learnt: HashMap<IssueRef, u64>,
+}
+
+/// An evaluation under way; ends when dropped.
+pub(crate) struct Reading<'a> {
+    clock: &'a TrackerClock,
+    started: u64,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        let mut state = self.clock.state();
+        if let Some(count) = state.under_way.get_mut(&self.started) {
+            *count -= 1;
+            if *count == 0 {
+                state.under_way.remove(&self.started);
+            }
+        }
+        match state.under_way.keys().next().copied() {
+            None => state.learnt.clear(),
+            Some(oldest) if state.learnt.len() > 4_096 => {
+                state.learnt.retain(|_, tick| *tick > oldest);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+impl TrackerClock {
+    fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts an evaluation (before its first read).
+    fn begin(&self) -> Reading<'_> {
+        let mut state = self.state();
+        state.now += 1;
+        let started = state.now;
+        *state.under_way.entry(started).or_default() += 1;
+        Reading {
+            clock: self,
+            started,
+        }
+    }
+
+    /// `issue`'s open state was just learnt from its own delivery (called under the core lock).
+    fn learnt_now(&self, issue: &IssueRef) {
+        let mut state = self.state();
+        if state.under_way.is_empty() {
+            return;
+        }
+        state.now += 1;
+        let now = state.now;
+        state.learnt.insert(issue.clone(), now);
+    }
+
+    /// Keeps the blocker states `reading` may still apply, those not learnt since it began,
+    /// and notes them as learnt at its start (called under the core lock).
+    fn keep_current(&self, reading: &Reading<'_>, states: &mut Vec<(IssueRef, bool)>) {
+        let mut state = self.state();
+        states.retain(|(blocker, _)| {
+            state
+                .learnt
+                .get(blocker)
+                .is_none_or(|tick| *tick < reading.started)
+        });
+        for (blocker, _) in states.iter() {
+            let tick = state.learnt.entry(blocker.clone()).or_default();
+            *tick = (*tick).max(reading.started);
+        }
+    }
+}
+
+/// Deliveries taken but not handled yet that take their issue out of coordination (unassigned,
+/// closed, deleted), by issue. An earlier delivery of the same issue still reading it (waiting
+/// for the model or Gitea) gives up: whatever it decided would be undone by the later one at
+/// once, and handling is level-triggered, so the later one alone leads to the right state.
+#[derive(Debug)]
+pub(crate) struct Withdrawals {
+    /// The newest withdrawing row per issue.
+    newest: StdMutex<HashMap<IssueRef, DeliveryRowId>>,
+    /// Wakes waiting evaluations when a withdrawal is recorded.
+    changed: watch::Sender<()>,
+}
+
+impl Default for Withdrawals {
+    fn default() -> Self {
+        Self {
+            newest: StdMutex::new(HashMap::new()),
+            changed: watch::Sender::new(()),
+        }
+    }
+}
+
+impl Withdrawals {
+    fn newest(&self) -> std::sync::MutexGuard<'_, HashMap<IssueRef, DeliveryRowId>> {
+        self.newest.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self, issue: IssueRef, by: DeliveryRowId) {
+        self.newest()
+            .entry(issue)
+            .and_modify(|newest| *newest = (*newest).max(by))
+            .or_insert(by);
+        self.changed.send_modify(|()| {});
+    }
+
+    /// Whether a row newer than `row` withdraws `issue`.
+    fn withdraws(&self, issue: &IssueRef, row: DeliveryRowId) -> bool {
+        self.newest().get(issue).is_some_and(|newest| *newest > row)
+    }
+
+    /// `row` of `issue` is being handled: withdrawals up to it are used up.
+    fn reached(&self, issue: &IssueRef, row: DeliveryRowId) {
+        let mut newest = self.newest();
+        if newest.get(issue).is_some_and(|by| *by <= row) {
+            newest.remove(issue);
+        }
+    }
+
+    /// Runs `work` for `row` of `issue` unless a newer row withdraws the issue first (`None`;
+    /// `work` is dropped unfinished).
+    async fn unless_withdrawn<T>(
+        &self,
+        issue: &IssueRef,
+        row: DeliveryRowId,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
+        let mut changes = self.changed.subscribe();
+        if self.withdraws(issue, row) {
+            return None;
+        }
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return Some(done),
+                changed = changes.changed() => match changed {
+                    Ok(()) if self.withdraws(issue, row) => return None,
+                    Ok(()) => {}
+                    // Never while the engine lives (it owns the sender).
+                    Err(_) => return Some(work.await),
+                },
+            }
+        }
     }
 }
 
@@ -150,14 +325,10 @@ impl Inner {
             }
         }
         let issue = snapshot.issue.clone();
+        self.withdrawals.reached(&issue, delivery.id);
         let open = snapshot.state.is_open();
         let deleted = action == IssueAction::Deleted;
-        let assigned = open
-            && !deleted
-            && snapshot
-                .assignees
-                .iter()
-                .any(|login| self.is_coordinated_assignee(login));
+        let assigned = self.coordinates(&snapshot, &action);
         // Read before this delivery's snapshot replaces it; only an open, assigned issue can
         // come back, so only then is it needed.
         let triggers = if assigned {
@@ -182,13 +353,40 @@ impl Inner {
                 }
             }
         };
-        let evaluation = if needs_reading {
-            Some(self.read_issue(&snapshot).await)
+        let reading = needs_reading.then(|| self.tracker_clock.begin());
+        let mut evaluation = if needs_reading {
+            let reads = self.read_issue(&snapshot);
+            match self
+                .withdrawals
+                .unless_withdrawn(&issue, delivery.id, reads)
+                .await
+            {
+                Some(evaluation) => Some(evaluation),
+                None => {
+                    // A later delivery unassigns or closes the issue: deciding on this one
+                    // would only be undone by it. Its snapshot is recorded, nothing decided.
+                    tracing::info!(%issue, delivery = delivery.id, "issue withdrawn by a later delivery; this one's evaluation is given up");
+                    self.store
+                        .complete_delivery(
+                            delivery.id,
+                            DeliveryEffects {
+                                snapshot: Some(snapshot),
+                                transitions: Vec::new(),
+                            },
+                        )
+                        .await?;
+                    return Ok(());
+                }
+            }
         } else {
             None
         };
 
         let mut core = self.core.lock().await;
+        if let (Some(reading), Some(evaluation)) = (&reading, &mut evaluation) {
+            self.tracker_clock
+                .keep_current(reading, &mut evaluation.blocker_states);
+        }
         let mut work = Work::new(
             &core,
             format!("delivery:{}", delivery.id),
@@ -221,7 +419,10 @@ impl Inner {
             )
             .await?;
         match outcome {
-            CompletionOutcome::Completed => work.install(&mut core),
+            CompletionOutcome::Completed => {
+                work.install(&mut core);
+                self.tracker_clock.learnt_now(&issue);
+            }
             CompletionOutcome::AlreadyProcessed => {
                 tracing::debug!(issue = %issue, "delivery was already processed; nothing written again");
                 closing.clear();
@@ -229,8 +430,45 @@ impl Inner {
         }
         drop(core);
         self.close_sessions(closing).await;
+        if !assigned {
+            // Closed, deleted or unassigned: its worktree goes (the pushed branch stays).
+            self.cleanup_workspace(&issue).await;
+        }
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Whether an issue in this state, after `action`, is coordinated: open, not deleted and
+    /// assigned to the coordinated assignee.
+    fn coordinates(&self, snapshot: &IssueSnapshot, action: &IssueAction) -> bool {
+        snapshot.state.is_open()
+            && *action != IssueAction::Deleted
+            && snapshot
+                .assignees
+                .iter()
+                .any(|login| self.is_coordinated_assignee(login))
+    }
+
+    /// The issue `delivery` takes out of coordination when handled (unassigned, closed,
+    /// deleted), if any: decided as [`Inner::handle_delivery`] decides it. Possible replays are
+    /// confirmed with Gitea first and the bot's own events are ignored, so neither withdraws.
+    fn withdrawn_by(&self, delivery: &Delivery) -> Option<IssueRef> {
+        if delivery.replay_of.is_some() {
+            return None;
+        }
+        let payload = decode(delivery).ok()?;
+        let WebhookPayload::Issue(event) = &payload else {
+            return None;
+        };
+        let from_bot = event
+            .sender
+            .as_ref()
+            .is_some_and(|user| self.is_bot(&user.login));
+        if from_bot || payload.issue().is_pull_request() {
+            return None;
+        }
+        let snapshot = snapshot_of(&payload).ok()?;
+        (!self.coordinates(&snapshot, &event.action)).then_some(snapshot.issue)
     }
 
     /// The issue as Gitea shows it now (`None` without a Gitea client).
@@ -722,4 +960,56 @@ pub(crate) struct DeliveryFacts<'a> {
     pub deleted: bool,
     pub assigned: bool,
     pub labels: &'a [String],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issue(n: u64) -> IssueRef {
+        format!("acme/widgets#{n}").parse().unwrap()
+    }
+
+    #[test]
+    fn a_read_older_than_a_delivery_of_the_blocker_is_not_applied() {
+        let clock = TrackerClock::default();
+        let reading = clock.begin();
+        // #2's own delivery (it was closed) is handled while the read is under way.
+        clock.learnt_now(&issue(2));
+        let mut states = vec![(issue(2), true), (issue(3), true)];
+        clock.keep_current(&reading, &mut states);
+        assert_eq!(states, vec![(issue(3), true)]);
+        drop(reading);
+        // A read that starts afterwards is newer.
+        let later = clock.begin();
+        let mut states = vec![(issue(2), false)];
+        clock.keep_current(&later, &mut states);
+        assert_eq!(states.len(), 1);
+    }
+
+    #[test]
+    fn of_two_reads_the_one_that_started_later_wins() {
+        let clock = TrackerClock::default();
+        let older = clock.begin();
+        let newer = clock.begin();
+        let mut newer_states = vec![(issue(2), false)];
+        clock.keep_current(&newer, &mut newer_states);
+        assert_eq!(newer_states.len(), 1);
+        let mut older_states = vec![(issue(2), true)];
+        clock.keep_current(&older, &mut older_states);
+        assert!(older_states.is_empty(), "the older read would reopen #2");
+    }
+
+    #[test]
+    fn nothing_is_remembered_once_no_read_is_under_way() {
+        let clock = TrackerClock::default();
+        clock.learnt_now(&issue(2));
+        assert!(clock.state().learnt.is_empty(), "no read to protect");
+        let reading = clock.begin();
+        clock.learnt_now(&issue(2));
+        assert_eq!(clock.state().learnt.len(), 1);
+        drop(reading);
+        assert!(clock.state().learnt.is_empty());
+        assert!(clock.state().under_way.is_empty());
+    }
 }

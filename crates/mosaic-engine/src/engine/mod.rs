@@ -10,6 +10,7 @@
 //! so a report never overtakes the record of the session it is about. Order: gate, then core.
 
 mod api;
+mod attempt;
 mod config;
 mod dispatch;
 mod handle;
@@ -32,7 +33,8 @@ use mosaic_security::Redactor;
 use mosaic_store::{Store, StoreError};
 use tokio::sync::{Mutex, Notify};
 
-pub use api::{EngineStats, IssueDetail, LiveSessionView, QueueItem};
+pub use api::{EngineStats, IssueDetail, LiveSessionView, PullRequestView, QueueItem};
+pub use attempt::{WorkspaceParts, WorkspaceView};
 pub use config::{EngineConfig, EngineConfigError, MonitorSettings};
 pub use recover::RecoveryReport;
 
@@ -94,6 +96,10 @@ pub struct EngineParts {
     pub priorities: PriorityOrder,
     pub runtime: Arc<dyn AgentRuntime>,
     pub config: EngineConfig,
+    /// One git worktree per issue, published as a pull request. `None` (or no Gitea to say
+    /// where a repository lives): sessions run in the runtime's own empty directories and
+    /// nothing is pushed.
+    pub workspaces: Option<WorkspaceParts>,
 }
 
 impl std::fmt::Debug for EngineParts {
@@ -103,6 +109,7 @@ impl std::fmt::Debug for EngineParts {
             .field("bot_login", &self.bot_login)
             .field("gitea", &self.gitea.is_some())
             .field("config", &self.config)
+            .field("workspaces", &self.workspaces)
             .finish_non_exhaustive()
     }
 }
@@ -127,6 +134,15 @@ pub(crate) struct Inner {
     rotations: AtomicU64,
     /// Repositories whose disabled dependency API was already logged (logged once).
     deps_disabled_logged: StdMutex<HashSet<RepoName>>,
+    workspaces: Option<WorkspaceParts>,
+    /// Workspaces prepared by this process, by issue.
+    issue_workspaces: StdMutex<work::IssueMap<attempt::KnownWorkspace>>,
+    /// Dispatch is held back for lack of disk space (logged when it changes).
+    low_disk: AtomicBool,
+    /// Waiting deliveries that unassign or close an issue (earlier evaluations give up).
+    withdrawals: handle::Withdrawals,
+    /// Orders open/closed states learnt by deliveries handled concurrently.
+    tracker_clock: handle::TrackerClock,
 }
 
 impl std::fmt::Debug for Inner {
@@ -183,6 +199,11 @@ impl Engine {
                 compactions: AtomicU64::new(0),
                 rotations: AtomicU64::new(0),
                 deps_disabled_logged: StdMutex::new(HashSet::new()),
+                workspaces: parts.workspaces,
+                issue_workspaces: StdMutex::new(work::IssueMap::default()),
+                low_disk: AtomicBool::new(false),
+                withdrawals: handle::Withdrawals::default(),
+                tracker_clock: handle::TrackerClock::default(),
             }
         });
         Ok(Self { inner })

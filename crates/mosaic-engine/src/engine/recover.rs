@@ -11,7 +11,7 @@ use mosaic_store::SessionOutcome;
 use serde::Serialize;
 
 use super::dispatch::{Conclusion, session_end};
-use super::work::{Core, IssueMap, Work};
+use super::work::{Core, IssueMap, Running, Work};
 use super::{Engine, EngineError};
 
 /// What recovery found and did.
@@ -26,6 +26,9 @@ pub struct RecoveryReport {
     pub requeued: Vec<IssueRef>,
     /// Waiting issues whose state was brought in line with the graph.
     pub settled: usize,
+    /// Issues found with their agent's success stored but not yet published; publishing
+    /// resumes for them (the agent does not run again).
+    pub resumed_publishing: Vec<IssueRef>,
     /// Issues that gained edges their blockers declared (`Blocks: #N`) but the store lacked.
     pub edges_added: usize,
 }
@@ -173,7 +176,22 @@ impl Engine {
             .filter(|entry| entry.state == IssueState::InProgress)
             .map(|entry| entry.issue.clone())
             .collect();
+        let mut resume = Vec::new();
         for issue in orphans {
+            if let Some(success) = inner.stored_success(&issue).await? {
+                // Stage "publishing": the slot stays taken until the result is committed.
+                core.running.insert(
+                    issue.clone(),
+                    Running {
+                        session_id: None,
+                        agent: success.agent.clone(),
+                        started_at: chrono::Utc::now(),
+                    },
+                );
+                report.resumed_publishing.push(issue.clone());
+                resume.push((issue, success));
+                continue;
+            }
             let mut work = Work::new(
                 &core,
                 "recovery: in progress without a session".to_owned(),
@@ -267,7 +285,27 @@ impl Engine {
                 work.install(&mut core);
             }
         }
+        let live: Vec<IssueRef> = core
+            .queue
+            .iter()
+            .filter(|entry| !entry.state.is_terminal())
+            .map(|entry| entry.issue.clone())
+            .collect();
         drop(core);
+        inner.prune_workspaces(&live).await;
+        for (issue, success) in resume {
+            tracing::warn!(%issue, session = %success.id, "the agent's success was stored but not published; publishing now");
+            let inner = std::sync::Arc::clone(&self.inner);
+            tokio::spawn(async move {
+                let summary = success.detail.unwrap_or_default();
+                if let Err(err) = inner
+                    .publish_and_conclude(&issue, summary, success.input_tokens, success.cost_usd)
+                    .await
+                {
+                    tracing::error!(%issue, error = %err, "could not finish publishing; the next start tries again");
+                }
+            });
+        }
         tracing::info!(
             issues = report.issues,
             interrupted = report.interrupted_sessions,

@@ -167,7 +167,7 @@ impl Inner {
         };
         let session_id = live.session_id.to_string();
         let issue = &live.issue;
-        let _gate = self.gate.lock().await;
+        let gate = self.gate.lock().await;
         let mut core = self.core.lock().await;
         let registered = core
             .running
@@ -192,13 +192,31 @@ impl Inner {
             record.input_tokens = record.input_tokens.saturating_add(tokens);
             record.cost_usd += cost_usd;
         });
-        if core.queue.state(issue) == Some(IssueState::InProgress) {
+        let in_progress = core.queue.state(issue) == Some(IssueState::InProgress);
+        if in_progress && stored == StoredOutcome::Succeeded && self.workspaces.is_some() {
+            // Stage "publishing": the succeeded session is stored with the issue still in
+            // progress and its slot kept; recovery resumes here, without the agent.
+            self.store.commit_transitions(work.batches()).await?;
+            work.install(&mut core);
+            if let Some(running) = core.running.get_mut(issue) {
+                running.session_id = None;
+            }
+            drop(core);
+            drop(gate);
+            tracing::info!(%issue, session = %session_id, "agent succeeded; publishing");
+            let summary = detail.unwrap_or_default();
+            return self
+                .publish_and_conclude(issue, summary, tokens, cost_usd)
+                .await;
+        }
+        if in_progress {
             let conclusion = match (stored, outcome) {
                 (StoredOutcome::Succeeded, SessionOutcome::Succeeded { summary, .. }) => {
                     Conclusion::Succeeded {
                         summary: summary.clone(),
                         tokens,
                         cost_usd,
+                        publication: super::attempt::Publication::Unpublished,
                     }
                 }
                 (StoredOutcome::Interrupted, _) => Conclusion::Interrupted,
