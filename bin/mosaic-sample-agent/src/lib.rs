@@ -63,6 +63,13 @@ struct Args {
     spawn_child: bool,
     #[arg(long, value_enum, env = "SAMPLE_AGENT_PROTOCOL", default_value_t = Protocol::StreamJson)]
     protocol: Protocol,
+    /// On success, write this file (relative to the working directory) before finishing.
+    #[arg(long, env = "SAMPLE_AGENT_WRITE_FILE")]
+    write_file: Option<std::path::PathBuf>,
+    /// Commit every change in the working directory with `git` before finishing (as an agent
+    /// working in a git worktree does; it never pushes).
+    #[arg(long, env = "SAMPLE_AGENT_COMMIT")]
+    commit: bool,
 }
 
 /// What arrives on stdin after the prompt.
@@ -157,23 +164,82 @@ impl Agent {
         self.report(&summary);
     }
 
+    /// Writes the requested file and commits, as configured; says what it did.
+    fn change_files(&self) -> Result<String, String> {
+        let mut done = String::new();
+        if let Some(file) = &self.args.write_file {
+            if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|err| format!("cannot create {}: {err}", parent.display()))?;
+            }
+            let text = format!(
+                "Written by mosaic-sample-agent after {} steps.\n",
+                self.args.steps
+            );
+            std::fs::write(file, text)
+                .map_err(|err| format!("cannot write {}: {err}", file.display()))?;
+            done.push_str(&format!(" Wrote {}.", file.display()));
+        }
+        if self.args.commit {
+            let git = |args: &[&str]| -> Result<(), String> {
+                let output = std::process::Command::new("git")
+                    .args([
+                        "-c",
+                        "user.name=Mosaic Sample Agent",
+                        "-c",
+                        "user.email=sample-agent@localhost",
+                        "-c",
+                        "commit.gpgsign=false",
+                    ])
+                    .args(args)
+                    .output()
+                    .map_err(|err| format!("cannot run git: {err}"))?;
+                if output.status.success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "git {} failed: {}",
+                        args.join(" "),
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    ))
+                }
+            };
+            git(&["add", "--all"])?;
+            git(&[
+                "commit",
+                "--quiet",
+                "--allow-empty",
+                "-m",
+                "Sample agent: work on the issue",
+            ])?;
+            done.push_str(" Committed.");
+        }
+        Ok(done)
+    }
+
     fn finish(&self, started: Instant) -> i32 {
         let resumed = self
             .resumed_from
             .map(|step| format!(" (resumed after step {step})"))
             .unwrap_or_default();
-        let summary = if self.args.fail {
-            format!("Failed on request at step {}{resumed}.", self.step)
+        let changed = if self.args.fail {
+            Ok(String::new())
         } else {
-            format!("Completed {} steps{resumed}.", self.args.steps)
+            self.change_files()
+        };
+        let failed = self.args.fail || changed.is_err();
+        let summary = match &changed {
+            _ if self.args.fail => format!("Failed on request at step {}{resumed}.", self.step),
+            Err(reason) => format!("Failed to change files: {reason}"),
+            Ok(done) => format!("Completed {} steps{resumed}.{done}", self.args.steps),
         };
         #[allow(clippy::cast_precision_loss)]
         let cost = (self.processed_tokens + self.output_tokens) as f64 * 3.0 / 1_000_000.0;
         match self.args.protocol {
             Protocol::StreamJson => emit(&json!({
                 "type": "result",
-                "subtype": if self.args.fail { "error_during_execution" } else { "success" },
-                "is_error": self.args.fail,
+                "subtype": if failed { "error_during_execution" } else { "success" },
+                "is_error": failed,
                 "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "num_turns": self.step,
                 "result": summary,
@@ -188,13 +254,13 @@ impl Agent {
             })),
             Protocol::JsonLines => emit(&json!({
                 "type": "done",
-                "status": if self.args.fail { "error" } else { "success" },
+                "status": if failed { "error" } else { "success" },
                 "summary": summary,
                 "tokens": self.processed_tokens + self.output_tokens,
                 "cost_usd": cost
             })),
         }
-        i32::from(self.args.fail)
+        i32::from(failed)
     }
 }
 

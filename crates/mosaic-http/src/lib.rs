@@ -9,6 +9,7 @@ mod connections;
 mod error;
 mod health;
 mod metrics;
+mod retention;
 mod server;
 mod webhook;
 
@@ -18,4 +19,5 @@ pub use connections::ConnectionLimits;
 pub use error::ApiError;
 pub use health::{ComponentHealth, ComponentStatus, HealthProbe, HealthReport};
 pub use metrics::Metrics;
+pub use retention::{RetentionStatus, SharedRetention, Volume};
 pub use server::{AppState, Intake, router, serve, serve_with_limits};

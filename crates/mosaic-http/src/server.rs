@@ -23,6 +23,7 @@ use crate::connections::ConnectionLimits;
 use crate::error::ApiError;
 use crate::health::{self, HealthProbe};
 use crate::metrics::Metrics;
+use crate::retention::SharedRetention;
 use crate::{api, webhook};
 
 /// What every handler can reach. Cheap to clone: everything shared sits behind `Arc`s.
@@ -38,6 +39,7 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     /// Filled once the engine runs (it may wait for Gitea after the server is up).
     engine: Arc<OnceLock<Engine>>,
+    retention: Option<SharedRetention>,
 }
 
 /// What the webhook endpoint needs to accept deliveries.
@@ -82,7 +84,19 @@ impl AppState {
             api_token: None,
             metrics: Metrics::new(|_| {}),
             engine: Arc::new(OnceLock::new()),
+            retention: None,
         }
+    }
+
+    /// Shows what retention keeps and removed at `/api/v1/retention`.
+    #[must_use]
+    pub fn with_retention(mut self, retention: SharedRetention) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+
+    pub(crate) fn retention(&self) -> Option<&SharedRetention> {
+        self.retention.as_ref()
     }
 
     /// Adds a component to `/health`.
@@ -205,6 +219,7 @@ fn api_routes(state: AppState) -> Router<AppState> {
         .route("/queue", get(api::queue))
         .route("/sessions", get(api::sessions))
         .route("/rotations", get(api::rotations))
+        .route("/retention", get(crate::retention::retention))
         .route_layer(middleware::from_fn_with_state(state, api::authorize))
 }
 

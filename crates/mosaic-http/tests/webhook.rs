@@ -130,6 +130,15 @@ impl Store for SpyStore {
     async fn recent_deliveries(&self, limit: u32) -> Result<Vec<DeliverySummary>, StoreError> {
         self.inner.recent_deliveries(limit).await
     }
+    async fn prune_delivery_bodies(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<BodyVolume, StoreError> {
+        self.inner.prune_delivery_bodies(before).await
+    }
+    async fn retained_delivery_bodies(&self) -> Result<BodyVolume, StoreError> {
+        self.inner.retained_delivery_bodies().await
+    }
     async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError> {
         self.inner.delivery_counts().await
     }

@@ -13,8 +13,8 @@ use mosaic_store::*;
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, Json};
 
-use mosaic_store::body::{self, BodyCodec, StoredBody};
 use crate::failure::Failure;
+use mosaic_store::body::{self, BodyCodec, StoredBody};
 
 type OpResult<T> = Result<T, Failure>;
 

@@ -21,13 +21,21 @@ pub enum Synchronous {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` or a plain path. Parent directories are created.
+    /// `sqlite://PATH` or a plain path (parent directories are created), or
+    /// `postgres://user:password@host/db` for the PostgreSQL backend. Shown and serialised with
+    /// its password replaced.
+    #[serde(serialize_with = "url_without_password")]
     pub url: String,
     pub synchronous: Synchronous,
     /// How long a connection waits for a lock held by another process, in milliseconds.
     pub busy_timeout_ms: u64,
-    /// Most write requests committed in one transaction.
+    /// Most write requests committed in one transaction (SQLite).
     pub max_batch: usize,
+    /// Connections to PostgreSQL kept at most (PostgreSQL only).
+    pub pool_size: usize,
+    /// The PostgreSQL schema the tables live in, created when missing; unset: the server's
+    /// default (`public`). Lets several coordinator installations share one database.
+    pub schema: Option<String>,
     /// Read connections kept open (reads run concurrently with the writer under WAL).
     pub read_connections: usize,
     /// How long, in microseconds, the writer keeps collecting requests before it starts a
@@ -55,6 +63,8 @@ impl Default for StoreConfig {
             synchronous: Synchronous::Full,
             busy_timeout_ms: 5_000,
             max_batch: 256,
+            pool_size: 16,
+            schema: None,
             read_connections: 4,
             group_window_us: 500,
             checkpoint_interval_ms: 100,
@@ -64,7 +74,35 @@ impl Default for StoreConfig {
     }
 }
 
+/// `url` with the password of its user part (`user:password@`) replaced, for anything shown.
+pub fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some((user_info, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let Some((user, _password)) = user_info.split_once(':') else {
+        return url.to_owned();
+    };
+    format!(
+        "{scheme}://{user}:[redacted]@{host}{}",
+        &rest[authority_end..]
+    )
+}
+
+fn url_without_password<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&mask_password(url))
+}
+
 impl StoreConfig {
+    /// The URL as it may be shown (password replaced).
+    pub fn shown_url(&self) -> String {
+        mask_password(&self.url)
+    }
+
     /// A configuration for a SQLite file at `path`, everything else default.
     pub fn sqlite(path: impl Into<PathBuf>) -> Self {
         Self {
@@ -78,11 +116,11 @@ impl StoreConfig {
         let url = self.url.trim();
         let path = match url.split_once("://") {
             Some(("sqlite", path)) => path,
-            Some(_) => return Err(StoreError::UnsupportedUrl(self.url.clone())),
+            Some(_) => return Err(StoreError::UnsupportedUrl(self.shown_url())),
             None => url.strip_prefix("sqlite:").unwrap_or(url),
         };
         if path.is_empty() {
-            return Err(StoreError::UnsupportedUrl(self.url.clone()));
+            return Err(StoreError::UnsupportedUrl(self.shown_url()));
         }
         Ok(PathBuf::from(path))
     }
@@ -141,6 +179,30 @@ mod tests {
         check("postgres://localhost/mosaic", None);
         check("sqlite://", None);
         check("", None);
+    }
+
+    #[test]
+    fn passwords_in_urls_are_never_shown() {
+        let config = StoreConfig {
+            url: "postgres://mosaic:s3cret-pw@db.internal:5432/mosaic?sslmode=disable".to_owned(),
+            ..StoreConfig::default()
+        };
+        assert_eq!(
+            config.shown_url(),
+            "postgres://mosaic:[redacted]@db.internal:5432/mosaic?sslmode=disable"
+        );
+        let shown = serde_json::to_string(&config).unwrap();
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        let err = config.sqlite_path().unwrap_err().to_string();
+        assert!(!err.contains("s3cret-pw"), "{err}");
+        for plain in [
+            "sqlite://data/mosaic.db",
+            "postgres://mosaic@db/mosaic",
+            "postgres://db/mosaic",
+            "/tmp/m.db",
+        ] {
+            assert_eq!(mask_password(plain), plain);
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod model;
 pub mod sqlite;
 mod store;
 
-pub use config::{StoreConfig, Synchronous};
+pub use config::{StoreConfig, Synchronous, mask_password};
 pub use error::StoreError;
 pub use model::*;
 pub use store::Store;

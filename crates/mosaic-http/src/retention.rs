@@ -1,0 +1,50 @@
+//! `GET /api/v1/retention`: what the coordinator keeps (delivery bodies, session logs) and what
+//! its retention runs removed. The runner of retention (the binary) fills it in.
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::server::AppState;
+
+/// A number of items and the bytes they take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Volume {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// The latest retention run and what is kept.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RetentionStatus {
+    /// Delivery bodies still stored (compressed size).
+    pub delivery_bodies: Volume,
+    pub session_logs: Volume,
+    /// Removed since the coordinator started.
+    pub removed_delivery_bodies: Volume,
+    pub removed_session_logs: Volume,
+    pub keep_delivery_bodies_days: u32,
+    pub keep_session_logs_days: u32,
+    pub last_run_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// Shared between the retention task (writes) and the API (reads).
+pub type SharedRetention = Arc<RwLock<RetentionStatus>>;
+
+pub(crate) async fn retention(
+    State(state): State<AppState>,
+) -> Result<Json<RetentionStatus>, ApiError> {
+    let shared = state
+        .retention()
+        .ok_or_else(|| ApiError::NotFound("retention is not running".to_owned()))?;
+    let status = shared
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    Ok(Json(status))
+}
