@@ -120,15 +120,33 @@ impl From<PathRejection> for ApiError {
 #[derive(Debug, Deserialize)]
 pub(crate) struct LimitQuery {
     limit: Option<u32>,
+    /// The cursor: only entries older than this row id (the `next_before` of the last page).
+    before: Option<i64>,
 }
 
-/// `GET /api/v1/deliveries?limit=N`: recent deliveries and their status (no bodies).
+/// Rows a list answers at most, and when none is asked for.
+const MAX_LIMIT: u32 = 1_000;
+const DEFAULT_LIMIT: u32 = 50;
+
+impl LimitQuery {
+    /// The limit in force, and a note when the one asked for was clamped.
+    fn limit(&self) -> (u32, Option<String>) {
+        let asked = self.limit.unwrap_or(DEFAULT_LIMIT);
+        let limit = asked.clamp(1, MAX_LIMIT);
+        let note = (limit != asked)
+            .then(|| format!("limit {asked} is outside 1..={MAX_LIMIT}; {limit} used"));
+        (limit, note)
+    }
+}
+
+/// `GET /api/v1/deliveries?limit=N&before=ID`: deliveries, newest first, and their status (no
+/// bodies). `next_before` is the cursor of the next (older) page, absent on the last one.
 pub(crate) async fn deliveries(
     State(state): State<AppState>,
     Query(query): Query<LimitQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let store = state.store()?;
-    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let (limit, clamped) = query.limit();
     // Counts first: a delivery only moves forward (pending → processed), so rows read after
     // the counts are never behind them — "0 pending" never comes with a pending row.
     let counts = store
@@ -136,10 +154,20 @@ pub(crate) async fn deliveries(
         .await
         .map_err(|err| ApiError::Internal(err.to_string()))?;
     let rows = store
-        .recent_deliveries(limit)
+        .recent_deliveries(query.before, limit)
         .await
         .map_err(|err| ApiError::Internal(err.to_string()))?;
-    Ok(Json(json!({ "deliveries": rows, "counts": counts })))
+    let next_before = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|row| row.id))
+        .flatten();
+    let mut answer = json!({ "deliveries": rows, "counts": counts, "limit": limit });
+    if let Some(next) = next_before {
+        answer["next_before"] = json!(next);
+    }
+    if let Some(note) = clamped {
+        answer["limit_clamped"] = json!(note);
+    }
+    Ok(Json(answer))
 }
 
 fn issue_ref(owner: &str, repo: &str, number: &str) -> Result<IssueRef, ApiError> {
@@ -214,9 +242,13 @@ pub(crate) async fn rotations(
     Query(query): Query<LimitQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let engine = state.require_engine()?;
-    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let (limit, clamped) = query.limit();
     let rotations = engine.rotations(limit).await.map_err(engine_error)?;
-    Ok(Json(json!({ "rotations": rotations })))
+    let mut answer = json!({ "rotations": rotations, "limit": limit });
+    if let Some(note) = clamped {
+        answer["limit_clamped"] = json!(note);
+    }
+    Ok(Json(answer))
 }
 
 /// `POST /api/v1/issues/{owner}/{repo}/{number}/requeue`: back into the queue.

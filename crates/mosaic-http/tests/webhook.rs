@@ -127,8 +127,12 @@ impl Store for SpyStore {
     async fn mark_dead(&self, id: DeliveryRowId, error: &str) -> Result<(), StoreError> {
         self.inner.mark_dead(id, error).await
     }
-    async fn recent_deliveries(&self, limit: u32) -> Result<Vec<DeliverySummary>, StoreError> {
-        self.inner.recent_deliveries(limit).await
+    async fn recent_deliveries(
+        &self,
+        before: Option<DeliveryRowId>,
+        limit: u32,
+    ) -> Result<Vec<DeliverySummary>, StoreError> {
+        self.inner.recent_deliveries(before, limit).await
     }
     async fn prune_delivery_bodies(
         &self,
@@ -331,7 +335,7 @@ impl Harness {
     }
 
     async fn deliveries(&self) -> Vec<DeliverySummary> {
-        self.store.recent_deliveries(1000).await.unwrap()
+        self.store.recent_deliveries(None, 1000).await.unwrap()
     }
 }
 
@@ -1500,4 +1504,44 @@ async fn an_issue_number_beyond_63_bits_is_422_and_never_reaches_the_store() {
         );
     }
     assert_eq!(h.store.record_calls(), 0);
+}
+
+#[tokio::test]
+async fn deliveries_page_with_a_cursor_and_say_when_a_limit_was_clamped() {
+    let h = harness();
+    let local = Some([127, 0, 0, 1]);
+    for n in 0..5 {
+        let body = variant(&FIXTURES[1], n);
+        let (status, answer) = h.send(signed(&body, "issues", &format!("page-{n}"))).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    // Newest first, two per page, following next_before to the end.
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/deliveries?limit=2".to_owned();
+    loop {
+        let (status, body) = h.send(get(&path, None, local)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.get("limit_clamped").is_none(), "{body}");
+        for row in body["deliveries"].as_array().unwrap() {
+            seen.push(row["delivery_id"].as_str().unwrap().to_owned());
+        }
+        match body.get("next_before") {
+            Some(cursor) => path = format!("/api/v1/deliveries?limit=2&before={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["page-4", "page-3", "page-2", "page-1", "page-0"]);
+    // A limit beyond the bound is clamped, and the answer says so.
+    let (status, body) = h
+        .send(get("/api/v1/deliveries?limit=100000", None, local))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["limit"], 1000);
+    assert!(
+        body["limit_clamped"]
+            .as_str()
+            .unwrap()
+            .contains("limit 100000 is outside 1..=1000"),
+        "{body}"
+    );
 }

@@ -298,8 +298,12 @@ impl Store for PostgresStore {
         read!(self, |client| ops::retained_delivery_bodies(client))
     }
 
-    async fn recent_deliveries(&self, limit: u32) -> Result<Vec<DeliverySummary>, StoreError> {
-        read!(self, |client| ops::recent_deliveries(client, limit))
+    async fn recent_deliveries(
+        &self,
+        before: Option<DeliveryRowId>,
+        limit: u32,
+    ) -> Result<Vec<DeliverySummary>, StoreError> {
+        read!(self, |client| ops::recent_deliveries(client, before, limit))
     }
 
     async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError> {

@@ -538,14 +538,15 @@ pub(crate) async fn retained_delivery_bodies(client: &impl GenericClient) -> OpR
 
 pub(crate) async fn recent_deliveries(
     client: &impl GenericClient,
+    before: Option<DeliveryRowId>,
     limit: u32,
 ) -> OpResult<Vec<DeliverySummary>> {
     collect(
         client,
         "SELECT id, delivery_id, event, event_type, action, repository, issue_number,
              body_sha256, status, duplicate_of, attempts, last_error, received_at, processed_at
-         FROM inbox ORDER BY id DESC LIMIT $1",
-        &[&i64::from(limit)],
+         FROM inbox WHERE $2::BIGINT IS NULL OR id < $2 ORDER BY id DESC LIMIT $1",
+        &[&i64::from(limit), &before],
         |row| {
             let status: String = get(row, "status")?;
             Ok(DeliverySummary {

@@ -39,8 +39,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Gives up on a pending row: status `failed` with the last error.
     async fn mark_dead(&self, id: DeliveryRowId, error: &str) -> Result<(), StoreError>;
 
-    /// Newest rows first, without bodies.
-    async fn recent_deliveries(&self, limit: u32) -> Result<Vec<DeliverySummary>, StoreError>;
+    /// Newest rows first, without bodies; with `before`, only rows older than that row (the
+    /// cursor of the next page).
+    async fn recent_deliveries(
+        &self,
+        before: Option<DeliveryRowId>,
+        limit: u32,
+    ) -> Result<Vec<DeliverySummary>, StoreError>;
 
     async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError>;
 

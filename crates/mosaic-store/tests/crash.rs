@@ -102,7 +102,7 @@ async fn acknowledged_deliveries_survive_sigkill() {
 
     let store = SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap();
     let stored: BTreeMap<i64, Option<String>> = store
-        .recent_deliveries(u32::MAX)
+        .recent_deliveries(None, u32::MAX)
         .await
         .unwrap()
         .into_iter()

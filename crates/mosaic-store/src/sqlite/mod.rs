@@ -570,8 +570,12 @@ impl Store for SqliteStore {
         self.read(ops::retained_delivery_bodies).await
     }
 
-    async fn recent_deliveries(&self, limit: u32) -> Result<Vec<DeliverySummary>, StoreError> {
-        self.read(move |conn| ops::recent_deliveries(conn, limit))
+    async fn recent_deliveries(
+        &self,
+        before: Option<DeliveryRowId>,
+        limit: u32,
+    ) -> Result<Vec<DeliverySummary>, StoreError> {
+        self.read(move |conn| ops::recent_deliveries(conn, before, limit))
             .await
     }
 

@@ -462,14 +462,15 @@ pub(crate) fn retained_delivery_bodies(conn: &Connection) -> Result<BodyVolume, 
 
 pub(crate) fn recent_deliveries(
     conn: &Connection,
+    before: Option<DeliveryRowId>,
     limit: u32,
 ) -> Result<Vec<DeliverySummary>, StoreError> {
     collect(
         conn,
         "SELECT id, delivery_id, event, event_type, action, repository, issue_number,
              body_sha256, status, duplicate_of, attempts, last_error, received_at, processed_at
-         FROM inbox ORDER BY id DESC LIMIT ?1",
-        [limit],
+         FROM inbox WHERE ?2 IS NULL OR id < ?2 ORDER BY id DESC LIMIT ?1",
+        params![limit, before],
         |row| {
             let status: String = row.get(8)?;
             Ok(DeliverySummary {

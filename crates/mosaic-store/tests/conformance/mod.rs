@@ -260,7 +260,7 @@ pub async fn retention_drops_only_the_bodies_of_old_handled_deliveries(store: &d
         store.prune_delivery_bodies(at(100)).await.unwrap(),
         BodyVolume::default()
     );
-    assert_eq!(store.recent_deliveries(10).await.unwrap().len(), 4);
+    assert_eq!(store.recent_deliveries(None, 10).await.unwrap().len(), 4);
 }
 
 pub async fn inbox_ignored_deliveries_are_kept_but_never_pending(store: &dyn Store) {
@@ -331,7 +331,7 @@ pub async fn inbox_failed_attempts_back_off_then_die(store: &dyn Store) {
             .collect::<Vec<_>>(),
         vec![b]
     );
-    let summary = store.recent_deliveries(10).await.unwrap();
+    let summary = store.recent_deliveries(None, 10).await.unwrap();
     let dead = summary.iter().find(|d| d.id == a).unwrap();
     assert_eq!(dead.status, DeliveryStatus::Failed);
     assert_eq!(dead.attempts, 2);
@@ -357,7 +357,7 @@ pub async fn inbox_status_changes_are_checked(store: &dyn Store) {
         store.mark_dead(id, "late").await,
         Err(StoreError::Conflict(_))
     ));
-    let summary = &store.recent_deliveries(1).await.unwrap()[0];
+    let summary = &store.recent_deliveries(None, 1).await.unwrap()[0];
     assert_eq!(summary.status, DeliveryStatus::Processed);
     assert_eq!(summary.body_sha256.len(), 64);
     assert!(
@@ -1013,7 +1013,7 @@ pub async fn write_outcomes_follow_the_writes(store: &dyn Store) {
         .last_success
         .expect("a write succeeded");
     // The health check's probe delivery is rolled back: it leaves no row.
-    assert!(store.recent_deliveries(10).await.unwrap().is_empty());
+    assert!(store.recent_deliveries(None, 10).await.unwrap().is_empty());
 
     // A caller's mistake is not a failure of the store.
     assert!(matches!(
