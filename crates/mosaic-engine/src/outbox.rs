@@ -5,20 +5,31 @@
 //! store knows" harmless: a comment carries its idempotency key as a hidden marker and is only
 //! posted when no comment with that marker exists; the status comment is found by its fixed
 //! marker and edited; labels are put into the wanted state; closing a closed issue is a no-op.
+//!
+//! Throughput: a status comment or state label write that a newer queued one of the same
+//! issue supersedes is not sent; the status comment's id and each repository's label ids are
+//! remembered, so edits and label writes go straight to Gitea; and the writes of different
+//! issues go out concurrently (`max_concurrent_issues`), each issue's strictly in order.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use mosaic_domain::{IssueRef, RepoName};
 use mosaic_gitea::{
     CommentDelivery, CreatePullRequestOption, EditPullRequestOption, GiteaApi, GiteaError,
-    IdempotencyKey, LabelRemoval, MarkerError, post_comment_once,
+    IdempotencyKey, Label, MarkerError, post_comment_once,
 };
-use mosaic_store::{OutboxBacklog, OutboxItem, Store, StoreError};
+use mosaic_store::{OutboxBacklog, OutboxItem, OutboxStatus, Store, StoreError};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::effects::GiteaWrite;
 
@@ -38,6 +49,8 @@ pub struct OutboxConfig {
     pub max_attempts: u32,
     /// How often the worker looks for new items and due retries when nothing wakes it.
     pub idle_poll_ms: u64,
+    /// Issues whose writes are in flight at once; each issue's writes stay in order.
+    pub max_concurrent_issues: u32,
 }
 
 impl Default for OutboxConfig {
@@ -48,6 +61,7 @@ impl Default for OutboxConfig {
             max_backoff_ms: 5 * 60 * 1_000,
             max_attempts: 10,
             idle_poll_ms: 1_000,
+            max_concurrent_issues: 4,
         }
     }
 }
@@ -68,6 +82,9 @@ pub struct OutboxStats {
     pub retried: AtomicU64,
     /// Writes given up: refused by Gitea, unknown to this version, or out of attempts.
     pub given_up: AtomicU64,
+    /// Status comment and state label writes not sent because a newer one of the same issue
+    /// was queued behind them.
+    pub superseded: AtomicU64,
 }
 
 /// A plain copy of [`OutboxStats`].
@@ -76,6 +93,7 @@ pub struct OutboxCounts {
     pub delivered: u64,
     pub retried: u64,
     pub given_up: u64,
+    pub superseded: u64,
 }
 
 impl OutboxStats {
@@ -84,6 +102,7 @@ impl OutboxStats {
             delivered: self.delivered.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             given_up: self.given_up.load(Ordering::Relaxed),
+            superseded: self.superseded.load(Ordering::Relaxed),
         }
     }
 }
@@ -116,6 +135,26 @@ pub struct OutboxWorker {
     /// Only the bot's own comments count as already posted or as the status comment; asked
     /// from Gitea once when not given.
     bot_login: OnceCell<String>,
+    /// What the worker learnt from Gitea's answers, to skip look-ups.
+    known: Mutex<Known>,
+    /// Held while listing a repository's labels, so issues delivered at once list them once.
+    label_listing: tokio::sync::Mutex<()>,
+    /// Rows created before this moment may have been attempted by an earlier process whose
+    /// record of the attempt was lost with it.
+    started_at: DateTime<Utc>,
+}
+
+/// Ids learnt from Gitea. Only a cache: a miss costs a look-up, a stale entry a 404/422 and a
+/// look-up.
+#[derive(Debug, Default)]
+struct Known {
+    /// The bot's status comment per issue: its id and a digest of the body it was last given
+    /// (a digest, so thousands of issues do not keep their texts in memory).
+    status_comments: HashMap<IssueRef, (i64, [u8; 32])>,
+    /// Label ids by name, per repository.
+    label_ids: HashMap<RepoName, HashMap<String, i64>>,
+    /// Rows this worker has sent a comment for (whatever the outcome).
+    attempted: HashSet<i64>,
 }
 
 impl std::fmt::Debug for OutboxWorker {
@@ -141,7 +180,15 @@ impl OutboxWorker {
             config,
             stats: Arc::new(OutboxStats::default()),
             bot_login: OnceCell::new(),
+            known: Mutex::new(Known::default()),
+            label_listing: tokio::sync::Mutex::new(()),
+            started_at: Utc::now(),
         }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        // The cache holds no invariant a panic could break half-way.
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The bot's login, known already (otherwise the worker asks Gitea for the token's user
@@ -171,20 +218,59 @@ impl OutboxWorker {
         self.store.outbox_backlog().await
     }
 
-    /// Delivers what is due now (per issue only its oldest pending item); returns how many
-    /// items it took.
+    /// Delivers what is due now (per issue only its oldest pending item, up to
+    /// `max_concurrent_issues` issues at once); returns how many items it took.
     pub async fn run_once(&self) -> Result<usize, OutboxError> {
         let due = self
             .store
             .next_outbox_items(Utc::now(), self.config.batch)
             .await?;
-        for item in &due {
-            self.deliver_one(item).await?;
+        let parallel = usize::try_from(self.config.max_concurrent_issues.max(1)).unwrap_or(1);
+        // Plain `FuturesUnordered` rather than a stream combinator with a closure, which would
+        // make this future lose `Send` for `tokio::spawn`.
+        let mut waiting = due.iter();
+        let mut in_flight = FuturesUnordered::new();
+        let mut first_error = None;
+        loop {
+            while in_flight.len() < parallel {
+                let Some(item) = waiting.next() else { break };
+                in_flight.push(self.deliver_traced(item));
+            }
+            let Some(outcome) = in_flight.next().await else {
+                break;
+            };
+            if let Err(err) = outcome {
+                first_error.get_or_insert(err);
+            }
+        }
+        if let Some(err) = first_error {
+            return Err(err);
         }
         Ok(due.len())
     }
 
-    async fn deliver_one(&self, item: &OutboxItem) -> Result<(), OutboxError> {
+    /// Whether a newer pending write on the same issue makes this one moot: a status comment
+    /// says the whole current state, so only the last one queued matters; a state label write
+    /// is moot when a later one touches (adds or removes) every label this one touches.
+    async fn is_superseded(&self, item: &OutboxItem) -> Result<bool, StoreError> {
+        let Ok(write) = GiteaWrite::from_outbox(item) else {
+            return Ok(false);
+        };
+        if !matches!(
+            write,
+            GiteaWrite::StatusComment { .. } | GiteaWrite::StateLabel { .. }
+        ) {
+            return Ok(false);
+        }
+        let later = self.store.outbox_for_issue(&item.issue).await?;
+        Ok(later
+            .iter()
+            .filter(|later| later.id > item.id && later.status == OutboxStatus::Pending)
+            .filter_map(|later| GiteaWrite::from_outbox(later).ok())
+            .any(|later| supersedes(&later, &write)))
+    }
+
+    async fn deliver_traced(&self, item: &OutboxItem) -> Result<(), OutboxError> {
         let span = tracing::info_span!(
             "outbox",
             outbox_id = item.id,
@@ -192,10 +278,21 @@ impl OutboxWorker {
             kind = %item.kind,
             key = %item.idempotency_key,
         );
-        let _entered = span.enter();
+        self.deliver_one(item).instrument(span).await
+    }
+
+    async fn deliver_one(&self, item: &OutboxItem) -> Result<(), OutboxError> {
+        if self.is_superseded(item).await? {
+            self.store.mark_outbox_done(item.id).await?;
+            self.stats.superseded.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("superseded by a newer write of the same kind; not sent");
+            return Ok(());
+        }
         match self.apply(item).await {
             Ok(()) => {
                 self.store.mark_outbox_done(item.id).await?;
+                // Done rows are never delivered again.
+                self.known().attempted.remove(&item.id);
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("Gitea write delivered");
             }
@@ -252,6 +349,12 @@ impl OutboxWorker {
         match GiteaWrite::from_outbox(item)? {
             GiteaWrite::Comment { body, marker } => {
                 let key = comment_key(item, marker.as_deref())?;
+                if self.first_attempt(item) {
+                    // Nothing can have posted this row yet: no search needed.
+                    let comment = self.gitea.create_comment(issue, &key.mark(&body)).await?;
+                    tracing::info!(comment_id = comment.id, "comment posted");
+                    return Ok(());
+                }
                 let author = self.bot_login().await?;
                 match post_comment_once(self.gitea.as_ref(), issue, &key, author, &body).await? {
                     CommentDelivery::Posted(comment) => {
@@ -267,23 +370,7 @@ impl OutboxWorker {
             }
             GiteaWrite::StatusComment { body } => self.put_status_comment(item, &body).await?,
             GiteaWrite::StateLabel { add, remove } => {
-                let current = match &add {
-                    Some(name) => {
-                        self.gitea
-                            .add_labels(issue, std::slice::from_ref(name))
-                            .await?
-                    }
-                    None => self.gitea.get_issue(issue).await?.labels,
-                };
-                for name in &remove {
-                    if add.as_ref() == Some(name) || !current.iter().any(|l| &l.name == name) {
-                        continue;
-                    }
-                    if self.gitea.remove_label(issue, name).await? == LabelRemoval::NotInRepository
-                    {
-                        tracing::debug!(label = %name, "label not in the repository; nothing to remove");
-                    }
-                }
+                self.put_state_label(issue, add.as_deref(), &remove).await?;
             }
             GiteaWrite::CloseIssue => {
                 self.gitea.close_issue(issue).await?;
@@ -298,6 +385,102 @@ impl OutboxWorker {
             }
         }
         Ok(())
+    }
+
+    /// Whether this is certainly the row's first attempt: never tried by this worker, and
+    /// created after it started (an earlier process may have posted and died before recording
+    /// it, leaving `attempts` at 0). Only then may a comment be posted without a search.
+    fn first_attempt(&self, item: &OutboxItem) -> bool {
+        let fresh = item.attempts == 0 && item.created_at >= self.started_at;
+        // Recorded before the post: a lost answer or a failed store write must not make the
+        // next try skip the search.
+        let first = self.known().attempted.insert(item.id);
+        fresh && first
+    }
+
+    /// Puts `add` on the issue and takes the other state labels in `remove` off: one call
+    /// when none of them is on the issue (the usual first label), else one more that sets
+    /// the issue's labels, as Gitea just reported them, minus the stale ones.
+    async fn put_state_label(
+        &self,
+        issue: &IssueRef,
+        add: Option<&str>,
+        remove: &[String],
+    ) -> Result<(), GiteaError> {
+        let current = match add {
+            Some(name) => match self.add_label(issue, name, false).await {
+                Err(err) if matches!(err.status(), Some(404 | 422)) => {
+                    // The remembered id may be gone (label deleted or renamed): look again.
+                    tracing::debug!(label = %name, "label id unknown to Gitea; listing labels again");
+                    self.add_label(issue, name, true).await?
+                }
+                other => other?,
+            },
+            None => self.gitea.get_issue(issue).await?.labels,
+        };
+        let stale: Vec<i64> = current
+            .iter()
+            .filter(|label| Some(label.name.as_str()) != add && remove.contains(&label.name))
+            .map(|label| label.id)
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let kept: Vec<i64> = current
+            .iter()
+            .map(|label| label.id)
+            .filter(|id| !stale.contains(id))
+            .collect();
+        self.gitea.replace_labels(issue, &kept).await?;
+        Ok(())
+    }
+
+    /// Adds the label `name` by its id (listing the repository's labels once, or again when
+    /// `refresh`; creating it when missing); returns the issue's labels afterwards.
+    async fn add_label(
+        &self,
+        issue: &IssueRef,
+        name: &str,
+        refresh: bool,
+    ) -> Result<Vec<Label>, GiteaError> {
+        let repo = &issue.repo;
+        let cached = |known: &Known| {
+            known
+                .label_ids
+                .get(repo)
+                .and_then(|ids| ids.get(name).copied())
+        };
+        let remembered = if refresh {
+            self.known().label_ids.remove(repo);
+            None
+        } else {
+            cached(&self.known())
+        };
+        let id = match remembered {
+            Some(id) => id,
+            None => {
+                let _listing = self.label_listing.lock().await;
+                // Another issue's delivery may have listed them while this one waited.
+                let listed_meanwhile = if refresh { None } else { cached(&self.known()) };
+                if let Some(id) = listed_meanwhile {
+                    return self.gitea.add_label_ids(issue, &[id]).await;
+                }
+                let listed = self.gitea.list_labels(repo).await?;
+                let found = listed.iter().find(|label| label.name == name).map(|l| l.id);
+                let mut ids: HashMap<String, i64> = listed
+                    .into_iter()
+                    .map(|label| (label.name, label.id))
+                    .collect();
+                let id = match found {
+                    Some(id) => id,
+                    None => self.gitea.create_managed_label(repo, name).await?.id,
+                };
+                ids.insert(name.to_owned(), id);
+                self.known().label_ids.insert(repo.clone(), ids);
+                id
+            }
+        };
+        self.gitea.add_label_ids(issue, &[id]).await
     }
 
     /// Opens the pull request, or, when Gitea says one from `head` into `base` exists (409),
@@ -347,44 +530,61 @@ impl OutboxWorker {
     }
 
     /// Edits the issue's status comment, or creates it when there is none: one per issue.
+    /// The id is remembered from the first look-up or creation, so later edits need no search.
     async fn put_status_comment(&self, item: &OutboxItem, body: &str) -> Result<(), WriteError> {
         let issue = &item.issue;
         let key = IdempotencyKey::new(STATUS_KEY)?;
         let marked = key.mark(body);
-        let bot = self.bot_login().await?;
-        let existing = self
-            .gitea
-            .list_comments(issue)
-            .await?
-            .into_iter()
-            .find(|comment| key.is_in(&comment.body) && comment.user.is(bot));
-        if let Some(comment) = existing {
-            if comment.body == marked {
-                tracing::debug!(comment_id = comment.id, "status comment already says this");
+        let remembered = self.known().status_comments.get(issue).cloned();
+        let existing = match remembered {
+            Some(known) => Some(known),
+            None => {
+                let bot = self.bot_login().await?;
+                self.gitea
+                    .list_comments(issue)
+                    .await?
+                    .into_iter()
+                    .find(|comment| key.is_in(&comment.body) && comment.user.is(bot))
+                    .map(|comment| (comment.id, digest(&comment.body)))
+            }
+        };
+        if let Some((id, current)) = existing {
+            if current == digest(&marked) {
+                tracing::debug!(comment_id = id, "status comment already says this");
+                self.remember_status(issue, id, &marked);
                 return Ok(());
             }
-            match self
-                .gitea
-                .edit_comment(&issue.repo, comment.id, &marked)
-                .await
-            {
+            match self.gitea.edit_comment(&issue.repo, id, &marked).await {
                 Ok(_) => {
-                    tracing::info!(comment_id = comment.id, "status comment updated");
+                    tracing::info!(comment_id = id, "status comment updated");
+                    self.remember_status(issue, id, &marked);
                     return Ok(());
                 }
-                // Deleted between listing and editing: write a new one.
+                // Deleted since: write a new one.
                 Err(err) if err.is_not_found() => {
+                    self.known().status_comments.remove(issue);
                     tracing::warn!(
-                        comment_id = comment.id,
+                        comment_id = id,
                         "status comment vanished; creating a new one"
                     );
                 }
-                Err(err) => return Err(err.into()),
+                Err(err) => {
+                    // The outcome is unknown: look again next time.
+                    self.known().status_comments.remove(issue);
+                    return Err(err.into());
+                }
             }
         }
         let created = self.gitea.create_comment(issue, &marked).await?;
         tracing::info!(comment_id = created.id, "status comment created");
+        self.remember_status(issue, created.id, &marked);
         Ok(())
+    }
+
+    fn remember_status(&self, issue: &IssueRef, id: i64, body: &str) {
+        self.known()
+            .status_comments
+            .insert(issue.clone(), (id, digest(body)));
     }
 
     /// Works until `cancel` fires: at start (items left by a crash), whenever woken, and every
@@ -421,6 +621,29 @@ impl OutboxWorker {
                 () = tokio::time::sleep(pause) => {}
             }
         }
+    }
+}
+
+fn digest(body: &str) -> [u8; 32] {
+    Sha256::digest(body.as_bytes()).into()
+}
+
+/// Whether delivering `later` leaves nothing of `earlier` to do.
+fn supersedes(later: &GiteaWrite, earlier: &GiteaWrite) -> bool {
+    match (later, earlier) {
+        (GiteaWrite::StatusComment { .. }, GiteaWrite::StatusComment { .. }) => true,
+        (
+            GiteaWrite::StateLabel {
+                add: later_add,
+                remove: later_remove,
+            },
+            GiteaWrite::StateLabel { add, remove },
+        ) => {
+            let touched_later =
+                |name: &String| later_add.as_ref() == Some(name) || later_remove.contains(name);
+            add.iter().chain(remove).all(touched_later)
+        }
+        _ => false,
     }
 }
 

@@ -14,7 +14,7 @@ use mosaic_gitea::mock::{MockGitea, NewIssue};
 use mosaic_gitea::{
     Comment, CreatePullRequestOption, Dependencies, EditPullRequestOption, GiteaApi, GiteaClient,
     GiteaConfig, GiteaError, IdempotencyKey, Issue, IssueFilter, IssueState as TrackerState, Label,
-    LabelRemoval, PullRequest, Repository, StateFilter, User,
+    PullRequest, Repository, StateFilter, User,
 };
 use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{IssueRecord, NewOutboxItem, OutboxStatus, Store, StoreConfig, TransitionBatch};
@@ -180,15 +180,21 @@ impl GiteaApi for Flaky {
     ) -> Result<Comment, GiteaError> {
         self.inner.edit_comment(repo, id, body).await
     }
-    async fn add_labels(
+    async fn list_labels(&self, repo: &RepoName) -> Result<Vec<Label>, GiteaError> {
+        self.inner.list_labels(repo).await
+    }
+    async fn create_managed_label(&self, repo: &RepoName, name: &str) -> Result<Label, GiteaError> {
+        self.inner.create_managed_label(repo, name).await
+    }
+    async fn add_label_ids(&self, issue: &IssueRef, ids: &[i64]) -> Result<Vec<Label>, GiteaError> {
+        self.inner.add_label_ids(issue, ids).await
+    }
+    async fn replace_labels(
         &self,
         issue: &IssueRef,
-        names: &[String],
+        ids: &[i64],
     ) -> Result<Vec<Label>, GiteaError> {
-        self.inner.add_labels(issue, names).await
-    }
-    async fn remove_label(&self, issue: &IssueRef, name: &str) -> Result<LabelRemoval, GiteaError> {
-        self.inner.remove_label(issue, name).await
+        self.inner.replace_labels(issue, ids).await
     }
     async fn update_assignees(
         &self,
@@ -736,17 +742,19 @@ async fn run_delivers_until_cancelled() {
     h.enqueue(&issue, &[("a", status("Queued")), ("b", status("Running"))])
         .await;
     notify.notify_one();
+    // The first status edit is superseded by the second (not sent), which is delivered.
+    let handled = || {
+        let counts = stats.counts();
+        counts.delivered + counts.superseded
+    };
     for _ in 0..200 {
-        if stats.counts().delivered == 2 {
+        if handled() == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(
-        stats.counts().delivered,
-        2,
-        "woken, and the next item follows at once"
-    );
+    assert_eq!(handled(), 2, "woken, and the next item follows at once");
+    assert_eq!(stats.counts().superseded, 1);
     assert_eq!(h.gitea.comments(&issue).len(), 1);
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(5), task)
@@ -857,4 +865,146 @@ async fn a_later_pull_request_write_for_the_same_branch_updates_its_body() {
     assert_eq!(pulls[0].body, "Closes #1\n\nsecond");
     assert_eq!(pulls[0].head.name, "mosaic/1-add-caching");
     assert_eq!(pulls[0].base.name, "main");
+}
+
+// ----- throughput: fewer calls, several issues at once -----
+
+/// Delivers until nothing is due.
+async fn drain(worker: &OutboxWorker) {
+    while worker.run_once().await.unwrap() > 0 {}
+}
+
+#[tokio::test]
+async fn a_status_edit_superseded_by_a_newer_one_is_not_sent() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    let worker = h.worker(fast());
+    h.enqueue(&issue, &[("s1", status("Queued"))]).await;
+    drain(&worker).await;
+    h.gitea.clear_requests();
+
+    h.enqueue(
+        &issue,
+        &[
+            ("s2", status("Running")),
+            ("s3", status("Still running")),
+            ("s4", status("Done")),
+        ],
+    )
+    .await;
+    drain(&worker).await;
+    assert_eq!(
+        h.gitea.count_requests("PATCH", "/issues/comments/"),
+        1,
+        "only the newest edit is sent: {:?}",
+        h.gitea.requests()
+    );
+    assert_eq!(
+        h.gitea.count_requests("GET", "/comments"),
+        0,
+        "the id is known"
+    );
+    let comments = h.gitea.comments(&issue);
+    assert_eq!(comments.len(), 1);
+    assert!(comments[0].body.starts_with("Done"), "{comments:?}");
+    assert_eq!(worker.stats().counts().superseded, 2);
+    assert!(
+        h.statuses(&issue)
+            .await
+            .iter()
+            .all(|s| *s == OutboxStatus::Done)
+    );
+}
+
+fn state_label(add: &str) -> GiteaWrite {
+    let all = ["mosaic:queued", "mosaic:in-progress", "mosaic:done"];
+    GiteaWrite::StateLabel {
+        add: Some(add.into()),
+        remove: all
+            .iter()
+            .filter(|l| **l != add)
+            .map(|l| (*l).to_owned())
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn label_ids_are_listed_once_per_repository_and_again_after_a_404_or_422() {
+    let h = harness().await;
+    let worker = h.worker(fast());
+    let issues: Vec<IssueRef> = (0..5).map(|_| h.issue(&["bug"])).collect();
+    for issue in &issues {
+        let key = format!("{}-queued-label", issue.number);
+        h.enqueue(issue, &[(&key, state_label("mosaic:queued"))])
+            .await;
+    }
+    drain(&worker).await;
+    assert_eq!(h.gitea.count_requests("GET", "/widgets/labels"), 1);
+    for issue in &issues {
+        let key = format!("{}-running-label", issue.number);
+        h.enqueue(issue, &[(&key, state_label("mosaic:in-progress"))])
+            .await;
+    }
+    drain(&worker).await;
+    // Once more for the label the listing did not have (it is created then), not per issue.
+    assert_eq!(h.gitea.count_requests("GET", "/widgets/labels"), 2);
+    for issue in &issues {
+        let mut labels = h.gitea.issue_labels(issue);
+        labels.sort();
+        assert_eq!(labels, vec!["bug", "mosaic:in-progress"], "{issue}");
+    }
+
+    // Someone deletes the label: the remembered id is refused (422), the labels are listed
+    // again and the label is recreated.
+    assert!(h.gitea.delete_repo_label(&h.repo, "mosaic:in-progress"));
+    let late = h.issue(&[]);
+    h.enqueue(&late, &[("r", state_label("mosaic:in-progress"))])
+        .await;
+    drain(&worker).await;
+    assert_eq!(h.gitea.count_requests("GET", "/widgets/labels"), 3);
+    assert_eq!(h.gitea.issue_labels(&late), vec!["mosaic:in-progress"]);
+    assert_eq!(h.store.outbox_backlog().await.unwrap().failed, 0);
+}
+
+#[tokio::test]
+async fn writes_of_different_issues_overlap_while_each_issues_stay_ordered() {
+    let h = harness().await;
+    let issues: Vec<IssueRef> = (0..8).map(|_| h.issue(&[])).collect();
+    let worker = h.worker(OutboxConfig {
+        max_concurrent_issues: 4,
+        ..fast()
+    });
+    for issue in &issues {
+        let key = |which: &str| format!("{}-{which}", issue.number);
+        h.enqueue(
+            issue,
+            &[
+                (&key("first"), comment("first")),
+                (&key("second"), comment("second")),
+                (&key("third"), comment("third")),
+            ],
+        )
+        .await;
+    }
+    let latency = Duration::from_millis(100);
+    h.gitea.set_latency(latency);
+    let started = std::time::Instant::now();
+    drain(&worker).await;
+    let took = started.elapsed();
+    let requests = u32::try_from(h.gitea.requests().len()).unwrap();
+    assert!(requests >= 24, "{requests}");
+    // One at a time this takes at least `requests × latency` (2.4 s or more).
+    assert!(
+        took < latency * requests / 2,
+        "{took:?} for {requests} requests of {latency:?}: not concurrent"
+    );
+    for issue in &issues {
+        let bodies: Vec<String> = h
+            .gitea
+            .comments(issue)
+            .into_iter()
+            .map(|c| c.body.lines().next().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(bodies, vec!["first", "second", "third"], "{issue}");
+    }
 }

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use mosaic_domain::{IssueRef, RepoName};
 
-use crate::client::{GiteaClient, LabelRemoval};
+use crate::client::GiteaClient;
 use crate::error::GiteaError;
 use crate::marker::IdempotencyKey;
 use crate::types::{
@@ -53,14 +53,18 @@ pub trait GiteaApi: Send + Sync {
         body: &str,
     ) -> Result<Comment, GiteaError>;
 
-    /// Adds labels by name (creating missing ones); returns the issue's labels afterwards.
-    async fn add_labels(
-        &self,
-        issue: &IssueRef,
-        names: &[String],
-    ) -> Result<Vec<Label>, GiteaError>;
+    /// The repository's labels, every page.
+    async fn list_labels(&self, repo: &RepoName) -> Result<Vec<Label>, GiteaError>;
 
-    async fn remove_label(&self, issue: &IssueRef, name: &str) -> Result<LabelRemoval, GiteaError>;
+    /// Creates the repository label `name` (with its configured colour).
+    async fn create_managed_label(&self, repo: &RepoName, name: &str) -> Result<Label, GiteaError>;
+
+    /// Adds labels by id; returns the issue's labels afterwards (422 for an unknown id).
+    async fn add_label_ids(&self, issue: &IssueRef, ids: &[i64]) -> Result<Vec<Label>, GiteaError>;
+
+    /// Sets the issue's labels to exactly `ids` in one call; returns them.
+    async fn replace_labels(&self, issue: &IssueRef, ids: &[i64])
+    -> Result<Vec<Label>, GiteaError>;
 
     /// Merges `add` and `remove` into the current assignees (Gitea replaces the list).
     async fn update_assignees(
@@ -155,16 +159,24 @@ impl GiteaApi for GiteaClient {
         GiteaClient::edit_comment(self, repo, comment_id, body).await
     }
 
-    async fn add_labels(
-        &self,
-        issue: &IssueRef,
-        names: &[String],
-    ) -> Result<Vec<Label>, GiteaError> {
-        GiteaClient::add_labels(self, issue, names).await
+    async fn list_labels(&self, repo: &RepoName) -> Result<Vec<Label>, GiteaError> {
+        GiteaClient::list_labels(self, repo).await
     }
 
-    async fn remove_label(&self, issue: &IssueRef, name: &str) -> Result<LabelRemoval, GiteaError> {
-        GiteaClient::remove_label(self, issue, name).await
+    async fn create_managed_label(&self, repo: &RepoName, name: &str) -> Result<Label, GiteaError> {
+        GiteaClient::create_managed_label(self, repo, name).await
+    }
+
+    async fn add_label_ids(&self, issue: &IssueRef, ids: &[i64]) -> Result<Vec<Label>, GiteaError> {
+        GiteaClient::add_label_ids(self, issue, ids).await
+    }
+
+    async fn replace_labels(
+        &self,
+        issue: &IssueRef,
+        ids: &[i64],
+    ) -> Result<Vec<Label>, GiteaError> {
+        GiteaClient::replace_labels(self, issue, ids).await
     }
 
     async fn update_assignees(

@@ -324,20 +324,7 @@ impl GiteaClient {
         for name in names {
             let id = match existing.iter().find(|label| &label.name == name) {
                 Some(label) => label.id,
-                None => {
-                    let created = self
-                        .create_label(
-                            &issue.repo,
-                            &CreateLabelOption {
-                                name: name.clone(),
-                                color: self.config.label_colour(name),
-                                description: "Managed by Mosaic Coordinator".to_owned(),
-                            },
-                        )
-                        .await?;
-                    tracing::info!(repo = %issue.repo, label = %name, "created missing label");
-                    created.id
-                }
+                None => self.create_managed_label(&issue.repo, name).await?.id,
             };
             if !ids.contains(&id) {
                 ids.push(id);
@@ -349,6 +336,64 @@ impl GiteaClient {
             Method::POST,
             url,
             &IssueLabelsOption { labels: ids },
+        )
+        .await
+    }
+
+    /// Creates the repository label `name` with its configured colour.
+    pub async fn create_managed_label(
+        &self,
+        repo: &RepoName,
+        name: &str,
+    ) -> Result<Label, GiteaError> {
+        let created = self
+            .create_label(
+                repo,
+                &CreateLabelOption {
+                    name: name.to_owned(),
+                    color: self.config.label_colour(name),
+                    description: "Managed by Mosaic Coordinator".to_owned(),
+                },
+            )
+            .await?;
+        tracing::info!(repo = %repo, label = %name, "created missing label");
+        Ok(created)
+    }
+
+    /// `POST /repos/{owner}/{repo}/issues/{index}/labels` by label id; returns the issue's
+    /// labels afterwards. Gitea answers 422 for an id the repository does not have.
+    pub async fn add_label_ids(
+        &self,
+        issue: &IssueRef,
+        ids: &[i64],
+    ) -> Result<Vec<Label>, GiteaError> {
+        let url = self.issue_endpoint(issue, &["labels"])?;
+        self.send_json(
+            "issue.labels.add",
+            Method::POST,
+            url,
+            &IssueLabelsOption {
+                labels: ids.to_vec(),
+            },
+        )
+        .await
+    }
+
+    /// `PUT /repos/{owner}/{repo}/issues/{index}/labels`: the issue's labels become exactly
+    /// `ids`; returns them.
+    pub async fn replace_labels(
+        &self,
+        issue: &IssueRef,
+        ids: &[i64],
+    ) -> Result<Vec<Label>, GiteaError> {
+        let url = self.issue_endpoint(issue, &["labels"])?;
+        self.send_json(
+            "issue.labels.replace",
+            Method::PUT,
+            url,
+            &IssueLabelsOption {
+                labels: ids.to_vec(),
+            },
         )
         .await
     }

@@ -573,11 +573,29 @@ async fn the_trait_object_serves_the_engine() {
     let issue = gitea.create_issue(&repo, NewIssue::titled("x").assigned_to(BOT));
     let api: Arc<dyn GiteaApi> = Arc::new(client);
     assert!(api.get_issue(&issue).await.unwrap().is_assigned_to(BOT));
-    api.add_labels(&issue, &["mosaic:queued".into()])
+    let queued = api
+        .create_managed_label(&repo, "mosaic:queued")
         .await
         .unwrap();
+    let listed = api.list_labels(&repo).await.unwrap();
+    assert!(listed.iter().any(|l| l.id == queued.id), "{listed:?}");
+    let bug = api.create_managed_label(&repo, "bug").await.unwrap();
+    let labels = api
+        .add_label_ids(&issue, &[queued.id, bug.id])
+        .await
+        .unwrap();
+    assert_eq!(labels.len(), 2, "{labels:?}");
+    // PUT replaces the issue's labels in one call.
+    let labels = api.replace_labels(&issue, &[bug.id]).await.unwrap();
+    assert_eq!(
+        labels.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+        ["bug"]
+    );
+    // An id the repository does not have: 422, as Gitea answers.
+    let error = api.add_label_ids(&issue, &[999_999]).await.unwrap_err();
+    assert_eq!(error.status(), Some(422), "{error}");
     api.close_issue(&issue).await.unwrap();
-    assert_eq!(gitea.issue_labels(&issue), ["mosaic:queued"]);
+    assert_eq!(gitea.issue_labels(&issue), ["bug"]);
 }
 
 #[tokio::test]

@@ -295,6 +295,23 @@ impl MockGitea {
             .unwrap_or_default()
     }
 
+    /// Deletes a repository label (as a person in Gitea's settings would), taking it off every
+    /// issue; false when there was none of that name.
+    pub fn delete_repo_label(&self, repo: &RepoName, name: &str) -> bool {
+        let mut state = lock(&self.shared);
+        let Some(stored) = state.repos.get_mut(repo) else {
+            return false;
+        };
+        let Some(position) = stored.labels.iter().position(|l| l.name == name) else {
+            return false;
+        };
+        let id = stored.labels.remove(position).id;
+        for issue in stored.issues.values_mut() {
+            issue.label_ids.retain(|l| *l != id);
+        }
+        true
+    }
+
     pub fn assignees(&self, issue: &IssueRef) -> Vec<String> {
         lock(&self.shared)
             .issue_mut(issue)

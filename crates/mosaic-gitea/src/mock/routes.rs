@@ -53,7 +53,9 @@ pub(crate) fn router(shared: Shared) -> Router {
         )
         .route(
             "/repos/{owner}/{repo}/issues/{index}/labels",
-            get(list_issue_labels).post(add_issue_labels),
+            get(list_issue_labels)
+                .post(add_issue_labels)
+                .put(replace_issue_labels),
         )
         .route(
             "/repos/{owner}/{repo}/issues/{index}/labels/{id}",
@@ -715,10 +717,30 @@ async fn list_issue_labels(
 }
 
 async fn add_issue_labels(
+    shared: AxumState<Shared>,
+    headers: HeaderMap,
+    path: Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    set_issue_labels(shared, headers, path, body, false)
+}
+
+/// `PUT …/labels`: the issue's labels become exactly the given ones.
+async fn replace_issue_labels(
+    shared: AxumState<Shared>,
+    headers: HeaderMap,
+    path: Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    set_issue_labels(shared, headers, path, body, true)
+}
+
+fn set_issue_labels(
     AxumState(shared): AxumState<Shared>,
     headers: HeaderMap,
     Path((owner, name, index)): Path<(String, String, String)>,
     body: Bytes,
+    replace: bool,
 ) -> Result<Response, ApiError> {
     let mut state = lock(&shared);
     let user = authenticate(&state, &headers)?;
@@ -755,6 +777,9 @@ async fn add_issue_labels(
     let stored = state
         .issue_mut(&issue)
         .ok_or_else(|| error(StatusCode::NOT_FOUND, "issue does not exist"))?;
+    if replace {
+        stored.label_ids.clear();
+    }
     for id in ids {
         if !stored.label_ids.contains(&id) {
             stored.label_ids.push(id);

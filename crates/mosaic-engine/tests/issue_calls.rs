@@ -1,0 +1,291 @@
+//! How many Gitea calls one issue costs from assignment to done: the real engine (inbox,
+//! dispatch, a scripted agent session) and the outbox worker, against the mock Gitea over
+//! HTTP and the real SQLite store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use mosaic_context::{
+    AgentRuntime, AgentSession, ContextUsage, RuntimeError, SessionError, SessionId,
+    SessionOutcome, SessionSnapshot, SessionTask,
+};
+use mosaic_domain::{
+    AgentProfile, AgentProfiles, AssignmentPolicy, Difficulty, IssueRef, IssueState, PriorityOrder,
+    RepoName,
+};
+use mosaic_engine::engine::{Engine, EngineConfig, EngineParts};
+use mosaic_engine::inbox::{InboxConfig, InboxWorker};
+use mosaic_engine::outbox::{OutboxConfig, OutboxWorker};
+use mosaic_gitea::mock::{MockGitea, NewIssue};
+use mosaic_gitea::{GiteaApi, GiteaClient, GiteaConfig};
+use mosaic_parser::{KnownAgents, TemplateParser, TemplateSettings};
+use mosaic_store::sqlite::SqliteStore;
+use mosaic_store::{IntakeStatus, NewDelivery, Store, StoreConfig};
+use tokio::sync::{Notify, watch};
+
+const SMALL: &str = "## Context Estimate\n- **Total estimated: 20,000 tokens**\n\n## Difficulty\nmedium\n\n## Acceptance Criteria\n- [ ] it works\n";
+
+#[derive(Debug)]
+struct Session {
+    id: SessionId,
+    issue: IssueRef,
+    state: watch::Sender<SessionSnapshot>,
+}
+
+#[async_trait]
+impl AgentSession for Session {
+    fn id(&self) -> &SessionId {
+        &self.id
+    }
+    fn agent_type(&self) -> &str {
+        "glm"
+    }
+    fn issue(&self) -> &IssueRef {
+        &self.issue
+    }
+    fn process_id(&self) -> Option<u32> {
+        None
+    }
+    async fn usage(&self) -> Result<Option<ContextUsage>, SessionError> {
+        Ok(None)
+    }
+    async fn send(&self, _prompt: &str) -> Result<(), SessionError> {
+        Ok(())
+    }
+    async fn compact(&self, _instructions: &str) -> Result<ContextUsage, SessionError> {
+        Ok(ContextUsage::new(1_000, 128_000).unwrap())
+    }
+    async fn close(&self, _reason: &str) -> Result<SessionOutcome, SessionError> {
+        Ok(self.outcome())
+    }
+    fn outcome(&self) -> SessionOutcome {
+        self.state.borrow().outcome.clone()
+    }
+    fn latest_summary(&self) -> Option<String> {
+        None
+    }
+    fn subscribe(&self) -> watch::Receiver<SessionSnapshot> {
+        self.state.subscribe()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Runtime {
+    sessions: Mutex<Vec<Arc<Session>>>,
+}
+
+#[async_trait]
+impl AgentRuntime for Runtime {
+    async fn spawn(
+        &self,
+        _profile: &AgentProfile,
+        task: &SessionTask,
+    ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
+        let (state, _) = watch::channel(SessionSnapshot::new(Utc::now()));
+        let session = Arc::new(Session {
+            id: SessionId::generate(),
+            issue: task.issue.clone(),
+            state,
+        });
+        self.sessions.lock().unwrap().push(Arc::clone(&session));
+        Ok(session)
+    }
+    fn can_compact(&self, _profile: &AgentProfile) -> bool {
+        true
+    }
+}
+
+fn profiles() -> AgentProfiles {
+    AgentProfiles::new(vec![AgentProfile {
+        name: "glm".into(),
+        context_window: 128_000,
+        cost_input_per_mtok: 0.0,
+        cost_output_per_mtok: 0.0,
+        max_difficulty: Difficulty::High,
+        self_hosted: true,
+        enabled: true,
+        compact_threshold: None,
+        rotate_threshold: None,
+    }])
+    .unwrap()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    gitea: MockGitea,
+    repo: RepoName,
+    runtime: Arc<Runtime>,
+    engine: Engine,
+    outbox: OutboxWorker,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&StoreConfig::sqlite(dir.path().join("s.db"))).unwrap());
+    let (gitea, url) = MockGitea::start().await.unwrap();
+    let client: Arc<dyn GiteaApi> =
+        Arc::new(GiteaClient::new(&GiteaConfig::new(url, Some(gitea.bot_token()))).unwrap());
+    let runtime = Arc::new(Runtime::default());
+    let profiles = profiles();
+    let (engine, _) = Engine::start(EngineParts {
+        store: Arc::clone(&store),
+        parser: Arc::new(TemplateParser::new(
+            TemplateSettings::default(),
+            KnownAgents::new(profiles.names()),
+        )),
+        gitea: Some(Arc::clone(&client)),
+        acts_for: MockGitea::BOT_LOGIN.into(),
+        bot_login: MockGitea::BOT_LOGIN.into(),
+        redactor: mosaic_security::Redactor::default(),
+        profiles,
+        policy: AssignmentPolicy::default(),
+        priorities: PriorityOrder::default(),
+        runtime: runtime.clone(),
+        config: EngineConfig::default(),
+        workspaces: None,
+    })
+    .await
+    .unwrap();
+    let outbox = OutboxWorker::new(
+        Arc::clone(&store),
+        client,
+        Arc::new(Notify::new()),
+        OutboxConfig::default(),
+    )
+    .with_bot_login(MockGitea::BOT_LOGIN);
+    Setup {
+        _dir: dir,
+        store,
+        gitea,
+        repo: "acme/widgets".parse().unwrap(),
+        runtime,
+        engine,
+        outbox,
+    }
+}
+
+impl Setup {
+    /// Assigns a new issue, runs its session to success, delivers the outbox; returns the
+    /// Gitea calls made meanwhile ("METHOD path").
+    async fn issue_to_done(&self, n: u8) -> (IssueRef, Vec<String>) {
+        let issue = self.gitea.create_issue(
+            &self.repo,
+            NewIssue::titled("Add caching")
+                .body(SMALL)
+                .assigned_to(MockGitea::BOT_LOGIN),
+        );
+        self.gitea.clear_requests();
+        let body =
+            serde_json::to_vec(&self.gitea.issue_event(&issue, "assigned", "alice").unwrap())
+                .unwrap();
+        self.store
+            .record_delivery(NewDelivery {
+                delivery_id: Some(format!("hook-{n}")),
+                event: "issues".into(),
+                event_type: Some("issue_assign".into()),
+                action: Some("assigned".into()),
+                repository: Some(self.repo.to_string()),
+                issue_number: Some(issue.number),
+                body_sha256: [n; 32],
+                body,
+                status: IntakeStatus::Pending,
+                received_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+        InboxWorker::new(
+            Arc::clone(&self.store),
+            Arc::new(self.engine.clone()),
+            Arc::new(Notify::new()),
+            InboxConfig::default(),
+        )
+        .run_once()
+        .await
+        .unwrap();
+        assert_eq!(self.engine.dispatch_once().await, 1);
+        let session = self
+            .runtime
+            .sessions
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(session.issue, issue);
+        session.state.send_modify(|snapshot| {
+            snapshot.outcome = SessionOutcome::Succeeded {
+                summary: "Implemented it.".into(),
+                tokens: 12_345,
+                cost_usd: Some(0.5),
+            };
+        });
+        for _ in 0..250 {
+            let state = self.store.get_issue(&issue).await.unwrap().map(|r| r.state);
+            if state == Some(IssueState::Completed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let record = self.store.get_issue(&issue).await.unwrap().unwrap();
+        assert_eq!(record.state, IssueState::Completed);
+
+        // The outbox delivers what the engine queued (queued, in progress, done).
+        while self.outbox.run_once().await.unwrap() > 0 {}
+        let calls = self
+            .gitea
+            .requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        // What Gitea shows afterwards: the status comment (saying done), the finished comment,
+        // and the done label only.
+        let comments = self.gitea.comments(&issue);
+        assert_eq!(comments.len(), 2, "{comments:#?}");
+        assert!(
+            comments.iter().any(|c| c.body.contains("Implemented it.")),
+            "{comments:#?}"
+        );
+        assert_eq!(self.gitea.issue_labels(&issue), vec!["mosaic:done"]);
+        assert_eq!(self.store.outbox_backlog().await.unwrap().pending, 0);
+        (issue, calls)
+    }
+}
+
+#[tokio::test]
+async fn an_issue_from_assignment_to_done_costs_at_most_six_gitea_calls() {
+    let s = setup().await;
+    // The first issue in a repository also lists its labels and creates the missing state
+    // label: once per repository, not per issue.
+    let (_, first) = s.issue_to_done(1).await;
+    let per_repository: Vec<&String> = first
+        .iter()
+        .filter(|call| call.ends_with("/repos/acme/widgets/labels"))
+        .collect();
+    assert_eq!(per_repository.len(), 2, "{first:#?}");
+    assert!(first.len() - per_repository.len() <= 6, "{first:#?}");
+
+    let (issue, second) = s.issue_to_done(2).await;
+    let n = issue.number;
+    let prefix = "/api/v1/repos/acme/widgets/issues";
+    assert_eq!(
+        second,
+        vec![
+            // The engine: are there blockers?
+            format!("GET {prefix}/{n}/dependencies"),
+            // The status comment (only its last text is sent): is there one already, then
+            // create it.
+            format!("GET {prefix}/{n}/comments"),
+            format!("POST {prefix}/{n}/comments"),
+            // The state label (only the last one is sent), by its remembered id.
+            format!("POST {prefix}/{n}/labels"),
+            // The finished comment, first attempt: no search.
+            format!("POST {prefix}/{n}/comments"),
+        ],
+        "{second:#?}"
+    );
+}
