@@ -70,7 +70,14 @@ struct Args {
     /// working in a git worktree does; it never pushes).
     #[arg(long, env = "SAMPLE_AGENT_COMMIT")]
     commit: bool,
+    /// On success, also write this file when the prompt says the quality gates rejected the
+    /// previous work (a continuation): an agent that fixes what the gates found.
+    #[arg(long, env = "SAMPLE_AGENT_FIX_ON_CONTINUATION")]
+    fix_on_continuation: Option<std::path::PathBuf>,
 }
+
+/// What a continuation prompt starts with (mosaic-gates' `continuation_prompt`).
+const GATES_REJECTED: &str = "REJECTED: quality gates failed";
 
 /// What arrives on stdin after the prompt.
 enum Control {
@@ -86,6 +93,8 @@ struct Agent {
     processed_tokens: u64,
     output_tokens: u64,
     resumed_from: Option<u32>,
+    /// The prompt sends the agent back after failed quality gates.
+    continuation: bool,
 }
 
 fn emit(line: &Value) {
@@ -179,6 +188,19 @@ impl Agent {
             std::fs::write(file, text)
                 .map_err(|err| format!("cannot write {}: {err}", file.display()))?;
             done.push_str(&format!(" Wrote {}.", file.display()));
+        }
+        if let Some(file) = self
+            .args
+            .fix_on_continuation
+            .as_ref()
+            .filter(|_| self.continuation)
+        {
+            std::fs::write(file, "Fixed after the quality gates rejected the work.\n")
+                .map_err(|err| format!("cannot write {}: {err}", file.display()))?;
+            done.push_str(&format!(
+                " Fixed the gates' findings in {}.",
+                file.display()
+            ));
         }
         if self.args.commit {
             let git = |args: &[&str]| -> Result<(), String> {
@@ -363,6 +385,7 @@ async fn run(args: Args) -> i32 {
         processed_tokens: 0,
         output_tokens: 0,
         resumed_from,
+        continuation: prompt.contains(GATES_REJECTED),
         args,
     };
     if agent.args.protocol == Protocol::StreamJson {

@@ -90,3 +90,30 @@ fn the_generic_protocol_ends_with_done() {
     assert_eq!(lines.last().unwrap()["type"], "done");
     assert_eq!(lines.last().unwrap()["status"], "success");
 }
+
+#[test]
+fn the_fix_is_written_only_when_the_prompt_says_the_gates_rejected_the_work() {
+    let dir = std::env::temp_dir().join(format!("sample-agent-fix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run_in = |prompt: &str| {
+        let status = Command::new(env!("CARGO_BIN_EXE_mosaic-sample-agent"))
+            .args(["--steps", "1", "--step-delay-ms", "1"])
+            .args(["--fix-on-continuation", "fixed.txt"])
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                child.stdin.take().unwrap().write_all(prompt.as_bytes())?;
+                child.wait()
+            })
+            .unwrap();
+        assert!(status.success());
+    };
+    run_in("Do the task.");
+    assert!(!dir.join("fixed.txt").exists(), "a first run fixes nothing");
+    run_in("Do the task.\n## Handover\nREJECTED: quality gates failed (attempt 2 of 4).");
+    assert!(dir.join("fixed.txt").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

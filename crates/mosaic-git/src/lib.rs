@@ -670,6 +670,33 @@ impl Workspaces for GitWorkspaces {
         .await
     }
 
+    async fn read_base_file(
+        &self,
+        workspace: &Workspace,
+        path: &str,
+    ) -> Result<Option<String>, WorkspaceError> {
+        let dir = self.checked_workspace(workspace).await?;
+        let object = format!("refs/remotes/origin/{}:{path}", workspace.base_branch);
+        // `cat-file -e` tells "no such file on the base" (exit 128 on a valid base) apart
+        // from a base that is missing altogether, which `resolve` reports.
+        let base_ref = format!("refs/remotes/origin/{}", workspace.base_branch);
+        if self.resolve(&dir, &base_ref).await?.is_none() {
+            return Err(WorkspaceError::MissingBase {
+                repo: workspace.issue.repo.to_string(),
+                branch: workspace.base_branch.clone(),
+            });
+        }
+        let exists = GitCall::local("cat-file -e", &dir, &["cat-file", "-e"]).arg(&object);
+        if self.git.output(&exists).await?.code != Some(0) {
+            return Ok(None);
+        }
+        let text = self
+            .git
+            .run(&GitCall::local("cat-file blob", &dir, &["cat-file", "blob"]).arg(&object))
+            .await?;
+        Ok(Some(text))
+    }
+
     async fn push(&self, workspace: &Workspace) -> Result<Pushed, WorkspaceError> {
         let branch = &workspace.branch;
         if !is_issue_branch(&self.config.branch_prefix, workspace.issue.number, branch) {

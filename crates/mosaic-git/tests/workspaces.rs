@@ -745,3 +745,44 @@ async fn a_prefix_without_a_slash_names_and_finds_the_branches() {
     assert_eq!(again.branch, "bot-5-flat-names");
     assert!(again.path.join("f.txt").is_file());
 }
+
+#[tokio::test]
+async fn a_base_file_is_read_from_the_base_branch_never_from_the_agents_worktree() {
+    let fx = Fixture::new().await;
+    commit_file(
+        &fx.bare,
+        "main",
+        "gates.toml",
+        "# from the base\n",
+        "Add gates",
+    )
+    .unwrap();
+    let ws = fx.prepare(21, "Read the base").await;
+    // The agent rewrites the file and commits it on its branch: the base's copy still counts.
+    agent_commit(&ws.path, "gates.toml", "# the agent's\n", "Mine");
+    assert_eq!(
+        fx.workspaces
+            .read_base_file(&ws, "gates.toml")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("# from the base\n")
+    );
+    assert_eq!(
+        fx.workspaces
+            .read_base_file(&ws, "missing.toml")
+            .await
+            .unwrap(),
+        None
+    );
+    let other_base = Workspace {
+        base_branch: "gone".to_owned(),
+        ..ws.clone()
+    };
+    assert!(matches!(
+        fx.workspaces
+            .read_base_file(&other_base, "gates.toml")
+            .await,
+        Err(mosaic_workspace::WorkspaceError::MissingBase { .. })
+    ));
+}

@@ -629,7 +629,13 @@ impl GiteaClient {
         let response = self
             .send(operation, self.http.request(method, url).json(body))
             .await?;
-        decode(operation, response).await
+        // A 2xx is success: an unreadable answer does not undo the write.
+        decode(operation, response).await.map_err(|err| match err {
+            GiteaError::Decode { operation, message } => {
+                GiteaError::WrittenUnreadable { operation, message }
+            }
+            other => other,
+        })
     }
 
     async fn send_no_content(

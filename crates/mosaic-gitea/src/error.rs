@@ -79,6 +79,14 @@ pub enum GiteaError {
         message: String,
     },
 
+    /// A write Gitea accepted (2xx) whose answer could not be read: the write happened; only
+    /// what Gitea said about it is unknown.
+    #[error("Gitea did {operation} but its answer could not be read: {message}")]
+    WrittenUnreadable {
+        operation: &'static str,
+        message: String,
+    },
+
     /// A listing had more pages than the caller allowed; a partial list would mislead.
     #[error("Gitea's listing for {operation} exceeds {max_pages} pages; refusing a partial result")]
     TooManyPages {
@@ -103,6 +111,11 @@ impl GiteaError {
         )
     }
 
+    /// Whether the write was done although its answer could not be read (a 2xx is success).
+    pub fn was_written(&self) -> bool {
+        matches!(self, Self::WrittenUnreadable { .. })
+    }
+
     /// Whether Gitea refused the credentials themselves (401 or 403).
     pub fn is_auth_failure(&self) -> bool {
         matches!(self, Self::Unauthorized { .. } | Self::Forbidden { .. })
@@ -125,6 +138,7 @@ impl GiteaError {
             Self::Timeout { .. }
             | Self::Transport { .. }
             | Self::Decode { .. }
+            | Self::WrittenUnreadable { .. }
             | Self::TooManyPages { .. }
             | Self::InvalidRequest(_) => None,
         }

@@ -45,6 +45,14 @@ pub trait Workspaces: Send + Sync {
     /// Commits on the branch that the base lacks; 0 means the agent changed nothing.
     async fn ahead_of_base(&self, workspace: &Workspace) -> Result<u64, WorkspaceError>;
 
+    /// A file's text as the base branch has it (as last fetched), never the agent's copy:
+    /// `None` when the base branch has no such file.
+    async fn read_base_file(
+        &self,
+        workspace: &Workspace,
+        path: &str,
+    ) -> Result<Option<String>, WorkspaceError>;
+
     /// Pushes the workspace's branch with `--force-with-lease`; refuses any branch not under
     /// the configured prefix.
     async fn push(&self, workspace: &Workspace) -> Result<Pushed, WorkspaceError>;
