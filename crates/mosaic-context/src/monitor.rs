@@ -125,6 +125,7 @@ struct Chain {
 
 impl Chain {
     fn live(&self) -> LiveSession {
+        let snapshot = self.session.subscribe().borrow().clone();
         LiveSession {
             session_id: self.session.id().clone(),
             agent_type: self.session.agent_type().to_owned(),
@@ -132,8 +133,10 @@ impl Chain {
             process_id: self.session.process_id(),
             started_at: self.started_at,
             usage: self.history.back().map(|reading| reading.usage),
-            compactions: self.session.subscribe().borrow().compactions,
+            compactions: snapshot.compactions,
             rotations: self.rotations,
+            spend: snapshot.spend,
+            api_retry: snapshot.api_retry,
         }
     }
 }
@@ -624,10 +627,12 @@ async fn rotate(inner: &Arc<Inner>, key: u64, why: &str) -> Result<SessionRotati
     };
     let summary = old.latest_summary();
 
-    // 2. Close it; its runtime ends every process it started.
-    if let Err(err) = old.close(&format!("rotation: {why}")).await {
+    // 2. Close it at its turn boundary; its runtime ends every process it started.
+    if let Err(err) = old.close_after_turn(&format!("rotation: {why}")).await {
         warn!(session = %old_id, error = %err, "closing the rotated session reported an error");
     }
+    // Read after the close: whatever the agent reported last is what the session spent.
+    let old_spend = old.subscribe().borrow().spend;
 
     // 4 (decided before 3, because it names the task the new session gets).
     let unfinished = SessionTask {
@@ -657,6 +662,7 @@ async fn rotate(inner: &Arc<Inner>, key: u64, why: &str) -> Result<SessionRotati
         next_issue,
         context_before_tokens: before.map_or(0, |usage| usage.used_tokens),
         context_before_percent: before.map_or(0.0, |usage| usage.percent),
+        old_spend,
         success,
         error_message,
         attempt,

@@ -8,7 +8,7 @@ use mosaic_domain::IssueRef;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::ContextUsage;
-use crate::session::{SessionId, SessionOutcome, SessionTask};
+use crate::session::{AgentSpend, SessionId, SessionOutcome, SessionTask};
 
 /// Version of [`COMPACTION_PROMPT`]; stored with every compaction so results stay comparable.
 pub const COMPACTION_PROMPT_VERSION: u32 = 1;
@@ -76,6 +76,9 @@ pub struct SessionRotation {
     pub next_issue: Option<IssueRef>,
     pub context_before_tokens: u64,
     pub context_before_percent: f64,
+    /// What the old session spent, read after it was closed.
+    #[serde(default)]
+    pub old_spend: AgentSpend,
     pub success: bool,
     pub error_message: Option<String>,
     /// 1 for the first spawn attempt of this rotation, 2 for the first retry, ...
@@ -94,6 +97,12 @@ pub struct LiveSession {
     pub usage: Option<ContextUsage>,
     pub compactions: u32,
     pub rotations: u32,
+    /// The latest spend the session's agent reported.
+    #[serde(default)]
+    pub spend: AgentSpend,
+    /// The agent is retrying its model API ("retrying the model API").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_retry: Option<crate::session::ApiRetry>,
 }
 
 /// One usage reading in a session's (bounded) history.

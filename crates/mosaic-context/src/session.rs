@@ -50,6 +50,10 @@ pub struct SessionTask {
     pub acceptance_criteria: Vec<String>,
     /// What a previous session of this issue left behind (after a rotation or a retry).
     pub handover_summary: Option<String>,
+    /// The issue's git worktree, made by the coordinator; the session runs there. `None`: the
+    /// runtime's own per-issue directory. A runtime refuses one outside its allowed roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_dir: Option<std::path::PathBuf>,
 }
 
 impl SessionTask {
@@ -106,6 +110,43 @@ impl fmt::Display for KillReason {
     }
 }
 
+/// What a session has cost so far: the latest cumulative figures its agent reported, with the
+/// four token kinds kept apart (they are priced differently). Whatever ends a session, this is
+/// what it spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentSpend {
+    /// Uncached input tokens.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    pub cache_read_tokens: u64,
+    /// Input tokens written to the prompt cache.
+    pub cache_creation_tokens: u64,
+    /// US dollars; 0 for self-hosted agents whatever they report.
+    pub cost_usd: f64,
+}
+
+impl AgentSpend {
+    /// All four token kinds together.
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens
+            .saturating_add(self.output_tokens)
+            .saturating_add(self.cache_read_tokens)
+            .saturating_add(self.cache_creation_tokens)
+    }
+}
+
+/// The agent is retrying a failed call to its model API (Claude Code's `system/api_retry`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiRetry {
+    pub attempt: u32,
+    pub max_retries: Option<u32>,
+    /// The HTTP status of the failed call, when reported.
+    pub error_status: Option<u16>,
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
 /// Where a session stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -113,7 +154,8 @@ pub enum SessionOutcome {
     Running,
     Succeeded {
         summary: String,
-        /// Tokens the agent reports for the whole session.
+        /// Tokens the agent reports for the whole session (all kinds; the breakdown, for every
+        /// outcome, is [`SessionSnapshot::spend`]).
         tokens: u64,
         /// US dollars, when the agent reports it.
         cost_usd: Option<f64>,
@@ -141,6 +183,12 @@ pub struct SessionSnapshot {
     pub usage_seq: u64,
     /// Compactions the agent confirmed.
     pub compactions: u32,
+    /// The latest spend the agent reported; kept after the end, whatever the outcome.
+    pub spend: AgentSpend,
+    /// Set while the agent retries its model API; cleared by its next answer.
+    pub api_retry: Option<ApiRetry>,
+    /// Turns the agent finished (Claude Code: `result` lines) while the session stays open.
+    pub turns: u32,
     pub outcome: SessionOutcome,
     pub last_activity: DateTime<Utc>,
 }
@@ -151,6 +199,9 @@ impl SessionSnapshot {
             usage: None,
             usage_seq: 0,
             compactions: 0,
+            spend: AgentSpend::default(),
+            api_retry: None,
+            turns: 0,
             outcome: SessionOutcome::Running,
             last_activity: now,
         }
@@ -227,6 +278,27 @@ pub trait AgentSession: Send + Sync + fmt::Debug {
     async fn compact(&self, instructions: &str) -> Result<ContextUsage, SessionError>;
     /// Ends the session (and every process it started) and returns its final outcome.
     async fn close(&self, reason: &str) -> Result<SessionOutcome, SessionError>;
+    /// Ends the session at its next turn boundary: agents that work in turns (Claude Code) get
+    /// until the current turn's result, at most their configured bound, before being closed.
+    /// Rotation uses this so no turn is cut in the middle. Others close at once.
+    async fn close_after_turn(&self, reason: &str) -> Result<SessionOutcome, SessionError> {
+        self.close(reason).await
+    }
+    /// Lets the session end on its own terms: no more input (stdin closed), then waits for the
+    /// agent to finish its current turn and exit. For turn-based agents whose `result` ends a
+    /// turn, not the session; others just wait for their end.
+    async fn finish(&self) -> Result<SessionOutcome, SessionError> {
+        let mut updates = self.subscribe();
+        loop {
+            let outcome = updates.borrow_and_update().outcome.clone();
+            if !outcome.is_running() {
+                return Ok(outcome);
+            }
+            if updates.changed().await.is_err() {
+                return Ok(self.outcome());
+            }
+        }
+    }
     fn outcome(&self) -> SessionOutcome;
     /// The latest text the agent produced that can serve as a handover summary.
     fn latest_summary(&self) -> Option<String>;

@@ -280,6 +280,7 @@ fn task(number: u64) -> SessionTask {
         repository: RepoName::new("mosaic", "coordinator").unwrap(),
         acceptance_criteria: vec!["it works".to_owned()],
         handover_summary: None,
+        work_dir: None,
     }
 }
 

@@ -12,10 +12,14 @@ pub mod log;
 pub mod orphans;
 pub mod process;
 pub mod protocol;
+pub mod retention;
 pub mod runtime;
 pub mod workdir;
 
-pub use config::{AgentCommand, InputMode, RunnerConfig, RunnerConfigError};
+pub use config::{
+    AgentCommand, AgentProtocol, BASE_ENV, CLAUDE_CODE_ENV, CoordinatorSecret, InputMode,
+    RunnerConfig, RunnerConfigError, SessionVariables,
+};
 pub use process::ProcessSession;
 pub use protocol::{AgentEvent, ParsedLine, parse_line};
 pub use runtime::ProcessRuntime;

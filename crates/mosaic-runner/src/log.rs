@@ -1,6 +1,13 @@
 //! A size-bounded log file per session: stderr and stdout lines the runner did not understand.
+//!
+//! Every line is agent text, so it is written through the [`Redactor`]: configured secrets and
+//! credential-shaped values replaced, escape sequences removed, line breaks escaped (a line
+//! cannot forge another).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mosaic_security::Redactor;
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
@@ -17,15 +24,21 @@ struct LogState {
 pub struct SessionLog {
     path: PathBuf,
     max_bytes: u64,
+    redactor: Arc<Redactor>,
     state: Mutex<LogState>,
 }
 
 impl SessionLog {
-    pub async fn create(path: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
+    pub async fn create(
+        path: PathBuf,
+        max_bytes: u64,
+        redactor: Arc<Redactor>,
+    ) -> std::io::Result<Self> {
         let file = tokio::fs::File::create(&path).await?;
         Ok(Self {
             path,
             max_bytes,
+            redactor,
             state: Mutex::new(LogState {
                 file: Some(file),
                 written: 0,
@@ -38,10 +51,11 @@ impl SessionLog {
         &self.path
     }
 
-    /// Writes `[stream] line`. A failing disk must not end the session, so errors close the log.
+    /// Writes `[stream] line`, redacted and escaped. A failing disk must not end the session,
+    /// so errors close the log.
     pub async fn line(&self, stream: &str, line: &str) {
+        let entry = format!("[{stream}] {}\n", self.redactor.for_log_line(line));
         let mut state = self.state.lock().await;
-        let entry = format!("[{stream}] {line}\n");
         let entry_len = u64::try_from(entry.len()).unwrap_or(u64::MAX);
         let bytes = if state.written.saturating_add(entry_len) <= self.max_bytes {
             entry
@@ -82,7 +96,7 @@ mod tests {
     #[tokio::test]
     async fn stops_at_the_size_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SessionLog::create(dir.path().join("s.log"), 64)
+        let log = SessionLog::create(dir.path().join("s.log"), 64, Arc::default())
             .await
             .unwrap();
         for n in 0..20 {
@@ -94,5 +108,34 @@ mod tests {
         assert!(text.ends_with("[log truncated at 64 bytes]\n"), "{text}");
         assert!(text.len() <= 64 + "[log truncated at 64 bytes]\n".len());
         assert_eq!(text.matches("truncated").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn lines_are_redacted_and_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = [mosaic_security::Secret::new("gitea-bot-token-0123")];
+        let log = SessionLog::create(
+            dir.path().join("s.log"),
+            4096,
+            Arc::new(Redactor::new(&secrets)),
+        )
+        .await
+        .unwrap();
+        log.line(
+            "stderr",
+            "\u{1b}[31mcurl -H 'Authorization: token gitea-bot-token-0123'\u{1b}[0m\rforged line",
+        )
+        .await;
+        log.flush().await;
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(!text.contains("gitea-bot-token-0123"), "{text}");
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert!(!text.contains('\r'), "{text:?}");
+        assert_eq!(text.lines().count(), 1, "one entry, one line: {text:?}");
+        assert!(
+            text.starts_with("[stderr] curl -H 'Authorization: token [redacted]'"),
+            "{text}"
+        );
+        assert!(text.contains("\\nforged line"), "{text}");
     }
 }

@@ -3,19 +3,36 @@
 //! parent, so a restart must end it before the issue runs again (invariant 6: a restart finds no
 //! orphan).
 //!
-//! A recorded process id may have been reused by the time of the restart, so a group is only
-//! signalled when everything still matches: the process leads its own group (as every session
-//! does), its program is the one configured for the session's agent, and it started when the
-//! session did.
+//! A session's processes are recognised by what the coordinator recorded when it started them,
+//! never by the program they run (`argv[0]` of a script agent is its interpreter: `python3`,
+//! `/bin/sh`, `node`):
+//! - the session marker: every process of a session inherits `MOSAIC_SESSION_ID=<session id>`
+//!   in its environment, readable in `/proc/<pid>/environ`;
+//! - the process group: the leader's pid is the group id, and the leader's start time in
+//!   `/proc/<pid>/stat` matches the recorded start (this decides only when the environment
+//!   cannot be read).
+//!
+//! A recorded pid may have been reused by the time of the restart; a process without the
+//! session's marker is then left alone. When the leader is gone, the rest of its group is still
+//! ended if a member carries the marker (the group id cannot be reused while the group exists).
+//!
+//! Descendants that left the group (`setsid`, a daemonising tool) are found by a scan of `/proc`
+//! for the marker, not by making the coordinator a child subreaper (`PR_SET_CHILD_SUBREAPER`):
+//! a subreaper dies with the coordinator, so after the SIGKILL this module exists for, the
+//! orphans belong to init and parentage identifies nothing; and a subreaper must reap every
+//! adopted orphan with `waitpid(-1)`, which would take the exit statuses tokio's `Child` handles
+//! wait for. The marker survives `setsid` and double forks; only a process that clears its own
+//! environment (`env -i`) and leaves the group (or outlives every marked member of it) escapes.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-use crate::config::RunnerConfig;
+use crate::config::{RunnerConfig, SESSION_ID_VAR};
 
 /// A session the store still lists as running.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,98 +46,278 @@ pub struct RecordedSession {
 /// What was done about one recorded session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReapOutcome {
-    /// No process with that id any more: nothing to do.
+    /// No process of the session any more: nothing to do.
     Gone,
     /// The id now belongs to something else (reused): left alone.
     NotOurs(String),
-    /// The session's process group was ended.
+    /// The session's processes were ended.
     Ended,
-    /// The group was found but could not be signalled.
+    /// The processes were found but could not be signalled.
     Failed(String),
 }
 
 /// How far a recorded start time may be from the process's own (clock ticks, scheduling).
 const START_SLACK_SECS: i64 = 30;
+/// How often `/proc` is read again while waiting for processes to end.
+const POLL: Duration = Duration::from_millis(50);
+/// How long, after SIGKILL, processes may take to disappear (and forks caught in the act to be
+/// found and killed too).
+const KILL_SETTLE: Duration = Duration::from_secs(5);
 
-/// The process's group and start time, from `/proc/<pid>/stat`.
-struct ProcStat {
+/// What the session marker in a process's environment says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Marker {
+    /// The environment could not be read (another user's process).
+    Unreadable,
+    Absent,
+    Session(String),
+}
+
+/// One running (not zombie) process, as `/proc` shows it.
+#[derive(Debug, Clone)]
+struct ProcessEntry {
+    pid: i32,
     pgrp: i32,
     started_at: Option<DateTime<Utc>>,
+    marker: Marker,
 }
 
-fn proc_stat(proc_root: &Path, pid: u32) -> Option<ProcStat> {
-    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    // `pid (comm) state ppid pgrp …`: comm may hold spaces and parentheses, so split after the
-    // last `)`.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] = state (field 3), [1] = ppid, [2] = pgrp, [19] = starttime (field 22).
-    let pgrp = fields.get(2)?.parse().ok()?;
-    let started_at = fields
-        .get(19)
-        .and_then(|ticks| ticks.parse::<u64>().ok())
-        .and_then(|ticks| start_time(proc_root, ticks));
-    Some(ProcStat { pgrp, started_at })
+impl ProcessEntry {
+    fn carries(&self, session_id: &str) -> bool {
+        matches!(&self.marker, Marker::Session(id) if id == session_id)
+    }
 }
 
-/// Boot time plus the start offset; `None` when either cannot be read.
-fn start_time(proc_root: &Path, ticks: u64) -> Option<DateTime<Utc>> {
+/// Boot time and clock ticks per second, to turn a start offset into a time.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    boot: i64,
+    ticks_per_second: i64,
+}
+
+fn clock(proc_root: &Path) -> Option<Clock> {
     let stat = std::fs::read_to_string(proc_root.join("stat")).ok()?;
-    let boot: i64 = stat
+    let boot = stat
         .lines()
         .find_map(|line| line.strip_prefix("btime "))?
         .trim()
         .parse()
         .ok()?;
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .filter(|hz| *hz > 0)?;
-    let offset = i64::try_from(ticks).ok()? / per_second;
-    DateTime::from_timestamp(boot + offset, 0)
+    Some(Clock {
+        boot,
+        ticks_per_second,
+    })
 }
 
-/// The program a process runs (`argv[0]`), from `/proc/<pid>/cmdline`.
-fn program(proc_root: &Path, pid: u32) -> Option<String> {
-    let cmdline = std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
-    let first = cmdline.split(|b| *b == 0).next()?;
-    Some(String::from_utf8_lossy(first).into_owned())
+/// Every running process with its group, start time and session marker.
+fn scan(proc_root: &Path) -> Vec<ProcessEntry> {
+    let clock = clock(proc_root);
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            process_entry(&entry.path(), pid, clock)
+        })
+        .collect()
 }
 
-fn same_program(running: &str, configured: &str) -> bool {
-    if running == configured {
-        return true;
+fn process_entry(dir: &Path, pid: i32, clock: Option<Clock>) -> Option<ProcessEntry> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // `pid (comm) state ppid pgrp …`: comm may hold spaces and parentheses, so split after the
+    // last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] = state (field 3), [2] = pgrp (field 5), [19] = starttime (field 22).
+    if matches!(fields.first(), Some(&("Z" | "X" | "x"))) {
+        // Already dead, waiting to be reaped: nothing left to end.
+        return None;
     }
-    // A configured bare name (`claude`) runs under its resolved path, or the reverse.
-    let name = |p: &str| Path::new(p).file_name().map(|n| n.to_os_string());
-    name(running).is_some() && name(running) == name(configured)
+    let pgrp = fields.get(2)?.parse().ok()?;
+    let started_at = clock.and_then(|clock| {
+        let ticks: i64 = fields.get(19)?.parse().ok()?;
+        DateTime::from_timestamp(clock.boot + ticks / clock.ticks_per_second, 0)
+    });
+    let marker = match std::fs::read(dir.join("environ")) {
+        Ok(environ) => session_marker(&environ),
+        Err(_) => Marker::Unreadable,
+    };
+    Some(ProcessEntry {
+        pid,
+        pgrp,
+        started_at,
+        marker,
+    })
 }
 
-/// Ends the process groups of `sessions` that are still running, after checking each is really
-/// the session's. Waits up to `config.kill_grace_secs` between SIGTERM and SIGKILL.
+/// The session marker in a NUL-separated environment block.
+fn session_marker(environ: &[u8]) -> Marker {
+    let prefix = format!("{SESSION_ID_VAR}=");
+    environ
+        .split(|byte| *byte == 0)
+        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
+        .map_or(Marker::Absent, |id| {
+            Marker::Session(String::from_utf8_lossy(id).into_owned())
+        })
+}
+
+/// The processes to signal for one session: whole groups, and single processes outside them.
+#[derive(Debug, Default, Clone)]
+struct Targets {
+    groups: BTreeSet<i32>,
+    pids: BTreeSet<i32>,
+}
+
+impl Targets {
+    fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.pids.is_empty()
+    }
+
+    /// Whether any process of the session still runs.
+    fn any_alive(&self, session_id: &str, entries: &[ProcessEntry]) -> bool {
+        entries.iter().any(|entry| self.covers(session_id, entry))
+    }
+
+    fn covers(&self, session_id: &str, entry: &ProcessEntry) -> bool {
+        entry.carries(session_id)
+            || self.groups.contains(&entry.pgrp)
+            || self.pids.contains(&entry.pid)
+    }
+
+    /// Adds marked processes that appeared since (a fork caught between scan and signal).
+    fn add_marked(&mut self, session_id: &str, entries: &[ProcessEntry]) {
+        for entry in entries.iter().filter(|entry| entry.carries(session_id)) {
+            if entry.pid == entry.pgrp {
+                self.groups.insert(entry.pgrp);
+            } else if !self.groups.contains(&entry.pgrp) {
+                self.pids.insert(entry.pid);
+            }
+        }
+    }
+
+    /// Sends `signal` to every target; the first error other than "already gone".
+    fn signal(&self, signal: Signal) -> Result<(), nix::errno::Errno> {
+        let mut first_error = Ok(());
+        let sent = self
+            .groups
+            .iter()
+            .map(|pgid| killpg(Pid::from_raw(*pgid), signal))
+            .chain(
+                self.pids
+                    .iter()
+                    .map(|pid| kill(Pid::from_raw(*pid), signal)),
+            );
+        for result in sent {
+            if let Err(err) = result
+                && err != nix::errno::Errno::ESRCH
+                && first_error.is_ok()
+            {
+                first_error = Err(err);
+            }
+        }
+        first_error
+    }
+}
+
+/// What belongs to `session`, or why nothing does.
+fn targets_of(entries: &[ProcessEntry], session: &RecordedSession) -> Result<Targets, ReapOutcome> {
+    let id = session.session_id.as_str();
+    let group = i32::try_from(session.pid).map_err(|_| ReapOutcome::Gone)?;
+    let leader = entries.iter().find(|entry| entry.pid == group);
+    let leader_verdict = leader.map(|leader| leader_is_ours(leader, session));
+    let mut targets = Targets::default();
+    let group_is_ours = matches!(leader_verdict, Some(Ok(())))
+        // The leader is gone (or its pid reused) but members of its group carry the marker: the
+        // group id stays taken while the group exists, so this is the session's group.
+        || entries
+            .iter()
+            .any(|entry| entry.pgrp == group && entry.carries(id));
+    if group_is_ours {
+        targets.groups.insert(group);
+    }
+    targets.add_marked(id, entries);
+    if targets.is_empty() {
+        return Err(match leader_verdict {
+            Some(Err(why)) => ReapOutcome::NotOurs(why),
+            _ => ReapOutcome::Gone,
+        });
+    }
+    Ok(targets)
+}
+
+/// Whether the process at the recorded pid is the session's leader, or why not.
+fn leader_is_ours(leader: &ProcessEntry, session: &RecordedSession) -> Result<(), String> {
+    if i64::from(leader.pgrp) != i64::from(session.pid) {
+        return Err("it does not lead its own process group".to_owned());
+    }
+    match &leader.marker {
+        Marker::Session(id) if *id == session.session_id => Ok(()),
+        Marker::Session(other) => Err(format!("it belongs to session {other}")),
+        Marker::Absent => Err("its environment carries no session marker".to_owned()),
+        // Only the start time is left to tell.
+        Marker::Unreadable => match leader.started_at {
+            Some(started) => {
+                let apart = (started - session.started_at).num_seconds().abs();
+                if apart > START_SLACK_SECS {
+                    Err(format!("it started {apart} s away from the session"))
+                } else {
+                    Ok(())
+                }
+            }
+            None => Err("neither its environment nor its start time can be read".to_owned()),
+        },
+    }
+}
+
+/// SIGKILLs every running process that carries `session_id`'s marker (each with its group when
+/// it leads one); returns how many were found. The end of a session uses it for descendants
+/// that left the session's process group.
+pub fn kill_marked(proc_root: &Path, session_id: &str) -> usize {
+    let entries = scan(proc_root);
+    let mut targets = Targets::default();
+    targets.add_marked(session_id, &entries);
+    let found = entries
+        .iter()
+        .filter(|entry| entry.carries(session_id))
+        .count();
+    if let Err(err) = targets.signal(Signal::SIGKILL) {
+        tracing::warn!(session = session_id, error = %err, "could not end a process of the session");
+    }
+    found
+}
+
+/// Ends the processes of `sessions` that are still running, after checking each is really the
+/// session's. Waits up to `config.kill_grace_secs` between SIGTERM and SIGKILL, and returns once
+/// none of them runs any more (or the wait after SIGKILL ran out, which is logged).
 pub async fn reap(
     config: &RunnerConfig,
     sessions: &[RecordedSession],
 ) -> Vec<(String, ReapOutcome)> {
-    reap_in(Path::new("/proc"), config, sessions).await
+    reap_in(Path::new("/proc"), config.kill_grace_secs, sessions).await
 }
 
 async fn reap_in(
     proc_root: &Path,
-    config: &RunnerConfig,
+    grace: Duration,
     sessions: &[RecordedSession],
 ) -> Vec<(String, ReapOutcome)> {
+    let entries = scan(proc_root);
     let mut outcomes = Vec::with_capacity(sessions.len());
-    let mut signalled = Vec::new();
+    let mut signalled: Vec<(String, Targets)> = Vec::new();
     for session in sessions {
-        let outcome = match check(proc_root, config, session) {
+        let outcome = match targets_of(&entries, session) {
             Err(outcome) => outcome,
-            Ok(pgid) => match killpg(pgid, Signal::SIGTERM) {
+            Ok(targets) => match targets.signal(Signal::SIGTERM) {
                 Ok(()) => {
-                    signalled.push(pgid);
+                    signalled.push((session.session_id.clone(), targets));
                     ReapOutcome::Ended
                 }
-                Err(nix::errno::Errno::ESRCH) => ReapOutcome::Gone,
                 Err(err) => ReapOutcome::Failed(err.to_string()),
             },
         };
@@ -128,7 +325,7 @@ async fn reap_in(
             ReapOutcome::Ended => tracing::warn!(
                 session = %session.session_id,
                 pid = session.pid,
-                "ended the agent process group a previous coordinator left running"
+                "ending the agent processes a previous coordinator left running"
             ),
             ReapOutcome::NotOurs(why) => tracing::info!(
                 session = %session.session_id,
@@ -146,81 +343,49 @@ async fn reap_in(
         }
         outcomes.push((session.session_id.clone(), outcome));
     }
-    if !signalled.is_empty() {
-        let deadline = tokio::time::Instant::now() + config.kill_grace_secs;
-        while tokio::time::Instant::now() < deadline
-            && signalled.iter().any(|pgid| killpg(*pgid, None).is_ok())
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    if signalled.is_empty() {
+        return outcomes;
+    }
+    let any_alive = |signalled: &[(String, Targets)], entries: &[ProcessEntry]| {
+        signalled
+            .iter()
+            .any(|(id, targets)| targets.any_alive(id, entries))
+    };
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline && any_alive(&signalled, &scan(proc_root)) {
+        tokio::time::sleep(POLL).await;
+    }
+    // Whatever ignored SIGTERM, is still stopping, or was forked meanwhile ends now; repeated
+    // until /proc shows none of it.
+    let deadline = tokio::time::Instant::now() + KILL_SETTLE;
+    loop {
+        let entries = scan(proc_root);
+        if !any_alive(&signalled, &entries) {
+            break;
         }
-        for pgid in signalled {
-            // Whatever ignored SIGTERM (or is still stopping) ends now.
-            let _ = killpg(pgid, Signal::SIGKILL);
+        if tokio::time::Instant::now() >= deadline {
+            tracing::error!("agent processes of a previous coordinator survived SIGKILL");
+            break;
         }
+        for (id, targets) in &mut signalled {
+            targets.add_marked(id, &entries);
+            if let Err(err) = targets.signal(Signal::SIGKILL) {
+                tracing::error!(session = %id, error = %err, "could not kill a left-over agent process");
+            }
+        }
+        tokio::time::sleep(POLL).await;
     }
     outcomes
-}
-
-/// The group to signal, or why not.
-fn check(
-    proc_root: &Path,
-    config: &RunnerConfig,
-    session: &RecordedSession,
-) -> Result<Pid, ReapOutcome> {
-    let Some(stat) = proc_stat(proc_root, session.pid) else {
-        return Err(ReapOutcome::Gone);
-    };
-    let pid = i32::try_from(session.pid).map_err(|_| ReapOutcome::Gone)?;
-    if stat.pgrp != pid {
-        return Err(ReapOutcome::NotOurs(
-            "it does not lead its own process group".to_owned(),
-        ));
-    }
-    let Some(command) = config.agents.get(&session.agent) else {
-        return Err(ReapOutcome::NotOurs(format!(
-            "agent `{}` has no command configured any more",
-            session.agent
-        )));
-    };
-    let running = program(proc_root, session.pid).unwrap_or_default();
-    if !same_program(&running, &command.program) {
-        return Err(ReapOutcome::NotOurs(format!(
-            "it runs `{running}`, not `{}`",
-            command.program
-        )));
-    }
-    if let Some(started) = stat.started_at {
-        let apart = (started - session.started_at).num_seconds().abs();
-        if apart > START_SLACK_SECS {
-            return Err(ReapOutcome::NotOurs(format!(
-                "it started {apart} s away from the session"
-            )));
-        }
-    }
-    Ok(Pid::from_raw(pid))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AgentCommand;
     use std::os::unix::process::CommandExt as _;
 
-    fn config(program: &str) -> RunnerConfig {
+    fn config() -> RunnerConfig {
         let mut config = RunnerConfig::new(std::env::temp_dir());
         config.kill_grace_secs = Duration::from_secs(2);
-        config.agents.insert(
-            "sh-agent".to_owned(),
-            AgentCommand {
-                program: program.to_owned(),
-                args: vec![],
-                env: Default::default(),
-                input: crate::config::InputMode::Text,
-                can_compact: false,
-                stall_timeout_secs: None,
-                time_limit_secs: None,
-            },
-        );
         config
     }
 
@@ -232,77 +397,168 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn an_orphaned_group_is_ended_with_its_children() {
-        // A leader in its own group with a child, like an agent that started a tool.
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 300 & wait"])
+    /// Running processes carrying `session_id`'s marker.
+    fn marked(session_id: &str) -> Vec<i32> {
+        scan(Path::new("/proc"))
+            .into_iter()
+            .filter(|entry| entry.carries(session_id))
+            .map(|entry| entry.pid)
+            .collect()
+    }
+
+    /// Running (not zombie) members of group `pgid`.
+    fn live_in_group(pgid: u32) -> Vec<i32> {
+        scan(Path::new("/proc"))
+            .into_iter()
+            .filter(|entry| i64::from(entry.pgrp) == i64::from(pgid))
+            .map(|entry| entry.pid)
+            .collect()
+    }
+
+    fn unique_id(name: &str) -> String {
+        format!(
+            "test-{name}-{}-{}",
+            std::process::id(),
+            Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        )
+    }
+
+    /// A session leader in its own group, like the runner starts one: `script` under `sh`, with
+    /// the session marker in its environment. `sh` is not the configured program of any agent:
+    /// the program name plays no part.
+    fn start_session(session_id: &str, script: &str) -> std::process::Child {
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .env(SESSION_ID_VAR, session_id)
             .process_group(0)
             .spawn()
-            .unwrap();
-        let pid = child.id();
-        std::thread::sleep(Duration::from_millis(100));
-        let session = RecordedSession {
-            session_id: "s1".into(),
-            agent: "sh-agent".into(),
+            .unwrap()
+    }
+
+    fn recorded(session_id: &str, pid: u32) -> RecordedSession {
+        RecordedSession {
+            session_id: session_id.to_owned(),
+            agent: "python-agent".into(),
             pid,
             started_at: Utc::now(),
-        };
-        let outcomes = reap(&config("sh"), std::slice::from_ref(&session)).await;
-        assert_eq!(outcomes, vec![("s1".to_owned(), ReapOutcome::Ended)]);
+        }
+    }
+
+    fn wait_for_marked(session_id: &str, count: usize) {
+        for _ in 0..100 {
+            if marked(session_id).len() >= count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "expected {count} processes of {session_id}, found {:?}",
+            marked(session_id)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_orphaned_group_is_ended_with_its_children() {
+        let id = unique_id("group");
+        let mut child = start_session(&id, "sleep 300 & wait");
+        wait_for_marked(&id, 2);
+        let pid = child.id();
+        let outcomes = reap(&config(), &[recorded(&id, pid)]).await;
+        assert_eq!(outcomes, vec![(id.clone(), ReapOutcome::Ended)]);
         let _ = child.wait();
         assert!(!alive(pid));
-        let group = i32::try_from(pid).unwrap();
+        assert!(marked(&id).is_empty(), "{:?}", marked(&id));
         assert!(
-            killpg(Pid::from_raw(group), None).is_err(),
+            live_in_group(pid).is_empty(),
             "no member of the group is left"
         );
     }
 
     #[tokio::test]
+    async fn the_group_is_ended_when_its_leader_is_already_gone() {
+        let id = unique_id("leaderless");
+        // The leader starts two long children in its group and exits, as a wrapper whose
+        // children survived a restart.
+        let mut child = start_session(&id, "sleep 300 & sleep 300 & exit 0");
+        let pid = child.id();
+        child.wait().unwrap();
+        wait_for_marked(&id, 2);
+        let outcomes = reap(&config(), &[recorded(&id, pid)]).await;
+        assert_eq!(outcomes, vec![(id.clone(), ReapOutcome::Ended)]);
+        assert!(marked(&id).is_empty(), "{:?}", marked(&id));
+        assert!(
+            live_in_group(pid).is_empty(),
+            "no member of the group is left"
+        );
+    }
+
+    #[tokio::test]
+    async fn descendants_that_left_the_group_are_found_by_their_marker() {
+        let id = unique_id("setsid");
+        // One child leaves the group and the session (`setsid`), one ignores SIGTERM.
+        let mut child = start_session(
+            &id,
+            "setsid sleep 300 & sh -c 'trap \"\" TERM; while :; do sleep 1; done' & wait",
+        );
+        wait_for_marked(&id, 3);
+        let pid = child.id();
+        let outcomes = reap(&config(), &[recorded(&id, pid)]).await;
+        assert_eq!(outcomes, vec![(id.clone(), ReapOutcome::Ended)]);
+        let _ = child.wait();
+        assert!(marked(&id).is_empty(), "{:?}", marked(&id));
+    }
+
+    #[test]
+    fn the_end_of_a_session_kills_its_marked_processes() {
+        let id = unique_id("end");
+        let mut child = start_session(&id, "setsid sleep 300 & wait");
+        wait_for_marked(&id, 2);
+        assert_eq!(kill_marked(Path::new("/proc"), &id), 2);
+        let _ = child.wait();
+        for _ in 0..100 {
+            if marked(&id).is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("still running: {:?}", marked(&id));
+    }
+
+    #[tokio::test]
     async fn a_reused_or_foreign_pid_is_left_alone() {
-        let mut child = std::process::Command::new("sleep")
+        // A process in its own group without any marker: the recorded pid was reused.
+        let mut foreign = std::process::Command::new("sleep")
             .arg("300")
+            .env_remove(SESSION_ID_VAR)
             .process_group(0)
             .spawn()
             .unwrap();
-        let pid = child.id();
+        // A process of another session.
+        let other_id = unique_id("other");
+        let mut other = start_session(&other_id, "sleep 300");
         std::thread::sleep(Duration::from_millis(50));
-        let session = |agent: &str, started_at| RecordedSession {
-            session_id: "s2".into(),
-            agent: agent.into(),
-            pid,
-            started_at,
-        };
-        // Another program than the agent's.
+        let mine = unique_id("mine");
         let outcomes = reap(
-            &config("/usr/bin/claude"),
-            &[session("sh-agent", Utc::now())],
+            &config(),
+            &[recorded(&mine, foreign.id()), recorded(&mine, other.id())],
         )
         .await;
         assert!(
-            matches!(outcomes[0].1, ReapOutcome::NotOurs(_)),
+            matches!(&outcomes[0].1, ReapOutcome::NotOurs(why) if why.contains("no session marker")),
             "{outcomes:?}"
         );
-        // The right program, but started long before the session.
-        let outcomes = reap(
-            &config("sleep"),
-            &[session("sh-agent", Utc::now() + chrono::Duration::hours(2))],
-        )
-        .await;
         assert!(
-            matches!(outcomes[0].1, ReapOutcome::NotOurs(_)),
+            matches!(&outcomes[1].1, ReapOutcome::NotOurs(why) if why.contains(&other_id)),
             "{outcomes:?}"
         );
-        // An agent no longer configured.
-        let outcomes = reap(&config("sleep"), &[session("gone-agent", Utc::now())]).await;
         assert!(
-            matches!(outcomes[0].1, ReapOutcome::NotOurs(_)),
-            "{outcomes:?}"
+            alive(foreign.id()) && alive(other.id()),
+            "nothing was signalled"
         );
-        assert!(alive(pid), "nothing was signalled");
-        child.kill().unwrap();
-        let _ = child.wait();
+        for child in [&mut foreign, &mut other] {
+            child.kill().unwrap();
+            let _ = child.wait();
+        }
     }
 
     #[tokio::test]
@@ -310,25 +566,47 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        let outcomes = reap(
-            &config("true"),
-            &[RecordedSession {
-                session_id: "s3".into(),
-                agent: "sh-agent".into(),
-                pid,
-                started_at: Utc::now(),
-            }],
-        )
-        .await;
+        let outcomes = reap(&config(), &[recorded("s3", pid)]).await;
         assert_eq!(outcomes[0].1, ReapOutcome::Gone);
     }
 
     #[test]
-    fn program_names_match_by_path_or_file_name() {
-        assert!(same_program("/usr/bin/claude", "claude"));
-        assert!(same_program("claude", "/usr/local/bin/claude"));
-        assert!(same_program("/x/agent", "/x/agent"));
-        assert!(!same_program("/usr/bin/sleep", "claude"));
-        assert!(!same_program("", "claude"));
+    fn an_unreadable_environment_falls_back_to_the_start_time() {
+        let session = recorded("s4", 4242);
+        let leader = |marker, started_at| ProcessEntry {
+            pid: 4242,
+            pgrp: 4242,
+            started_at: Some(started_at),
+            marker,
+        };
+        assert!(leader_is_ours(&leader(Marker::Unreadable, session.started_at), &session).is_ok());
+        let long_before = session.started_at - chrono::Duration::hours(2);
+        assert!(leader_is_ours(&leader(Marker::Unreadable, long_before), &session).is_err());
+        // A readable marker decides, whatever the time.
+        assert!(
+            leader_is_ours(&leader(Marker::Session("s4".into()), long_before), &session).is_ok()
+        );
+        assert!(leader_is_ours(&leader(Marker::Absent, session.started_at), &session).is_err());
+        let member = ProcessEntry {
+            pgrp: 1,
+            ..leader(Marker::Session("s4".into()), session.started_at)
+        };
+        assert!(
+            leader_is_ours(&member, &session).is_err(),
+            "not a group leader"
+        );
+    }
+
+    #[test]
+    fn reads_the_marker_from_an_environment_block() {
+        assert_eq!(
+            session_marker(b"PATH=/bin\0MOSAIC_SESSION_ID=abc-1\0X=MOSAIC_SESSION_ID=no\0"),
+            Marker::Session("abc-1".into())
+        );
+        assert_eq!(
+            session_marker(b"PATH=/bin\0XMOSAIC_SESSION_ID=no\0"),
+            Marker::Absent
+        );
+        assert_eq!(session_marker(b""), Marker::Absent);
     }
 }

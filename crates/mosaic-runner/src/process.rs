@@ -1,6 +1,7 @@
 //! One agent session as a child process in its own process group.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -11,10 +12,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use mosaic_context::{
-    AgentSession, ContextUsage, KillReason, SessionError, SessionId, SessionOutcome,
-    SessionSnapshot, wait_for_outcome,
+    AgentSession, AgentSpend, ApiRetry, ContextUsage, KillReason, SessionError, SessionId,
+    SessionOutcome, SessionSnapshot, wait_for_outcome,
 };
 use mosaic_domain::IssueRef;
+use mosaic_security::Redactor;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -25,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::config::InputMode;
+use crate::config::{AgentProtocol, InputMode};
 use crate::log::SessionLog;
 use crate::protocol::{AgentEvent, parse_line};
 
@@ -35,6 +37,11 @@ const MAX_LINE_BYTES: usize = 1024 * 1024;
 const MAX_SUMMARY_CHARS: usize = 16 * 1024;
 /// stderr lines quoted in a failure reason.
 const STDERR_TAIL_LINES: usize = 5;
+/// Characters of one stderr line kept for the tail (the session log keeps the whole line).
+const STDERR_TAIL_LINE_CHARS: usize = 500;
+/// Characters of agent text (stderr tail, error summary) a failure reason quotes: the reason
+/// ends up in a Gitea comment.
+const REASON_QUOTE_CHARS: usize = 1_000;
 /// How long the output readers may take to drain after the process group is gone.
 const READER_DRAIN: Duration = Duration::from_secs(5);
 
@@ -46,15 +53,24 @@ pub struct SessionSpec {
     pub issue: IssueRef,
     pub program: String,
     pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
+    /// The agent's whole environment (nothing else is inherited), session variables included:
+    /// see [`crate::AgentCommand::environment`].
+    pub env: Vec<(OsString, OsString)>,
     pub work_dir: PathBuf,
     pub input: InputMode,
+    pub protocol: AgentProtocol,
+    /// `claude_code`: close stdin once every turn sent has its result.
+    pub finish_on_result: bool,
+    /// Costs nothing whatever the agent reports (profile `self_hosted`).
+    pub self_hosted: bool,
     pub can_compact: bool,
     pub window: u64,
     pub stall_timeout: Duration,
     pub time_limit: Duration,
     pub kill_grace: Duration,
     pub compact_timeout: Duration,
+    /// How long a rotation waits for the current turn's result (`claude_code`).
+    pub rotate_wait: Duration,
     pub prompt: String,
 }
 
@@ -72,6 +88,18 @@ struct Finished {
 struct Shared {
     id: SessionId,
     window: u64,
+    /// The window the agent reported (0: none yet); wins over the profile's.
+    reported_window: AtomicU64,
+    protocol: AgentProtocol,
+    finish_on_result: bool,
+    self_hosted: bool,
+    /// `claude_code`: user lines written whose turn has not ended with a `result` yet.
+    pending_turns: AtomicU64,
+    /// Whether the agent reported any spend (otherwise the outcome's tokens fall back), and
+    /// any cost.
+    spend_reported: AtomicBool,
+    cost_reported: AtomicBool,
+    stdin: Arc<tokio::sync::Mutex<Option<ChildStdin>>>,
     started: Instant,
     last_activity_ms: AtomicU64,
     state: watch::Sender<SessionSnapshot>,
@@ -82,6 +110,8 @@ struct Shared {
     finished: Mutex<Option<Finished>>,
     stderr_tail: Mutex<VecDeque<String>>,
     log: SessionLog,
+    /// Applied to agent text before it is kept for a failure reason.
+    redactor: Arc<Redactor>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -100,13 +130,19 @@ impl Shared {
     }
 
     fn record_usage(&self, context_tokens: u64, window: Option<u64>) {
-        let window = window.filter(|window| *window > 0).unwrap_or(self.window);
+        let reported = Some(self.reported_window.load(Ordering::Relaxed));
+        let window = window
+            .filter(|window| *window > 0)
+            .or(reported.filter(|window| *window > 0))
+            .unwrap_or(self.window);
         let Ok(usage) = ContextUsage::new(context_tokens, window) else {
             return;
         };
         self.state.send_modify(|snapshot| {
             snapshot.usage = Some(usage);
             snapshot.usage_seq += 1;
+            // An answer came: whatever retrying there was is over.
+            snapshot.api_retry = None;
             snapshot.last_activity = Utc::now();
         });
         if self.awaiting_after_compaction.swap(false, Ordering::SeqCst) {
@@ -158,18 +194,120 @@ impl Shared {
                         success,
                         summary,
                         tokens,
-                        cost_usd,
+                        cost_usd: cost_usd.map(|cost| if self.self_hosted { 0.0 } else { cost }),
+                    });
+                }
+                AgentEvent::TurnEnded {
+                    success,
+                    summary,
+                    terminal_reason,
+                    local_command,
+                } => self.turn_ended(success, summary, terminal_reason, local_command),
+                AgentEvent::Spend {
+                    input_tokens,
+                    output_tokens,
+                    cache_read_tokens,
+                    cache_creation_tokens,
+                    cost_usd,
+                } => {
+                    self.spend_reported.store(true, Ordering::SeqCst);
+                    if cost_usd.is_some() {
+                        self.cost_reported.store(true, Ordering::SeqCst);
+                    }
+                    self.state.send_modify(|snapshot| {
+                        let cost_usd = if self.self_hosted {
+                            0.0
+                        } else {
+                            // A report without a cost keeps the last one known.
+                            cost_usd.unwrap_or(snapshot.spend.cost_usd)
+                        };
+                        snapshot.spend = AgentSpend {
+                            input_tokens,
+                            output_tokens,
+                            cache_read_tokens,
+                            cache_creation_tokens,
+                            cost_usd,
+                        };
+                    });
+                }
+                AgentEvent::ContextWindow(window) => {
+                    self.reported_window.store(window, Ordering::Relaxed);
+                }
+                AgentEvent::ApiRetry {
+                    attempt,
+                    max_retries,
+                    error_status,
+                    error,
+                } => {
+                    warn!(session = %self.id, attempt, ?max_retries, ?error_status, ?error, "agent retrying the model API");
+                    self.state.send_modify(|snapshot| {
+                        snapshot.api_retry = Some(ApiRetry {
+                            attempt,
+                            max_retries,
+                            error_status,
+                            error,
+                            at: Utc::now(),
+                        });
                     });
                 }
             }
         }
     }
 
+    /// A `result`: the turn is over. It is the session's result unless a later turn replaces it;
+    /// a local command's (`/compact`) says nothing about the task and does not.
+    fn turn_ended(
+        &self,
+        success: bool,
+        summary: String,
+        terminal_reason: Option<String>,
+        local_command: bool,
+    ) {
+        {
+            let mut finished = lock(&self.finished);
+            if !local_command || finished.is_none() {
+                let summary = match terminal_reason.as_deref() {
+                    Some(reason) if !success => format!("{summary} (terminal_reason: {reason})"),
+                    _ => summary,
+                };
+                *finished = Some(Finished {
+                    success,
+                    summary,
+                    tokens: None,
+                    cost_usd: None,
+                });
+            }
+        }
+        self.state.send_modify(|snapshot| {
+            snapshot.turns = snapshot.turns.saturating_add(1);
+            snapshot.api_retry = None;
+        });
+        if self.protocol != AgentProtocol::ClaudeCode {
+            return;
+        }
+        let before = self
+            .pending_turns
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(1))
+            })
+            .unwrap_or(0);
+        if before <= 1 && self.finish_on_result {
+            debug!(session = %self.id, "every turn answered; closing stdin so the agent exits");
+            // Not awaited here: the stdout reader must keep reading while the lock is taken.
+            let stdin = Arc::clone(&self.stdin);
+            tokio::spawn(async move {
+                *stdin.lock().await = None;
+            });
+        }
+    }
+
     async fn handle_stderr(&self, line: &str) {
         self.touch();
         self.log.line("stderr", line).await;
+        // Redacted before it is cut, so a cut cannot leave half a secret unrecognised.
+        let kept = self.redactor.for_comment(line, STDERR_TAIL_LINE_CHARS);
         let mut tail = lock(&self.stderr_tail);
-        tail.push_back(line.chars().take(500).collect());
+        tail.push_back(kept);
         while tail.len() > STDERR_TAIL_LINES {
             tail.pop_front();
         }
@@ -243,18 +381,26 @@ async fn terminate(
     child.wait().await
 }
 
-/// The outcome from what the agent said, why it was killed, and how it exited.
+/// The outcome from what the agent said, why it was killed, and how it exited. Agent text in a
+/// failure reason (stderr tail, error summary) is redacted, stripped of control sequences and
+/// bounded: the reason is posted to Gitea.
 fn outcome_of(
     finished: Option<Finished>,
     killed: Option<KillReason>,
     status: &std::io::Result<ExitStatus>,
     last_usage: Option<ContextUsage>,
+    spend: Option<AgentSpend>,
+    cost_reported: bool,
     stderr_tail: &[String],
+    redactor: &Redactor,
 ) -> SessionOutcome {
     let stderr = if stderr_tail.is_empty() {
         String::new()
     } else {
-        format!("; stderr: {}", stderr_tail.join(" | "))
+        format!(
+            "; stderr: {}",
+            redactor.for_comment(&stderr_tail.join(" | "), REASON_QUOTE_CHARS)
+        )
     };
     let exit_code = status.as_ref().ok().and_then(ExitStatus::code);
     match (finished, killed) {
@@ -269,15 +415,21 @@ fn outcome_of(
             }
             SessionOutcome::Succeeded {
                 summary: done.summary,
-                tokens: done
-                    .tokens
+                tokens: spend
+                    .map(|spend| spend.total_tokens())
+                    .or(done.tokens)
                     .or_else(|| last_usage.map(|usage| usage.used_tokens))
                     .unwrap_or(0),
-                cost_usd: done.cost_usd,
+                cost_usd: done
+                    .cost_usd
+                    .or(spend.filter(|_| cost_reported).map(|spend| spend.cost_usd)),
             }
         }
         (Some(done), _) => SessionOutcome::Failed {
-            reason: format!("agent reported an error: {}{stderr}", done.summary),
+            reason: format!(
+                "agent reported an error: {}{stderr}",
+                redactor.for_comment(&done.summary, REASON_QUOTE_CHARS)
+            ),
         },
         (None, Some(reason)) => SessionOutcome::Killed { reason },
         (None, None) => match status {
@@ -314,6 +466,8 @@ pub struct ProcessSession {
     input: InputMode,
     can_compact: bool,
     compact_timeout: Duration,
+    rotate_wait: Duration,
+    kill_grace: Duration,
     shared: Arc<Shared>,
     stdin: Arc<tokio::sync::Mutex<Option<ChildStdin>>>,
     kill: watch::Sender<Option<KillReason>>,
@@ -321,14 +475,17 @@ pub struct ProcessSession {
 
 impl ProcessSession {
     /// Starts the process, hands it the prompt and starts watching it.
-    pub async fn start(spec: SessionSpec, log: SessionLog) -> Result<Self, std::io::Error> {
+    pub async fn start(
+        spec: SessionSpec,
+        log: SessionLog,
+        redactor: Arc<Redactor>,
+    ) -> Result<Self, std::io::Error> {
         let mut command = Command::new(&spec.program);
         command
             .args(&spec.args)
+            // Built, not inherited: the coordinator's own credentials stay with it.
+            .env_clear()
             .envs(spec.env.iter().map(|(key, value)| (key, value)))
-            .env("MOSAIC_SESSION_ID", spec.id.as_str())
-            .env("MOSAIC_ISSUE", spec.issue.to_string())
-            .env("MOSAIC_AGENT", &spec.agent_type)
             .current_dir(&spec.work_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -351,6 +508,15 @@ impl ProcessSession {
         let shared = Arc::new(Shared {
             id: spec.id.clone(),
             window: spec.window,
+            reported_window: AtomicU64::new(0),
+            protocol: spec.protocol,
+            finish_on_result: spec.finish_on_result,
+            self_hosted: spec.self_hosted,
+            // The prompt is the first turn.
+            pending_turns: AtomicU64::new(1),
+            spend_reported: AtomicBool::new(false),
+            cost_reported: AtomicBool::new(false),
+            stdin: Arc::clone(&stdin),
             started: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
             state,
@@ -360,6 +526,7 @@ impl ProcessSession {
             finished: Mutex::new(None),
             stderr_tail: Mutex::new(VecDeque::new()),
             log,
+            redactor,
         });
         info!(session = %spec.id, agent = %spec.agent_type, issue = %spec.issue, pid, dir = %spec.work_dir.display(), "agent process started");
 
@@ -415,6 +582,8 @@ impl ProcessSession {
             input: spec.input,
             can_compact: spec.can_compact,
             compact_timeout: spec.compact_timeout,
+            rotate_wait: spec.rotate_wait,
+            kill_grace: spec.kill_grace,
             shared,
             stdin,
             kill,
@@ -444,6 +613,47 @@ impl ProcessSession {
             session: self.id.clone(),
             message: format!("writing to the agent's stdin: {err}"),
         })
+    }
+
+    /// A user line that starts a turn; counted so the turn's `result` can be waited for.
+    async fn write_turn(&self, content: &str) -> Result<(), SessionError> {
+        self.shared.pending_turns.fetch_add(1, Ordering::SeqCst);
+        let written = self
+            .write_line(&json!({"type": "user", "message": {"role": "user", "content": content}}))
+            .await;
+        if written.is_err() {
+            self.shared
+                .pending_turns
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    Some(n.saturating_sub(1))
+                })
+                .ok();
+        }
+        written
+    }
+
+    /// No more input: the agent finishes what it was given and exits.
+    async fn close_stdin(&self) {
+        *self.stdin.lock().await = None;
+    }
+
+    /// Waits until every turn sent has its `result` or the session ended, at most `limit`;
+    /// whether that happened.
+    async fn wait_for_turn_end(&self, limit: Duration) -> bool {
+        let mut state = self.shared.state.subscribe();
+        let ended = async {
+            loop {
+                if self.shared.pending_turns.load(Ordering::SeqCst) == 0
+                    || !state.borrow_and_update().outcome.is_running()
+                {
+                    return;
+                }
+                if state.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(limit, ended).await.is_ok()
     }
 
     fn unsupported(&self, operation: &'static str, why: &str) -> SessionError {
@@ -537,8 +747,18 @@ async fn supervise(
         }
     };
     // The leader is gone; whatever it left behind in its group goes too, which also closes the
-    // pipes so the readers see end of output.
+    // pipes so the readers see end of output. Descendants that left the group (`setsid`) still
+    // carry the session marker in their environment and are ended by it.
     signal_group(pgid, Signal::SIGKILL);
+    let session_id = shared.id.to_string();
+    let escaped = tokio::task::spawn_blocking(move || {
+        crate::orphans::kill_marked(std::path::Path::new("/proc"), &session_id)
+    })
+    .await
+    .unwrap_or_default();
+    if escaped > 0 {
+        warn!(session = %shared.id, processes = escaped, "ended processes of the session that had left its process group");
+    }
     for reader in readers {
         let abort = reader.abort_handle();
         if tokio::time::timeout(READER_DRAIN, reader).await.is_err() {
@@ -549,8 +769,24 @@ async fn supervise(
 
     let finished = lock(&shared.finished).clone();
     let tail: Vec<String> = lock(&shared.stderr_tail).iter().cloned().collect();
-    let last_usage = shared.state.borrow().usage;
-    let outcome = outcome_of(finished, killed, &status, last_usage, &tail);
+    let (last_usage, spend) = {
+        let snapshot = shared.state.borrow();
+        (snapshot.usage, snapshot.spend)
+    };
+    let spend = shared
+        .spend_reported
+        .load(Ordering::SeqCst)
+        .then_some(spend);
+    let outcome = outcome_of(
+        finished,
+        killed,
+        &status,
+        last_usage,
+        spend,
+        shared.cost_reported.load(Ordering::SeqCst),
+        &tail,
+        &shared.redactor,
+    );
     info!(session = %shared.id, ?outcome, "agent process ended");
     shared.state.send_modify(|snapshot| {
         snapshot.outcome = outcome;
@@ -590,8 +826,7 @@ impl AgentSession for ProcessSession {
         if !self.outcome().is_running() {
             return Err(SessionError::Ended(self.id.clone()));
         }
-        self.write_line(&json!({"type": "user", "message": {"role": "user", "content": prompt}}))
-            .await
+        self.write_turn(prompt).await
     }
 
     async fn compact(&self, instructions: &str) -> Result<ContextUsage, SessionError> {
@@ -607,8 +842,17 @@ impl AgentSession for ProcessSession {
         if !state.borrow_and_update().outcome.is_running() {
             return Err(SessionError::Ended(self.id.clone()));
         }
-        self.write_line(&json!({"type": "compact", "instructions": instructions}))
-            .await?;
+        match self.shared.protocol {
+            AgentProtocol::JsonLines => {
+                self.write_line(&json!({"type": "compact", "instructions": instructions}))
+                    .await?;
+            }
+            // Claude Code's own command, honoured also with automatic compaction disabled; it
+            // is a turn of its own, ending with a `result` (measured with 2.1.328).
+            AgentProtocol::ClaudeCode => {
+                self.write_turn(&format!("/compact {instructions}")).await?;
+            }
+        }
         let confirmed = async {
             loop {
                 if let (count, Some(usage)) = *readings.borrow_and_update()
@@ -645,6 +889,34 @@ impl AgentSession for ProcessSession {
                 false
             }
         });
+        Ok(wait_for_outcome(self).await)
+    }
+
+    async fn close_after_turn(&self, reason: &str) -> Result<SessionOutcome, SessionError> {
+        if self.shared.protocol == AgentProtocol::ClaudeCode && self.outcome().is_running() {
+            if self.wait_for_turn_end(self.rotate_wait).await {
+                // At a turn boundary the CLI exits cleanly once its input ends.
+                self.close_stdin().await;
+                let mut state = self.shared.state.subscribe();
+                let exited = async {
+                    while state.borrow_and_update().outcome.is_running() {
+                        if state.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                if tokio::time::timeout(self.kill_grace, exited).await.is_ok() {
+                    return Ok(self.outcome());
+                }
+            } else {
+                warn!(session = %self.id, waited = ?self.rotate_wait, "turn did not end in time; closing the session mid-turn");
+            }
+        }
+        self.close(reason).await
+    }
+
+    async fn finish(&self) -> Result<SessionOutcome, SessionError> {
+        self.close_stdin().await;
         Ok(wait_for_outcome(self).await)
     }
 
@@ -689,7 +961,16 @@ mod tests {
                      killed: Option<KillReason>,
                      status: std::io::Result<ExitStatus>,
                      expect: &str| {
-            let outcome = outcome_of(finished, killed, &status, usage, &["boom".to_owned()]);
+            let outcome = outcome_of(
+                finished,
+                killed,
+                &status,
+                usage,
+                None,
+                false,
+                &["boom".to_owned()],
+                &Redactor::default(),
+            );
             let text = format!("{outcome:?}");
             assert!(text.contains(expect), "{text} should contain {expect}");
         };
@@ -736,6 +1017,49 @@ mod tests {
             None,
             Err(std::io::Error::other("gone")),
             "could not wait for the process: gone",
+        );
+    }
+
+    #[test]
+    fn failure_reasons_quote_agent_text_redacted_and_bounded() {
+        let secrets = [
+            mosaic_security::Secret::new("whsec-0123456789"),
+            mosaic_security::Secret::new("gitea-bot-token-abcdef"),
+        ];
+        let redactor = Redactor::new(&secrets);
+        let tail = [
+            "\u{1b}[31mfatal\u{1b}[0m: push with gitea-bot-token-abcdef failed".to_owned(),
+            "signing with whsec-0123456789 \u{1b}]0;pwned\u{7}".to_owned(),
+            "x".repeat(5_000),
+        ];
+        let outcome = outcome_of(None, None, &exited(2), None, None, false, &tail, &redactor);
+        let SessionOutcome::Failed { reason } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(reason.starts_with("exited with status 2; stderr: fatal: push with [redacted] failed | signing with [redacted]"), "{reason}");
+        assert!(
+            !reason.contains('\u{1b}') && !reason.contains('\u{7}'),
+            "{reason:?}"
+        );
+        assert!(!reason.contains("pwned"), "{reason}");
+        assert!(
+            reason.chars().count() <= REASON_QUOTE_CHARS + 40,
+            "{}",
+            reason.len()
+        );
+
+        let failed = Some(Finished {
+            success: false,
+            summary: "could not use whsec-0123456789".to_owned(),
+            tokens: None,
+            cost_usd: None,
+        });
+        let outcome = outcome_of(failed, None, &exited(1), None, None, false, &[], &redactor);
+        assert_eq!(
+            outcome,
+            SessionOutcome::Failed {
+                reason: "agent reported an error: could not use [redacted]".to_owned()
+            }
         );
     }
 

@@ -18,12 +18,42 @@ pub enum AgentEvent {
         before_tokens: Option<u64>,
         after_tokens: Option<u64>,
     },
-    /// The agent reports the end of its work.
+    /// The agent reports the end of its work (the generic protocol's `done`).
     Finished {
         success: bool,
         summary: String,
         tokens: Option<u64>,
         cost_usd: Option<f64>,
+    },
+    /// Claude Code's `result`: the end of one turn. In stream-json input mode the session goes
+    /// on; with a text prompt the process exits after it.
+    TurnEnded {
+        success: bool,
+        summary: String,
+        /// Why the turn ended (`completed`, `api_error`, `prompt_too_long`, `blocking_limit`, …).
+        terminal_reason: Option<String>,
+        /// The turn was a local command (`/compact`), not model work: its empty result says
+        /// nothing about the task.
+        local_command: bool,
+    },
+    /// What the session has spent so far (cumulative figures, replacing earlier ones). Costs
+    /// the agent does not report stay `None`.
+    Spend {
+        input_tokens: u64,
+        output_tokens: u64,
+        cache_read_tokens: u64,
+        cache_creation_tokens: u64,
+        cost_usd: Option<f64>,
+    },
+    /// The model's context window, as the agent reports it (Claude Code's
+    /// `modelUsage.<model>.contextWindow`).
+    ContextWindow(u64),
+    /// The agent is retrying a failed call to its model API.
+    ApiRetry {
+        attempt: u32,
+        max_retries: Option<u32>,
+        error_status: Option<u16>,
+        error: Option<String>,
     },
 }
 
@@ -73,11 +103,6 @@ fn context_tokens(usage: &Value) -> Option<u64> {
     )
 }
 
-fn total_tokens(usage: &Value) -> Option<u64> {
-    let context = context_tokens(usage)?;
-    Some(context.saturating_add(field_u64(usage, "output_tokens").unwrap_or(0)))
-}
-
 fn assistant_text(message: &Value) -> Option<String> {
     let blocks = message.get("content")?.as_array()?;
     let text: Vec<&str> = blocks
@@ -87,6 +112,80 @@ fn assistant_text(message: &Value) -> Option<String> {
         .filter(|text| !text.trim().is_empty())
         .collect();
     (!text.is_empty()).then(|| text.join("\n"))
+}
+
+/// Claude Code's `result`: the session's spend (cumulative `modelUsage`, `total_cost_usd`), the
+/// window, and the end of the turn. `is_error` decides success: an error result still says
+/// `subtype: "success"` (measured with 2.1.328).
+fn claude_result(value: &Value) -> Vec<AgentEvent> {
+    let mut events = Vec::new();
+    let models = value.get("modelUsage").and_then(Value::as_object);
+    if let Some(models) = models {
+        let sum = |key: &str| {
+            models
+                .values()
+                .filter_map(|model| field_u64(model, key))
+                .fold(0u64, u64::saturating_add)
+        };
+        let model_cost: Option<f64> = models
+            .values()
+            .map(|model| model.get("costUSD").and_then(Value::as_f64))
+            .sum();
+        events.push(AgentEvent::Spend {
+            input_tokens: sum("inputTokens"),
+            output_tokens: sum("outputTokens"),
+            cache_read_tokens: sum("cacheReadInputTokens"),
+            cache_creation_tokens: sum("cacheCreationInputTokens"),
+            cost_usd: value
+                .get("total_cost_usd")
+                .and_then(Value::as_f64)
+                .or(model_cost),
+        });
+        // The largest window of the models used; a session normally uses one.
+        if let Some(window) = models
+            .values()
+            .filter_map(|model| field_u64(model, "contextWindow"))
+            .max()
+        {
+            events.push(AgentEvent::ContextWindow(window));
+        }
+    } else if let Some(usage) = value.get("usage").filter(|usage| usage.is_object()) {
+        // No per-model figures (agents imitating the format): the result's own usage, which
+        // covers the whole session when it was a single turn.
+        let count = |key: &str| field_u64(usage, key).unwrap_or(0);
+        events.push(AgentEvent::Spend {
+            input_tokens: count("input_tokens"),
+            output_tokens: count("output_tokens"),
+            cache_read_tokens: count("cache_read_input_tokens"),
+            cache_creation_tokens: count("cache_creation_input_tokens"),
+            cost_usd: value.get("total_cost_usd").and_then(Value::as_f64),
+        });
+    }
+    let is_error = value
+        .get("is_error")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let summary = value
+        .get("result")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| {
+            value
+                .get("subtype")
+                .and_then(Value::as_str)
+                .map(|subtype| format!("result: {subtype}"))
+        })
+        .unwrap_or_default();
+    events.push(AgentEvent::TurnEnded {
+        success: !is_error,
+        summary,
+        terminal_reason: value
+            .get("terminal_reason")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        local_command: value.get("local_command").is_some_and(|v| !v.is_null()),
+    });
+    events
 }
 
 /// Reads one stdout line.
@@ -103,6 +202,11 @@ pub fn parse_line(line: &str) -> ParsedLine {
             let Some(message) = value.get("message") else {
                 return ParsedLine::unknown();
             };
+            // The CLI's own stand-in for an answer it did not get (API error, prompt too long):
+            // zero usage that is no reading, and an error text the `result` repeats.
+            if message.get("model").and_then(Value::as_str) == Some("<synthetic>") {
+                return ParsedLine::known(Vec::new());
+            }
             let mut events = Vec::new();
             if let Some(tokens) = message.get("usage").and_then(context_tokens) {
                 events.push(AgentEvent::Usage {
@@ -116,39 +220,35 @@ pub fn parse_line(line: &str) -> ParsedLine {
             ParsedLine::known(events)
         }
         "system" => match value.get("subtype").and_then(Value::as_str) {
-            Some("compact_boundary") => ParsedLine::known(vec![AgentEvent::Compacted {
-                before_tokens: value
-                    .get("compact_metadata")
-                    .and_then(|meta| field_u64(meta, "pre_tokens")),
-                after_tokens: None,
+            Some("compact_boundary") => {
+                let meta = value.get("compact_metadata");
+                ParsedLine::known(vec![AgentEvent::Compacted {
+                    before_tokens: meta.and_then(|meta| field_u64(meta, "pre_tokens")),
+                    // The CLI's count of what is left; the next model call's usage follows later.
+                    after_tokens: meta.and_then(|meta| field_u64(meta, "post_tokens")),
+                }])
+            }
+            Some("api_retry") => ParsedLine::known(vec![AgentEvent::ApiRetry {
+                attempt: field_u64(&value, "attempt")
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(0),
+                max_retries: field_u64(&value, "max_retries").and_then(|n| u32::try_from(n).ok()),
+                error_status: field_u64(&value, "error_status").and_then(|n| u16::try_from(n).ok()),
+                error: value
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
             }]),
+            // init, status, hook and other notices: understood, nothing the runner needs.
             Some(_) => ParsedLine::known(Vec::new()),
             None => ParsedLine::unknown(),
         },
-        "user" | "stream_event" => ParsedLine::known(Vec::new()),
-        "result" => {
-            let is_error = value
-                .get("is_error")
-                .and_then(Value::as_bool)
-                .unwrap_or(true);
-            let summary = value
-                .get("result")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .or_else(|| {
-                    value
-                        .get("subtype")
-                        .and_then(Value::as_str)
-                        .map(|subtype| format!("result: {subtype}"))
-                })
-                .unwrap_or_default();
-            ParsedLine::known(vec![AgentEvent::Finished {
-                success: !is_error,
-                summary,
-                tokens: value.get("usage").and_then(total_tokens),
-                cost_usd: value.get("total_cost_usd").and_then(Value::as_f64),
-            }])
+        // Tool results, partial-stream events, rate-limit notices, version-control notices.
+        "user" | "stream_event" | "rate_limit_event" | "vcs_state_changed" | "tool_progress"
+        | "auth_status" | "keep_alive" | "control_response" | "control_request" => {
+            ParsedLine::known(Vec::new())
         }
+        "result" => ParsedLine::known(claude_result(&value)),
         // Generic JSON-lines protocol.
         "usage" => match field_u64(&value, "context_tokens") {
             Some(tokens) => ParsedLine::known(vec![AgentEvent::Usage {
@@ -167,15 +267,37 @@ pub fn parse_line(line: &str) -> ParsedLine {
         }]),
         "done" => {
             let status = value.get("status").and_then(Value::as_str).unwrap_or("");
-            ParsedLine::known(vec![AgentEvent::Finished {
+            let mut events = Vec::new();
+            let tokens = field_u64(&value, "tokens");
+            let breakdown = [
+                "input_tokens",
+                "output_tokens",
+                "cache_read_tokens",
+                "cache_creation_tokens",
+            ]
+            .map(|key| field_u64(&value, key));
+            let cost_usd = value.get("cost_usd").and_then(Value::as_f64);
+            if tokens.is_some() || cost_usd.is_some() || breakdown.iter().any(Option::is_some) {
+                let [input, output, cache_read, cache_creation] = breakdown;
+                events.push(AgentEvent::Spend {
+                    // One total without a breakdown counts as input tokens.
+                    input_tokens: input.or(tokens).unwrap_or(0),
+                    output_tokens: output.unwrap_or(0),
+                    cache_read_tokens: cache_read.unwrap_or(0),
+                    cache_creation_tokens: cache_creation.unwrap_or(0),
+                    cost_usd,
+                });
+            }
+            events.push(AgentEvent::Finished {
                 success: status == "success",
                 summary: value
                     .get("summary")
                     .and_then(Value::as_str)
                     .map_or_else(|| format!("status: {status}"), str::to_owned),
-                tokens: field_u64(&value, "tokens"),
-                cost_usd: value.get("cost_usd").and_then(Value::as_f64),
-            }])
+                tokens,
+                cost_usd,
+            });
+            ParsedLine::known(events)
         }
         _ => ParsedLine::unknown(),
     }
@@ -225,21 +347,30 @@ mod tests {
         check(
             r#"{"type":"result","subtype":"success","is_error":false,"result":"All done","total_cost_usd":0.1046,"usage":{"input_tokens":2,"output_tokens":9,"cache_creation_input_tokens":7924,"cache_read_input_tokens":13368}}"#,
             true,
-            &[AgentEvent::Finished {
-                success: true,
-                summary: "All done".to_owned(),
-                tokens: Some(21_303),
-                cost_usd: Some(0.1046),
-            }],
+            &[
+                AgentEvent::Spend {
+                    input_tokens: 2,
+                    output_tokens: 9,
+                    cache_read_tokens: 13_368,
+                    cache_creation_tokens: 7_924,
+                    cost_usd: Some(0.1046),
+                },
+                AgentEvent::TurnEnded {
+                    success: true,
+                    summary: "All done".to_owned(),
+                    terminal_reason: None,
+                    local_command: false,
+                },
+            ],
         );
         check(
             r#"{"type":"result","subtype":"error_max_turns","is_error":true}"#,
             true,
-            &[AgentEvent::Finished {
+            &[AgentEvent::TurnEnded {
                 success: false,
                 summary: "result: error_max_turns".to_owned(),
-                tokens: None,
-                cost_usd: None,
+                terminal_reason: None,
+                local_command: false,
             }],
         );
     }
@@ -281,6 +412,213 @@ mod tests {
                 before_tokens: Some(900),
                 after_tokens: Some(200),
             }],
+        );
+    }
+
+    /// The real CLI's transcripts (Claude Code 2.1.328, see the fixtures' README).
+    fn fixture(name: &str) -> Vec<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/claude-code")
+            .join(name);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn events_of(name: &str) -> Vec<AgentEvent> {
+        fixture(name)
+            .iter()
+            .flat_map(|line| parse_line(line).events)
+            .collect()
+    }
+
+    #[test]
+    fn every_line_of_every_real_transcript_is_known() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/claude-code");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
+                continue;
+            }
+            files += 1;
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            let lines = fixture(&name);
+            assert!(!lines.is_empty(), "{name}");
+            for line in lines {
+                assert!(parse_line(&line).known, "{name}: {line}");
+            }
+        }
+        assert!(files >= 10, "only {files} transcripts in {}", dir.display());
+    }
+
+    #[test]
+    fn reads_spend_window_and_turn_end_from_a_real_result() {
+        let events = events_of("write-and-commit.jsonl");
+        let spends: Vec<_> = events
+            .iter()
+            .filter(|event| matches!(event, AgentEvent::Spend { .. }))
+            .collect();
+        assert_eq!(spends.len(), 1, "{events:?}");
+        let AgentEvent::Spend {
+            input_tokens,
+            output_tokens,
+            cache_read_tokens,
+            cache_creation_tokens,
+            cost_usd,
+        } = spends[0].clone()
+        else {
+            unreachable!()
+        };
+        // The script's figures, summed by the CLI into modelUsage; the cost is list price.
+        let result: Value = serde_json::from_str(
+            fixture("write-and-commit.jsonl")
+                .iter()
+                .find(|line| line.contains(r#""type":"result""#))
+                .unwrap(),
+        )
+        .unwrap();
+        let model = &result["modelUsage"]["claude-sonnet-4-5"];
+        assert_eq!(input_tokens, model["inputTokens"].as_u64().unwrap());
+        assert_eq!(output_tokens, model["outputTokens"].as_u64().unwrap());
+        assert_eq!(
+            cache_read_tokens,
+            model["cacheReadInputTokens"].as_u64().unwrap()
+        );
+        assert_eq!(
+            cache_creation_tokens,
+            model["cacheCreationInputTokens"].as_u64().unwrap()
+        );
+        assert!((cost_usd.unwrap() - 0.049_575).abs() < 1e-9, "{cost_usd:?}");
+        assert!(events.contains(&AgentEvent::ContextWindow(200_000)));
+        assert!(matches!(
+            events.last(),
+            Some(AgentEvent::TurnEnded { success: true, local_command: false, terminal_reason: Some(reason), .. }) if reason == "completed"
+        ));
+        // Usage readings come from the assistant lines, before the result.
+        assert!(events.iter().any(
+            |event| matches!(event, AgentEvent::Usage { context_tokens, .. } if *context_tokens > 0)
+        ));
+    }
+
+    #[test]
+    fn reads_a_real_manual_compaction() {
+        let events = events_of("compact-manual.jsonl");
+        assert!(
+            events.contains(&AgentEvent::Compacted {
+                before_tokens: Some(60_300),
+                after_tokens: Some(2_607),
+            }),
+            "{events:?}"
+        );
+        let turns: Vec<_> = events
+            .iter()
+            .filter_map(|event| match event {
+                AgentEvent::TurnEnded { local_command, .. } => Some(*local_command),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(turns, [false, true]);
+        // The summary call is billed into the cumulative figures of the /compact result.
+        let last_spend = events
+            .iter()
+            .rev()
+            .find_map(|event| match event {
+                AgentEvent::Spend { cost_usd, .. } => *cost_usd,
+                _ => None,
+            })
+            .unwrap();
+        assert!((last_spend - 0.249).abs() < 1e-9, "{last_spend}");
+    }
+
+    #[test]
+    fn reads_real_api_retries_and_the_error_result() {
+        let events = events_of("api-error-retries.jsonl");
+        let retries: Vec<_> = events
+            .iter()
+            .filter(|event| matches!(event, AgentEvent::ApiRetry { .. }))
+            .cloned()
+            .collect();
+        assert_eq!(
+            retries,
+            [1, 2].map(|attempt| AgentEvent::ApiRetry {
+                attempt,
+                max_retries: Some(2),
+                error_status: Some(500),
+                error: Some("server_error".to_owned()),
+            })
+        );
+        // The synthetic answer carries zero usage, which must not read as an empty context.
+        assert!(
+            !events
+                .iter()
+                .any(|event| matches!(event, AgentEvent::Usage { .. })),
+            "{events:?}"
+        );
+        assert!(
+            matches!(
+                events.last(),
+                Some(AgentEvent::TurnEnded { success: false, terminal_reason: Some(reason), summary, .. })
+                    if reason == "api_error" && summary.starts_with("API Error: 500")
+            ),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn error_results_with_subtype_success_are_failures() {
+        for (name, reason) in [
+            ("blocking-limit.jsonl", "blocking_limit"),
+            (
+                "prompt-too-long-auto-compact-disabled.jsonl",
+                "prompt_too_long",
+            ),
+        ] {
+            let events = events_of(name);
+            assert!(
+                events.iter().any(|event| matches!(event,
+                    AgentEvent::TurnEnded { success: false, terminal_reason: Some(r), .. } if r == reason)),
+                "{name}: {events:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_generic_total_counts_as_input_tokens_unless_broken_down() {
+        check(
+            r#"{"type":"done","status":"success","summary":"ok","tokens":900,"cost_usd":0.5}"#,
+            true,
+            &[
+                AgentEvent::Spend {
+                    input_tokens: 900,
+                    output_tokens: 0,
+                    cache_read_tokens: 0,
+                    cache_creation_tokens: 0,
+                    cost_usd: Some(0.5),
+                },
+                AgentEvent::Finished {
+                    success: true,
+                    summary: "ok".to_owned(),
+                    tokens: Some(900),
+                    cost_usd: Some(0.5),
+                },
+            ],
+        );
+        let parsed = parse_line(
+            r#"{"type":"done","status":"success","tokens":900,"input_tokens":500,"output_tokens":300,"cache_read_tokens":60,"cache_creation_tokens":40}"#,
+        );
+        assert_eq!(
+            parsed.events[0],
+            AgentEvent::Spend {
+                input_tokens: 500,
+                output_tokens: 300,
+                cache_read_tokens: 60,
+                cache_creation_tokens: 40,
+                cost_usd: None,
+            }
         );
     }
 

@@ -8,8 +8,9 @@ use mosaic_context::{
     AgentRuntime, AgentSession, ContextUsage, RuntimeError, SessionId, SessionTask,
 };
 use mosaic_domain::{AgentProfile, IssueRef};
+use mosaic_security::Redactor;
 
-use crate::config::{AgentCommand, InputMode, RunnerConfig, RunnerConfigError};
+use crate::config::{AgentCommand, InputMode, RunnerConfig, RunnerConfigError, SessionVariables};
 use crate::log::SessionLog;
 use crate::process::{ProcessSession, SessionSpec};
 use crate::workdir::{canonical_dir, create_inside, issue_relative_dir};
@@ -20,6 +21,11 @@ pub struct ProcessRuntime {
     config: RunnerConfig,
     work_root: PathBuf,
     log_dir: PathBuf,
+    /// Cleans agent text for the session logs and failure reasons.
+    redactor: Arc<Redactor>,
+    /// Canonical root of the coordinator's git worktrees: the only place a task's own
+    /// `work_dir` may be.
+    workspace_root: Option<PathBuf>,
 }
 
 impl ProcessRuntime {
@@ -43,7 +49,53 @@ impl ProcessRuntime {
             config,
             work_root,
             log_dir,
+            redactor: Arc::default(),
+            workspace_root: None,
         })
+    }
+
+    /// Lets sessions run in a task's `work_dir` when it lies under `root` (the `[workspace]`
+    /// root); any other directory is refused.
+    pub fn with_workspace_root(mut self, root: &Path) -> Result<Self, RunnerConfigError> {
+        let root = canonical_dir(root).map_err(|err| RunnerConfigError::WorkRoot {
+            path: root.display().to_string(),
+            message: err.to_string(),
+        })?;
+        self.workspace_root = Some(root);
+        Ok(self)
+    }
+
+    /// The task's own working directory, proven (symlinks resolved) to lie under the
+    /// workspace root.
+    fn task_work_dir(&self, issue: &IssueRef, dir: &Path) -> Result<PathBuf, RuntimeError> {
+        let refuse = |message: String| RuntimeError::WorkDir {
+            issue: issue.clone(),
+            message,
+        };
+        let root = self.workspace_root.as_ref().ok_or_else(|| {
+            refuse("no workspace root is configured for task directories".to_owned())
+        })?;
+        let resolved = dir
+            .canonicalize()
+            .map_err(|err| refuse(format!("cannot resolve `{}`: {err}", dir.display())))?;
+        if resolved.starts_with(root) && resolved != *root && resolved.is_dir() {
+            Ok(resolved)
+        } else {
+            Err(refuse(format!(
+                "`{}` is not a directory under the workspace root `{}`",
+                resolved.display(),
+                root.display()
+            )))
+        }
+    }
+
+    /// Redacts agent text (session logs, failure reasons) with `redactor`, which knows the
+    /// coordinator's secrets. Without it only credential-shaped text and control sequences are
+    /// cleaned.
+    #[must_use]
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = Arc::new(redactor);
+        self
     }
 
     pub fn config(&self) -> &RunnerConfig {
@@ -86,28 +138,42 @@ impl ProcessRuntime {
             agent: profile.name.clone(),
             message: err.to_string(),
         })?;
-        let work_dir = self.work_dir_for(&task.issue)?;
+        let work_dir = match &task.work_dir {
+            Some(dir) => self.task_work_dir(&task.issue, dir)?,
+            None => self.work_dir_for(&task.issue)?,
+        };
         let id = SessionId::generate();
         let log_path = self.log_dir.join(format!("{id}.log"));
-        let log = SessionLog::create(log_path.clone(), self.config.log_max_bytes)
-            .await
-            .map_err(|err| RuntimeError::Spawn {
-                agent: profile.name.clone(),
-                message: format!("cannot create log file {}: {err}", log_path.display()),
-            })?;
+        let log = SessionLog::create(
+            log_path.clone(),
+            self.config.log_max_bytes,
+            Arc::clone(&self.redactor),
+        )
+        .await
+        .map_err(|err| RuntimeError::Spawn {
+            agent: profile.name.clone(),
+            message: format!("cannot create log file {}: {err}", log_path.display()),
+        })?;
+        let env = command.environment(
+            |name| std::env::var_os(name),
+            &SessionVariables {
+                id: id.as_str(),
+                issue: &task.issue.to_string(),
+                agent: &profile.name,
+            },
+        );
         let spec = SessionSpec {
             id,
             agent_type: profile.name.clone(),
             issue: task.issue.clone(),
             program: command.program.clone(),
             args: command.args.clone(),
-            env: command
-                .env
-                .iter()
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect(),
+            env,
             work_dir,
             input: command.input,
+            protocol: command.protocol,
+            finish_on_result: command.finish_on_result,
+            self_hosted: profile.self_hosted,
             can_compact: command.can_compact,
             window: profile.context_window,
             stall_timeout: command
@@ -118,9 +184,10 @@ impl ProcessRuntime {
                 .unwrap_or(self.config.time_limit_secs),
             kill_grace: self.config.kill_grace_secs,
             compact_timeout: self.config.compact_timeout_secs,
+            rotate_wait: self.config.rotate_wait_secs,
             prompt: task.prompt(),
         };
-        ProcessSession::start(spec, log)
+        ProcessSession::start(spec, log, Arc::clone(&self.redactor))
             .await
             .map_err(|err| RuntimeError::Spawn {
                 agent: profile.name.clone(),

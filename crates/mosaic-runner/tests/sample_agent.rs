@@ -97,6 +97,7 @@ fn task(number: u64) -> SessionTask {
         repository: RepoName::new("mosaic", "coordinator").unwrap(),
         acceptance_criteria: vec!["the result line says so".to_owned()],
         handover_summary: None,
+        work_dir: None,
     }
 }
 
@@ -119,8 +120,11 @@ fn sample_command(args: &[&str]) -> AgentCommand {
         program: sample_agent().display().to_string(),
         args: args.iter().map(|arg| (*arg).to_owned()).collect(),
         env: Default::default(),
+        pass_env: Vec::new(),
         input: InputMode::JsonLines,
         can_compact: true,
+        protocol: mosaic_runner::AgentProtocol::JsonLines,
+        finish_on_result: true,
         stall_timeout_secs: None,
         time_limit_secs: None,
     }
@@ -265,7 +269,12 @@ async fn past_80_percent_the_sample_agent_is_compacted_and_finishes() {
     };
     assert_eq!(summary, "Completed 12 steps.");
     assert!(tokens > 0);
-    assert!(cost_usd.unwrap() > 0.0);
+    // The profile is self-hosted: $0 whatever the agent reports (it reports a price).
+    assert_eq!(cost_usd, Some(0.0));
+    let spend = session.subscribe().borrow().spend;
+    assert_eq!(spend.total_tokens(), tokens, "{spend:?}");
+    assert!(spend.output_tokens > 0, "{spend:?}");
+    assert_eq!(spend.cost_usd, 0.0);
 
     wait_until("outcome recorded", 5, || {
         !store.outcomes.lock().unwrap().is_empty()
@@ -485,6 +494,8 @@ async fn failures_and_exit_codes_map_to_outcomes() {
                     args: vec!["-c".to_owned(), "echo oops >&2; exit 3".to_owned()],
                     input: InputMode::Text,
                     can_compact: false,
+                    protocol: mosaic_runner::AgentProtocol::JsonLines,
+                    finish_on_result: true,
                     ..sample_command(&[])
                 },
             ),
@@ -564,6 +575,8 @@ echo '{"type":"done","status":"success","summary":"patched","tokens":3400}'
                 args: vec!["-c".to_owned(), script.to_owned()],
                 input: InputMode::Text,
                 can_compact: false,
+                protocol: mosaic_runner::AgentProtocol::JsonLines,
+                finish_on_result: true,
                 ..sample_command(&[])
             },
         )],
@@ -602,5 +615,139 @@ echo '{"type":"done","status":"success","summary":"patched","tokens":3400}'
     assert!(
         !log.contains("\"type\":\"usage\""),
         "known lines stay out of the log"
+    );
+}
+
+/// The agent's environment is built: the base set, `pass_env`, the profile's `env` and the
+/// session variables; nothing else of the coordinator's (here: this test's) environment.
+#[tokio::test]
+async fn an_agent_sees_only_the_environment_built_for_it() {
+    // Cargo sets CARGO_MANIFEST_DIR for this test process: it stands for a coordinator secret.
+    let inherited = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    let script = r#"env > "$DUMP"; echo '{"type":"done","status":"success","summary":"dumped"}'"#;
+    let dumps = tempfile::tempdir().unwrap();
+    let command = |dump: &str, pass_env: &[&str]| AgentCommand {
+        program: "sh".to_owned(),
+        args: vec!["-c".to_owned(), script.to_owned()],
+        env: [
+            (
+                "DUMP".to_owned(),
+                dumps.path().join(dump).display().to_string(),
+            ),
+            ("AGENT_SETTING".to_owned(), "from-the-profile".to_owned()),
+        ]
+        .into(),
+        pass_env: pass_env.iter().map(|name| (*name).to_owned()).collect(),
+        input: InputMode::Text,
+        can_compact: false,
+        protocol: mosaic_runner::AgentProtocol::JsonLines,
+        finish_on_result: true,
+        ..sample_command(&[])
+    };
+    let setup = runtime(
+        vec![
+            ("plain", command("plain.env", &[])),
+            (
+                "forwarding",
+                command(
+                    "forwarding.env",
+                    &["CARGO_MANIFEST_DIR", "NOT_SET_ANYWHERE_X"],
+                ),
+            ),
+        ],
+        |_| {},
+    );
+    let mut dumped = Vec::new();
+    for (agent, number) in [("plain", 41), ("forwarding", 42)] {
+        let session = setup
+            .runtime
+            .spawn(&profile(agent), &task(number))
+            .await
+            .unwrap();
+        let outcome = wait_for_outcome(session.as_ref()).await;
+        assert!(
+            matches!(outcome, SessionOutcome::Succeeded { .. }),
+            "{outcome:?}"
+        );
+        let text = std::fs::read_to_string(dumps.path().join(format!("{agent}.env"))).unwrap();
+        let vars: std::collections::BTreeMap<String, String> = text
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect();
+        assert_eq!(vars["MOSAIC_SESSION_ID"], session.id().as_str());
+        assert_eq!(vars["MOSAIC_ISSUE"], format!("mosaic/coordinator#{number}"));
+        assert_eq!(vars["MOSAIC_AGENT"], agent);
+        assert_eq!(vars["AGENT_SETTING"], "from-the-profile");
+        assert_eq!(vars.get("PATH"), std::env::var("PATH").ok().as_ref());
+        dumped.push(vars);
+    }
+    let allowed = |name: &str| {
+        mosaic_runner::config::BASE_ENV.contains(&name)
+            || ["MOSAIC_SESSION_ID", "MOSAIC_ISSUE", "MOSAIC_AGENT", "DUMP", "AGENT_SETTING"]
+                .contains(&name)
+            // Set by sh itself.
+            || ["PWD", "SHLVL", "_", "OLDPWD"].contains(&name)
+    };
+    let unexpected: Vec<&String> = dumped[0].keys().filter(|name| !allowed(name)).collect();
+    assert!(unexpected.is_empty(), "inherited: {unexpected:?}");
+    assert!(!dumped[0].values().any(|value| *value == inherited));
+    assert_eq!(dumped[1].get("CARGO_MANIFEST_DIR"), Some(&inherited));
+    assert!(!dumped[1].contains_key("NOT_SET_ANYWHERE_X"));
+}
+
+/// stderr reaches the session log and the failure reason only redacted and without escapes.
+#[tokio::test]
+async fn agent_stderr_is_redacted_in_the_log_and_the_failure_reason() {
+    let script = r#"printf '\033[31mpush failed\033[0m with token gitea-bot-token-0123456\n' >&2
+printf 'webhook secret: whsec-topsecret-42\033]0;title\007\n' >&2
+exit 4"#;
+    let setup = runtime(
+        vec![(
+            "leaky",
+            AgentCommand {
+                program: "sh".to_owned(),
+                args: vec!["-c".to_owned(), script.to_owned()],
+                input: InputMode::Text,
+                can_compact: false,
+                protocol: mosaic_runner::AgentProtocol::JsonLines,
+                finish_on_result: true,
+                ..sample_command(&[])
+            },
+        )],
+        |_| {},
+    );
+    let secrets = [
+        mosaic_security::Secret::new("gitea-bot-token-0123456"),
+        mosaic_security::Secret::new("whsec-topsecret-42"),
+    ];
+    let runtime = setup
+        .runtime
+        .clone()
+        .with_redactor(mosaic_security::Redactor::new(&secrets));
+    let session = runtime
+        .spawn_process(&profile("leaky"), &task(43))
+        .await
+        .unwrap();
+    let outcome = wait_for_outcome(&session).await;
+    let SessionOutcome::Failed { reason } = &outcome else {
+        panic!("{outcome:?}");
+    };
+    let log = std::fs::read_to_string(session.log_path()).unwrap();
+    for text in [reason.as_str(), log.as_str()] {
+        assert!(!text.contains("gitea-bot-token-0123456"), "{text}");
+        assert!(!text.contains("whsec-topsecret-42"), "{text}");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+    }
+    assert_eq!(
+        reason,
+        "exited with status 4; stderr: push failed with token [redacted] | webhook secret: [redacted]"
+    );
+    assert!(
+        log.contains("[stderr] push failed with token [redacted]\n"),
+        "{log}"
     );
 }
