@@ -12,11 +12,23 @@ struct Migration {
 }
 
 /// In version order; a released migration is never edited, only followed by a new one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "session_cache_tokens",
+        sql: include_str!("../migrations/0002_session_cache_tokens.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "outbox_by_issue",
+        sql: include_str!("../migrations/0003_outbox_by_issue.sql"),
+    },
+];
 
 /// The newest schema version this build knows (also the version a fresh database gets).
 pub fn supported_version() -> i64 {

@@ -1240,7 +1240,8 @@ async fn end_session(client: &impl GenericClient, end: &SessionEnd) -> OpResult<
     let changed = execute(
         client,
         "UPDATE sessions SET ended_at = $2, outcome = $3, detail = $4, input_tokens = $5,
-             output_tokens = $6, cost_usd = $7
+             output_tokens = $6, cost_usd = $7, cache_read_tokens = $8,
+             cache_creation_tokens = $9
          WHERE id = $1 AND ended_at IS NULL",
         &[
             &end.session_id,
@@ -1250,6 +1251,8 @@ async fn end_session(client: &impl GenericClient, end: &SessionEnd) -> OpResult<
             &to_i64("input tokens", end.input_tokens)?,
             &to_i64("output tokens", end.output_tokens)?,
             &finite("cost", end.cost_usd)?,
+            &to_i64("cache read tokens", end.cache_read_tokens)?,
+            &to_i64("cache creation tokens", end.cache_creation_tokens)?,
         ],
     )
     .await?;
@@ -1269,7 +1272,7 @@ async fn end_session(client: &impl GenericClient, end: &SessionEnd) -> OpResult<
 }
 
 const SESSION_COLUMNS: &str = "id, agent, repository, number, pid, started_at, ended_at, outcome, \
-    detail, input_tokens, output_tokens, cost_usd";
+    detail, input_tokens, output_tokens, cost_usd, cache_read_tokens, cache_creation_tokens";
 
 fn session_from(row: &Row) -> OpResult<SessionRecord> {
     Ok(SessionRecord {
@@ -1294,6 +1297,11 @@ fn session_from(row: &Row) -> OpResult<SessionRecord> {
         detail: get(row, "detail")?,
         input_tokens: to_u64("sessions.input_tokens", get(row, "input_tokens")?)?,
         output_tokens: to_u64("sessions.output_tokens", get(row, "output_tokens")?)?,
+        cache_read_tokens: to_u64("sessions.cache_read_tokens", get(row, "cache_read_tokens")?)?,
+        cache_creation_tokens: to_u64(
+            "sessions.cache_creation_tokens",
+            get(row, "cache_creation_tokens")?,
+        )?,
         cost_usd: get(row, "cost_usd")?,
     })
 }

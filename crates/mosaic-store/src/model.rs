@@ -393,8 +393,12 @@ pub struct SessionEnd {
     pub outcome: SessionOutcome,
     /// The agent's summary or the failure reason.
     pub detail: Option<String>,
+    /// The last figures the agent reported, whatever ended the session; input tokens are the
+    /// uncached ones, cache reads and writes are kept apart (they are priced differently).
     pub input_tokens: u64,
     pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_creation_tokens: u64,
     pub cost_usd: f64,
 }
 
@@ -411,6 +415,8 @@ pub struct SessionRecord {
     pub detail: Option<String>,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_creation_tokens: u64,
     pub cost_usd: f64,
 }
 

@@ -119,6 +119,30 @@ fn the_database_is_in_wal_mode_with_the_configured_durability() {
     assert_eq!(version, schema_version());
 }
 
+/// The outbox worker reads an issue's rows for every status and label write: by index, not by
+/// scanning every row ever queued.
+#[test]
+fn an_issues_outbox_rows_are_found_by_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.db");
+    drop(SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let plan: Vec<String> = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE repository = ?1 AND number = ?2 \
+             ORDER BY id",
+        )
+        .unwrap()
+        .query_map(["o/r", "1"], |row| row.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        plan.iter().any(|step| step.contains("outbox_by_issue")),
+        "{plan:?}"
+    );
+}
+
 const FIXTURE: &str = include_str!("../../../tests/fixtures/gitea/issue-assign-event.json");
 
 /// Bodies are stored compressed (less to write, sync and keep) and read back byte for byte;

@@ -27,6 +27,16 @@ const MIGRATIONS: &[Migration] = &[
         name: "possible_replays",
         sql: include_str!("../../migrations/sqlite/0003_possible_replays.sql"),
     },
+    Migration {
+        version: 4,
+        name: "session_cache_tokens",
+        sql: include_str!("../../migrations/sqlite/0004_session_cache_tokens.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "outbox_by_issue",
+        sql: include_str!("../../migrations/sqlite/0005_outbox_by_issue.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (also the version a fresh database gets).

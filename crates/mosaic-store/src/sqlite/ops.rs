@@ -1155,7 +1155,8 @@ fn end_session(conn: &Connection, end: &SessionEnd) -> Result<(), StoreError> {
     let changed = conn
         .prepare_cached(
             "UPDATE sessions SET ended_at = ?2, outcome = ?3, detail = ?4, input_tokens = ?5,
-                 output_tokens = ?6, cost_usd = ?7
+                 output_tokens = ?6, cost_usd = ?7, cache_read_tokens = ?8,
+                 cache_creation_tokens = ?9
              WHERE id = ?1 AND ended_at IS NULL",
         )?
         .execute(params![
@@ -1166,6 +1167,8 @@ fn end_session(conn: &Connection, end: &SessionEnd) -> Result<(), StoreError> {
             to_i64("input tokens", end.input_tokens)?,
             to_i64("output tokens", end.output_tokens)?,
             finite("cost", end.cost_usd)?,
+            to_i64("cache read tokens", end.cache_read_tokens)?,
+            to_i64("cache creation tokens", end.cache_creation_tokens)?,
         ])?;
     if changed == 1 {
         return Ok(());
@@ -1181,7 +1184,7 @@ fn end_session(conn: &Connection, end: &SessionEnd) -> Result<(), StoreError> {
 }
 
 const SESSION_COLUMNS: &str = "id, agent, repository, number, pid, started_at, ended_at, outcome, \
-    detail, input_tokens, output_tokens, cost_usd";
+    detail, input_tokens, output_tokens, cost_usd, cache_read_tokens, cache_creation_tokens";
 
 fn session_from(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
     let repository: String = row.get(2)?;
@@ -1203,6 +1206,8 @@ fn session_from(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
         input_tokens: to_u64("sessions.input_tokens", row.get(9)?)?,
         output_tokens: to_u64("sessions.output_tokens", row.get(10)?)?,
         cost_usd: row.get(11)?,
+        cache_read_tokens: to_u64("sessions.cache_read_tokens", row.get(12)?)?,
+        cache_creation_tokens: to_u64("sessions.cache_creation_tokens", row.get(13)?)?,
     })
 }
 

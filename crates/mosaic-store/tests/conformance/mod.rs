@@ -825,7 +825,9 @@ pub async fn sessions_start_and_end_with_their_issue(store: &dyn Store) {
         detail: Some("implemented the thing".to_owned()),
         input_tokens: 50_000,
         output_tokens: 4_000,
-        cost_usd: 0.0,
+        cache_read_tokens: 160_000,
+        cache_creation_tokens: 8_000,
+        cost_usd: 0.1234,
     };
     let mut done = transition(
         "o/r#1",
@@ -840,7 +842,17 @@ pub async fn sessions_start_and_end_with_their_issue(store: &dyn Store) {
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].outcome, Some(SessionOutcome::Succeeded));
     assert_eq!(sessions[0].ended_at, Some(at(100)));
-    assert_eq!(sessions[0].input_tokens, 50_000);
+    // The four token kinds and the cost, kept apart.
+    assert_eq!(
+        (
+            sessions[0].input_tokens,
+            sessions[0].output_tokens,
+            sessions[0].cache_read_tokens,
+            sessions[0].cache_creation_tokens,
+            sessions[0].cost_usd,
+        ),
+        (50_000, 4_000, 160_000, 8_000, 0.1234)
+    );
     assert_eq!(sessions[0].detail.as_deref(), Some("implemented the thing"));
 
     // Ending twice, or an unknown session, is refused with the whole batch.
