@@ -630,7 +630,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
             worker.run_once().await.unwrap();
         }
-        let rows = store.recent_deliveries(10).await.unwrap();
+        let rows = store.recent_deliveries(None, 10).await.unwrap();
         assert_eq!(rows[0].status, DeliveryStatus::Failed);
         assert_eq!(rows[0].last_error.as_deref(), Some("not now"));
     }
@@ -650,7 +650,7 @@ mod tests {
             fast(),
         );
         worker.run_once().await.unwrap();
-        let rows = store.recent_deliveries(10).await.unwrap();
+        let rows = store.recent_deliveries(None, 10).await.unwrap();
         assert_eq!(rows[0].status, DeliveryStatus::Failed);
         assert!(
             rows[0]
@@ -672,7 +672,7 @@ mod tests {
         });
         let worker = InboxWorker::new(Arc::clone(&store), handler, Arc::new(Notify::new()), fast());
         worker.run_once().await.unwrap();
-        let rows = store.recent_deliveries(10).await.unwrap();
+        let rows = store.recent_deliveries(None, 10).await.unwrap();
         assert_eq!(
             (rows[0].status, rows[0].attempts),
             (DeliveryStatus::Pending, 1)

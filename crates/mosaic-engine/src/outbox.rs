@@ -304,6 +304,14 @@ impl OutboxWorker {
                     .await?;
                 self.stats.given_up.fetch_add(1, Ordering::Relaxed);
             }
+            Err(WriteError::Gitea(err)) if err.was_written() => {
+                // Gitea did the write; what it answered is unknown, which costs at most a lookup
+                // by marker later. Sending it again would write it twice.
+                tracing::warn!(error = %err, "Gitea did the write but its answer was unreadable; counted as delivered");
+                self.store.mark_outbox_done(item.id).await?;
+                self.known().attempted.remove(&item.id);
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            }
             Err(WriteError::Gitea(err)) => {
                 let attempts = item.attempts.saturating_add(1);
                 let reason = err.to_string();

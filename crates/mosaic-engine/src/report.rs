@@ -171,6 +171,27 @@ pub fn failed_comment(agent: &str, attempts: u32, reason: &str) -> String {
     )
 }
 
+/// The comment posted once when an issue failed because its required quality gates kept
+/// failing; `report` is the gates' table (output already redacted).
+pub fn gates_failed_comment(
+    agent: &str,
+    continuations: u32,
+    branch: &str,
+    wip_pull_request: bool,
+    report: &str,
+) -> String {
+    format!(
+        "**Mosaic** · {agent}'s work did not pass the required quality gates after {continuations} continuation{}, so nothing was published as done. The branch `{branch}` is pushed so no work is lost{}.\n\n{}",
+        if continuations == 1 { "" } else { "s" },
+        if wip_pull_request {
+            "; its pull request is marked WIP"
+        } else {
+            ""
+        },
+        report.trim_end()
+    )
+}
+
 fn clip(text: &str, max: usize) -> String {
     let text = text.trim();
     match text.char_indices().nth(max) {
@@ -258,6 +279,25 @@ mod tests {
 
     fn issue(text: &str) -> IssueRef {
         IssueRef::parse_relative(text, &repo()).unwrap()
+    }
+
+    #[test]
+    fn the_gates_failed_comment_says_what_was_kept_and_shows_the_report() {
+        let table = "| Gate | Status | Duration | Details |\n|---|---|---|---|\n| test | ❌ failed | 0.1 s | exit code 1 |\n";
+        let text = gates_failed_comment("glm", 1, "mosaic/7-fix", false, table);
+        assert_eq!(
+            text,
+            format!(
+                "**Mosaic** · glm's work did not pass the required quality gates after 1 continuation, so nothing was published as done. The branch `mosaic/7-fix` is pushed so no work is lost.\n\n{}",
+                table.trim_end()
+            )
+        );
+        let wip = gates_failed_comment("glm", 3, "mosaic/7-fix", true, table);
+        assert!(wip.contains("after 3 continuations"), "{wip}");
+        assert!(
+            wip.contains("no work is lost; its pull request is marked WIP."),
+            "{wip}"
+        );
     }
 
     #[test]

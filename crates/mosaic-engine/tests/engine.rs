@@ -338,7 +338,7 @@ impl Harness {
             InboxConfig::default(),
         );
         worker.run_once().await.unwrap();
-        let rows = self.store.recent_deliveries(1).await.unwrap();
+        let rows = self.store.recent_deliveries(None, 1).await.unwrap();
         assert_eq!(
             rows[0].status,
             mosaic_store::DeliveryStatus::Processed,
@@ -1546,7 +1546,7 @@ impl Running {
 
     async fn wait_until_processed(&self, delivery: &Delivery) {
         for _ in 0..200 {
-            let rows = self.h.store.recent_deliveries(10_000).await.unwrap();
+            let rows = self.h.store.recent_deliveries(None, 10_000).await.unwrap();
             let row = rows.iter().find(|row| row.id == delivery.id).unwrap();
             if row.status == mosaic_store::DeliveryStatus::Processed {
                 return;
@@ -1751,4 +1751,60 @@ async fn gitea_reads_of_different_issues_overlap() {
     assert!(elapsed >= LATENCY, "Gitea answered slowly: {elapsed:?}");
     // One at a time this takes ISSUES × LATENCY (2 s).
     assert!(elapsed < LATENCY * (ISSUES as u32) / 2, "took {elapsed:?}");
+}
+
+#[tokio::test]
+async fn every_session_keeps_its_spend_whatever_ended_it_and_the_issue_sums_them() {
+    let spend = |n: u32| mosaic_context::AgentSpend {
+        input_tokens: 100 * u64::from(n),
+        output_tokens: 10 * u64::from(n),
+        cache_read_tokens: 1_000 * u64::from(n),
+        cache_creation_tokens: 50 * u64::from(n),
+        cost_usd: 0.25 * f64::from(n),
+    };
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    let first = h.runtime.sessions()[0].clone();
+    first.state.send_modify(|state| state.spend = spend(1));
+    first.finish(SessionOutcome::Failed {
+        reason: "agent reported an error: API Error: 500".into(),
+    });
+    h.wait_for_state(1, IssueState::Ready).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    let second = h.runtime.sessions()[1].clone();
+    second.state.send_modify(|state| state.spend = spend(2));
+    second.finish(SessionOutcome::Succeeded {
+        summary: "Done.".into(),
+        tokens: spend(2).total_tokens(),
+        cost_usd: Some(0.5),
+    });
+    h.wait_for_state(1, IssueState::Completed).await;
+    let sessions = h.store.sessions_for_issue(&issue(1)).await.unwrap();
+    for (session, n) in [(&first, 1), (&second, 2)] {
+        let row = sessions
+            .iter()
+            .find(|row| row.id == session.id.to_string())
+            .unwrap();
+        let expected = spend(n);
+        assert_eq!(
+            (
+                row.input_tokens,
+                row.output_tokens,
+                row.cache_read_tokens,
+                row.cache_creation_tokens
+            ),
+            (
+                expected.input_tokens,
+                expected.output_tokens,
+                expected.cache_read_tokens,
+                expected.cache_creation_tokens
+            ),
+            "{row:?}"
+        );
+        assert!((row.cost_usd - expected.cost_usd).abs() < 1e-9, "{row:?}");
+    }
+    let record = h.store.get_issue(&issue(1)).await.unwrap().unwrap();
+    assert_eq!((record.input_tokens, record.output_tokens), (300, 30));
+    assert!((record.cost_usd - 0.75).abs() < 1e-9, "{}", record.cost_usd);
 }

@@ -120,6 +120,8 @@ enum AfterPost {
     LoseAnswer,
     /// The comment is created, then the process "dies": the call never returns.
     Hang,
+    /// The comment is created and Gitea answers 2xx with a body that cannot be read.
+    Unreadable,
 }
 
 struct Flaky {
@@ -170,6 +172,10 @@ impl GiteaApi for Flaky {
                 operation: "issue.comments.create",
             }),
             AfterPost::Hang => std::future::pending().await,
+            AfterPost::Unreadable => Err(GiteaError::WrittenUnreadable {
+                operation: "issue.comments.create",
+                message: "missing field `created_at`".to_owned(),
+            }),
         }
     }
     async fn edit_comment(
@@ -230,6 +236,10 @@ impl GiteaApi for Flaky {
                 operation: "repo.pulls.create",
             }),
             AfterPost::Hang => std::future::pending().await,
+            AfterPost::Unreadable => Err(GiteaError::WrittenUnreadable {
+                operation: "repo.pulls.create",
+                message: "missing field `number`".to_owned(),
+            }),
         }
     }
     async fn pull_request_by_branches(
@@ -350,6 +360,20 @@ async fn an_uncertain_outcome_is_checked_before_posting_again() {
     assert_eq!(comments.len(), 1);
     assert!(stored_marker(&h, &issue).await.is_in(&comments[0].body));
     assert_eq!(h.statuses(&issue).await, vec![OutboxStatus::Done]);
+}
+
+#[tokio::test]
+async fn a_write_gitea_accepted_with_an_unreadable_answer_is_delivered_not_given_up() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    h.enqueue(&issue, &[("k1", comment("Finished"))]).await;
+    let api = flaky(&h, AfterPost::Unreadable);
+    let worker = h.worker_with(api.clone(), fast());
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(h.statuses(&issue).await, vec![OutboxStatus::Done]);
+    let counts = worker.stats().counts();
+    assert_eq!((counts.delivered, counts.given_up), (1, 0));
+    assert_eq!(h.gitea.comments(&issue).len(), 1, "written once");
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::effects::GiteaWrite;
 use crate::report::Status;
 
-use super::attempt::WorkspaceView;
+use super::attempt::{GateView, WorkspaceView};
 
 use super::work::Work;
 use super::{Engine, EngineError};
@@ -51,6 +51,8 @@ pub struct IssueDetail {
     pub workspace: Option<WorkspaceView>,
     /// The newest pull request write for the issue, once one was enqueued.
     pub pull_request: Option<PullRequestView>,
+    /// The quality gates' last results, when they ran for the issue in this process.
+    pub gates: Vec<GateView>,
 }
 
 /// A pull request the coordinator opened (or updated) for an issue.
@@ -106,6 +108,11 @@ pub struct EngineStats {
     /// Compactions and successful rotations since start.
     pub compactions: u64,
     pub rotations: u64,
+    /// Quality gate runs and runs that did not pass, by gate name, since start.
+    pub gate_runs: BTreeMap<String, u64>,
+    pub gate_failures: BTreeMap<String, u64>,
+    /// Agents sent back after failing required gates, since start.
+    pub gate_continuations: u64,
 }
 
 fn state_rank(state: IssueState) -> u8 {
@@ -190,6 +197,7 @@ impl Engine {
                 head_commit: known.head_commit,
             });
         Ok(IssueDetail {
+            gates: self.inner.gate_stats.last(issue),
             workspace,
             pull_request,
             state: record.state,
@@ -340,12 +348,16 @@ impl Engine {
             .into_iter()
             .filter_map(|live| live.context_percent.map(|p| (live.session_id, p)))
             .collect();
+        let gates = self.inner.gate_stats.totals();
         EngineStats {
             queue_depth,
             running_by_agent,
             context_percent,
             compactions: self.inner.compactions.load(Ordering::Relaxed),
             rotations: self.inner.rotations.load(Ordering::Relaxed),
+            gate_runs: gates.runs_by_gate,
+            gate_failures: gates.failures_by_gate,
+            gate_continuations: gates.continuations,
         }
     }
 }

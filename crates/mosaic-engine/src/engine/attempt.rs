@@ -3,24 +3,39 @@
 //! base? → push → pull request through the outbox, or `no_changes`), clean it up when the issue
 //! leaves the coordinator.
 //!
+//! Verify stage (invariant 10, published means verified): when quality gates are configured, they
+//! run in the worktree after the leftovers are committed and before the push, so the commit
+//! pushed is the one that passed. A required gate failing sends the same agent back into the
+//! same worktree with the failures (a continuation), counted per attempt from the stored
+//! sessions (each succeeded session of the attempt but the last was sent back), so the count
+//! survives a restart; when they are spent the branch is still pushed and the issue fails with
+//! the report.
+//!
 //! The engine sees only the [`Workspaces`] trait. Git work never runs under the engine's locks;
 //! the stage between "the agent succeeded" and "the result is committed" is stored as a
 //! succeeded session of an issue still `in_progress`, so recovery resumes it at publish instead
 //! of running the agent again (pushing again is idempotent with the lease, the pull request
 //! write through its 409 path).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 
 use mosaic_domain::{IssueRef, IssueState};
+use mosaic_gates::{
+    Gate, GateOutcome, GateResult, GatesConfig, OnGateFailure, REPOSITORY_FILE, RepositoryFileUse,
+    all_required_passed, continuation_prompt, report_markdown, run_gates,
+};
 use mosaic_store::{SessionOutcome as StoredOutcome, SessionRecord};
 use mosaic_workspace::{PrepareRequest, RepoSource, Workspace, Workspaces};
 use serde::Serialize;
 
-use crate::report::thousands;
+use crate::effects::GiteaWrite;
+use crate::report::{MAX_SUMMARY_CHARS, Status, agent_text, gates_failed_comment, thousands};
 
-use super::dispatch::Conclusion;
-use super::work::Work;
+use super::dispatch::{Claim, Conclusion};
+use super::work::{Core, IssueMap, Work};
 use super::{EngineError, Inner};
 
 /// The workspaces the engine prepares, and the free space it needs before it dispatches.
@@ -29,12 +44,18 @@ pub struct WorkspaceParts {
     pub workspaces: Arc<dyn Workspaces>,
     /// No issue is dispatched while less is free under the workspace root (`workspace.min_free_bytes`).
     pub min_free_bytes: u64,
+    /// The quality gates run in the worktree before anything is published (`[gates]`). With no
+    /// gate for a repository (and no trusted repository file) it publishes without a check.
+    pub gates: GatesConfig,
+    /// The environment gates start from. They run the agent's code, so no secret belongs here.
+    pub gate_env: Vec<(OsString, OsString)>,
 }
 
 impl std::fmt::Debug for WorkspaceParts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkspaceParts")
             .field("min_free_bytes", &self.min_free_bytes)
+            .field("gates", &self.gates.gates.len())
             .finish_non_exhaustive()
     }
 }
@@ -47,6 +68,137 @@ pub struct WorkspaceView {
     pub base: String,
     /// The branch's newest commit, once the attempt published it.
     pub head_commit: Option<String>,
+}
+
+/// One gate's last result as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateView {
+    pub gate: String,
+    pub required: bool,
+    /// `passed`, `failed`, `timed_out`, `could_not_start`, `below_coverage` or
+    /// `no_coverage_figure`.
+    pub status: &'static str,
+    /// Why it did not pass (empty when it passed).
+    pub detail: String,
+    pub duration_ms: u64,
+    pub coverage_percent: Option<f64>,
+}
+
+impl GateView {
+    fn new(result: &GateResult) -> Self {
+        let status = match result.outcome {
+            GateOutcome::Passed => "passed",
+            GateOutcome::Failed { .. } => "failed",
+            GateOutcome::TimedOut => "timed_out",
+            GateOutcome::CouldNotStart { .. } => "could_not_start",
+            GateOutcome::BelowCoverage { .. } => "below_coverage",
+            GateOutcome::NoCoverageFigure => "no_coverage_figure",
+        };
+        Self {
+            gate: result.gate.clone(),
+            required: result.required,
+            status,
+            detail: if result.outcome.passed() {
+                String::new()
+            } else {
+                result.outcome.describe(result.timeout)
+            },
+            duration_ms: u64::try_from(result.duration.as_millis()).unwrap_or(u64::MAX),
+            coverage_percent: result.coverage_percent,
+        }
+    }
+}
+
+/// Gate counters since start (for `/metrics`) and each issue's last results (for the API).
+#[derive(Debug, Default)]
+pub(crate) struct GateStats {
+    inner: StdMutex<GateCounters>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct GateCounters {
+    pub runs_by_gate: BTreeMap<String, u64>,
+    pub failures_by_gate: BTreeMap<String, u64>,
+    pub continuations: u64,
+    pub last: IssueMap<Vec<GateView>>,
+}
+
+impl GateStats {
+    fn record(&self, issue: &IssueRef, results: &[GateResult]) {
+        let mut counters = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        for result in results {
+            *counters
+                .runs_by_gate
+                .entry(result.gate.clone())
+                .or_default() += 1;
+            if !result.outcome.passed() {
+                *counters
+                    .failures_by_gate
+                    .entry(result.gate.clone())
+                    .or_default() += 1;
+            }
+        }
+        counters
+            .last
+            .insert(issue.clone(), results.iter().map(GateView::new).collect());
+    }
+
+    fn continued(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .continuations += 1;
+    }
+
+    /// The counters (without the per-issue results).
+    pub(crate) fn totals(&self) -> GateCounters {
+        let counters = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        GateCounters {
+            runs_by_gate: counters.runs_by_gate.clone(),
+            failures_by_gate: counters.failures_by_gate.clone(),
+            continuations: counters.continuations,
+            last: IssueMap::default(),
+        }
+    }
+
+    /// The issue's last gate results, when its gates ran in this process.
+    pub(crate) fn last(&self, issue: &IssueRef) -> Vec<GateView> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last
+            .get(issue)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// What the verify stage decided about an attempt the agent called done.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Verdict {
+    /// Nothing to verify, or every required gate passed: published (or `no_changes`).
+    Publish(Publication),
+    /// Required gates failed and a continuation is left: nothing was pushed; the agent is sent
+    /// back with this hand-over.
+    Continue { handover: String },
+    /// Required gates still failed with every continuation spent: pushed so no work is lost.
+    Rejected(Box<GateFailure>),
+}
+
+/// An attempt whose required gates failed after its last continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GateFailure {
+    pub pushed: PushedBranch,
+    pub summary: String,
+    pub continuations: u32,
+    /// `on_gate_failure = "wip_pull_request"`: a pull request titled `WIP: …` is opened too.
+    pub wip_pull_request: bool,
+}
+
+/// The gates' results and the report that goes with them.
+struct Verification {
+    results: Vec<GateResult>,
+    report: String,
 }
 
 /// What publishing an attempt's workspace led to.
@@ -68,6 +220,8 @@ pub(crate) struct PushedBranch {
     pub title: String,
     pub sessions: usize,
     pub rotations: usize,
+    /// The quality gates' report (a Markdown table), when gates ran.
+    pub gates: Option<String>,
 }
 
 /// A known workspace and, once pushed, its head.
@@ -91,8 +245,13 @@ pub(crate) fn pull_request_body(
     } else {
         summary
     };
+    let gates = pushed
+        .gates
+        .as_deref()
+        .map(|report| format!("\n\n### Quality gates\n\n{}", report.trim_end()))
+        .unwrap_or_default();
     format!(
-        "Closes #{number}\n\n{summary}\n\n---\n**Mosaic** · {sessions} session{s} · {rotations} rotation{r} · {tokens} tokens · ${cost_usd:.2}",
+        "Closes #{number}\n\n{summary}{gates}\n\n---\n**Mosaic** · {sessions} session{s} · {rotations} rotation{r} · {tokens} tokens · ${cost_usd:.2}",
         number = issue.number,
         sessions = pushed.sessions,
         s = if pushed.sessions == 1 { "" } else { "s" },
@@ -100,6 +259,17 @@ pub(crate) fn pull_request_body(
         r = if pushed.rotations == 1 { "" } else { "s" },
         tokens = thousands(tokens),
     )
+}
+
+/// The comment a finished issue gets, with the gates' report when they ran.
+pub(crate) fn with_gate_report(comment: String, publication: &Publication) -> String {
+    match publication {
+        Publication::Pushed(pushed) => match &pushed.gates {
+            Some(report) => format!("{comment}\n\n**Quality gates**\n\n{}", report.trim_end()),
+            None => comment,
+        },
+        _ => comment,
+    }
 }
 
 impl Inner {
@@ -198,10 +368,11 @@ impl Inner {
         Ok(Some(prepared.workspace))
     }
 
-    /// Commits leftovers as the bot, then pushes the branch when it is ahead of the base.
-    pub(crate) async fn publish(&self, issue: &IssueRef) -> Result<Publication, String> {
+    /// Commits leftovers as the bot; when the branch is ahead of the base runs the gates on
+    /// that commit and pushes it if they pass (or when continuations are spent).
+    pub(crate) async fn publish(&self, issue: &IssueRef, summary: &str) -> Result<Verdict, String> {
         let Some(parts) = &self.workspaces else {
-            return Ok(Publication::Unpublished);
+            return Ok(Verdict::Publish(Publication::Unpublished));
         };
         let known = match self.known_workspace(issue) {
             Some(known) => known.workspace,
@@ -210,7 +381,7 @@ impl Inner {
                 let title = self.issue_title(issue).await;
                 match self.prepare_workspace(issue, &title).await? {
                     Some(workspace) => workspace,
-                    None => return Ok(Publication::Unpublished),
+                    None => return Ok(Verdict::Publish(Publication::Unpublished)),
                 }
             }
         };
@@ -228,15 +399,131 @@ impl Inner {
             .map_err(|err| format!("comparing the branch with its base failed: {err}"))?;
         if ahead == 0 {
             tracing::info!(%issue, branch = %known.branch, "the agent changed nothing");
-            return Ok(Publication::NoChanges {
+            return Ok(Verdict::Publish(Publication::NoChanges {
                 branch: known.branch,
-            });
+            }));
         }
-        let pushed = workspaces
-            .push(&known)
+        // The gates see the committed tree as the agent left it; what they write afterwards
+        // (build output) is not part of the commit that is pushed.
+        let verification = self.verify(parts, issue, &known).await?;
+        let report = verification.as_ref().map(|v| v.report.clone());
+        if let Some(verification) = verification
+            && !all_required_passed(&verification.results)
+        {
+            let continuations = self.continuations_so_far(issue).await?;
+            let max = parts.gates.max_continuations;
+            if continuations < max {
+                tracing::warn!(%issue, continuation = continuations + 1, max, "required quality gates failed; the agent continues");
+                return Ok(Verdict::Continue {
+                    handover: continuation_prompt(
+                        &verification.results,
+                        continuations + 2,
+                        max.saturating_add(1),
+                    ),
+                });
+            }
+            tracing::warn!(%issue, continuations, "required quality gates failed with every continuation spent; pushing the branch and failing the issue");
+            let pushed = self.push_branch(issue, &known, report).await?;
+            return Ok(Verdict::Rejected(Box::new(GateFailure {
+                pushed,
+                summary: summary.to_owned(),
+                continuations,
+                wip_pull_request: parts.gates.on_gate_failure == OnGateFailure::WipPullRequest,
+            })));
+        }
+        let pushed = self.push_branch(issue, &known, report).await?;
+        Ok(Verdict::Publish(Publication::Pushed(Box::new(pushed))))
+    }
+
+    /// Runs the repository's gates in the worktree (off the engine's locks). `None`: no gate
+    /// applies to the repository.
+    async fn verify(
+        &self,
+        parts: &WorkspaceParts,
+        issue: &IssueRef,
+        workspace: &Workspace,
+    ) -> Result<Option<Verification>, String> {
+        let config = &parts.gates;
+        if config.gates.is_empty() && !config.trust_repository_file {
+            return Ok(None);
+        }
+        // Read from the base branch only: the agent can write its own copy.
+        let base_file = if config.trust_repository_file {
+            parts
+                .workspaces
+                .read_base_file(workspace, REPOSITORY_FILE)
+                .await
+                .map_err(|err| {
+                    format!("reading {REPOSITORY_FILE} from the base branch failed: {err}")
+                })?
+        } else {
+            None
+        };
+        let effective = config.effective_gates(&issue.repo, base_file.as_deref());
+        let note = match &effective.repository_file {
+            RepositoryFileUse::Rejected { error } => {
+                tracing::warn!(%issue, %error, "the repository's gates file was not used");
+                Some(format!(
+                    "\n`{REPOSITORY_FILE}` on the base branch was not used: {}\n",
+                    agent_text(&self.redactor, &error.to_string(), MAX_SUMMARY_CHARS)
+                ))
+            }
+            _ => None,
+        };
+        if effective.gates.is_empty() {
+            return Ok(None);
+        }
+        let gates: Vec<&Gate> = effective.gates.iter().collect();
+        tracing::info!(%issue, gates = gates.len(), "running the quality gates");
+        let results = run_gates(
+            &workspace.path,
+            &gates,
+            &self.redactor,
+            &parts.gate_env,
+            config.output_tail_bytes,
+        )
+        .await;
+        self.gate_stats.record(issue, &results);
+        for result in &results {
+            tracing::info!(%issue, gate = %result.gate, passed = result.outcome.passed(), required = result.required, duration_ms = result.duration.as_millis(), "gate finished");
+        }
+        let mut report = report_markdown(&results);
+        if let Some(note) = note {
+            report.push_str(&note);
+        }
+        Ok(Some(Verification { results, report }))
+    }
+
+    /// Continuations this attempt already had: every succeeded session of the attempt but the
+    /// newest (the one being verified) was sent back by the gates.
+    async fn continuations_so_far(&self, issue: &IssueRef) -> Result<u32, String> {
+        let sessions = self
+            .attempt_sessions(issue)
+            .await
+            .map_err(|err| format!("the issue's sessions could not be read: {err}"))?;
+        let succeeded = sessions
+            .iter()
+            .filter(|session| session.outcome == Some(StoredOutcome::Succeeded))
+            .count();
+        Ok(u32::try_from(succeeded.saturating_sub(1)).unwrap_or(u32::MAX))
+    }
+
+    /// Pushes the branch and describes it for the pull request.
+    async fn push_branch(
+        &self,
+        issue: &IssueRef,
+        known: &Workspace,
+        gates: Option<String>,
+    ) -> Result<PushedBranch, String> {
+        let Some(parts) = &self.workspaces else {
+            return Err("no workspaces are configured".to_owned());
+        };
+        let pushed = parts
+            .workspaces
+            .push(known)
             .await
             .map_err(|err| format!("pushing the branch failed: {err}"))?;
-        tracing::info!(%issue, branch = %pushed.branch, commit = %pushed.commit, ahead, "branch pushed");
+        tracing::info!(%issue, branch = %pushed.branch, commit = %pushed.commit, "branch pushed");
         if let Some(entry) = self
             .issue_workspaces
             .lock()
@@ -254,13 +541,14 @@ impl Inner {
             .iter()
             .filter(|session| session.outcome == Some(StoredOutcome::Rotated))
             .count();
-        Ok(Publication::Pushed(Box::new(PushedBranch {
+        Ok(PushedBranch {
             branch: pushed.branch,
-            base: known.base_branch,
+            base: known.base_branch.clone(),
             title: self.issue_title(issue).await,
             sessions: sessions.len(),
             rotations,
-        })))
+            gates,
+        })
     }
 
     async fn issue_title(&self, issue: &IssueRef) -> String {
@@ -280,13 +568,17 @@ impl Inner {
         tokens: u64,
         cost_usd: f64,
     ) -> Result<(), EngineError> {
-        let conclusion = match self.publish(issue).await {
-            Ok(publication) => Conclusion::Succeeded {
+        let conclusion = match self.publish(issue, &summary).await {
+            Ok(Verdict::Publish(publication)) => Conclusion::Succeeded {
                 summary,
                 tokens,
                 cost_usd,
                 publication,
             },
+            Ok(Verdict::Continue { handover }) => {
+                return self.continue_after_gates(issue, handover).await;
+            }
+            Ok(Verdict::Rejected(failure)) => Conclusion::GatesFailed(failure),
             Err(reason) => {
                 tracing::error!(%issue, %reason, "publishing the attempt failed");
                 Conclusion::Failed { reason }
@@ -315,6 +607,141 @@ impl Inner {
         Ok(())
     }
 
+    /// Sends the agent back into the same worktree with the gates' failures as its hand-over.
+    async fn continue_after_gates(
+        &self,
+        issue: &IssueRef,
+        handover: String,
+    ) -> Result<(), EngineError> {
+        let agent = {
+            let mut core = self.core.lock().await;
+            if core.queue.state(issue) != Some(IssueState::InProgress) {
+                // Cancelled or closed while the gates ran: that change already said what happened.
+                core.running.remove(issue);
+                drop(core);
+                self.wake.notify_one();
+                return Ok(());
+            }
+            core.running.get(issue).map(|running| running.agent.clone())
+        };
+        let profile = agent.and_then(|name| {
+            self.profiles
+                .get(&name)
+                .filter(|profile| profile.enabled)
+                .cloned()
+        });
+        if self.shutting_down.load(Ordering::SeqCst) {
+            // No new session while stopping: the attempt runs again after the restart.
+            let _gate = self.gate.lock().await;
+            let mut core = self.core.lock().await;
+            self.conclude_now(&mut core, issue, Conclusion::Interrupted, None)
+                .await;
+            return Ok(());
+        }
+        let Some(profile) = profile else {
+            let _gate = self.gate.lock().await;
+            let mut core = self.core.lock().await;
+            let reason =
+                "the quality gates failed and the agent is no longer configured to continue"
+                    .to_owned();
+            self.conclude_now(&mut core, issue, Conclusion::Failed { reason }, None)
+                .await;
+            return Ok(());
+        };
+        self.gate_stats.continued();
+        let task = self.task_for(issue, Some(handover)).await;
+        tracing::info!(%issue, agent = %profile.name, "continuing after failed quality gates");
+        self.launch(Claim {
+            issue: issue.clone(),
+            profile,
+            task,
+        })
+        .await;
+        Ok(())
+    }
+
+    /// An issue failed for good because its required gates kept failing: the branch is pushed;
+    /// the report goes into the failure comment (and a `WIP:` pull request when configured).
+    pub(crate) fn conclude_gates_failed(
+        &self,
+        core: &Core,
+        work: &mut Work,
+        issue: &IssueRef,
+        failure: &GateFailure,
+        tag: &str,
+    ) -> Result<(), EngineError> {
+        let labels = &self.config.labels;
+        let record = work
+            .record(core, issue)
+            .ok_or_else(|| EngineError::NotFound(issue.clone()))?;
+        let agent = record.assigned_agent.clone().unwrap_or_default();
+        let attempts = record.attempts;
+        let total = record.input_tokens.saturating_add(record.output_tokens);
+        let cost = record.cost_usd;
+        let reason = format!(
+            "required quality gates still failed after {} continuation{}",
+            failure.continuations,
+            if failure.continuations == 1 { "" } else { "s" }
+        );
+        work.step(core, issue, IssueState::Failed)?;
+        work.announce(
+            core,
+            issue,
+            labels,
+            &Status::Failed {
+                agent: &agent,
+                attempts,
+                reason: &reason,
+            },
+        );
+        let pushed = &failure.pushed;
+        if failure.wip_pull_request {
+            let summary = agent_text(&self.redactor, &failure.summary, MAX_SUMMARY_CHARS);
+            work.write(
+                core,
+                issue,
+                &format!("{tag}-pull-request"),
+                GiteaWrite::PullRequest {
+                    head: pushed.branch.clone(),
+                    base: pushed.base.clone(),
+                    title: format!("WIP: {}", pushed.title),
+                    body: pull_request_body(issue, &summary, pushed, total, cost),
+                },
+            );
+        }
+        work.write(
+            core,
+            issue,
+            &format!("{tag}-gates-failed"),
+            GiteaWrite::comment(gates_failed_comment(
+                &agent,
+                failure.continuations,
+                &pushed.branch,
+                failure.wip_pull_request,
+                pushed.gates.as_deref().unwrap_or_default(),
+            )),
+        );
+        Ok(())
+    }
+
+    /// The sessions of the issue's current attempt (started since it last went in progress).
+    async fn attempt_sessions(&self, issue: &IssueRef) -> Result<Vec<SessionRecord>, EngineError> {
+        let history = self.store.issue_history(issue).await?;
+        let Some(since) = history
+            .iter()
+            .rev()
+            .find(|transition| transition.to == IssueState::InProgress)
+            .map(|transition| transition.at)
+        else {
+            return Ok(Vec::new());
+        };
+        let sessions = self.store.sessions_for_issue(issue).await?;
+        Ok(sessions
+            .into_iter()
+            .filter(|session| session.started_at >= since)
+            .collect())
+    }
+
     /// The session whose success an in-progress issue's attempt has stored but not yet
     /// published: a succeeded session started in the current attempt (since the issue last
     /// went in progress). Only with workspaces: without them success concludes at once.
@@ -325,21 +752,11 @@ impl Inner {
         if self.workspaces.is_none() {
             return Ok(None);
         }
-        let history = self.store.issue_history(issue).await?;
-        let Some(since) = history
-            .iter()
-            .rev()
-            .find(|transition| transition.to == IssueState::InProgress)
-            .map(|transition| transition.at)
-        else {
-            return Ok(None);
-        };
-        let sessions = self.store.sessions_for_issue(issue).await?;
-        Ok(sessions
+        Ok(self
+            .attempt_sessions(issue)
+            .await?
             .into_iter()
-            .filter(|session| {
-                session.started_at >= since && session.outcome == Some(StoredOutcome::Succeeded)
-            })
+            .filter(|session| session.outcome == Some(StoredOutcome::Succeeded))
             .max_by_key(|session| session.started_at))
     }
 
@@ -413,6 +830,7 @@ mod tests {
             title: "Add caching".to_owned(),
             sessions,
             rotations,
+            gates: None,
         }
     }
 
@@ -430,5 +848,89 @@ mod tests {
             body.ends_with("1 session · 0 rotations · 0 tokens · $0.00"),
             "{body}"
         );
+    }
+
+    fn gate_result(outcome: GateOutcome) -> GateResult {
+        GateResult {
+            gate: "test".to_owned(),
+            command: vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                "test -f fixed.txt".to_owned(),
+            ],
+            required: true,
+            timeout: std::time::Duration::from_secs(5),
+            outcome,
+            duration: std::time::Duration::from_millis(1500),
+            output_tail: String::new(),
+            coverage_percent: None,
+        }
+    }
+
+    #[test]
+    fn the_pull_request_body_and_the_done_comment_carry_the_gate_report() {
+        let issue: IssueRef = "acme/widgets#12".parse().unwrap();
+        let report = report_markdown(&[gate_result(GateOutcome::Passed)]);
+        let mut branch = pushed(1, 0);
+        branch.gates = Some(report.clone());
+        let body = pull_request_body(&issue, "Done.", &branch, 10, 0.0);
+        assert!(
+            body.starts_with(&format!(
+                "Closes #12\n\nDone.\n\n### Quality gates\n\n{}",
+                report.trim_end()
+            )),
+            "{body}"
+        );
+        assert!(body.contains("| test | ✅ passed |"), "{body}");
+        assert!(
+            body.ends_with("1 session · 0 rotations · 10 tokens · $0.00"),
+            "{body}"
+        );
+
+        let published = Publication::Pushed(Box::new(branch));
+        let comment = with_gate_report("finished".to_owned(), &published);
+        assert!(
+            comment.starts_with("finished\n\n**Quality gates**\n\n| Gate |"),
+            "{comment}"
+        );
+        let unchecked = Publication::Pushed(Box::new(pushed(1, 0)));
+        assert_eq!(
+            with_gate_report("finished".to_owned(), &unchecked),
+            "finished"
+        );
+    }
+
+    #[test]
+    fn the_api_view_names_each_outcome_and_why() {
+        let timed_out = GateView::new(&gate_result(GateOutcome::TimedOut));
+        assert_eq!(timed_out.status, "timed_out");
+        assert_eq!(timed_out.detail, "no result within 5 s; killed");
+        assert_eq!(timed_out.duration_ms, 1500);
+        let passed = GateView::new(&gate_result(GateOutcome::Passed));
+        assert_eq!((passed.status, passed.detail.as_str()), ("passed", ""));
+        let failed = GateView::new(&gate_result(GateOutcome::Failed { exit_code: Some(1) }));
+        assert_eq!(
+            (failed.status, failed.detail.as_str()),
+            ("failed", "exit code 1")
+        );
+    }
+
+    #[test]
+    fn gate_stats_count_runs_and_failures_by_gate_and_keep_each_issues_last_results() {
+        let stats = GateStats::default();
+        let issue: IssueRef = "acme/widgets#12".parse().unwrap();
+        stats.record(
+            &issue,
+            &[gate_result(GateOutcome::Failed { exit_code: Some(1) })],
+        );
+        stats.continued();
+        stats.record(&issue, &[gate_result(GateOutcome::Passed)]);
+        let totals = stats.totals();
+        assert_eq!(totals.runs_by_gate.get("test"), Some(&2));
+        assert_eq!(totals.failures_by_gate.get("test"), Some(&1));
+        assert_eq!(totals.continuations, 1);
+        assert!(totals.last.is_empty(), "no per-issue data in the totals");
+        assert_eq!(stats.last(&issue)[0].status, "passed");
+        assert!(stats.last(&"acme/widgets#13".parse().unwrap()).is_empty());
     }
 }

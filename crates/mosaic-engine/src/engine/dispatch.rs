@@ -15,7 +15,7 @@ use crate::report::{
     no_changes_comment,
 };
 
-use super::attempt::{Publication, pull_request_body};
+use super::attempt::{GateFailure, Publication, pull_request_body, with_gate_report};
 use super::work::{Core, Running, Work};
 use super::{Engine, EngineError, Inner};
 
@@ -32,6 +32,8 @@ pub(crate) enum Conclusion {
     Failed {
         reason: String,
     },
+    /// Required quality gates still failed after the last continuation: failed for good.
+    GatesFailed(Box<GateFailure>),
     /// The coordinator stopped (or crashed) while the session ran: not the agent's fault, so the
     /// attempt does not count.
     Interrupted,
@@ -238,7 +240,7 @@ impl Inner {
     }
 
     /// Starts the session of a claimed issue and records it; returns whether one runs.
-    async fn launch(&self, claim: Claim) -> bool {
+    pub(crate) async fn launch(&self, claim: Claim) -> bool {
         let Claim {
             issue,
             profile,
@@ -429,7 +431,10 @@ impl Inner {
                     core,
                     issue,
                     &format!("{tag}-done"),
-                    GiteaWrite::comment(finished_comment(&agent, *tokens, *cost_usd, summary)),
+                    GiteaWrite::comment(with_gate_report(
+                        finished_comment(&agent, *tokens, *cost_usd, summary),
+                        publication,
+                    )),
                 );
                 if self.config.close_on_success {
                     work.write(core, issue, &format!("{tag}-close"), GiteaWrite::CloseIssue);
@@ -469,6 +474,9 @@ impl Inner {
                     work.announce_waiting(core, issue, labels);
                 }
             }
+            Conclusion::GatesFailed(failure) => {
+                self.conclude_gates_failed(core, work, issue, failure, tag)?;
+            }
             Conclusion::Interrupted => {
                 work.step(core, issue, IssueState::Pending)?;
                 work.update(core, issue, |record| {
@@ -482,7 +490,7 @@ impl Inner {
     }
 }
 
-/// The store's form of a session's end.
+/// The store's form of a session's end, for a single token total (kept as input tokens).
 pub(crate) fn session_end(
     session_id: &str,
     outcome: SessionOutcome,
@@ -490,15 +498,31 @@ pub(crate) fn session_end(
     tokens: u64,
     cost_usd: f64,
 ) -> SessionEnd {
+    let spend = mosaic_context::AgentSpend {
+        input_tokens: tokens,
+        cost_usd,
+        ..mosaic_context::AgentSpend::default()
+    };
+    session_end_spent(session_id, outcome, detail, &spend)
+}
+
+/// The store's form of a session's end, with what the agent last reported it spent.
+pub(crate) fn session_end_spent(
+    session_id: &str,
+    outcome: SessionOutcome,
+    detail: Option<String>,
+    spend: &mosaic_context::AgentSpend,
+) -> SessionEnd {
     SessionEnd {
         session_id: session_id.to_owned(),
         ended_at: Utc::now(),
         outcome,
         detail,
-        // Agents report one total; it is kept as input tokens.
-        input_tokens: tokens,
-        output_tokens: 0,
-        cost_usd,
+        input_tokens: spend.input_tokens,
+        output_tokens: spend.output_tokens,
+        cache_read_tokens: spend.cache_read_tokens,
+        cache_creation_tokens: spend.cache_creation_tokens,
+        cost_usd: spend.cost_usd,
     }
 }
 

@@ -34,7 +34,7 @@ use mosaic_store::{Store, StoreError};
 use tokio::sync::{Mutex, Notify};
 
 pub use api::{EngineStats, IssueDetail, LiveSessionView, PullRequestView, QueueItem};
-pub use attempt::{WorkspaceParts, WorkspaceView};
+pub use attempt::{GateView, WorkspaceParts, WorkspaceView};
 pub use config::{EngineConfig, EngineConfigError, MonitorSettings};
 pub use recover::RecoveryReport;
 
@@ -139,6 +139,8 @@ pub(crate) struct Inner {
     issue_workspaces: StdMutex<work::IssueMap<attempt::KnownWorkspace>>,
     /// Dispatch is held back for lack of disk space (logged when it changes).
     low_disk: AtomicBool,
+    /// Quality gate counters and each issue's last results (the verify stage).
+    gate_stats: attempt::GateStats,
     /// Waiting deliveries that unassign or close an issue (earlier evaluations give up).
     withdrawals: handle::Withdrawals,
     /// Orders open/closed states learnt by deliveries handled concurrently.
@@ -202,6 +204,7 @@ impl Engine {
                 workspaces: parts.workspaces,
                 issue_workspaces: StdMutex::new(work::IssueMap::default()),
                 low_disk: AtomicBool::new(false),
+                gate_stats: attempt::GateStats::default(),
                 withdrawals: handle::Withdrawals::default(),
                 tracker_clock: handle::TrackerClock::default(),
             }

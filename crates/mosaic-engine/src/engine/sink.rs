@@ -13,7 +13,7 @@ use mosaic_store::{NewSession, RotationRecord, SessionOutcome as StoredOutcome};
 
 use crate::report::{MAX_SUMMARY_CHARS, agent_text};
 
-use super::dispatch::{Conclusion, session_end};
+use super::dispatch::{Conclusion, session_end_spent};
 use super::work::{Running, Work};
 use super::{EngineError, Inner};
 
@@ -138,25 +138,30 @@ impl Inner {
         live: &LiveSession,
         outcome: &SessionOutcome,
     ) -> Result<(), EngineError> {
-        let (stored, detail, tokens, cost_usd) = match outcome {
+        let (stored, detail) = match outcome {
             SessionOutcome::Running => return Ok(()),
-            SessionOutcome::Succeeded {
-                summary,
-                tokens,
-                cost_usd,
-            } => (
-                StoredOutcome::Succeeded,
-                Some(summary.clone()),
-                *tokens,
-                cost_usd.unwrap_or(0.0),
-            ),
-            SessionOutcome::Failed { reason } => {
-                (StoredOutcome::Failed, Some(reason.clone()), 0, 0.0)
+            SessionOutcome::Succeeded { summary, .. } => {
+                (StoredOutcome::Succeeded, Some(summary.clone()))
             }
-            SessionOutcome::Killed { reason } => {
-                (StoredOutcome::Killed, Some(reason.to_string()), 0, 0.0)
-            }
+            SessionOutcome::Failed { reason } => (StoredOutcome::Failed, Some(reason.clone())),
+            SessionOutcome::Killed { reason } => (StoredOutcome::Killed, Some(reason.to_string())),
         };
+        // What the agent last reported, whatever ended the session. A runtime that reports no
+        // breakdown leaves only the success's total, kept as input tokens.
+        let spend = match outcome {
+            SessionOutcome::Succeeded {
+                tokens, cost_usd, ..
+            } if live.spend == mosaic_context::AgentSpend::default() => {
+                mosaic_context::AgentSpend {
+                    input_tokens: *tokens,
+                    cost_usd: cost_usd.unwrap_or(0.0),
+                    ..live.spend
+                }
+            }
+            _ => live.spend,
+        };
+        let tokens = spend.total_tokens();
+        let cost_usd = spend.cost_usd;
         // The stored reason is shown by the API and may become a comment: redacted like one.
         let detail = detail.map(|text| agent_text(&self.redactor, &text, MAX_SUMMARY_CHARS));
         let shutting_down = self.shutting_down.load(Ordering::SeqCst);
@@ -186,10 +191,12 @@ impl Inner {
         work.end_session(
             &core,
             issue,
-            session_end(&session_id, stored, detail.clone(), tokens, cost_usd),
+            session_end_spent(&session_id, stored, detail.clone(), &spend),
         );
+        // An issue's totals are the sum of its sessions'.
         work.update(&core, issue, |record| {
-            record.input_tokens = record.input_tokens.saturating_add(tokens);
+            record.input_tokens = record.input_tokens.saturating_add(spend.input_tokens);
+            record.output_tokens = record.output_tokens.saturating_add(spend.output_tokens);
             record.cost_usd += cost_usd;
         });
         let in_progress = core.queue.state(issue) == Some(IssueState::InProgress);
@@ -274,8 +281,19 @@ impl Inner {
             work.end_session(
                 &core,
                 issue,
-                session_end(&old_id, StoredOutcome::Rotated, Some(detail), 0, 0.0),
+                session_end_spent(
+                    &old_id,
+                    StoredOutcome::Rotated,
+                    Some(detail),
+                    &rotation.old_spend,
+                ),
             );
+            let spend = rotation.old_spend;
+            work.update(&core, issue, |record| {
+                record.input_tokens = record.input_tokens.saturating_add(spend.input_tokens);
+                record.output_tokens = record.output_tokens.saturating_add(spend.output_tokens);
+                record.cost_usd += spend.cost_usd;
+            });
         }
         let next = rotation.next_issue.clone().unwrap_or_else(|| issue.clone());
         let new_session = rotation.new_session_id.as_ref().map(|new_id| NewSession {
