@@ -87,3 +87,26 @@ fn check_config_fails_with_78_on_bad_configuration() {
     let output = run(&["check-config"], &[("PORT", "abc")], dir.path());
     assert_eq!(output.status.code(), Some(78));
 }
+
+#[test]
+fn credentials_in_the_gitea_url_are_refused_without_being_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in ["serve", "check-config"] {
+        let output = run(
+            &[command],
+            &[
+                ("GITEA_WEBHOOK_SECRET", SECRET),
+                ("GITEA_URL", "http://mosaic-bot:pass-word-789@127.0.0.1:9/"),
+            ],
+            dir.path(),
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "{command}: {stderr}");
+        assert!(stderr.contains("gitea.url"), "{command}: {stderr}");
+        assert!(stderr.contains("GITEA_BOT_TOKEN"), "{command}: {stderr}");
+        for shown in [&stdout, &stderr] {
+            assert!(!shown.contains("pass-word-789"), "{command}: {shown}");
+        }
+    }
+}

@@ -653,9 +653,9 @@ async fn an_assigned_issue_is_queued_run_compacted_or_rotated_and_done() {
     // /metrics (refreshed every 5 s): the engine's families with this run's counts.
     let expected = [
         "mosaic_queue_depth{state=\"completed\"} 2",
-        "mosaic_compactions 1",
-        "mosaic_rotations 1",
-        "mosaic_outbox_writes{kind=\"delivered\"}",
+        "mosaic_compactions_total 1",
+        "mosaic_rotations_total 1",
+        "mosaic_outbox_writes_total{kind=\"delivered\"}",
         "mosaic_gitea_calls_total{operation=",
         "mosaic_webhook_requests_total{event=\"issue_assign\",outcome=\"accepted\"} 2",
     ];

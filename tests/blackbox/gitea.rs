@@ -83,12 +83,46 @@ async fn an_unreachable_gitea_degrades_health_but_webhooks_are_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_token_gitea_is_disabled_and_said_so() {
+async fn without_a_token_gitea_is_disabled_and_nothing_coordinated_is_degraded() {
     let app = Running::start();
     let (status, body) = health(&app).await;
-    assert_eq!(status, 200);
-    assert_eq!(body["status"], "healthy", "{body}");
+    assert_eq!(status, 200, "webhooks are still accepted: {body}");
     assert_eq!(body["components"]["gitea"]["status"], "disabled", "{body}");
+    // The workers decide within moments of the start.
+    let mut body = body;
+    for _ in 0..50 {
+        if body["components"]["coordination"]["status"] == "down" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        body = health(&app).await.1;
+    }
+    assert_eq!(body["status"], "degraded", "{body}");
+    let detail = body["components"]["coordination"]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(detail.contains("no bot login"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_login_without_gitea_coordinates_and_is_healthy() {
+    // Gitea named but no token: nothing is written, yet issues are coordinated for the bot.
+    let work = tempfile::tempdir().unwrap();
+    let app = Running::start_with(&[
+        ("GITEA_URL", "http://127.0.0.1:9/"),
+        ("GITEA_BOT_USERNAME", "mosaic-bot"),
+        ("MOSAIC_RUNNER__WORK_ROOT", work.path().to_str().unwrap()),
+        ("MOSAIC_RUNNER__AGENTS__GLM__PROGRAM", "/bin/true"),
+    ]);
+    let mut body = health(&app).await.1;
+    for _ in 0..50 {
+        if body["components"]["coordination"]["status"] == "up" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        body = health(&app).await.1;
+    }
+    assert_eq!(body["components"]["coordination"]["status"], "up", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,4 +252,77 @@ async fn check_fails_when_the_webhook_is_missing() {
     let report = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{report}");
     assert!(report.contains("team/other"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_gitea_delays_neither_the_start_nor_health() {
+    // Connections complete in the kernel's backlog, and nothing ever answers.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", hanging.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    // A long request timeout: a start that waited on Gitea would not be healthy in time.
+    let app = Running::start_with(&[
+        ("GITEA_URL", &url),
+        ("GITEA_BOT_TOKEN", "t0ken"),
+        ("MOSAIC_GITEA__REQUEST_TIMEOUT_SECS", "120"),
+        ("MOSAIC_GITEA__READ_TIMEOUT_SECS", "120"),
+    ]);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(20),
+        "serving waited {waited:?} on Gitea"
+    );
+    let (status, body) = health(&app).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["components"]["gitea"]["status"], "down", "{body}");
+    drop(hanging);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_what_it_checked_and_fails_on_an_unreadable_repository() {
+    let (gitea, url) = MockGitea::start().await.unwrap();
+    gitea.create_repo(&"team/app".parse().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let check = |args: Vec<&'static str>| {
+        let url = url.clone();
+        let dir = dir.path().to_owned();
+        move || {
+            run(
+                &args,
+                &[
+                    ("GITEA_URL", url.as_str()),
+                    ("GITEA_BOT_TOKEN", MockGitea::BOT_TOKEN),
+                ],
+                &dir,
+            )
+        }
+    };
+    // Nothing but the token configured: OK, and it says so.
+    let output = tokio::task::spawn_blocking(check(vec!["gitea", "check"]))
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains("Checked:   the token, no repository (pass --repo"),
+        "{report}"
+    );
+    assert!(report.contains("no webhook (pass --url"), "{report}");
+    // A repository the bot cannot read: not OK.
+    let output = tokio::task::spawn_blocking(check(vec![
+        "gitea",
+        "check",
+        "--repo",
+        "team/app",
+        "--repo",
+        "team/secret",
+    ]))
+    .await
+    .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(report.contains("team/app: reachable"), "{report}");
+    assert!(report.contains("team/secret: NOT FOUND"), "{report}");
+    assert!(report.contains("2 repositories"), "{report}");
 }

@@ -244,7 +244,7 @@ async fn every_acknowledged_delivery_survives_a_sigkill_and_is_processed_once() 
     .await
     .unwrap()
     .unwrap();
-    let on_disk = store.recent_deliveries(1000).await.unwrap();
+    let on_disk = store.recent_deliveries(None, 1000).await.unwrap();
     for delivery in &accepted {
         assert!(
             on_disk

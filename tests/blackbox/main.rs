@@ -3,10 +3,18 @@
 //! Run through `cargo test --workspace`, which builds the binary first.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agent_processes;
+mod architecture;
 mod cli;
+mod connections;
 mod coordinator;
+mod gates;
 mod gitea;
 mod helpers;
 mod intake;
 mod lifecycle;
+mod postgres;
+mod publish;
+mod replays;
+mod retention;
 mod standalone;

@@ -57,10 +57,10 @@ fn included_paths(source: &str) -> Vec<String> {
         while let Some(at) = rest.find(macro_name) {
             rest = &rest[at + macro_name.len()..];
             let trimmed = rest.trim_start();
-            if let Some(literal) = trimmed.strip_prefix('"') {
-                if let Some(end) = literal.find('"') {
-                    paths.push(literal[..end].to_owned());
-                }
+            if let Some(literal) = trimmed.strip_prefix('"')
+                && let Some(end) = literal.find('"')
+            {
+                paths.push(literal[..end].to_owned());
             }
         }
     }
@@ -82,13 +82,20 @@ fn every_included_file_lies_inside_the_repository_and_exists() {
             let target = normalise(&file.parent().unwrap().join(&included));
             let shown = file.strip_prefix(&root).unwrap().display();
             if !target.starts_with(&root) {
-                problems.push(format!("{shown}: includes {included}, outside the repository"));
+                problems.push(format!(
+                    "{shown}: includes {included}, outside the repository"
+                ));
             } else if !target.is_file() {
-                problems.push(format!("{shown}: includes {included}, which does not exist"));
+                problems.push(format!(
+                    "{shown}: includes {included}, which does not exist"
+                ));
             }
         }
     }
-    assert!(checked > 10, "found only {checked} includes: is the walk broken?");
+    assert!(
+        checked > 10,
+        "found only {checked} includes: is the walk broken?"
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

@@ -41,6 +41,14 @@ pub struct Config {
     pub priorities: mosaic_domain::queue::PriorityOrder,
     pub engine: mosaic_engine::engine::EngineConfig,
     pub outbox: mosaic_engine::outbox::OutboxConfig,
+    /// How long delivery bodies and session logs are kept (`[retention]`).
+    pub retention: crate::retention::RetentionConfig,
+    /// Where the per-issue git worktrees live and how branches are named (`[workspace]`); used
+    /// when Gitea is configured with a token.
+    pub workspace: mosaic_workspace::WorkspaceConfig,
+    /// Quality gates run in an issue's worktree before its branch is published (`[gates]`,
+    /// each gate a `[[gates.gates]]`); none configured: published without a check.
+    pub gates: mosaic_gates::GatesConfig,
 }
 
 /// Environment variables with names of their own (kept from the original coordinator), and the
@@ -269,8 +277,37 @@ pub fn validate_for_serve(config: &Config) -> Result<(), ConfigError> {
                 .to_owned(),
         ));
     }
-    mosaic_security::WebhookVerifier::new(config.webhook.secrets.clone())
-        .map_err(|err| ConfigError(format!("invalid configuration: `webhook.secrets`: {err}")))?;
+    validate(config)
+}
+
+/// Every rule a loaded configuration must satisfy (`check-config` applies it too; `serve` also
+/// needs a webhook secret).
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    config
+        .retention
+        .validate()
+        .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+    config
+        .workspace
+        .validate()
+        .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+    config
+        .gates
+        .validate()
+        .map_err(|err| ConfigError(format!("invalid configuration: gates.{err}")))?;
+    if !config.webhook.secrets.is_empty() {
+        mosaic_security::WebhookVerifier::new(config.webhook.secrets.clone()).map_err(|err| {
+            ConfigError(format!("invalid configuration: `webhook.secrets`: {err}"))
+        })?;
+    }
+    config
+        .server
+        .validate()
+        .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+    config
+        .inbox
+        .validate()
+        .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
     if config.webhook.max_body_bytes == 0 {
         return Err(ConfigError(
             "invalid configuration: `webhook.max_body_bytes`: must be at least 1".to_owned(),
@@ -300,8 +337,87 @@ pub fn validate_for_serve(config: &Config) -> Result<(), ConfigError> {
         runner
             .validate()
             .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+        // Agents get a built environment; none of it may be a credential of the coordinator.
+        runner
+            .refuse_coordinator_secrets(&coordinator_secrets(config), |name| {
+                std::env::var(name).ok()
+            })
+            .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
     }
     Ok(())
+}
+
+/// The credentials the coordinator itself uses, with the environment variable each is read
+/// from: no agent may receive one (`runner.agents.*.pass_env` / `env`).
+pub fn coordinator_secrets(config: &Config) -> Vec<mosaic_runner::CoordinatorSecret> {
+    let env_var = |key: &str| {
+        NAMED_ENV
+            .iter()
+            .find(|named| named.key == key)
+            .map(|named| named.var.to_owned())
+    };
+    let secret = |key: &str, value: &mosaic_security::Secret| mosaic_runner::CoordinatorSecret {
+        key: key.to_owned(),
+        env_var: env_var(key),
+        value: value.expose_secret().to_owned(),
+    };
+    let mut secrets: Vec<_> = config
+        .webhook
+        .secrets
+        .iter()
+        .map(|value| secret("webhook.secrets", value))
+        .collect();
+    secrets.extend(
+        config
+            .api
+            .token
+            .iter()
+            .map(|value| secret("api.token", value)),
+    );
+    secrets.extend(
+        config
+            .gitea
+            .as_ref()
+            .and_then(|gitea| gitea.token.as_ref())
+            .map(|value| secret("gitea.token", value)),
+    );
+    // The key is the coordinator's only when its parser uses it; with `parser.provider =
+    // "template"` the operator may forward ANTHROPIC_API_KEY as the agent's own key.
+    if config.parser.resolved_provider() != mosaic_parser::ProviderKind::Template {
+        secrets.extend(
+            config
+                .parser
+                .usable_api_key()
+                .map(|value| secret("parser.api_key", value)),
+        );
+    }
+    secrets.extend(
+        database_password(config).map(|value| mosaic_runner::CoordinatorSecret {
+            key: "store.url (its password)".to_owned(),
+            env_var: env_var("store.url"),
+            value: value.expose_secret().to_owned(),
+        }),
+    );
+    secrets
+}
+
+/// The password in `store.url` (`postgres://user:password@host/db`), if it has one.
+fn database_password(config: &Config) -> Option<mosaic_security::Secret> {
+    let url = url::Url::parse(&config.store.url).ok()?;
+    url.password()
+        .filter(|password| !password.is_empty())
+        .map(mosaic_security::Secret::new)
+}
+
+/// Cleans agent text of every secret the coordinator holds (the parser's key even when unused)
+/// before it reaches a session log, a log line or a comment (invariant 9).
+pub fn redactor(config: &Config) -> mosaic_security::Redactor {
+    let mut values: Vec<mosaic_security::Secret> = coordinator_secrets(config)
+        .into_iter()
+        .map(|secret| mosaic_security::Secret::new(secret.value))
+        .collect();
+    values.extend(config.parser.api_key.clone());
+    mosaic_security::Redactor::new(&values)
 }
 
 /// The configured agent profiles, validated, or the built-in defaults.
@@ -311,6 +427,97 @@ pub fn agent_profiles(config: &Config) -> Result<mosaic_domain::agent::AgentProf
     }
     mosaic_domain::agent::AgentProfiles::new(config.agents.clone())
         .map_err(|err| ConfigError(format!("invalid configuration: `agents`: {err}")))
+}
+
+/// The agent profiles as they will be used: only an enabled profile with a runner command can
+/// be assigned (one without would fail every issue it is given, in public).
+#[derive(Debug, Clone)]
+pub struct ProfilesInForce {
+    /// Every profile, validated: the configured `[[agents]]`, or the built-in defaults.
+    pub all: mosaic_domain::agent::AgentProfiles,
+    /// Whether `all` are the built-in defaults (no `[[agents]]` configured).
+    pub built_in: bool,
+    /// Enabled profiles with no `[runner.agents.<name>]` command: not assignable.
+    pub without_command: Vec<String>,
+}
+
+impl ProfilesInForce {
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let all = agent_profiles(config)?;
+        let has_command = |name: &str| {
+            config
+                .runner
+                .as_ref()
+                .is_some_and(|runner| runner.agents.contains_key(name))
+        };
+        let without_command = all
+            .enabled()
+            .filter(|profile| !has_command(&profile.name))
+            .map(|profile| profile.name.clone())
+            .collect();
+        Ok(Self {
+            all,
+            built_in: config.agents.is_empty(),
+            without_command,
+        })
+    }
+
+    /// The profiles the engine may assign: enabled ones with a command; `None` when there is
+    /// none (the coordinator then records deliveries and coordinates nothing).
+    pub fn assignable(&self) -> Option<mosaic_domain::agent::AgentProfiles> {
+        let profiles = self
+            .all
+            .iter()
+            .cloned()
+            .map(|mut profile| {
+                if self.without_command.contains(&profile.name) {
+                    profile.enabled = false;
+                }
+                profile
+            })
+            .collect();
+        mosaic_domain::agent::AgentProfiles::new(profiles).ok()
+    }
+
+    /// One line per profile for check-config: what it is, where it came from, and whether it
+    /// can be assigned.
+    pub fn describe(&self) -> String {
+        let origin = if self.built_in {
+            "built-in default (configure [[agents]] to replace all five)"
+        } else {
+            "[[agents]] in the configuration (the built-in profiles are replaced)"
+        };
+        let mut out = String::from("\n# Agent profiles in force\n");
+        for profile in self.all.iter() {
+            let state = if !profile.enabled {
+                "disabled".to_owned()
+            } else if self.without_command.contains(&profile.name) {
+                format!(
+                    "NOT assignable: no command (add [runner.agents.{}])",
+                    profile.name
+                )
+            } else {
+                "assignable".to_owned()
+            };
+            out.push_str(&format!(
+                "# {:<10} window {:>7}, {}, max difficulty {}: {state}  # {origin}\n",
+                profile.name,
+                profile.context_window,
+                if profile.self_hosted {
+                    "self-hosted"
+                } else {
+                    "hosted"
+                },
+                format!("{:?}", profile.max_difficulty).to_lowercase(),
+            ));
+        }
+        if self.assignable().is_none() {
+            out.push_str(
+                "# No profile can be assigned: deliveries are recorded, nothing is coordinated.\n",
+            );
+        }
+        out
+    }
 }
 
 /// One message per problem: the key, where the value came from, and what was expected.
@@ -393,6 +600,9 @@ pub fn render(config: &Config, figment: &Figment) -> String {
                 .map_or_else(|| "default".to_owned(), origin);
             out.push_str(&format!("{field} = {shown}  # {origin}\n"));
         }
+    }
+    if let Ok(in_force) = ProfilesInForce::from_config(config) {
+        out.push_str(&in_force.describe());
     }
     out
 }
@@ -631,6 +841,48 @@ mod tests {
     }
 
     #[test]
+    fn workspace_settings_come_from_the_environment_and_bad_ones_name_their_key() {
+        let (config, _) = load(&sources(&[
+            ("MOSAIC_WORKSPACE__ROOT", "/srv/mosaic/ws"),
+            ("MOSAIC_WORKSPACE__MIN_FREE_BYTES", "42"),
+        ]))
+        .unwrap();
+        assert_eq!(config.workspace.root, PathBuf::from("/srv/mosaic/ws"));
+        assert_eq!(config.workspace.min_free_bytes, 42);
+        validate(&config).unwrap();
+        let (config, _) = load(&sources(&[(
+            "MOSAIC_WORKSPACE__BRANCH_PREFIX",
+            "bad..prefix/",
+        )]))
+        .unwrap();
+        let err = validate(&config).unwrap_err().0;
+        assert!(err.contains("workspace.branch_prefix"), "{err}");
+    }
+
+    #[test]
+    fn gates_come_from_the_file_and_a_bad_one_names_its_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "gates.toml",
+                "[gates]\nmax_continuations = 1\non_gate_failure = \"wip_pull_request\"\n\n\
+                 [[gates.gates]]\nname = \"test\"\ncommand = [\"cargo\", \"test\"]\n\n\
+                 [[gates.gates]]\nname = \"lint\"\ncommand = []\n",
+            )?;
+            let mut s = sources(&[]);
+            s.file = Some(jail.directory().join("gates.toml"));
+            let (config, _) = load(&s).unwrap();
+            assert_eq!(config.gates.max_continuations, 1);
+            assert_eq!(config.gates.gates[0].command, ["cargo", "test"]);
+            let err = validate(&config).unwrap_err().0;
+            assert!(
+                err.contains("gates.gates[1].command must not be empty"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn numeric_secrets_are_still_secrets() {
         let (config, _) = load(&sources(&[
             ("GITEA_WEBHOOK_SECRET", "12345"),
@@ -638,5 +890,140 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(config.webhook.secrets[0].expose_secret(), "12345");
+    }
+}
+
+#[cfg(test)]
+mod profiles_in_force_tests {
+    use super::*;
+
+    fn config_with(env: &[(&str, &str)]) -> Config {
+        let sources = Sources {
+            file: None,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            working_dir: PathBuf::from("/nonexistent-dir-for-tests"),
+        };
+        load(&sources).unwrap().0
+    }
+
+    #[test]
+    fn only_profiles_with_a_command_are_assignable() {
+        let config = config_with(&[
+            ("MOSAIC_RUNNER__WORK_ROOT", "/tmp/w"),
+            ("MOSAIC_RUNNER__AGENTS__SONNET__PROGRAM", "claude"),
+        ]);
+        let in_force = ProfilesInForce::from_config(&config).unwrap();
+        assert!(in_force.built_in);
+        assert_eq!(
+            in_force.without_command,
+            ["opus", "haiku", "glm", "minimax"]
+        );
+        let assignable = in_force.assignable().unwrap();
+        let enabled: Vec<&str> = assignable.enabled().map(|p| p.name.as_str()).collect();
+        assert_eq!(enabled, ["sonnet"]);
+        let described = in_force.describe();
+        assert!(described.contains("sonnet"), "{described}");
+        assert!(
+            described.contains("NOT assignable: no command (add [runner.agents.glm])"),
+            "{described}"
+        );
+        assert!(described.contains("built-in default"), "{described}");
+    }
+
+    /// The example's commented `[[agents]]` block, uncommented, is a complete profile: no
+    /// required field is hidden from a user who copies it.
+    #[test]
+    fn the_example_agent_profile_shows_every_required_field() {
+        let example = include_str!("../../../mosaic.example.toml");
+        let start = example.find("# [[agents]]").unwrap();
+        let block: String = example[start..]
+            .lines()
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| line.trim_start_matches('#').trim())
+            .map(|line| line.split("  #").next().unwrap_or(line).trim())
+            .collect::<Vec<_>>()
+            .join("\n");
+        #[derive(serde::Deserialize)]
+        struct Profiles {
+            agents: Vec<mosaic_domain::agent::AgentProfile>,
+        }
+        let parsed: Profiles =
+            toml::from_str(&block).unwrap_or_else(|err| panic!("{err}\n{block}"));
+        assert_eq!(parsed.agents.len(), 1);
+        assert!(parsed.agents[0].enabled && parsed.agents[0].self_hosted);
+    }
+
+    #[test]
+    fn without_any_command_nothing_is_assignable_and_check_config_says_so() {
+        let config = config_with(&[]);
+        let in_force = ProfilesInForce::from_config(&config).unwrap();
+        assert!(in_force.assignable().is_none());
+        assert!(
+            in_force
+                .describe()
+                .contains("No profile can be assigned: deliveries are recorded")
+        );
+    }
+}
+
+#[cfg(test)]
+mod agent_secrets_tests {
+    use super::*;
+
+    fn config_with(env: &[(&str, &str)]) -> Config {
+        let sources = Sources {
+            file: None,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            working_dir: PathBuf::from("/nonexistent-dir-for-tests"),
+        };
+        load(&sources).unwrap().0
+    }
+
+    #[test]
+    fn every_coordinator_credential_is_known_to_the_runner_and_the_redactor() {
+        let config = config_with(&[
+            ("GITEA_WEBHOOK_SECRET", "webhook-secret-1"),
+            ("GITEA_URL", "https://git.example.com"),
+            ("GITEA_BOT_TOKEN", "bot-token-22"),
+            ("MOSAIC_API_TOKEN", "api-token-333"),
+            ("ANTHROPIC_API_KEY", "sk-ant-parser-4444"),
+            (
+                "MOSAIC_DATABASE_URL",
+                "postgres://mosaic:db-password-55555@db/mosaic",
+            ),
+        ]);
+        let secrets = coordinator_secrets(&config);
+        let named: Vec<(&str, Option<&str>)> = secrets
+            .iter()
+            .map(|s| (s.key.as_str(), s.env_var.as_deref()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("webhook.secrets", Some("GITEA_WEBHOOK_SECRET")),
+                ("api.token", Some("MOSAIC_API_TOKEN")),
+                ("gitea.token", Some("GITEA_BOT_TOKEN")),
+                ("parser.api_key", Some("ANTHROPIC_API_KEY")),
+                ("store.url (its password)", Some("MOSAIC_DATABASE_URL")),
+            ]
+        );
+        let text =
+            "webhook-secret-1 bot-token-22 api-token-333 sk-ant-parser-4444 db-password-55555";
+        let redacted = redactor(&config).redact(text);
+        assert_eq!(redacted.matches("[redacted]").count(), 5, "{redacted}");
+
+        // A parser that does not use the key leaves ANTHROPIC_API_KEY to the agents.
+        let config = config_with(&[
+            ("ANTHROPIC_API_KEY", "sk-ant-agents-66"),
+            ("MOSAIC_PARSER__PROVIDER", "template"),
+        ]);
+        assert!(coordinator_secrets(&config).is_empty());
+        assert_eq!(redactor(&config).redact("sk-ant-agents-66"), "[redacted]");
     }
 }

@@ -63,8 +63,11 @@ fn agent_command(args: &[&str], can_compact: bool) -> anyhow::Result<AgentComman
         program: exe.display().to_string(),
         args: all,
         env: BTreeMap::new(),
+        pass_env: Vec::new(),
         input: InputMode::JsonLines,
         can_compact,
+        protocol: mosaic_runner::AgentProtocol::JsonLines,
+        finish_on_result: true,
         stall_timeout_secs: Some(Duration::from_secs(30)),
         time_limit_secs: Some(Duration::from_secs(120)),
     })
@@ -74,6 +77,9 @@ fn demo_config(dir: &std::path::Path, gitea_url: &url::Url) -> anyhow::Result<Co
     let mut config = Config::default();
     config.webhook.secrets = vec![Secret::new(SECRET)];
     config.store = mosaic_store::StoreConfig::sqlite(dir.join("mosaic.db"));
+    // The mock Gitea names no clone URL, so no worktree is made; the root stays in the demo's
+    // temporary directory all the same.
+    config.workspace.root = dir.join("workspaces");
     config.inbox.idle_poll_ms = 200;
     let mut gitea =
         mosaic_gitea::GiteaConfig::new(gitea_url.clone(), Some(Secret::new(MockGitea::BOT_TOKEN)));

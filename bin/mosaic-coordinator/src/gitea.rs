@@ -43,14 +43,28 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .context("cannot start the async runtime")?)
 }
 
-/// `gitea check`: token, bot identity, reachable repositories, webhooks.
-pub fn check(config: &Config, url: Option<Url>) -> Result<ExitCode, Failure> {
+fn parse_repo(repo: &str) -> Result<RepoName, Failure> {
+    repo.parse()
+        .map_err(|err| Failure::Config(ConfigError(format!("--repo {repo:?}: {err}"))))
+}
+
+/// `gitea check`: token, bot identity, reachable repositories, webhooks. Exits 1 when anything
+/// checked is not as the coordinator needs it (a repository it cannot read included).
+pub fn check(config: &Config, url: Option<Url>, repos: &[String]) -> Result<ExitCode, Failure> {
     let (client, gitea) = client(config)?;
     let url = hook_url(config, url)?;
+    let repositories = if repos.is_empty() {
+        gitea.repositories.clone()
+    } else {
+        repos
+            .iter()
+            .map(|repo| parse_repo(repo))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let report = runtime()?.block_on(mosaic_gitea::check(
         &client,
         gitea.bot_username.as_deref(),
-        &gitea.repositories,
+        &repositories,
         url.as_ref(),
     ));
     #[allow(clippy::print_stdout)] // the command's output
@@ -66,9 +80,7 @@ pub fn check(config: &Config, url: Option<Url>) -> Result<ExitCode, Failure> {
 
 /// `gitea install-webhook --repo owner/name [--url URL]`.
 pub fn install_webhook(config: &Config, repo: &str, url: Option<Url>) -> Result<ExitCode, Failure> {
-    let repo: RepoName = repo
-        .parse()
-        .map_err(|err| Failure::Config(ConfigError(format!("--repo {repo:?}: {err}"))))?;
+    let repo = parse_repo(repo)?;
     let (client, gitea) = client(config)?;
     if gitea.token.is_none() {
         return Err(ConfigError(

@@ -5,8 +5,14 @@ use std::fmt;
 use std::io::IsTerminal;
 use std::str::FromStr;
 
+use std::sync::OnceLock;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+use crate::repeats::RepeatLimit;
 
 /// `LOG_LEVEL`: a level word (debug, info, warning/warn, error, trace) or `RUST_LOG`-style
 /// directives such as `info,mosaic_http=debug`.
@@ -98,8 +104,11 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// The repeat limit of the installed subscriber, for [`spawn_repeat_reporter`].
+static REPEATS: OnceLock<RepeatLimit> = OnceLock::new();
+
 /// Installs the global subscriber. Logs go to stderr so that stdout stays clean for command
-/// output (`check-config`).
+/// output (`check-config`). Identical warnings and errors are rate-limited ([`RepeatLimit`]).
 pub fn init(config: &LogConfig) {
     // RUST_LOG, when set and valid, refines the configured level (as operators expect).
     let filter = std::env::var("RUST_LOG")
@@ -111,20 +120,42 @@ pub fn init(config: &LogConfig) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let limit = RepeatLimit::default();
+    let registry = tracing_subscriber::registry().with(filter);
     // A second init (tests, embedding) keeps the first subscriber; that is not an error.
-    let _ = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+    let installed = if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr)
+                    .with_filter(limit.clone()),
+            )
             .try_init()
     } else {
-        builder.compact().try_init()
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_writer(std::io::stderr)
+                    .with_filter(limit.clone()),
+            )
+            .try_init()
     };
+    if installed.is_ok() {
+        let _ = REPEATS.set(limit);
+    }
+}
+
+/// Logs the sums of held-back repeats once per window (needs a tokio runtime); does nothing when
+/// this module's subscriber is not the one installed.
+pub fn spawn_repeat_reporter() {
+    if let Some(limit) = REPEATS.get() {
+        tokio::spawn(limit.clone().report_loop());
+    }
 }
 
 #[cfg(test)]

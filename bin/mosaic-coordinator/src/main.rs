@@ -8,6 +8,8 @@ mod healthcheck;
 mod logging;
 mod metrics;
 mod probes;
+mod repeats;
+mod retention;
 mod serve;
 
 use std::path::PathBuf;
@@ -55,6 +57,9 @@ enum GiteaCommand {
         /// The delivery address the webhooks should point at (default: `webhook.public_url`).
         #[arg(long)]
         url: Option<url::Url>,
+        /// A repository (owner/name) to check instead of `gitea.repositories`; repeatable.
+        #[arg(long = "repo")]
+        repos: Vec<String>,
     },
     /// Create (or update) the repository webhook that delivers issue events here.
     InstallWebhook {
@@ -131,6 +136,8 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             {
                 print!("{}", config::render(&config, &figment));
             }
+            // What `serve` would refuse, check-config refuses too (after showing what it read).
+            config::validate(&config)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck => Ok(healthcheck::run(&config.server)),
@@ -138,7 +145,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Gitea { command } => {
             logging::init(&config.log);
             match command {
-                GiteaCommand::Check { url } => gitea::check(&config, url),
+                GiteaCommand::Check { url, repos } => gitea::check(&config, url, &repos),
                 GiteaCommand::InstallWebhook { repo, url } => {
                     gitea::install_webhook(&config, &repo, url)
                 }

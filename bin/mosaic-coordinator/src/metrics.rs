@@ -40,19 +40,60 @@ pub struct AgentLabels {
     agent: String,
 }
 
+/// A quality gate's configured name (operator or repository file: a bounded set).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SessionLabels {
-    session: String,
+pub struct GateLabels {
+    gate: String,
 }
 
-/// Gauges refreshed from the engine.
-#[derive(Debug, Clone, Default)]
+/// Buckets of the context-use histogram (fraction of the window): the compaction and rotation
+/// thresholds (0.80, 0.95) are bucket bounds.
+const CONTEXT_BUCKETS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95];
+
+/// Raises a counter to `total`, a cumulative figure read from elsewhere (the store, a worker's
+/// stats). Totals only grow; a smaller one (a restart of its source) leaves the counter as is.
+fn advance(counter: &Counter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
+fn advance_f64(counter: &Counter<f64, AtomicU64>, total: f64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
+/// Refreshed from the engine. No family is labelled by session or issue: those come and go
+/// without bound; context use is a histogram instead.
+#[derive(Debug, Clone)]
 pub struct EngineGauges {
     queue_depth: Family<StateLabels, Gauge>,
     running: Family<AgentLabels, Gauge>,
-    context_percent: Family<SessionLabels, Gauge<f64, AtomicU64>>,
-    compactions: Gauge,
-    rotations: Gauge,
+    /// Each live session's context use, sampled at every refresh.
+    context_use: Histogram,
+    compactions: Counter,
+    rotations: Counter,
+    gate_runs: Family<GateLabels, Counter>,
+    gate_failures: Family<GateLabels, Counter>,
+    gate_continuations: Counter,
+}
+
+impl Default for EngineGauges {
+    fn default() -> Self {
+        Self {
+            queue_depth: Family::default(),
+            running: Family::default(),
+            context_use: Histogram::new(CONTEXT_BUCKETS),
+            compactions: Counter::default(),
+            rotations: Counter::default(),
+            gate_runs: Family::default(),
+            gate_failures: Family::default(),
+            gate_continuations: Counter::default(),
+        }
+    }
 }
 
 impl EngineGauges {
@@ -63,21 +104,28 @@ impl EngineGauges {
                 .get_or_create(&StateLabels { state })
                 .set(as_i64(depth));
         }
-        // Agents and sessions come and go: start from empty so ended ones disappear.
+        // Agents come and go: start from empty so ended ones disappear.
         self.running.clear();
         for (agent, running) in stats.running_by_agent {
             self.running
                 .get_or_create(&AgentLabels { agent })
                 .set(as_i64(running));
         }
-        self.context_percent.clear();
-        for (session, percent) in stats.context_percent {
-            self.context_percent
-                .get_or_create(&SessionLabels { session })
-                .set(percent);
+        for percent in stats.context_percent.values() {
+            self.context_use.observe(percent / 100.0);
         }
-        self.compactions.set(as_i64(stats.compactions));
-        self.rotations.set(as_i64(stats.rotations));
+        advance(&self.compactions, stats.compactions);
+        advance(&self.rotations, stats.rotations);
+        for (gate, runs) in stats.gate_runs {
+            advance(&self.gate_runs.get_or_create(&GateLabels { gate }), runs);
+        }
+        for (gate, failures) in stats.gate_failures {
+            advance(
+                &self.gate_failures.get_or_create(&GateLabels { gate }),
+                failures,
+            );
+        }
+        advance(&self.gate_continuations, stats.gate_continuations);
     }
 }
 
@@ -108,17 +156,17 @@ impl CallObserver for GiteaCalls {
     }
 }
 
-/// Gauges refreshed from the store.
+/// Refreshed from the store.
 #[derive(Debug, Clone, Default)]
 pub struct StoreGauges {
     deliveries: Family<StatusLabels, Gauge>,
     outbox: Family<StatusLabels, Gauge>,
-    llm_calls: Family<ModelLabels, Gauge>,
-    llm_input_tokens: Family<ModelLabels, Gauge>,
-    llm_output_tokens: Family<ModelLabels, Gauge<f64, AtomicU64>>,
-    llm_cost: Family<ModelLabels, Gauge<f64, AtomicU64>>,
-    store_commits: Gauge,
-    store_writes: Gauge,
+    llm_calls: Family<ModelLabels, Counter>,
+    llm_input_tokens: Family<ModelLabels, Counter>,
+    llm_output_tokens: Family<ModelLabels, Counter>,
+    llm_cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    store_commits: Counter,
+    store_writes: Counter,
 }
 
 fn as_i64(n: u64) -> i64 {
@@ -151,20 +199,20 @@ impl StoreGauges {
                 provider: total.provider,
                 model: total.model,
             };
-            self.llm_calls
-                .get_or_create(&labels)
-                .set(as_i64(total.calls));
-            self.llm_input_tokens
-                .get_or_create(&labels)
-                .set(as_i64(total.input_tokens));
-            self.llm_output_tokens
-                .get_or_create(&labels)
-                .set(total.output_tokens as f64);
-            self.llm_cost.get_or_create(&labels).set(total.cost_usd);
+            advance(&self.llm_calls.get_or_create(&labels), total.calls);
+            advance(
+                &self.llm_input_tokens.get_or_create(&labels),
+                total.input_tokens,
+            );
+            advance(
+                &self.llm_output_tokens.get_or_create(&labels),
+                total.output_tokens,
+            );
+            advance_f64(&self.llm_cost.get_or_create(&labels), total.cost_usd);
         }
         let stats = store.stats();
-        self.store_commits.set(as_i64(stats.commits));
-        self.store_writes.set(as_i64(stats.writes));
+        advance(&self.store_commits, stats.commits);
+        advance(&self.store_writes, stats.writes);
         Ok(())
     }
 }
@@ -174,11 +222,11 @@ pub struct KindLabels {
     kind: &'static str,
 }
 
-/// Counters of the outbox worker and the reconciler, read from their own stats.
+/// Counters of the outbox worker and the reconciler, advanced to their own stats.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerGauges {
-    outbox_writes: Family<KindLabels, Gauge>,
-    reconcile: Family<KindLabels, Gauge>,
+    outbox_writes: Family<KindLabels, Counter>,
+    reconcile: Family<KindLabels, Counter>,
     outbox_stats: Arc<OnceLock<Arc<OutboxStats>>>,
     reconcile_stats: Arc<OnceLock<Arc<ReconcileStats>>>,
 }
@@ -192,9 +240,7 @@ impl WorkerGauges {
                 ("retried", counts.retried),
                 ("given_up", counts.given_up),
             ] {
-                self.outbox_writes
-                    .get_or_create(&KindLabels { kind })
-                    .set(as_i64(n));
+                advance(&self.outbox_writes.get_or_create(&KindLabels { kind }), n);
             }
         }
         if let Some(stats) = self.reconcile_stats.get() {
@@ -211,9 +257,7 @@ impl WorkerGauges {
                 ("duplicate", counts.duplicates),
                 ("error", counts.errors),
             ] {
-                self.reconcile
-                    .get_or_create(&KindLabels { kind })
-                    .set(as_i64(n));
+                advance(&self.reconcile.get_or_create(&KindLabels { kind }), n);
             }
         }
     }
@@ -226,6 +270,7 @@ pub struct CoordinatorMetrics {
     pub store: StoreGauges,
     pub engine: EngineGauges,
     pub workers: WorkerGauges,
+    pub retention: crate::retention::RetentionMetrics,
 }
 
 impl CoordinatorMetrics {
@@ -238,6 +283,7 @@ impl CoordinatorMetrics {
             store: StoreGauges::default(),
             engine: EngineGauges::default(),
             workers: WorkerGauges::default(),
+            retention: crate::retention::RetentionMetrics::default(),
         }
     }
 
@@ -250,6 +296,7 @@ impl CoordinatorMetrics {
     }
 
     pub fn register(&self, registry: &mut Registry) {
+        self.retention.register(registry);
         registry.register(
             "gitea_calls",
             "Gitea API requests by operation and status",
@@ -301,9 +348,9 @@ impl CoordinatorMetrics {
             e.running.clone(),
         );
         registry.register(
-            "session_context_percent",
-            "Context window used by each live session, in percent",
-            e.context_percent.clone(),
+            "session_context_use_ratio",
+            "Context window used by live sessions (fraction), sampled every refresh",
+            e.context_use.clone(),
         );
         registry.register(
             "compactions",
@@ -314,6 +361,21 @@ impl CoordinatorMetrics {
             "rotations",
             "Session rotations since start",
             e.rotations.clone(),
+        );
+        registry.register(
+            "gate_runs",
+            "Quality gate runs since start, by gate",
+            e.gate_runs.clone(),
+        );
+        registry.register(
+            "gate_failures",
+            "Quality gate runs that did not pass since start, by gate",
+            e.gate_failures.clone(),
+        );
+        registry.register(
+            "gate_continuations",
+            "Agents sent back after failing required quality gates since start",
+            e.gate_continuations.clone(),
         );
         registry.register(
             "outbox_writes",
@@ -348,5 +410,139 @@ impl CoordinatorMetrics {
                 () = tokio::time::sleep(every) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text exposition, parsed the way Prometheus reads it: (family, type) and samples.
+    fn exposition(metrics: &CoordinatorMetrics) -> String {
+        let mut registry = Registry::with_prefix("mosaic");
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    fn families(text: &str) -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .map(|rest| {
+                let mut parts = rest.split_whitespace();
+                (
+                    parts.next().unwrap().to_owned(),
+                    parts.next().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cumulative_figures_are_counters_and_no_family_is_labelled_per_session() {
+        let metrics = CoordinatorMetrics::new();
+        // Values as a refresh would leave them.
+        advance(&metrics.engine.compactions, 3);
+        advance(&metrics.engine.rotations, 2);
+        let test_gate = GateLabels {
+            gate: "test".into(),
+        };
+        advance(&metrics.engine.gate_runs.get_or_create(&test_gate), 2);
+        advance(&metrics.engine.gate_failures.get_or_create(&test_gate), 1);
+        advance(&metrics.engine.gate_continuations, 1);
+        metrics.engine.context_use.observe(0.85);
+        advance(
+            &metrics
+                .workers
+                .outbox_writes
+                .get_or_create(&KindLabels { kind: "delivered" }),
+            7,
+        );
+        let labels = ModelLabels {
+            provider: "anthropic".into(),
+            model: "m".into(),
+        };
+        advance_f64(&metrics.store.llm_cost.get_or_create(&labels), 0.25);
+        advance(&metrics.store.llm_calls.get_or_create(&labels), 2);
+        advance(&metrics.store.llm_input_tokens.get_or_create(&labels), 900);
+        advance(&metrics.store.llm_output_tokens.get_or_create(&labels), 90);
+        advance(
+            &metrics
+                .workers
+                .reconcile
+                .get_or_create(&KindLabels { kind: "runs" }),
+            1,
+        );
+        metrics.gitea_calls.observe(
+            "issue.get",
+            CallOutcome::Status(200),
+            Duration::from_millis(3),
+        );
+        let text = exposition(&metrics);
+        let types = families(&text);
+        let type_of = |name: &str| {
+            types
+                .iter()
+                .find(|(family, _)| family == name)
+                .map(|(_, kind)| kind.as_str())
+        };
+        for counter in [
+            "mosaic_compactions",
+            "mosaic_rotations",
+            "mosaic_gate_runs",
+            "mosaic_gate_failures",
+            "mosaic_gate_continuations",
+            "mosaic_outbox_writes",
+            "mosaic_reconcile",
+            "mosaic_store_commits",
+            "mosaic_store_writes",
+            "mosaic_llm_calls",
+            "mosaic_llm_input_tokens",
+            "mosaic_llm_output_tokens",
+            "mosaic_llm_cost_usd",
+            "mosaic_gitea_calls",
+        ] {
+            assert_eq!(type_of(counter), Some("counter"), "{counter}:\n{text}");
+        }
+        assert_eq!(
+            type_of("mosaic_session_context_use_ratio"),
+            Some("histogram"),
+            "{text}"
+        );
+        assert_eq!(type_of("mosaic_gitea_call_seconds"), Some("histogram"));
+        // Every sample of a counter ends in _total; nothing is labelled by session or issue.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            if let Some((family, _)) = types
+                .iter()
+                .find(|(family, kind)| kind == "counter" && name.starts_with(family.as_str()))
+            {
+                assert_eq!(name, format!("{family}_total"), "{line}");
+            }
+            assert!(
+                !line.contains("session=") && !line.contains("issue="),
+                "{line}"
+            );
+        }
+        assert!(text.contains("mosaic_compactions_total 3"), "{text}");
+        assert!(text.contains("mosaic_gate_failures_total{gate=\"test\"} 1"));
+        assert!(text.contains("mosaic_gate_continuations_total 1"));
+        assert!(text.contains("mosaic_outbox_writes_total{kind=\"delivered\"} 7"));
+        assert!(text.contains("mosaic_session_context_use_ratio_bucket{le=\"0.9\"} 1"));
+    }
+
+    #[test]
+    fn a_counter_follows_a_growing_total_and_never_goes_back() {
+        let counter = Counter::default();
+        advance(&counter, 5);
+        advance(&counter, 9);
+        assert_eq!(counter.get(), 9);
+        advance(&counter, 2);
+        assert_eq!(
+            counter.get(),
+            9,
+            "a smaller total (its source restarted) is ignored"
+        );
     }
 }

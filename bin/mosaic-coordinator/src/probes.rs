@@ -3,13 +3,46 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mosaic_gitea::{CallObserver, CallOutcome};
 use mosaic_http::{ComponentHealth, HealthProbe};
+
+use crate::metrics::GiteaCalls;
 use mosaic_store::Store;
 
 /// The store is critical: without it no delivery can be acknowledged.
+///
+/// Down exactly when a webhook's write would fail: a recent write that went through proves the
+/// path without another; otherwise (no recent write, or a recent failure) the store's health
+/// check writes through the delivery path itself, so it also sees writes succeed again.
 #[derive(Debug)]
 pub struct StoreProbe {
     pub store: Arc<dyn Store>,
+}
+
+/// A successful write younger than this spares the probe's own write.
+const FRESH_WRITE: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+/// A failed write this recent makes every check write again, whatever succeeded since.
+const RECENT_FAILURE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+impl StoreProbe {
+    async fn can_write(&self) -> Result<(), String> {
+        let outcomes = self.store.write_outcomes();
+        let now = chrono::Utc::now();
+        let failed_recently = outcomes
+            .last_failure
+            .as_ref()
+            .is_some_and(|failure| now - failure.at < RECENT_FAILURE);
+        let fresh_success = outcomes
+            .last_success
+            .is_some_and(|at| now - at < FRESH_WRITE);
+        if fresh_success && !failed_recently {
+            return Ok(());
+        }
+        self.store
+            .health_check()
+            .await
+            .map_err(|err| format!("cannot write: {err}"))
+    }
 }
 
 #[async_trait]
@@ -23,16 +56,70 @@ impl HealthProbe for StoreProbe {
     }
 
     async fn check(&self) -> ComponentHealth {
-        match self.store.health_check().await {
-            Ok(()) => match self.store.outbox_backlog().await {
-                Ok(backlog) if backlog.pending > 0 || backlog.failed > 0 => ComponentHealth::up()
-                    .with_detail(format!(
-                        "outbox: {} pending, {} failed",
-                        backlog.pending, backlog.failed
-                    )),
-                _ => ComponentHealth::up(),
-            },
-            Err(err) => ComponentHealth::down(format!("cannot write: {err}")),
+        match self.can_write().await {
+            Ok(()) => ComponentHealth::up(),
+            Err(why) => ComponentHealth::down(why),
+        }
+    }
+}
+
+/// Writes to Gitea that were given up, or that have waited too long, mean the issues no longer
+/// show what the coordinator did: degraded (not 503: deliveries are still accepted).
+#[derive(Debug)]
+pub struct OutboxProbe {
+    pub store: Arc<dyn Store>,
+    /// A pending write older than this counts as stuck.
+    pub stuck_after: chrono::TimeDelta,
+}
+
+impl OutboxProbe {
+    fn judge(
+        &self,
+        backlog: &mosaic_store::OutboxBacklog,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> ComponentHealth {
+        let stuck_for = backlog
+            .oldest_pending_at
+            .map(|oldest| now - oldest)
+            .filter(|age| *age > self.stuck_after);
+        let mut problems = Vec::new();
+        if backlog.failed > 0 {
+            problems.push(format!("{} write(s) to Gitea given up", backlog.failed));
+        }
+        if let Some(age) = stuck_for {
+            problems.push(format!(
+                "the oldest of {} pending write(s) has waited {} min",
+                backlog.pending,
+                age.num_minutes()
+            ));
+        }
+        if problems.is_empty() {
+            let health = ComponentHealth::up();
+            if backlog.pending > 0 {
+                health.with_detail(format!("{} pending", backlog.pending))
+            } else {
+                health
+            }
+        } else {
+            ComponentHealth::down(problems.join("; "))
+        }
+    }
+}
+
+#[async_trait]
+impl HealthProbe for OutboxProbe {
+    fn name(&self) -> &str {
+        "outbox"
+    }
+
+    fn critical(&self) -> bool {
+        false
+    }
+
+    async fn check(&self) -> ComponentHealth {
+        match self.store.outbox_backlog().await {
+            Ok(backlog) => self.judge(&backlog, chrono::Utc::now()),
+            Err(err) => ComponentHealth::down(format!("cannot read the outbox: {err}")),
         }
     }
 }
@@ -48,10 +135,59 @@ pub enum GiteaStatus {
     Connected(String),
 }
 
+/// The outcome of the latest Gitea call, whatever made it (outbox, reconciler, engine), so
+/// `/health` reflects a Gitea that hangs or fails now, not only the state at start.
+#[derive(Debug, Default)]
+pub struct LastGiteaCall(std::sync::Mutex<Option<(std::time::Instant, &'static str, CallOutcome)>>);
+
+impl LastGiteaCall {
+    fn record(&self, operation: &'static str, outcome: CallOutcome) {
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *last = Some((std::time::Instant::now(), operation, outcome));
+    }
+
+    /// Why the latest call counts as a failure of Gitea (a timeout, no connection, a 5xx).
+    fn failure(&self) -> Option<String> {
+        let last = *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (at, operation, outcome) = last?;
+        let what = match outcome {
+            CallOutcome::Status(code) if code >= 500 => format!("answered {code}"),
+            CallOutcome::Status(_) => return None,
+            CallOutcome::Timeout => "timed out".to_owned(),
+            CallOutcome::TransportError => "could not be reached".to_owned(),
+        };
+        Some(format!(
+            "the latest call ({operation}, {} s ago) {what}",
+            at.elapsed().as_secs()
+        ))
+    }
+}
+
+/// Counts every call for /metrics and keeps the latest outcome for /health.
+#[derive(Debug)]
+pub struct ObservedGiteaCalls {
+    pub metrics: GiteaCalls,
+    pub last: Arc<LastGiteaCall>,
+}
+
+impl CallObserver for ObservedGiteaCalls {
+    fn observe(&self, operation: &'static str, outcome: CallOutcome, elapsed: std::time::Duration) {
+        self.metrics.observe(operation, outcome, elapsed);
+        self.last.record(operation, outcome);
+    }
+}
+
 /// Gitea is not needed to accept webhooks: down means degraded, never 503.
 #[derive(Debug)]
 pub struct GiteaProbe {
     pub status: Arc<std::sync::RwLock<GiteaStatus>>,
+    pub last_call: Arc<LastGiteaCall>,
 }
 
 #[async_trait]
@@ -73,9 +209,43 @@ impl HealthProbe for GiteaProbe {
         match status {
             GiteaStatus::Disabled(why) => ComponentHealth::disabled(why),
             GiteaStatus::Unreachable(why) => ComponentHealth::down(why),
-            GiteaStatus::Connected(login) => {
-                ComponentHealth::up().with_detail(format!("as {login}"))
-            }
+            GiteaStatus::Connected(login) => match self.last_call.failure() {
+                Some(failure) => ComponentHealth::down(format!("as {login}; {failure}")),
+                None => ComponentHealth::up().with_detail(format!("as {login}")),
+            },
+        }
+    }
+}
+
+/// Whether issues are being coordinated: an engine that never starts (no bot login known, or
+/// Gitea's identity still unknown) leaves deliveries recorded and nothing done, which an
+/// operator must see as degraded, not healthy.
+#[derive(Debug)]
+pub struct CoordinationProbe {
+    pub engine: Arc<std::sync::OnceLock<mosaic_engine::engine::Engine>>,
+    /// Why nothing is coordinated, when the workers gave up on starting the engine.
+    pub idle_because: Arc<std::sync::OnceLock<String>>,
+}
+
+#[async_trait]
+impl HealthProbe for CoordinationProbe {
+    fn name(&self) -> &str {
+        "coordination"
+    }
+
+    fn critical(&self) -> bool {
+        false
+    }
+
+    async fn check(&self) -> ComponentHealth {
+        if self.engine.get().is_some() {
+            return ComponentHealth::up();
+        }
+        match self.idle_because.get() {
+            Some(why) => ComponentHealth::down(why.clone()),
+            None => ComponentHealth::down(
+                "not started yet: waiting for the bot's identity from Gitea (deliveries are recorded)",
+            ),
         }
     }
 }
@@ -117,5 +287,126 @@ impl HealthProbe for ParserProbe {
         } else {
             ComponentHealth::up().with_detail(what)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mosaic_http::ComponentStatus;
+
+    trait Up {
+        fn is_up(&self) -> bool;
+    }
+    impl Up for ComponentHealth {
+        fn is_up(&self) -> bool {
+            self.status == ComponentStatus::Up
+        }
+    }
+
+    fn probe(last: &Arc<LastGiteaCall>) -> GiteaProbe {
+        GiteaProbe {
+            status: Arc::new(std::sync::RwLock::new(GiteaStatus::Connected(
+                "bot".to_owned(),
+            ))),
+            last_call: Arc::clone(last),
+        }
+    }
+
+    #[test]
+    fn given_up_or_long_pending_writes_degrade_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            mosaic_store::sqlite::SqliteStore::open(&mosaic_store::StoreConfig::sqlite(
+                dir.path().join("s.db"),
+            ))
+            .unwrap(),
+        );
+        let probe = OutboxProbe {
+            store,
+            stuck_after: chrono::TimeDelta::minutes(15),
+        };
+        let now = chrono::Utc::now();
+        let backlog = |pending, failed, oldest_minutes: Option<i64>| mosaic_store::OutboxBacklog {
+            pending,
+            failed,
+            oldest_pending_at: oldest_minutes.map(|m| now - chrono::TimeDelta::minutes(m)),
+        };
+        assert!(probe.judge(&backlog(0, 0, None), now).is_up());
+        assert!(probe.judge(&backlog(3, 0, Some(2)), now).is_up());
+        let given_up = probe.judge(&backlog(0, 116, None), now);
+        assert!(!given_up.is_up());
+        assert!(format!("{given_up:?}").contains("116 write(s) to Gitea given up"));
+        let stuck = probe.judge(&backlog(4, 0, Some(40)), now);
+        assert!(!stuck.is_up());
+        assert!(format!("{stuck:?}").contains("waited 40 min"), "{stuck:?}");
+    }
+
+    #[tokio::test]
+    async fn health_follows_the_latest_gitea_call() {
+        let last = Arc::new(LastGiteaCall::default());
+        let probe = probe(&last);
+        assert!(probe.check().await.is_up());
+        last.record("issue.get", CallOutcome::Timeout);
+        let health = probe.check().await;
+        assert!(!health.is_up(), "{health:?}");
+        assert!(format!("{health:?}").contains("issue.get"), "{health:?}");
+        last.record("issue.get", CallOutcome::Status(502));
+        assert!(!probe.check().await.is_up());
+        // A refusal is Gitea answering: it is up.
+        last.record("issue.get", CallOutcome::Status(404));
+        assert!(probe.check().await.is_up());
+        last.record("issue.get", CallOutcome::TransportError);
+        assert!(!probe.check().await.is_up());
+        last.record("issue.get", CallOutcome::Status(200));
+        assert!(probe.check().await.is_up());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_store_is_down_exactly_while_deliveries_cannot_be_written() {
+        use mosaic_store::{IntakeStatus, NewDelivery, StoreConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mosaic.db");
+        let store: Arc<dyn Store> =
+            Arc::new(mosaic_store::sqlite::SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
+        let probe = StoreProbe {
+            store: Arc::clone(&store),
+        };
+        assert!(probe.check().await.is_up());
+
+        // The inbox refuses inserts while the rest of the database still works.
+        let outside = rusqlite::Connection::open(&path).unwrap();
+        outside
+            .execute_batch(
+                "CREATE TRIGGER inbox_broken BEFORE INSERT ON inbox \
+                 BEGIN SELECT RAISE(ABORT, 'simulated inbox failure'); END;",
+            )
+            .unwrap();
+        let delivery = NewDelivery {
+            delivery_id: Some("d-1".to_owned()),
+            event: "issues".to_owned(),
+            event_type: None,
+            action: Some("opened".to_owned()),
+            repository: Some("o/r".to_owned()),
+            issue_number: Some(1),
+            body_sha256: [7; 32],
+            body: b"{}".to_vec(),
+            status: IntakeStatus::Pending,
+            received_at: chrono::Utc::now(),
+        };
+        assert!(store.record_delivery(delivery.clone()).await.is_err());
+        let health = probe.check().await;
+        assert!(!health.is_up(), "{health:?}");
+        assert!(
+            format!("{health:?}").contains("simulated inbox failure"),
+            "{health:?}"
+        );
+        // Other writes still succeeding do not hide it.
+        store.cache_put("k", "{}").await.unwrap();
+        assert!(!probe.check().await.is_up());
+
+        outside.execute_batch("DROP TRIGGER inbox_broken").unwrap();
+        assert!(probe.check().await.is_up());
+        store.record_delivery(delivery).await.unwrap();
     }
 }

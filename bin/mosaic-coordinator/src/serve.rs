@@ -12,7 +12,7 @@ use mosaic_engine::inbox::{InboxWorker, SnapshotHandler};
 use mosaic_engine::outbox::OutboxWorker;
 use mosaic_engine::reconcile::{ReconcileConfig, Reconciler};
 use mosaic_gitea::{BotIdentity, GiteaApi, GiteaClient};
-use mosaic_security::WebhookVerifier;
+use mosaic_security::{Redactor, WebhookVerifier};
 use mosaic_store::Store;
 use mosaic_store::sqlite::SqliteStore;
 use tokio::net::TcpListener;
@@ -23,7 +23,10 @@ use crate::Failure;
 use crate::config::{Config, ConfigError};
 use crate::glue::StoreParseCache;
 use crate::metrics::CoordinatorMetrics;
-use crate::probes::{GiteaProbe, GiteaStatus, ParserProbe, StoreProbe};
+use crate::probes::{
+    CoordinationProbe, GiteaProbe, GiteaStatus, LastGiteaCall, ObservedGiteaCalls, OutboxProbe,
+    ParserProbe, StoreProbe,
+};
 
 pub fn run(config: Config) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -39,12 +42,18 @@ pub fn run(config: Config) -> Result<(), Failure> {
     })
 }
 
-/// The Gitea side as far as start-up could establish it.
+/// The Gitea side as start-up sets it up: the identity is resolved in the background, so the
+/// coordinator serves (and records deliveries) while Gitea is slow, hanging or down.
 struct GiteaSetup {
     api: Option<Arc<dyn GiteaApi>>,
     status: Arc<RwLock<GiteaStatus>>,
+    /// The latest call's outcome, for /health.
+    last_call: Arc<LastGiteaCall>,
     /// The bot's identity once known (Gitea may be unreachable at start).
     identity: watch::Receiver<Option<BotIdentity>>,
+    /// Set when Gitea's first answer refuses the coordinator (rejected token, wrong bot name):
+    /// a configuration error that stops the start (exit 78).
+    refused: watch::Receiver<Option<String>>,
 }
 
 fn set_status(status: &RwLock<GiteaStatus>, new: GiteaStatus) {
@@ -54,18 +63,23 @@ fn set_status(status: &RwLock<GiteaStatus>, new: GiteaStatus) {
     }
 }
 
-/// Connects to Gitea: a rejected token or a wrong bot name stops the start (exit 78); an
-/// unreachable Gitea does not — the coordinator accepts webhooks and keeps trying.
-async fn connect_gitea(
+/// Sets up the Gitea client and starts resolving the bot's identity in the background. Never
+/// waits on Gitea: a rejected token or a wrong bot name is reported through `refused` (the
+/// start then ends with exit 78); an unreachable or hanging Gitea is retried with backoff.
+fn connect_gitea(
     config: &Config,
     cancel: &CancellationToken,
     metrics: &CoordinatorMetrics,
 ) -> Result<GiteaSetup, Failure> {
     let (identity_tx, identity) = watch::channel(None);
+    let (refused_tx, refused) = watch::channel(None);
+    let last_call = Arc::new(LastGiteaCall::default());
     let disabled = |why: &str| GiteaSetup {
         api: None,
         status: Arc::new(RwLock::new(GiteaStatus::Disabled(why.to_owned()))),
+        last_call: Arc::clone(&last_call),
         identity: identity.clone(),
+        refused: refused.clone(),
     };
     let Some(gitea) = &config.gitea else {
         tracing::warn!(
@@ -79,71 +93,104 @@ async fn connect_gitea(
     }
     let client = GiteaClient::new(gitea)
         .context("cannot build the Gitea client")?
-        .with_observer(Arc::new(metrics.gitea_calls.clone()));
+        .with_observer(Arc::new(ObservedGiteaCalls {
+            metrics: metrics.gitea_calls.clone(),
+            last: Arc::clone(&last_call),
+        }));
     let api: Arc<dyn GiteaApi> = Arc::new(client);
     let status = Arc::new(RwLock::new(GiteaStatus::Unreachable(
         "connecting".to_owned(),
     )));
     let expected = gitea.bot_username.clone();
     let assignee = gitea.assignee.clone();
-
-    match BotIdentity::resolve(api.as_ref(), expected.as_deref()).await {
-        Ok(identity) => {
-            let identity = identity.with_assignee(assignee.as_deref());
-            tracing::info!(
-                bot = identity.login(),
-                acts_for = identity.acts_for(),
-                "connected to Gitea"
-            );
-            set_status(&status, GiteaStatus::Connected(identity.login().to_owned()));
-            let _ = identity_tx.send(Some(identity));
-        }
-        Err(err) if err.is_fatal() => {
-            return Err(
-                ConfigError(format!("Gitea refused the coordinator's identity: {err}")).into(),
-            );
-        }
-        Err(err) => {
-            tracing::warn!(error = %err, "Gitea unreachable at start; accepting webhooks and retrying");
-            set_status(&status, GiteaStatus::Unreachable(err.to_string()));
-            let api = Arc::clone(&api);
-            let status = Arc::clone(&status);
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                let mut delay = Duration::from_secs(2);
-                loop {
-                    tokio::select! {
-                        () = cancel.cancelled() => return,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    match BotIdentity::resolve(api.as_ref(), expected.as_deref()).await {
-                        Ok(identity) => {
-                            let identity = identity.with_assignee(assignee.as_deref());
-                            tracing::info!(bot = identity.login(), "connected to Gitea");
-                            set_status(
-                                &status,
-                                GiteaStatus::Connected(identity.login().to_owned()),
-                            );
-                            let _ = identity_tx.send(Some(identity));
-                            return;
-                        }
-                        Err(err) => {
-                            // A fatal answer after start (token revoked meanwhile) cannot stop a
-                            // running coordinator; it is reported and retried like the rest.
-                            tracing::warn!(error = %err, "Gitea still unavailable");
-                            set_status(&status, GiteaStatus::Unreachable(err.to_string()));
-                            delay = (delay * 2).min(Duration::from_secs(60));
-                        }
-                    }
+    let task_api = Arc::clone(&api);
+    let task_status = Arc::clone(&status);
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        let mut delay = Duration::from_secs(2);
+        let mut first_answer = true;
+        loop {
+            match BotIdentity::resolve(task_api.as_ref(), expected.as_deref()).await {
+                Ok(identity) => {
+                    let identity = identity.with_assignee(assignee.as_deref());
+                    tracing::info!(
+                        bot = identity.login(),
+                        acts_for = identity.acts_for(),
+                        "connected to Gitea"
+                    );
+                    set_status(
+                        &task_status,
+                        GiteaStatus::Connected(identity.login().to_owned()),
+                    );
+                    let _ = identity_tx.send(Some(identity));
+                    return;
                 }
-            });
+                Err(err) if err.is_fatal() && first_answer => {
+                    let _ = refused_tx.send(Some(format!(
+                        "Gitea refused the coordinator's identity: {err}"
+                    )));
+                    return;
+                }
+                Err(err) => {
+                    // A fatal answer after an outage (token revoked meanwhile) cannot stop a
+                    // running coordinator; it is reported and retried like the rest.
+                    first_answer = false;
+                    tracing::warn!(error = %err, "Gitea unavailable; accepting webhooks and retrying");
+                    set_status(&task_status, GiteaStatus::Unreachable(err.to_string()));
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(60));
         }
-    }
+    });
     Ok(GiteaSetup {
         api: Some(api),
         status,
+        last_call,
         identity,
+        refused,
     })
+}
+
+/// The store `store.url` names (`MOSAIC_DATABASE_URL`): PostgreSQL for `postgres://…`, the
+/// embedded SQLite otherwise. Migrations are applied here.
+/// The environment quality gates start from: the coordinator's `PATH` (to find toolchains) and a
+/// home of their own. Nothing else: gates run the agent's code, so no credential goes along.
+fn gate_environment(
+    home: &std::path::Path,
+) -> Result<Vec<(std::ffi::OsString, std::ffi::OsString)>, ConfigError> {
+    std::fs::create_dir_all(home).map_err(|err| {
+        ConfigError(format!(
+            "cannot create the quality gates' home `{}`: {err}",
+            home.display()
+        ))
+    })?;
+    let mut env = vec![("HOME".into(), home.as_os_str().to_owned())];
+    if let Some(path) = std::env::var_os("PATH") {
+        env.push(("PATH".into(), path));
+    }
+    Ok(env)
+}
+
+async fn open_store(config: &mosaic_store::StoreConfig) -> Result<Arc<dyn Store>, Failure> {
+    let shown = config.shown_url();
+    if mosaic_store_postgres::is_postgres_url(&config.url) {
+        let options = mosaic_store_postgres::PostgresOptions {
+            pool_size: config.pool_size,
+            schema: config.schema.clone(),
+            ..mosaic_store_postgres::PostgresOptions::default()
+        };
+        let store = mosaic_store_postgres::PostgresStore::connect(&config.url, options)
+            .await
+            .with_context(|| format!("cannot open the PostgreSQL store at {shown}"))?;
+        return Ok(Arc::new(store));
+    }
+    let store =
+        SqliteStore::open(config).with_context(|| format!("cannot open the store at {shown}"))?;
+    Ok(Arc::new(store))
 }
 
 /// Runs the whole coordinator on `listener` until `shutdown` completes.
@@ -152,16 +199,20 @@ pub async fn run_on(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.store)
-            .with_context(|| format!("cannot open the store at {}", config.store.url))?,
-    );
+    let store = open_store(&config.store).await?;
     let verifier = WebhookVerifier::new(config.webhook.secrets.clone())
         .map_err(|err| ConfigError(format!("invalid configuration: `webhook.secrets`: {err}")))?;
-    let profiles = crate::config::agent_profiles(&config)?;
+    let in_force = crate::config::ProfilesInForce::from_config(&config)?;
+    for name in &in_force.without_command {
+        tracing::warn!(
+            agent = %name,
+            "agent profile `{name}` has no command ([runner.agents.{name}]): it is not assigned"
+        );
+    }
+    let profiles = in_force.assignable();
     let parser = mosaic_parser::build_parser(
         &config.parser,
-        profiles.names(),
+        profiles.as_ref().unwrap_or(&in_force.all).names(),
         Arc::new(StoreParseCache {
             store: Arc::clone(&store),
         }),
@@ -171,14 +222,37 @@ pub async fn run_on(
         .runner
         .clone()
         .unwrap_or_else(|| mosaic_runner::RunnerConfig::new("data/work"));
-    let runtime: Arc<dyn AgentRuntime> = Arc::new(
-        mosaic_runner::ProcessRuntime::new(runner.clone())
-            .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?,
-    );
+    // Every configured secret: agent text is cleaned of them before it leaves (invariant 9).
+    let redactor = crate::config::redactor(&config);
+    let mut process_runtime = mosaic_runner::ProcessRuntime::new(runner.clone())
+        .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?
+        .with_redactor(redactor.clone());
+    // One git worktree per issue needs the bot token (clone and push) and Gitea to say where a
+    // repository lives; without them sessions run in empty directories and nothing is pushed.
+    let workspaces = match config.gitea.as_ref().and_then(|gitea| gitea.token.clone()) {
+        Some(token) => {
+            let git = mosaic_git::GitWorkspaces::new(config.workspace.clone(), token)
+                .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+            process_runtime = process_runtime
+                .with_workspace_root(git.root())
+                .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+            let gate_env = gate_environment(&git.root().join("gate-home"))?;
+            Some(mosaic_engine::engine::WorkspaceParts {
+                workspaces: Arc::new(git),
+                min_free_bytes: config.workspace.min_free_bytes,
+                gates: config.gates.clone(),
+                gate_env,
+            })
+        }
+        None => None,
+    };
+    let session_log_dir = process_runtime.log_dir().to_path_buf();
+    let runtime: Arc<dyn AgentRuntime> = Arc::new(process_runtime);
+    crate::logging::spawn_repeat_reporter();
     let notify = Arc::new(Notify::new());
     let cancel = CancellationToken::new();
     let metrics = CoordinatorMetrics::new();
-    let gitea = connect_gitea(&config, &cancel, &metrics).await?;
+    let gitea = connect_gitea(&config, &cancel, &metrics)?;
     let registry = mosaic_http::Metrics::new(|registry| metrics.register(registry));
 
     let bound = listener
@@ -189,8 +263,13 @@ pub async fn run_on(
         .with_probe(Arc::new(StoreProbe {
             store: Arc::clone(&store),
         }))
+        .with_probe(Arc::new(OutboxProbe {
+            store: Arc::clone(&store),
+            stuck_after: chrono::TimeDelta::minutes(15),
+        }))
         .with_probe(Arc::new(GiteaProbe {
             status: Arc::clone(&gitea.status),
+            last_call: Arc::clone(&gitea.last_call),
         }))
         .with_probe(Arc::new(ParserProbe {
             parser: Arc::clone(&parser),
@@ -203,7 +282,24 @@ pub async fn run_on(
             max_body_bytes: config.webhook.max_body_bytes,
             notify: Arc::clone(&notify),
         });
+    let retention_status = mosaic_http::SharedRetention::default();
+    let state = state.with_retention(Arc::clone(&retention_status));
+    tokio::spawn(
+        crate::retention::Retention {
+            store: Arc::clone(&store),
+            log_dir: session_log_dir,
+            config: config.retention.clone(),
+            metrics: metrics.retention.clone(),
+            status: retention_status,
+        }
+        .run(cancel.clone()),
+    );
     let engine_slot = state.engine_slot();
+    let idle_because = Arc::new(std::sync::OnceLock::new());
+    let state = state.with_probe(Arc::new(CoordinationProbe {
+        engine: Arc::clone(&engine_slot),
+        idle_because: Arc::clone(&idle_because),
+    }));
     let app = mosaic_http::router(state);
 
     tokio::spawn(metrics.clone().refresh_loop(
@@ -231,6 +327,9 @@ pub async fn run_on(
             .gitea
             .as_ref()
             .and_then(|g| g.assignee.clone().or_else(|| g.bot_username.clone())),
+        configured_bot: config.gitea.as_ref().and_then(|g| g.bot_username.clone()),
+        redactor,
+        workspaces,
     };
     // Rows left pending by a crash are handled first, in order, as soon as the engine runs.
     let workers = tokio::spawn(run_workers(
@@ -238,25 +337,44 @@ pub async fn run_on(
         gitea.identity.clone(),
         gitea.api.is_some(),
         engine_slot,
+        idle_because,
         cancel.clone(),
     ));
 
     tracing::info!(
         address = %bound,
         version = env!("CARGO_PKG_VERSION"),
-        store = %config.store.url,
+        store = %config.store.shown_url(),
         parser = %parser.health().provider,
         api_auth = if config.api.token.is_some() { "bearer token" } else { "loopback only" },
         "listening"
     );
-    mosaic_http::serve(
-        listener,
-        app,
-        shutdown,
-        Duration::from_secs(config.server.shutdown_grace_secs),
-    )
-    .await
-    .context("server failed")?;
+    if config.api.token.is_none() && !mosaic_http::is_loopback(bound.ip()) {
+        // Behind a reverse proxy on this host every client looks like loopback.
+        tracing::warn!(
+            address = %bound,
+            "listening beyond loopback without MOSAIC_API_TOKEN: the API answers every \
+             loopback client, so behind a reverse proxy on this host anyone reaching the proxy \
+             can use it; set MOSAIC_API_TOKEN"
+        );
+    }
+    // Gitea refusing the coordinator's identity ends the start like any bad setting.
+    let mut refused = gitea.refused.clone();
+    let refusal = async move {
+        // Without Gitea (or once connected) nobody sends: that is no reason to stop.
+        if refused.wait_for(Option::is_some).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = refusal => {}
+        }
+    };
+    mosaic_http::serve(listener, app, stop, &config.server)
+        .await
+        .context("server failed")?;
 
     cancel.cancel();
     // Sessions are closed and their issues requeued; their processes get the kill grace.
@@ -265,6 +383,9 @@ pub async fn run_on(
         .is_err()
     {
         tracing::warn!("workers did not stop in time; unfinished work resumes at next start");
+    }
+    if let Some(refusal) = gitea.refused.borrow().clone() {
+        return Err(ConfigError(refusal).into());
     }
     tracing::info!("stopped");
     Ok(())
@@ -275,7 +396,8 @@ struct EngineInputs {
     store: Arc<dyn Store>,
     parser: Arc<dyn mosaic_parser::IssueParser>,
     gitea: Option<Arc<dyn GiteaApi>>,
-    profiles: mosaic_domain::AgentProfiles,
+    /// The assignable profiles; `None`: no profile has a command, nothing is coordinated.
+    profiles: Option<mosaic_domain::AgentProfiles>,
     policy: mosaic_domain::assignment::AssignmentPolicy,
     priorities: mosaic_domain::PriorityOrder,
     runtime: Arc<dyn AgentRuntime>,
@@ -290,6 +412,10 @@ struct EngineInputs {
     /// The login to act for when Gitea cannot tell (no token): `gitea.assignee` or
     /// `gitea.bot_username`.
     configured_login: Option<String>,
+    /// The bot's own login when Gitea cannot tell: `gitea.bot_username`.
+    configured_bot: Option<String>,
+    redactor: Redactor,
+    workspaces: Option<mosaic_engine::engine::WorkspaceParts>,
 }
 
 /// Starts the engine (dispatch, monitoring) and the inbox worker once the bot's login is known,
@@ -300,6 +426,7 @@ async fn run_workers(
     mut identity: watch::Receiver<Option<BotIdentity>>,
     gitea_connected: bool,
     engine_slot: Arc<std::sync::OnceLock<Engine>>,
+    idle_because: Arc<std::sync::OnceLock<String>>,
     cancel: CancellationToken,
 ) {
     let identity = if gitea_connected {
@@ -314,10 +441,21 @@ async fn run_workers(
         .as_ref()
         .map(|id| id.acts_for().to_owned())
         .or_else(|| inputs.configured_login.clone());
-    let Some(login) = login else {
-        tracing::warn!(
-            "no bot login known (no GITEA_BOT_TOKEN and no gitea.bot_username): deliveries are recorded, nothing is coordinated"
-        );
+    let profiles = match (&login, inputs.profiles.clone()) {
+        (Some(_), Some(profiles)) => Some(profiles),
+        (Some(_), None) => {
+            let why = "no agent profile has a command ([runner.agents.<name>]): deliveries are recorded, nothing is coordinated";
+            tracing::warn!("{why}");
+            let _ = idle_because.set(why.to_owned());
+            None
+        }
+        (None, _) => None,
+    };
+    let (Some(login), Some(profiles)) = (login, profiles) else {
+        let why = "no bot login known (no GITEA_BOT_TOKEN and no gitea.bot_username): deliveries are recorded, nothing is coordinated";
+        if idle_because.set(why.to_owned()).is_ok() {
+            tracing::warn!("{why}");
+        }
         let worker = InboxWorker::new(
             Arc::clone(&inputs.store),
             Arc::new(SnapshotHandler::new(Arc::clone(&inputs.store))),
@@ -327,17 +465,26 @@ async fn run_workers(
         worker.run(cancel).await;
         return;
     };
+    // The bot's own events are only recorded; it may differ from the assignee it works for.
+    let bot_login = identity
+        .as_ref()
+        .map(|id| id.login().to_owned())
+        .or_else(|| inputs.configured_bot.clone())
+        .unwrap_or_else(|| login.clone());
     reap_orphans(inputs.store.as_ref(), &inputs.runner).await;
     let parts = EngineParts {
         store: Arc::clone(&inputs.store),
         parser: inputs.parser,
         gitea: inputs.gitea.clone(),
         acts_for: login.clone(),
-        profiles: inputs.profiles,
+        bot_login,
+        redactor: inputs.redactor,
+        profiles,
         policy: inputs.policy,
         priorities: inputs.priorities,
         runtime: inputs.runtime,
         config: inputs.config,
+        workspaces: inputs.workspaces,
     };
     let (engine, report) = loop {
         match Engine::start(parts.clone()).await {

@@ -1,0 +1,183 @@
+//! The coordinator on PostgreSQL (`MOSAIC_DATABASE_URL=postgres://…`): a delivery acknowledged
+//! is on the database and survives a restart; the password is never shown.
+//!
+//! Needs the test database of `.ci/run` (`MOSAIC_TEST_POSTGRES_URL`, default
+//! `postgres://mosaic:mosaic@127.0.0.1:5432/mosaic_test`). Without it the test says how to start
+//! it and passes, except under `CI=true`, where it fails.
+
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+
+use crate::helpers::{Running, SECRET, run};
+
+const FIXTURE: &[u8] = include_bytes!("../fixtures/gitea/issue-assign-event.json");
+
+fn database_url() -> String {
+    std::env::var("MOSAIC_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://mosaic:mosaic@127.0.0.1:5432/mosaic_test".to_owned())
+}
+
+/// Whether PostgreSQL answers on the test URL's host and port.
+fn reachable(url: &str) -> bool {
+    let Some(after_at) = url.split('@').nth(1) else {
+        return false;
+    };
+    let host_port = after_at.split('/').next().unwrap_or_default();
+    std::net::TcpStream::connect_timeout(
+        &match host_port.parse() {
+            Ok(address) => address,
+            Err(_) => return false,
+        },
+        Duration::from_secs(2),
+    )
+    .is_ok()
+}
+
+fn skip_without_postgres(url: &str) -> bool {
+    if reachable(url) {
+        return false;
+    }
+    let how = "PostgreSQL is not reachable: start it as .ci/run does (pg_ctlcluster 15 main start, role and database mosaic/mosaic_test)";
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{how}");
+    eprintln!("skipped: {how}");
+    true
+}
+
+/// Drops the test's schema at the end (best effort, with the psql client PostgreSQL ships).
+struct DropSchema {
+    url: String,
+    schema: String,
+}
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .arg(&self.url)
+            .arg("-qc")
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+async fn delivery_rows(app: &Running) -> serde_json::Value {
+    app.client
+        .get(app.url("/api/v1/deliveries"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_recorded_on_postgres_and_survive_a_restart() {
+    let url = database_url();
+    if skip_without_postgres(&url) {
+        return;
+    }
+    // A schema of its own: tests run in parallel on one database.
+    let schema = format!("blackbox_{}", uuid::Uuid::new_v4().simple());
+    let _drop = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let env = [
+        ("MOSAIC_DATABASE_URL", url.clone()),
+        ("MOSAIC_STORE__SCHEMA", schema.clone()),
+    ];
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    // check-config shows the URL without its password.
+    let dir = tempfile::tempdir().unwrap();
+    let mut shown_env = env_refs.clone();
+    shown_env.push(("GITEA_WEBHOOK_SECRET", SECRET));
+    let output = run(&["check-config"], &shown_env, dir.path());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("postgres://mosaic:[redacted]@"), "{stdout}");
+    assert!(!stdout.contains("mosaic:mosaic@"), "{stdout}");
+
+    let owned: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    let start = move |data: Option<tempfile::TempDir>| {
+        let owned = owned.clone();
+        move || {
+            let refs: Vec<(&str, &str)> = owned
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            match data {
+                Some(data) => Running::start_in(data, &refs),
+                None => Running::start_with(&refs),
+            }
+        }
+    };
+    let app = tokio::task::spawn_blocking(start(None)).await.unwrap();
+    let response = app
+        .client
+        .post(app.url("/webhook/gitea"))
+        .header("content-type", "application/json")
+        .header("x-gitea-event", "issues")
+        .header("x-gitea-event-type", "issue_assign")
+        .header("x-gitea-delivery", "pg-1")
+        .header("x-gitea-signature", sign(FIXTURE))
+        .body(FIXTURE.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let rows = delivery_rows(&app).await;
+    assert_eq!(rows["deliveries"][0]["delivery_id"], "pg-1", "{rows}");
+    let health: serde_json::Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["components"]["store"]["status"], "up", "{health}");
+
+    // Killed hard and restarted on the same database: the delivery is there, and a repeat is a
+    // duplicate.
+    let data = app.crash();
+    let app = tokio::task::spawn_blocking(start(Some(data)))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rows = loop {
+        let rows = delivery_rows(&app).await;
+        if rows["deliveries"][0]["delivery_id"] == "pg-1" || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rows["deliveries"][0]["delivery_id"], "pg-1", "{rows}");
+    let repeat = app
+        .client
+        .post(app.url("/webhook/gitea"))
+        .header("content-type", "application/json")
+        .header("x-gitea-event", "issues")
+        .header("x-gitea-event-type", "issue_assign")
+        .header("x-gitea-delivery", "pg-1")
+        .header("x-gitea-signature", sign(FIXTURE))
+        .body(FIXTURE.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = repeat.json().await.unwrap();
+    assert_eq!(answer["status"], "duplicate", "{answer}");
+}
