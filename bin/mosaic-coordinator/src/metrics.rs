@@ -156,9 +156,19 @@ impl CallObserver for GiteaCalls {
     }
 }
 
+/// One kind of token an agent reported.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentTokenLabels {
+    agent: String,
+    kind: &'static str,
+}
+
 /// Refreshed from the store.
 #[derive(Debug, Clone, Default)]
 pub struct StoreGauges {
+    agent_sessions: Family<AgentLabels, Counter>,
+    agent_tokens: Family<AgentTokenLabels, Counter>,
+    agent_cost: Family<AgentLabels, Counter<f64, AtomicU64>>,
     deliveries: Family<StatusLabels, Gauge>,
     outbox: Family<StatusLabels, Gauge>,
     llm_calls: Family<ModelLabels, Counter>,
@@ -209,6 +219,25 @@ impl StoreGauges {
                 total.output_tokens,
             );
             advance_f64(&self.llm_cost.get_or_create(&labels), total.cost_usd);
+        }
+        for total in store.agent_spend_totals().await? {
+            let agent = AgentLabels {
+                agent: total.agent.clone(),
+            };
+            advance(&self.agent_sessions.get_or_create(&agent), total.sessions);
+            advance_f64(&self.agent_cost.get_or_create(&agent), total.cost_usd);
+            for (kind, n) in [
+                ("input", total.input_tokens),
+                ("output", total.output_tokens),
+                ("cache_read", total.cache_read_tokens),
+                ("cache_creation", total.cache_creation_tokens),
+            ] {
+                let labels = AgentTokenLabels {
+                    agent: total.agent.clone(),
+                    kind,
+                };
+                advance(&self.agent_tokens.get_or_create(&labels), n);
+            }
         }
         let stats = store.stats();
         advance(&self.store_commits, stats.commits);
@@ -326,6 +355,21 @@ impl CoordinatorMetrics {
             s.llm_output_tokens.clone(),
         );
         registry.register("llm_cost_usd", "LLM cost in US dollars", s.llm_cost.clone());
+        registry.register(
+            "agent_sessions",
+            "Agent sessions started, by agent profile",
+            s.agent_sessions.clone(),
+        );
+        registry.register(
+            "agent_tokens",
+            "Tokens agents reported, by agent profile and kind (input, output, cache_read, cache_creation)",
+            s.agent_tokens.clone(),
+        );
+        registry.register(
+            "agent_cost_usd",
+            "Cost agents reported in US dollars, by agent profile ($0 for self-hosted profiles)",
+            s.agent_cost.clone(),
+        );
         registry.register(
             "store_commits",
             "Store transactions committed since start",
@@ -464,6 +508,18 @@ mod tests {
             model: "m".into(),
         };
         advance_f64(&metrics.store.llm_cost.get_or_create(&labels), 0.25);
+        let agent = AgentLabels {
+            agent: "sonnet".into(),
+        };
+        advance(&metrics.store.agent_sessions.get_or_create(&agent), 3);
+        advance_f64(&metrics.store.agent_cost.get_or_create(&agent), 3.11);
+        advance(
+            &metrics.store.agent_tokens.get_or_create(&AgentTokenLabels {
+                agent: "sonnet".into(),
+                kind: "cache_read",
+            }),
+            160_000,
+        );
         advance(&metrics.store.llm_calls.get_or_create(&labels), 2);
         advance(&metrics.store.llm_input_tokens.get_or_create(&labels), 900);
         advance(&metrics.store.llm_output_tokens.get_or_create(&labels), 90);
@@ -501,6 +557,9 @@ mod tests {
             "mosaic_llm_input_tokens",
             "mosaic_llm_output_tokens",
             "mosaic_llm_cost_usd",
+            "mosaic_agent_sessions",
+            "mosaic_agent_tokens",
+            "mosaic_agent_cost_usd",
             "mosaic_gitea_calls",
         ] {
             assert_eq!(type_of(counter), Some("counter"), "{counter}:\n{text}");

@@ -237,6 +237,9 @@ impl Store for SpyStore {
     async fn llm_usage_totals(&self) -> Result<Vec<LlmUsageTotal>, StoreError> {
         self.inner.llm_usage_totals().await
     }
+    async fn agent_spend_totals(&self) -> Result<Vec<AgentSpendTotal>, StoreError> {
+        self.inner.agent_spend_totals().await
+    }
     async fn health_check(&self) -> Result<(), StoreError> {
         if self.unwritable.load(Ordering::SeqCst) {
             return Err(StoreError::CommitFailed("disk I/O error".to_owned()));

@@ -435,6 +435,10 @@ impl Store for PostgresStore {
         read!(self, |client| ops::llm_usage_totals(client))
     }
 
+    async fn agent_spend_totals(&self) -> Result<Vec<AgentSpendTotal>, StoreError> {
+        read!(self, |client| ops::agent_spend_totals(client))
+    }
+
     async fn health_check(&self) -> Result<(), StoreError> {
         let probe = mosaic_store::body::encode(b"{}".to_vec());
         write_in_transaction!(self, |tx| ops::heartbeat(&mut tx, &probe))

@@ -1539,6 +1539,40 @@ pub(crate) async fn llm_usage_totals(client: &impl GenericClient) -> OpResult<Ve
     .await
 }
 
+pub(crate) async fn agent_spend_totals(
+    client: &impl GenericClient,
+) -> OpResult<Vec<AgentSpendTotal>> {
+    // SUM of BIGINT is NUMERIC in PostgreSQL: cast back (a total beyond i64 fails loudly).
+    collect(
+        client,
+        "SELECT agent, COUNT(*) AS sessions, SUM(input_tokens)::int8 AS input_tokens,
+             SUM(output_tokens)::int8 AS output_tokens,
+             SUM(cache_read_tokens)::int8 AS cache_read_tokens,
+             SUM(cache_creation_tokens)::int8 AS cache_creation_tokens,
+             SUM(cost_usd) AS cost_usd
+         FROM sessions GROUP BY agent ORDER BY agent COLLATE \"C\"",
+        &[],
+        |row| {
+            Ok(AgentSpendTotal {
+                agent: get(row, "agent")?,
+                sessions: to_u64("sessions count", get(row, "sessions")?)?,
+                input_tokens: to_u64("sessions.input_tokens", get(row, "input_tokens")?)?,
+                output_tokens: to_u64("sessions.output_tokens", get(row, "output_tokens")?)?,
+                cache_read_tokens: to_u64(
+                    "sessions.cache_read_tokens",
+                    get(row, "cache_read_tokens")?,
+                )?,
+                cache_creation_tokens: to_u64(
+                    "sessions.cache_creation_tokens",
+                    get(row, "cache_creation_tokens")?,
+                )?,
+                cost_usd: get(row, "cost_usd")?,
+            })
+        },
+    )
+    .await
+}
+
 // ----- operations -----
 
 /// Counts a beat, and records a delivery that is then rolled back: a webhook is accepted only

@@ -462,6 +462,19 @@ pub struct LlmUsageRecord {
     pub at: DateTime<Utc>,
 }
 
+/// What the sessions of one agent profile spent, summed (ended sessions and live ones alike,
+/// as last recorded).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentSpendTotal {
+    pub agent: String,
+    pub sessions: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_creation_tokens: u64,
+    pub cost_usd: f64,
+}
+
 /// Usage summed per provider and model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LlmUsageTotal {

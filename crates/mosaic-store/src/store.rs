@@ -176,6 +176,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Totals per provider and model, ordered by provider then model.
     async fn llm_usage_totals(&self) -> Result<Vec<LlmUsageTotal>, StoreError>;
 
+    /// Agent sessions' tokens and cost summed per agent profile, in name order.
+    async fn agent_spend_totals(&self) -> Result<Vec<AgentSpendTotal>, StoreError>;
+
     // ----- operations -----
 
     /// Retention: drops the bodies of deliveries received before `before` that are no longer

@@ -732,6 +732,10 @@ impl Store for SqliteStore {
         self.read(ops::llm_usage_totals).await
     }
 
+    async fn agent_spend_totals(&self) -> Result<Vec<AgentSpendTotal>, StoreError> {
+        self.read(ops::agent_spend_totals).await
+    }
+
     async fn health_check(&self) -> Result<(), StoreError> {
         let probe = crate::body::encode(b"{}".to_vec());
         self.write(move |conn| ops::heartbeat(conn, &probe)).await

@@ -1419,6 +1419,27 @@ pub(crate) fn llm_usage_totals(conn: &Connection) -> Result<Vec<LlmUsageTotal>, 
     )
 }
 
+pub(crate) fn agent_spend_totals(conn: &Connection) -> Result<Vec<AgentSpendTotal>, StoreError> {
+    collect(
+        conn,
+        "SELECT agent, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens),
+             SUM(cache_creation_tokens), SUM(cost_usd)
+         FROM sessions GROUP BY agent ORDER BY agent",
+        [],
+        |row| {
+            Ok(AgentSpendTotal {
+                agent: row.get(0)?,
+                sessions: to_u64("sessions count", row.get(1)?)?,
+                input_tokens: to_u64("sessions.input_tokens", row.get(2)?)?,
+                output_tokens: to_u64("sessions.output_tokens", row.get(3)?)?,
+                cache_read_tokens: to_u64("sessions.cache_read_tokens", row.get(4)?)?,
+                cache_creation_tokens: to_u64("sessions.cache_creation_tokens", row.get(5)?)?,
+                cost_usd: row.get(6)?,
+            })
+        },
+    )
+}
+
 // ----- operations -----
 
 /// Counts a beat, and records a delivery that is then rolled back: a webhook is accepted only

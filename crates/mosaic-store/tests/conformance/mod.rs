@@ -854,6 +854,19 @@ pub async fn sessions_start_and_end_with_their_issue(store: &dyn Store) {
         (50_000, 4_000, 160_000, 8_000, 0.1234)
     );
     assert_eq!(sessions[0].detail.as_deref(), Some("implemented the thing"));
+    // Summed per agent for /metrics.
+    assert_eq!(
+        store.agent_spend_totals().await.unwrap(),
+        vec![AgentSpendTotal {
+            agent: "glm".to_owned(),
+            sessions: 1,
+            input_tokens: 50_000,
+            output_tokens: 4_000,
+            cache_read_tokens: 160_000,
+            cache_creation_tokens: 8_000,
+            cost_usd: 0.1234,
+        }]
+    );
 
     // Ending twice, or an unknown session, is refused with the whole batch.
     let mut twice = TransitionBatch::update(done.issue.clone());
