@@ -542,3 +542,52 @@ async fn no_issue_is_dispatched_while_the_workspace_root_lacks_free_space() {
     assert!(s.store.sessions_for_issue(&issue).await.unwrap().is_empty());
     assert!(s.remote_branches().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_session_hands_over_the_workspace_state_and_the_next_one_publishes() {
+    let prompts = tempfile::tempdir().unwrap();
+    let log = prompts.path().join("prompts.txt");
+    let log_arg = log.display().to_string();
+    // A burst at step 2 takes the context past 80% of the window; these agents cannot compact,
+    // so the session is rotated and the next one resumes after the burst.
+    let s = Scenario::start(&[
+        "--burst-at-step",
+        "2",
+        "--burst-tokens",
+        "160000",
+        "--write-file",
+        "NOTES.md",
+        "--commit",
+        "--prompt-log",
+        &log_arg,
+    ])
+    .await;
+    let issue = s.issue("Write the notes");
+    s.deliver(&issue, "assigned").await;
+    s.wait_for_state(&issue, IssueState::Completed).await;
+
+    let told = std::fs::read_to_string(&log).unwrap();
+    let sessions: Vec<&str> = told
+        .split("\n----\n")
+        .filter(|p| !p.trim().is_empty())
+        .collect();
+    assert_eq!(sessions.len(), 2, "one rotation: {told}");
+    let branch = format!("mosaic/{}-write-the-notes", issue.number);
+    assert!(
+        !sessions[0].contains("Workspace: branch"),
+        "the first session has no hand-over: {}",
+        sessions[0]
+    );
+    assert!(
+        sessions[1].contains(&format!("Workspace: branch `{branch}`")),
+        "the second session is told the workspace's state: {}",
+        sessions[1]
+    );
+    // The second session worked in the same worktree and its work was published.
+    s.wait_outbox_delivered(&issue).await;
+    assert_eq!(
+        subjects(&s.remote, &branch),
+        ["Sample agent: work on the issue", "Initial commit"]
+    );
+    assert_eq!(s.pull_requests().len(), 1);
+}

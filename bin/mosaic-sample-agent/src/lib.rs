@@ -74,6 +74,10 @@ struct Args {
     /// previous work (a continuation): an agent that fixes what the gates found.
     #[arg(long, env = "SAMPLE_AGENT_FIX_ON_CONTINUATION")]
     fix_on_continuation: Option<std::path::PathBuf>,
+    /// Append every prompt received to this file, each followed by a `----` line (tests read
+    /// what a session was told).
+    #[arg(long, env = "SAMPLE_AGENT_PROMPT_LOG")]
+    prompt_log: Option<std::path::PathBuf>,
 }
 
 /// What a continuation prompt starts with (mosaic-gates' `continuation_prompt`).
@@ -375,6 +379,16 @@ async fn run(args: Args) -> i32 {
     let (control_tx, mut control_rx) = mpsc::channel(16);
     tokio::spawn(read_stdin(prompt_tx, control_tx));
     let prompt = prompt_rx.recv().await.unwrap_or_default();
+    if let Some(path) = &args.prompt_log {
+        let logged = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| writeln!(file, "{prompt}\n----"));
+        if let Err(err) = logged {
+            let _ = writeln!(std::io::stderr(), "cannot log the prompt: {err}");
+        }
+    }
 
     let session_id = format!("sample-{}", std::process::id());
     let resumed_from = resumed_step(&prompt).filter(|step| *step <= args.steps);

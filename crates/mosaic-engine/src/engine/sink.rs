@@ -99,11 +99,12 @@ impl HandoverSource for EngineSink {
         let Some(inner) = self.inner.upgrade() else {
             return Ok(None);
         };
-        {
+        let continues = {
             let core = inner.core.lock().await;
-            if core.queue.state(&unfinished.issue) == Some(IssueState::InProgress) {
-                return Ok(Some(unfinished.clone()));
-            }
+            core.queue.state(&unfinished.issue) == Some(IssueState::InProgress)
+        };
+        if continues {
+            return Ok(Some(inner.with_workspace_state(unfinished.clone()).await));
         }
         let claim = inner
             .claim_next(Some(agent_type))
@@ -133,6 +134,29 @@ impl HandoverSource for EngineSink {
 }
 
 impl Inner {
+    /// The task for the issue's next session, its hand-over extended by the workspace's state
+    /// (branch, commits since the base, uncommitted files, diffstat): a fresh session continues
+    /// from the repository even when the agent said nothing before it was rotated.
+    async fn with_workspace_state(&self, mut task: SessionTask) -> SessionTask {
+        let (Some(parts), Some(known)) = (&self.workspaces, self.known_workspace(&task.issue))
+        else {
+            return task;
+        };
+        match parts.workspaces.state(&known.workspace).await {
+            Ok(state) => {
+                let workspace = mosaic_workspace::handover_text(&state);
+                task.handover_summary = Some(match task.handover_summary.take() {
+                    Some(summary) => format!("{summary}\n\n{workspace}"),
+                    None => workspace,
+                });
+            }
+            Err(err) => {
+                tracing::warn!(issue = %task.issue, error = %err, "workspace state unavailable for the hand-over")
+            }
+        }
+        task
+    }
+
     async fn session_ended(
         &self,
         live: &LiveSession,
