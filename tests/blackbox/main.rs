@@ -9,6 +9,7 @@ mod cli;
 mod connections;
 mod coordinator;
 mod gates;
+mod git_scenario;
 mod gitea;
 mod helpers;
 mod intake;
