@@ -347,7 +347,7 @@ where
 
 /// issue, agent, estimate, tokens used, compactions, rotations, outcome.
 async fn summary(store: &dyn Store, issues: &[IssueRef]) -> anyhow::Result<String> {
-    let rotations = store.recent_rotations(1000).await?;
+    let rotations = store.recent_rotations(None, 1000).await?;
     let mut out = String::new();
     writeln!(
         out,

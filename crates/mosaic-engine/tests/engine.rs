@@ -890,7 +890,7 @@ async fn a_full_context_rotates_the_session_and_the_issue_continues() {
     });
     let mut rotations = Vec::new();
     for _ in 0..200 {
-        rotations = h.engine.rotations(10).await.unwrap();
+        rotations = h.engine.rotations(None, 10).await.unwrap();
         if !rotations.is_empty() && h.runtime.sessions().len() == 2 {
             break;
         }

@@ -129,14 +129,25 @@ const MAX_LIMIT: u32 = 1_000;
 const DEFAULT_LIMIT: u32 = 50;
 
 impl LimitQuery {
-    /// The limit in force, and a note when the one asked for was clamped.
     fn limit(&self) -> (u32, Option<String>) {
-        let asked = self.limit.unwrap_or(DEFAULT_LIMIT);
-        let limit = asked.clamp(1, MAX_LIMIT);
-        let note = (limit != asked)
-            .then(|| format!("limit {asked} is outside 1..={MAX_LIMIT}; {limit} used"));
-        (limit, note)
+        limit_in_force(self.limit)
     }
+}
+
+/// The query of `/api/v1/rotations`: its cursor is the `at` of the last rotation seen.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RotationsQuery {
+    limit: Option<u32>,
+    before: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The limit in force, and a note when the one asked for was clamped.
+fn limit_in_force(asked: Option<u32>) -> (u32, Option<String>) {
+    let asked = asked.unwrap_or(DEFAULT_LIMIT);
+    let limit = asked.clamp(1, MAX_LIMIT);
+    let note =
+        (limit != asked).then(|| format!("limit {asked} is outside 1..={MAX_LIMIT}; {limit} used"));
+    (limit, note)
 }
 
 /// `GET /api/v1/deliveries?limit=N&before=ID`: deliveries, newest first, and their status (no
@@ -236,15 +247,25 @@ pub(crate) async fn sessions(State(state): State<AppState>) -> Result<Json<Value
     Ok(Json(json!({ "sessions": engine.live_sessions() })))
 }
 
-/// `GET /api/v1/rotations?limit=N`: recorded session rotations, newest first.
+/// `GET /api/v1/rotations?limit=N&before=TIME`: recorded session rotations, newest first;
+/// `next_before` (the last one's time) is the cursor of the next page.
 pub(crate) async fn rotations(
     State(state): State<AppState>,
-    Query(query): Query<LimitQuery>,
+    Query(query): Query<RotationsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let engine = state.require_engine()?;
-    let (limit, clamped) = query.limit();
-    let rotations = engine.rotations(limit).await.map_err(engine_error)?;
+    let (limit, clamped) = limit_in_force(query.limit);
+    let rotations = engine
+        .rotations(query.before, limit)
+        .await
+        .map_err(engine_error)?;
+    let next_before = (rotations.len() == limit as usize)
+        .then(|| rotations.last().map(|rotation| rotation.at))
+        .flatten();
     let mut answer = json!({ "rotations": rotations, "limit": limit });
+    if let Some(next) = next_before {
+        answer["next_before"] = json!(next);
+    }
     if let Some(note) = clamped {
         answer["limit_clamped"] = json!(note);
     }

@@ -213,8 +213,12 @@ impl Store for SpyStore {
     async fn record_rotation(&self, rotation: RotationRecord) -> Result<(), StoreError> {
         self.inner.record_rotation(rotation).await
     }
-    async fn recent_rotations(&self, limit: u32) -> Result<Vec<RotationRecord>, StoreError> {
-        self.inner.recent_rotations(limit).await
+    async fn recent_rotations(
+        &self,
+        before: Option<chrono::DateTime<chrono::Utc>>,
+        limit: u32,
+    ) -> Result<Vec<RotationRecord>, StoreError> {
+        self.inner.recent_rotations(before, limit).await
     }
     async fn record_compaction(&self, compaction: CompactionRecord) -> Result<(), StoreError> {
         self.inner.record_compaction(compaction).await

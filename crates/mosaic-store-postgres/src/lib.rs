@@ -402,8 +402,12 @@ impl Store for PostgresStore {
         write_in_transaction!(self, |tx| ops::record_rotation(&tx, &rotation))
     }
 
-    async fn recent_rotations(&self, limit: u32) -> Result<Vec<RotationRecord>, StoreError> {
-        read!(self, |client| ops::recent_rotations(client, limit))
+    async fn recent_rotations(
+        &self,
+        before: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> Result<Vec<RotationRecord>, StoreError> {
+        read!(self, |client| ops::recent_rotations(client, before, limit))
     }
 
     async fn record_compaction(&self, compaction: CompactionRecord) -> Result<(), StoreError> {

@@ -1367,14 +1367,16 @@ pub(crate) async fn record_rotation(
 
 pub(crate) async fn recent_rotations(
     client: &impl GenericClient,
+    before: Option<DateTime<Utc>>,
     limit: u32,
 ) -> OpResult<Vec<RotationRecord>> {
     collect(
         client,
         "SELECT old_session_id, new_session_id, agent_type, repository, number, next_issue,
              context_before_tokens, context_before_percent, success, error_message, at
-         FROM session_rotations ORDER BY id DESC LIMIT $1",
-        &[&i64::from(limit)],
+         FROM session_rotations WHERE $2::TIMESTAMPTZ IS NULL OR at < $2
+         ORDER BY id DESC LIMIT $1",
+        &[&i64::from(limit), &before],
         |row| {
             Ok(RotationRecord {
                 old_session_id: get(row, "old_session_id")?,

@@ -154,7 +154,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn record_rotation(&self, rotation: RotationRecord) -> Result<(), StoreError>;
 
     /// Newest first.
-    async fn recent_rotations(&self, limit: u32) -> Result<Vec<RotationRecord>, StoreError>;
+    /// Newest first; with `before`, only rotations recorded before that time (the cursor of the
+    /// next page: the `at` of the last one seen).
+    async fn recent_rotations(
+        &self,
+        before: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> Result<Vec<RotationRecord>, StoreError>;
 
     async fn record_compaction(&self, compaction: CompactionRecord) -> Result<(), StoreError>;
 

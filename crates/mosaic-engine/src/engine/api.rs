@@ -176,7 +176,7 @@ impl Engine {
         };
         let store = &self.inner.store;
         let rotations = store
-            .recent_rotations(DETAIL_ROTATIONS)
+            .recent_rotations(None, DETAIL_ROTATIONS)
             .await?
             .into_iter()
             .filter(|r| &r.issue == issue || r.next_issue.as_ref() == Some(issue))
@@ -234,9 +234,13 @@ impl Engine {
             .collect()
     }
 
-    /// Newest first.
-    pub async fn rotations(&self, limit: u32) -> Result<Vec<RotationRecord>, EngineError> {
-        Ok(self.inner.store.recent_rotations(limit).await?)
+    /// Newest first; with `before`, only those recorded earlier (the next page).
+    pub async fn rotations(
+        &self,
+        before: Option<chrono::DateTime<chrono::Utc>>,
+        limit: u32,
+    ) -> Result<Vec<RotationRecord>, EngineError> {
+        Ok(self.inner.store.recent_rotations(before, limit).await?)
     }
 
     /// Puts a finished, failed, rejected or cancelled issue back in the queue (attempts reset);

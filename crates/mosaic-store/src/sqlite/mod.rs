@@ -692,8 +692,12 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn recent_rotations(&self, limit: u32) -> Result<Vec<RotationRecord>, StoreError> {
-        self.read(move |conn| ops::recent_rotations(conn, limit))
+    async fn recent_rotations(
+        &self,
+        before: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> Result<Vec<RotationRecord>, StoreError> {
+        self.read(move |conn| ops::recent_rotations(conn, before, limit))
             .await
     }
 

@@ -1268,14 +1268,15 @@ pub(crate) fn record_rotation(
 
 pub(crate) fn recent_rotations(
     conn: &Connection,
+    before: Option<DateTime<Utc>>,
     limit: u32,
 ) -> Result<Vec<RotationRecord>, StoreError> {
     collect(
         conn,
         "SELECT old_session_id, new_session_id, agent_type, repository, number, next_issue,
              context_before_tokens, context_before_percent, success, error_message, at
-         FROM session_rotations ORDER BY id DESC LIMIT ?1",
-        [limit],
+         FROM session_rotations WHERE ?2 IS NULL OR at < ?2 ORDER BY id DESC LIMIT ?1",
+        params![limit, before.map(micros)],
         |row| {
             let repository: String = row.get(3)?;
             let next_issue: Option<String> = row.get(5)?;

@@ -922,10 +922,15 @@ pub async fn rotations_and_compactions_round_trip(store: &dyn Store) {
     store.record_rotation(rotation.clone()).await.unwrap();
     store.record_rotation(failed.clone()).await.unwrap();
     assert_eq!(
-        store.recent_rotations(10).await.unwrap(),
+        store.recent_rotations(None, 10).await.unwrap(),
         vec![failed, rotation.clone()]
     );
-    assert_eq!(store.recent_rotations(1).await.unwrap().len(), 1);
+    assert_eq!(store.recent_rotations(None, 1).await.unwrap().len(), 1);
+    // The next page: rotations recorded before the last one seen.
+    assert_eq!(
+        store.recent_rotations(Some(at(6)), 10).await.unwrap(),
+        vec![rotation.clone()]
+    );
 
     let compaction = CompactionRecord {
         session_id: "s1".to_owned(),
