@@ -131,6 +131,22 @@ struct Flaky {
     posted: Notify,
 }
 
+impl Flaky {
+    /// Counts a write Gitea did, then fails the way `after_post` says (or never returns).
+    async fn after_write(&self, operation: &'static str) -> GiteaError {
+        self.posts.fetch_add(1, Ordering::SeqCst);
+        self.posted.notify_one();
+        match self.after_post {
+            AfterPost::LoseAnswer => GiteaError::Timeout { operation },
+            AfterPost::Hang => std::future::pending().await,
+            AfterPost::Unreadable => GiteaError::WrittenUnreadable {
+                operation,
+                message: "its answer lacks a field".to_owned(),
+            },
+        }
+    }
+}
+
 #[async_trait]
 impl GiteaApi for Flaky {
     async fn current_user(&self) -> Result<User, GiteaError> {
@@ -165,18 +181,7 @@ impl GiteaApi for Flaky {
     }
     async fn create_comment(&self, issue: &IssueRef, body: &str) -> Result<Comment, GiteaError> {
         self.inner.create_comment(issue, body).await?;
-        self.posts.fetch_add(1, Ordering::SeqCst);
-        self.posted.notify_one();
-        match self.after_post {
-            AfterPost::LoseAnswer => Err(GiteaError::Timeout {
-                operation: "issue.comments.create",
-            }),
-            AfterPost::Hang => std::future::pending().await,
-            AfterPost::Unreadable => Err(GiteaError::WrittenUnreadable {
-                operation: "issue.comments.create",
-                message: "missing field `created_at`".to_owned(),
-            }),
-        }
+        Err(self.after_write("issue.comments.create").await)
     }
     async fn edit_comment(
         &self,
@@ -229,18 +234,7 @@ impl GiteaApi for Flaky {
         pull: &CreatePullRequestOption,
     ) -> Result<PullRequest, GiteaError> {
         self.inner.create_pull_request(repo, pull).await?;
-        self.posts.fetch_add(1, Ordering::SeqCst);
-        self.posted.notify_one();
-        match self.after_post {
-            AfterPost::LoseAnswer => Err(GiteaError::Timeout {
-                operation: "repo.pulls.create",
-            }),
-            AfterPost::Hang => std::future::pending().await,
-            AfterPost::Unreadable => Err(GiteaError::WrittenUnreadable {
-                operation: "repo.pulls.create",
-                message: "missing field `number`".to_owned(),
-            }),
-        }
+        Err(self.after_write("repo.pulls.create").await)
     }
     async fn pull_request_by_branches(
         &self,
