@@ -1,6 +1,6 @@
 //! The command line as an operator meets it: configuration errors and check-config.
 
-use crate::helpers::{SECRET, run};
+use crate::helpers::{SECRET, coordinator, run};
 
 #[test]
 fn bad_port_exits_78_naming_port() {
@@ -109,4 +109,53 @@ fn credentials_in_the_gitea_url_are_refused_without_being_shown() {
             assert!(!shown.contains("pass-word-789"), "{command}: {shown}");
         }
     }
+}
+
+#[test]
+fn the_demo_ends_in_pull_requests_with_one_issue_sent_back_by_its_gate() {
+    let output = coordinator()
+        .arg("demo")
+        .env("LOG_LEVEL", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let row = |issue: &str| {
+        stdout
+            .lines()
+            .find(|line| {
+                line.starts_with(issue) && line.trim_end().ends_with(|c: char| c.is_alphabetic())
+            })
+            .unwrap_or_else(|| panic!("no summary row for {issue}:\n{stdout}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    // issue, agent, estimate, tokens, compactions, rotations, sent back, outcome
+    assert_eq!(row("demo/app#1")[7], "completed", "{stdout}");
+    assert_eq!(row("demo/app#2")[7], "completed", "{stdout}");
+    assert_eq!(row("demo/app#3")[7], "rejected", "{stdout}");
+    let rotated = row("demo/app#4");
+    assert_eq!(rotated[7], "completed", "{stdout}");
+    assert_ne!(rotated[5], "0", "rotated: {stdout}");
+    assert_eq!(rotated[6], "1", "sent back once by the gate: {stdout}");
+    // A pull request per completed issue, each commit's gate status a success.
+    let pulls: Vec<&str> = stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("Pull requests in the mock Gitea:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  demo/app#"))
+        .collect();
+    assert_eq!(pulls.len(), 3, "{stdout}");
+    for line in pulls {
+        assert!(line.contains(" #"), "{line}");
+        assert!(line.contains("[mosaic/test success]"), "{line}");
+    }
+    assert!(
+        stdout.contains("pull request [#"),
+        "the status links it:\n{stdout}"
+    );
 }

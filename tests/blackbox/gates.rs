@@ -72,6 +72,13 @@ async fn a_failing_gate_sends_the_agent_back_once_then_the_pull_request_shows_th
         s.comments(&issue)
     );
 
+    // The pushed head carries the gate's verdict as a commit status.
+    let head = s.remote_branches()[0].1.clone();
+    let statuses = s.gitea.commit_statuses(&s.repo, &head);
+    assert_eq!(statuses.len(), 1, "{statuses:#?}");
+    assert_eq!(statuses[0].context, "mosaic/test");
+    assert_eq!(statuses[0].state, mosaic_gitea::CommitStatusState::Success);
+
     let detail = s.api_issue(&issue).await;
     assert_eq!(detail["gates"][0]["gate"], "test");
     assert_eq!(detail["gates"][0]["status"], "passed");
@@ -91,6 +98,44 @@ async fn a_failing_gate_sends_the_agent_back_once_then_the_pull_request_shows_th
     })
     .await;
     assert!(seen.is_some(), "{wanted:?} not in:\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_that_is_rotated_hands_the_gates_findings_to_the_next_session() {
+    // Every session bursts past the rotation threshold at step 2, continuations too: the
+    // session that finally finishes a continuation is a rotated one, and it must still be told
+    // what the gates rejected, or it never fixes it.
+    let gates = format!("[gates]\nmax_continuations = 1\n\n{TEST_GATE}");
+    let s = Scenario::start_gated(
+        &[
+            "--fix-on-continuation",
+            "fixed.txt",
+            "--burst-at-step",
+            "2",
+            "--burst-tokens",
+            "160000",
+        ],
+        &gates,
+    )
+    .await;
+    let issue = s.issue("Fix the gadget");
+    s.deliver(&issue, "assigned").await;
+    s.wait_for_state(&issue, IssueState::Completed).await;
+    let rotations = s
+        .store
+        .sessions_for_issue(&issue)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|session| session.outcome == Some(mosaic_store::SessionOutcome::Rotated))
+        .count();
+    assert!(
+        rotations >= 2,
+        "the continuation was rotated too: {rotations}"
+    );
+    let branch = format!("mosaic/{}-fix-the-gadget", issue.number);
+    let fixed = git(&s.remote, &["show", &format!("{branch}:fixed.txt")]).unwrap();
+    assert!(fixed.contains("Fixed after the quality gates"), "{fixed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,6 +175,15 @@ async fn an_agent_that_never_fixes_the_gate_fails_with_its_branch_pushed_and_the
     assert_eq!(pulls.len(), 1, "{pulls:#?}");
     assert_eq!(pulls[0].title, "WIP: Break the widget");
     assert!(pulls[0].body.contains("❌ failed"), "{}", pulls[0].body);
+    let head = s.remote_branches()[0].1.clone();
+    let statuses = s.gitea.commit_statuses(&s.repo, &head);
+    assert_eq!(statuses.len(), 1, "{statuses:#?}");
+    assert_eq!(statuses[0].context, "mosaic/test");
+    assert_eq!(statuses[0].state, mosaic_gitea::CommitStatusState::Failure);
+    assert!(
+        statuses[0].description.contains("exit code 1"),
+        "{statuses:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,6 +206,9 @@ async fn a_gate_that_hangs_is_reported_timed_out() {
     assert!(report.contains("no result within 1 s; killed"), "{report}");
     assert!(s.pull_requests().is_empty(), "on_gate_failure = branch");
     assert_eq!(s.remote_branch_names().len(), 1, "the branch is pushed");
+    let head = s.remote_branches()[0].1.clone();
+    let statuses = s.gitea.commit_statuses(&s.repo, &head);
+    assert_eq!(statuses[0].state, mosaic_gitea::CommitStatusState::Error);
     let detail = s.api_issue(&issue).await;
     assert_eq!(detail["gates"][0]["status"], "timed_out");
 }

@@ -84,22 +84,29 @@ async fn an_assigned_issue_ends_in_one_pull_request_with_the_agents_commit() {
     assert!(pulls[0].body.contains("1 session"), "{}", pulls[0].body);
     assert!(!pulls[0].body.contains(MockGitea::BOT_TOKEN));
 
-    // The status comment names the branch and the pull request; the API shows both.
+    // The status comment links the pull request; the API shows it and the workspace.
     let status = s.status_comment(&issue);
     assert!(
-        status.contains(&format!("pull request `{branch}` → `main`")),
+        status.contains(&format!(
+            "pull request [#{}]({}) `{branch}` → `main`",
+            pulls[0].number, pulls[0].html_url
+        )),
         "{status}"
     );
+    assert!(!pulls[0].html_url.is_empty());
     assert_eq!(s.gitea.issue_labels(&issue), ["mosaic:done"]);
     let detail = s.api_issue(&issue).await;
     assert_eq!(detail["workspace"]["branch"], branch.as_str());
-    assert_eq!(detail["workspace"]["base"], "main");
+    assert_eq!(detail["workspace"]["base_branch"], "main");
     assert_eq!(
         detail["workspace"]["head_commit"],
         s.remote_branches()[0].1.as_str()
     );
     assert_eq!(detail["pull_request"]["head"], branch.as_str());
     assert_eq!(detail["pull_request"]["status"], "done");
+    assert_eq!(detail["pull_request"]["number"], pulls[0].number);
+    assert_eq!(detail["pull_request"]["url"], pulls[0].html_url.as_str());
+    assert!(detail["workspace"]["removed_at"].is_null());
 
     // The session ran in the worktree, which goes when the issue is closed (the branch stays).
     let worktree = s.worktree(&issue);
@@ -116,6 +123,11 @@ async fn an_assigned_issue_ends_in_one_pull_request_with_the_agents_commit() {
         s.fail(&format!("{} still exists after close", worktree.display()));
     }
     assert_eq!(s.remote_branches().len(), 1, "the remote branch stays");
+    // The record stays, saying when the worktree went.
+    let detail = s.api_issue(&issue).await;
+    assert_eq!(detail["workspace"]["branch"], branch.as_str());
+    assert!(detail["workspace"]["removed_at"].is_string(), "{detail}");
+    assert_eq!(detail["pull_request"]["number"], pulls[0].number);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,6 +255,15 @@ async fn a_crash_while_publishing_ends_in_one_pull_request_without_running_the_a
         ["Sample agent: work on the issue", "Initial commit"]
     );
     assert!(s.app.log().contains("publishing now"));
+    // The restarted process knows the workspace from the store and links the pull request.
+    let detail = s.api_issue(&issue).await;
+    assert_eq!(detail["workspace"]["branch"], branch.as_str());
+    assert_eq!(detail["pull_request"]["number"], pulls[0].number);
+    let status = s.status_comment(&issue);
+    assert!(
+        status.contains(&format!("pull request [#{}](", pulls[0].number)),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,4 +330,154 @@ async fn a_rotated_session_hands_over_the_workspace_state_and_the_next_one_publi
         ["Sample agent: work on the issue", "Initial commit"]
     );
     assert_eq!(s.pull_requests().len(), 1);
+}
+
+/// Every process's command line and, for sample agents, environment, as text.
+fn processes_now() -> Vec<(u32, String, Option<String>)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let environ = cmdline
+                .contains("sample-agent")
+                .then(|| std::fs::read(format!("/proc/{pid}/environ")).ok())
+                .flatten()
+                .map(|env| String::from_utf8_lossy(&env).replace('\0', "\n"));
+            Some((pid, cmdline, environ))
+        })
+        .collect()
+}
+
+/// Files under `root` whose bytes contain `needle`.
+fn files_containing(root: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => pending.push(path),
+                Ok(kind) if kind.is_file() => {
+                    let bytes = std::fs::read(&path).unwrap_or_default();
+                    if bytes
+                        .windows(needle.len())
+                        .any(|window| window == needle.as_bytes())
+                    {
+                        found.push(path);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_issues_of_one_repository_publish_at_once_and_the_token_shows_nowhere() {
+    // Each git request takes 150 ms, so clones, fetches and pushes are alive long enough for
+    // their command lines to be read while they run.
+    let s = Scenario::start(setup(
+        &["--write-file", "NOTES.md", "--commit"],
+        Duration::from_millis(150),
+        1,
+    ))
+    .await;
+    let first = s.issue("Add release notes");
+    let second = s.issue("Fix the changelog");
+    s.deliver(&first, "assigned").await;
+    s.deliver(&second, "assigned").await;
+
+    // Watch every process while both attempts run: no command line carries the token, and no
+    // agent's environment does.
+    let token = MockGitea::BOT_TOKEN;
+    let mut agents_seen = std::collections::BTreeSet::new();
+    let mut git_seen = 0usize;
+    let mut both_running = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        for (pid, cmdline, environ) in processes_now() {
+            assert!(
+                !cmdline.contains(token),
+                "process {pid} has the token in its argv: {cmdline}"
+            );
+            if cmdline.starts_with("git ") || cmdline.contains("/git ") {
+                git_seen += 1;
+            }
+            if let Some(environ) = environ {
+                agents_seen.insert(pid);
+                assert!(
+                    !environ.contains(token),
+                    "agent {pid} has the token in its environment"
+                );
+                assert!(
+                    !environ.contains("GIT_CONFIG_VALUE"),
+                    "agent {pid} got git's credential configuration"
+                );
+            }
+        }
+        let states = (s.state(&first).await, s.state(&second).await);
+        both_running |= states == (Some(IssueState::InProgress), Some(IssueState::InProgress));
+        if states == (Some(IssueState::Completed), Some(IssueState::Completed)) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            s.fail(&format!("both issues did not complete: {states:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(both_running, "the two attempts overlapped");
+    assert!(!agents_seen.is_empty(), "agent processes were watched");
+    assert!(git_seen > 0, "git processes were watched");
+
+    // Two worktrees on two branches, two pull requests, no lock trouble.
+    s.wait_outbox_delivered(&first).await;
+    s.wait_outbox_delivered(&second).await;
+    let (one, two) = (s.worktree(&first), s.worktree(&second));
+    assert!(one.join("NOTES.md").is_file() && two.join("NOTES.md").is_file());
+    assert_eq!(s.pull_requests().len(), 2, "{:#?}", s.pull_requests());
+    assert_eq!(s.remote_branches().len(), 2);
+    let log = s.app.log();
+    assert!(!log.contains(".lock"), "no git lock errors:\n{log}");
+
+    // Nothing on disk or in the log holds the token: no .git/config, no mirror config.
+    let workspaces = s.app.data.path().join("workspaces");
+    assert_eq!(
+        files_containing(&workspaces, token),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert!(!log.contains(token), "the log shows the token");
+
+    // Closing both removes both worktrees; git's own list is clean again.
+    for issue in [&first, &second] {
+        s.gitea
+            .set_issue_state(issue, mosaic_gitea::IssueState::Closed);
+        s.deliver(issue, "closed").await;
+    }
+    let gone = poll(async || (!one.exists() && !two.exists()).then_some(())).await;
+    if gone.is_none() {
+        s.fail("the worktrees still exist after close");
+    }
+    let mirrors = s.app.data.path().join("workspaces/mirrors");
+    let mirror = std::fs::read_dir(mirrors.join("e2e"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .next()
+        .unwrap();
+    let listed = git(&mirror, &["worktree", "list", "--porcelain"]).unwrap();
+    assert_eq!(
+        listed.matches("worktree ").count(),
+        1,
+        "only the mirror: {listed}"
+    );
+    assert_eq!(s.remote_branches().len(), 2, "the remote branches stay");
 }

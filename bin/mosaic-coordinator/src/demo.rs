@@ -1,21 +1,24 @@
 //! `demo`: a whole scenario with nothing else installed — the coordinator on a free port with a
-//! temporary store, a built-in mock Gitea, and the built-in sample agent as agent processes.
+//! temporary store, a built-in mock Gitea, a real git repository it serves over smart HTTP, and
+//! the built-in sample agent as agent processes that edit and commit in their worktrees.
 //!
 //! Signed deliveries are replayed for four issues: one blocked by another, one too large for any
 //! agent, and one whose agent runs out of context and is rotated. Progress is printed as it
-//! happens, and a summary table at the end.
+//! happens; at the end a summary table and the pull request each completed issue got (branch,
+//! pushed commit).
 
 // The demo talks to the person running it: printing is its purpose.
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mosaic_domain::{IssueRef, IssueState, RepoName};
-use mosaic_gitea::mock::{MockGitea, NewIssue};
+use mosaic_gitea::mock::{GitHttpServer, MockGitea, NewIssue};
 use mosaic_runner::{AgentCommand, InputMode, RunnerConfig};
 use mosaic_security::{Secret, sign_hex};
 use mosaic_store::Store;
@@ -55,10 +58,13 @@ const ISSUES: [Scenario; 4] = [
 ];
 
 /// The sample agent as every agent profile's command: the coordinator's own binary.
-fn agent_command(args: &[&str], can_compact: bool) -> anyhow::Result<AgentCommand> {
+/// Each agent leaves `files` in its worktree (sample-agent flags) and commits them; the
+/// coordinator pushes.
+fn agent_command(args: &[&str], files: &[&str], can_compact: bool) -> anyhow::Result<AgentCommand> {
     let exe = std::env::current_exe().context("cannot find the coordinator's own executable")?;
     let mut all = vec![crate::SAMPLE_AGENT_COMMAND.to_owned()];
-    all.extend(args.iter().map(|a| (*a).to_owned()));
+    all.extend(args.iter().chain(files).map(|a| (*a).to_owned()));
+    all.push("--commit".to_owned());
     Ok(AgentCommand {
         program: exe.display().to_string(),
         args: all,
@@ -77,8 +83,7 @@ fn demo_config(dir: &std::path::Path, gitea_url: &url::Url) -> anyhow::Result<Co
     let mut config = Config::default();
     config.webhook.secrets = vec![Secret::new(SECRET)];
     config.store = mosaic_store::StoreConfig::sqlite(dir.join("mosaic.db"));
-    // The mock Gitea names no clone URL, so no worktree is made; the root stays in the demo's
-    // temporary directory all the same.
+    // Mirrors and worktrees of the demo repository.
     config.workspace.root = dir.join("workspaces");
     config.inbox.idle_poll_ms = 200;
     let mut gitea =
@@ -119,18 +124,43 @@ fn demo_config(dir: &std::path::Path, gitea_url: &url::Url) -> anyhow::Result<Co
         "--step-delay-ms",
         "250",
     ];
-    for (agent, args, can_compact) in [
-        ("opus", &steady[..], true),
-        ("haiku", &steady[..], true),
-        ("minimax", &steady[..], true),
-        ("glm", &compacting[..], true),
-        ("sonnet", &rotating[..], false),
+    let notes = ["--write-file", "NOTES.md"];
+    // sonnet's first result breaks the demo's test gate (BROKEN.md without FIXED.md); sent
+    // back with the gate's output, it fixes it.
+    let breaks_then_fixes = [
+        "--write-file",
+        "BROKEN.md",
+        "--fix-on-continuation",
+        "FIXED.md",
+    ];
+    for (agent, args, files, can_compact) in [
+        ("opus", &steady[..], &notes[..], true),
+        ("haiku", &steady[..], &notes[..], true),
+        ("minimax", &steady[..], &notes[..], true),
+        ("glm", &compacting[..], &notes[..], true),
+        ("sonnet", &rotating[..], &breaks_then_fixes[..], false),
     ] {
         runner
             .agents
-            .insert(agent.to_owned(), agent_command(args, can_compact)?);
+            .insert(agent.to_owned(), agent_command(args, files, can_compact)?);
     }
     config.runner = Some(runner);
+    config.gates.gates = vec![mosaic_gates::Gate {
+        name: "test".to_owned(),
+        command: [
+            "sh",
+            "-c",
+            "if [ -e BROKEN.md ] && [ ! -e FIXED.md ]; then echo 'test widget ... FAILED: BROKEN.md is not fixed'; exit 1; fi; echo 'test widget ... ok'",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        repos: vec!["*/*".to_owned()],
+        timeout_secs: 60,
+        required: true,
+        env: BTreeMap::new(),
+        min_percent: None,
+        percent_regex: None,
+    }];
     Ok(config)
 }
 
@@ -186,6 +216,15 @@ async fn scenario() -> Result<(), Failure> {
         .context("cannot start the mock Gitea")?;
     let repo: RepoName = "demo/app".parse().context("demo repository name")?;
     gitea.create_repo(&repo);
+    // A real repository, served as Gitea would (the bot's token required), that the
+    // coordinator clones, and pushes each issue's branch to.
+    let git_root = dir.path().join("git");
+    create_repository(&git_root.join("demo").join("app.git"))?;
+    let git_server = GitHttpServer::start(&git_root, MockGitea::BOT_TOKEN)
+        .await
+        .context("cannot serve the demo repository over HTTP")?;
+    let clone_url = git_server.clone_url("demo", "app");
+    gitea.set_clone_url(&repo, &clone_url);
     let issues: Vec<IssueRef> = ISSUES
         .iter()
         .map(|s| {
@@ -217,6 +256,7 @@ async fn scenario() -> Result<(), Failure> {
         "  mock Gitea   {gitea_url}  (repository {repo}, bot {})",
         MockGitea::BOT_LOGIN
     );
+    println!("  git          {clone_url}");
     println!();
 
     let client = reqwest::Client::new();
@@ -309,6 +349,10 @@ async fn scenario() -> Result<(), Failure> {
     })
     .await;
     println!("{}", summary(store.as_ref(), &issues).await?);
+    println!(
+        "{}",
+        pull_requests(store.as_ref(), &gitea, &repo, &issues).await?
+    );
     println!("What the bot wrote on each issue in Gitea:");
     for issue in &issues {
         let comments = gitea.comments(issue);
@@ -328,6 +372,92 @@ async fn scenario() -> Result<(), Failure> {
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(15), server).await;
     Ok(())
+}
+
+/// A bare repository at `bare` whose `main` has one commit (a README), made with the git CLI.
+fn create_repository(bare: &Path) -> anyhow::Result<()> {
+    let parent = bare
+        .parent()
+        .context("the repository path has no parent folder")?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let seed = parent.join("seed");
+    let git = |dir: &Path, args: &[&str]| -> anyhow::Result<()> {
+        let output = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=Mosaic demo",
+                "-c",
+                "user.email=demo@mosaic.invalid",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("cannot run git (the demo needs the git CLI)")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(())
+    };
+    git(
+        parent,
+        &["init", "--quiet", "--initial-branch=main", "seed"],
+    )?;
+    std::fs::write(
+        seed.join("README.md"),
+        "# demo/app\n\nA repository for the Mosaic demo.\n",
+    )
+    .context("cannot write the demo repository's README")?;
+    git(&seed, &["add", "README.md"])?;
+    git(&seed, &["commit", "--quiet", "-m", "Initial commit"])?;
+    let bare_text = bare.display().to_string();
+    git(parent, &["clone", "--quiet", "--bare", "seed", &bare_text])?;
+    std::fs::remove_dir_all(&seed).context("cannot remove the seed repository")?;
+    Ok(())
+}
+
+/// The pull request each completed issue got in the mock Gitea: number, branch, pushed commit.
+async fn pull_requests(
+    store: &dyn Store,
+    gitea: &MockGitea,
+    repo: &RepoName,
+    issues: &[IssueRef],
+) -> anyhow::Result<String> {
+    let pulls = gitea.pull_requests(repo);
+    let mut out = String::from("Pull requests in the mock Gitea:\n");
+    for issue in issues {
+        let Some(stored) = store.get_workspace(issue).await? else {
+            continue;
+        };
+        let workspace = stored.workspace;
+        let commit = workspace.head_commit.as_deref().unwrap_or("-");
+        let pull = pulls.iter().find(|pull| pull.head.name == workspace.branch);
+        let number = pull.map_or_else(|| "-".to_owned(), |pull| format!("#{}", pull.number));
+        let gates: Vec<String> = gitea
+            .commit_statuses(repo, commit)
+            .iter()
+            .map(|status| format!("{} {:?}", status.context, status.state).to_lowercase())
+            .collect();
+        writeln!(
+            out,
+            "  {:<14} {:<4} {} → {}  commit {}  [{}]",
+            issue.to_string(),
+            number,
+            workspace.branch,
+            workspace.base_branch,
+            commit.get(..10).unwrap_or(commit),
+            gates.join(", "),
+        )?;
+    }
+    if pulls.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    Ok(out)
 }
 
 async fn wait_until<F, Fut>(limit: Duration, mut ready: F) -> anyhow::Result<()>
@@ -351,8 +481,8 @@ async fn summary(store: &dyn Store, issues: &[IssueRef]) -> anyhow::Result<Strin
     let mut out = String::new();
     writeln!(
         out,
-        "{:<14} {:<8} {:>10} {:>12} {:>11} {:>9}  outcome",
-        "issue", "agent", "estimate", "tokens used", "compactions", "rotations"
+        "{:<14} {:<8} {:>10} {:>12} {:>11} {:>9} {:>9}  outcome",
+        "issue", "agent", "estimate", "tokens used", "compactions", "rotations", "sent back"
     )?;
     for issue in issues {
         let Some(record) = store.get_issue(issue).await? else {
@@ -360,13 +490,20 @@ async fn summary(store: &dyn Store, issues: &[IssueRef]) -> anyhow::Result<Strin
             continue;
         };
         let mut compactions = 0;
-        for session in store.sessions_for_issue(issue).await? {
+        let sessions = store.sessions_for_issue(issue).await?;
+        for session in &sessions {
             compactions += store.compactions_for_session(&session.id).await?.len();
         }
+        // Every success but the last was sent back by the quality gates.
+        let succeeded = sessions
+            .iter()
+            .filter(|session| session.outcome == Some(mosaic_store::SessionOutcome::Succeeded))
+            .count();
+        let sent_back = succeeded.saturating_sub(1);
         let rotated = rotations.iter().filter(|r| &r.issue == issue).count();
         writeln!(
             out,
-            "{:<14} {:<8} {:>10} {:>12} {:>11} {:>9}  {}",
+            "{:<14} {:<8} {:>10} {:>12} {:>11} {:>9} {:>9}  {}",
             issue.to_string(),
             record.assigned_agent.as_deref().unwrap_or("-"),
             record
@@ -375,6 +512,7 @@ async fn summary(store: &dyn Store, issues: &[IssueRef]) -> anyhow::Result<Strin
             crate_thousands(record.input_tokens + record.output_tokens),
             compactions,
             rotated,
+            sent_back,
             record.state.as_str(),
         )?;
     }

@@ -47,6 +47,7 @@ fn step(state: &str, label: &str, done: bool) -> Vec<(String, GiteaWrite)> {
         format!("{state}-status"),
         GiteaWrite::StatusComment {
             body: format!("**Mosaic:** {state}"),
+            pull_request: None,
         },
     ));
     writes.push((

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use mosaic_domain::IssueRef;
-use mosaic_gitea::IdempotencyKey;
+use mosaic_gitea::{CommitStatusState, IdempotencyKey};
 use mosaic_store::{NewOutboxItem, OutboxItem};
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +17,13 @@ use serde::{Deserialize, Serialize};
 pub enum GiteaWrite {
     /// Creates or updates the coordinator's single status comment on the issue (found by the
     /// fixed marker `<!-- mosaic:status -->`), so state changes do not pile up comments.
-    StatusComment { body: String },
+    /// With `pull_request` (the head branch), the worker links the pull request opened from
+    /// that branch, which only Gitea numbers, into the body when it delivers it.
+    StatusComment {
+        body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pull_request: Option<String>,
+    },
     /// Posts a new comment exactly once: `marker`, a random key made when the write is
     /// enqueued ([`GiteaWrite::comment`]), goes into the body as `<!-- mosaic:KEY -->`, and
     /// after an uncertain outcome the worker looks for it, in the bot's own comments, first.
@@ -34,6 +40,14 @@ pub enum GiteaWrite {
     },
     /// Closes the issue (`engine.close_on_success`).
     CloseIssue,
+    /// Puts a status (a quality gate's result, context `mosaic/<gate>`) on the pushed commit
+    /// `sha`; repeating it adds an entry saying the same, and Gitea shows the newest per context.
+    CommitStatus {
+        sha: String,
+        context: String,
+        state: CommitStatusState,
+        description: String,
+    },
     /// Opens the pull request from the pushed `head` branch into `base`; when one is open
     /// already (Gitea answers 409) its body is replaced, so repeating the write, or a later
     /// attempt on the same branch, leaves one pull request.
@@ -108,6 +122,11 @@ mod tests {
         let writes = [
             GiteaWrite::StatusComment {
                 body: "Queued".into(),
+                pull_request: None,
+            },
+            GiteaWrite::StatusComment {
+                body: "Done".into(),
+                pull_request: Some("mosaic/5-x".into()),
             },
             GiteaWrite::comment("Done".into()),
             GiteaWrite::Comment {
@@ -128,6 +147,12 @@ mod tests {
                 base: "main".into(),
                 title: "X".into(),
                 body: "Closes #5".into(),
+            },
+            GiteaWrite::CommitStatus {
+                sha: "0123abcd".into(),
+                context: "mosaic/test".into(),
+                state: CommitStatusState::Failure,
+                description: "failed (exit code 1)".into(),
             },
         ];
         for write in writes {

@@ -21,10 +21,12 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use mosaic_domain::{IssueRef, RepoName};
 use mosaic_gitea::{
-    CommentDelivery, CreatePullRequestOption, EditPullRequestOption, GiteaApi, GiteaError,
-    IdempotencyKey, Label, MarkerError, post_comment_once,
+    CommentDelivery, CreatePullRequestOption, CreateStatusOption, EditPullRequestOption, GiteaApi,
+    GiteaError, IdempotencyKey, Label, MarkerError, PullRequest, post_comment_once,
 };
-use mosaic_store::{OutboxBacklog, OutboxItem, OutboxStatus, Store, StoreError};
+use mosaic_store::{
+    IssueWorkspace, OutboxBacklog, OutboxItem, OutboxStatus, PullRequestLink, Store, StoreError,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, OnceCell};
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::effects::GiteaWrite;
+use crate::report::link_pull_request;
 
 /// The key of the coordinator's single status comment per issue: `<!-- mosaic:status -->`.
 pub const STATUS_KEY: &str = "status";
@@ -376,7 +379,13 @@ impl OutboxWorker {
                     }
                 }
             }
-            GiteaWrite::StatusComment { body } => self.put_status_comment(item, &body).await?,
+            GiteaWrite::StatusComment { body, pull_request } => {
+                let body = match pull_request {
+                    Some(head) => self.with_pull_request_link(issue, body, &head).await,
+                    None => body,
+                };
+                self.put_status_comment(item, &body).await?;
+            }
             GiteaWrite::StateLabel { add, remove } => {
                 self.put_state_label(issue, add.as_deref(), &remove).await?;
             }
@@ -390,6 +399,23 @@ impl OutboxWorker {
                 body,
             } => {
                 self.put_pull_request(item, head, base, title, body).await?;
+            }
+            GiteaWrite::CommitStatus {
+                sha,
+                context,
+                state,
+                description,
+            } => {
+                let status = CreateStatusOption {
+                    state,
+                    context,
+                    description,
+                    target_url: String::new(),
+                };
+                self.gitea
+                    .create_commit_status(&issue.repo, &sha, &status)
+                    .await?;
+                tracing::info!(%sha, context = %status.context, state = ?status.state, "commit status put");
             }
         }
         Ok(())
@@ -511,6 +537,8 @@ impl OutboxWorker {
         let err = match self.gitea.create_pull_request(repo, &pull).await {
             Ok(opened) => {
                 tracing::info!(pull = opened.number, head = %pull.head, "pull request opened");
+                self.remember_pull_request(&item.issue, &pull.head, &opened)
+                    .await;
                 return Ok(());
             }
             Err(err) => err,
@@ -522,6 +550,8 @@ impl OutboxWorker {
             .gitea
             .pull_request_by_branches(repo, &pull.base, &pull.head)
             .await?;
+        self.remember_pull_request(&item.issue, &pull.head, &existing)
+            .await;
         if existing.body == pull.body {
             tracing::debug!(pull = existing.number, "pull request already says this");
             return Ok(());
@@ -535,6 +565,35 @@ impl OutboxWorker {
             .await?;
         tracing::info!(pull = existing.number, head = %pull.head, "pull request updated");
         Ok(())
+    }
+
+    /// Stores which pull request the issue's branch has, for its status comment and the API.
+    /// Gitea has it either way, so a store failure costs only the link.
+    async fn remember_pull_request(&self, issue: &IssueRef, head: &str, pull: &PullRequest) {
+        let link = PullRequestLink {
+            number: pull.number,
+            url: pull.html_url.clone(),
+        };
+        if let Err(err) = self.store.record_pull_request(issue, head, link).await {
+            tracing::warn!(error = %err, pull = pull.number, "the pull request's number could not be stored; the status comment names only its branch");
+        }
+    }
+
+    /// `body` with the pull request opened from `head` linked in, when the store knows it.
+    async fn with_pull_request_link(&self, issue: &IssueRef, body: String, head: &str) -> String {
+        match self.store.get_workspace(issue).await {
+            Ok(Some(IssueWorkspace {
+                workspace,
+                pull_request: Some(pull),
+            })) if workspace.branch == head => {
+                link_pull_request(&body, head, pull.number, &pull.url)
+            }
+            Ok(_) => body,
+            Err(err) => {
+                tracing::warn!(error = %err, "the pull request's number could not be read; the status comment names only its branch");
+                body
+            }
+        }
     }
 
     /// Edits the issue's status comment, or creates it when there is none: one per issue.

@@ -200,6 +200,33 @@ fn clip(text: &str, max: usize) -> String {
     }
 }
 
+impl Status<'_> {
+    /// The head branch of the pull request this status reports, whose number and address the
+    /// outbox links in once Gitea has opened it ([`link_pull_request`]).
+    pub fn pull_request_head(&self) -> Option<&str> {
+        match self {
+            Status::Published { branch, .. } => Some(branch),
+            _ => None,
+        }
+    }
+}
+
+/// The status text with the pull request of `head` linked where the first line names the
+/// branch: `pull request [#12](url) `head``.
+pub fn link_pull_request(body: &str, head: &str, number: u64, url: &str) -> String {
+    let named = format!("pull request `{head}`");
+    let first_line = body.split('\n').next().unwrap_or_default();
+    if !first_line.contains(&named) {
+        return body.to_owned();
+    }
+    let linked = if url.is_empty() {
+        format!("pull request #{number} `{head}`")
+    } else {
+        format!("pull request [#{number}]({url}) `{head}`")
+    };
+    body.replacen(&named, &linked, 1)
+}
+
 /// The status comment's text (without the idempotency marker, which the outbox adds).
 pub fn status_comment(status: &Status<'_>, repo: &RepoName) -> String {
     match status {
@@ -297,6 +324,48 @@ mod tests {
         assert!(
             wip.contains("no work is lost; its pull request is marked WIP."),
             "{wip}"
+        );
+    }
+
+    #[test]
+    fn the_published_status_links_its_pull_request_once_gitea_numbered_it() {
+        let published = Status::Published {
+            agent: "glm",
+            summary: "Mentions pull request `mosaic/12-add-caching` too.",
+            tokens: 4_200,
+            cost_usd: 0.5,
+            branch: "mosaic/12-add-caching",
+            base: "main",
+        };
+        assert_eq!(published.pull_request_head(), Some("mosaic/12-add-caching"));
+        let body = status_comment(&published, &repo());
+        let linked = link_pull_request(
+            &body,
+            "mosaic/12-add-caching",
+            7,
+            "http://gitea/o/r/pulls/7",
+        );
+        assert_eq!(
+            linked,
+            "**Mosaic** · Done by glm · 4,200 tokens · $0.50 · pull request [#7](http://gitea/o/r/pulls/7) `mosaic/12-add-caching` → `main`\n\nMentions pull request `mosaic/12-add-caching` too."
+        );
+        assert!(
+            link_pull_request(&body, "mosaic/12-add-caching", 7, "")
+                .starts_with("**Mosaic** · Done by glm · 4,200 tokens · $0.50 · pull request #7 `mosaic/12-add-caching`")
+        );
+        // Only the first line is ever rewritten, so a summary cannot place a link.
+        let done = "**Mosaic** · Done by glm\n\npull request `mosaic/12-add-caching`";
+        assert_eq!(
+            link_pull_request(done, "mosaic/12-add-caching", 7, "u"),
+            done
+        );
+        assert_eq!(
+            Status::InProgress {
+                agent: "glm",
+                attempt: 1
+            }
+            .pull_request_head(),
+            None
         );
     }
 

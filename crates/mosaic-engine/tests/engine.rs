@@ -408,7 +408,7 @@ fn status_texts(writes: &[GiteaWrite]) -> Vec<String> {
     writes
         .iter()
         .filter_map(|w| match w {
-            GiteaWrite::StatusComment { body } => Some(body.clone()),
+            GiteaWrite::StatusComment { body, .. } => Some(body.clone()),
             _ => None,
         })
         .collect()

@@ -12,12 +12,16 @@ use mosaic_engine::effects::GiteaWrite;
 use mosaic_engine::outbox::{OutboxConfig, OutboxWorker};
 use mosaic_gitea::mock::{MockGitea, NewIssue};
 use mosaic_gitea::{
-    Comment, CreatePullRequestOption, Dependencies, EditPullRequestOption, GiteaApi, GiteaClient,
-    GiteaConfig, GiteaError, IdempotencyKey, Issue, IssueFilter, IssueState as TrackerState, Label,
-    PullRequest, Repository, StateFilter, User,
+    Comment, CommitStatus, CommitStatusState, CreatePullRequestOption, CreateStatusOption,
+    Dependencies, EditPullRequestOption, GiteaApi, GiteaClient, GiteaConfig, GiteaError,
+    IdempotencyKey, Issue, IssueFilter, IssueState as TrackerState, Label, PullRequest, Repository,
+    StateFilter, User,
 };
 use mosaic_store::sqlite::SqliteStore;
-use mosaic_store::{IssueRecord, NewOutboxItem, OutboxStatus, Store, StoreConfig, TransitionBatch};
+use mosaic_store::{
+    IssueRecord, NewOutboxItem, OutboxStatus, PullRequestLink, Store, StoreConfig, TransitionBatch,
+    WorkspaceRecord,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -252,6 +256,14 @@ impl GiteaApi for Flaky {
     ) -> Result<PullRequest, GiteaError> {
         self.inner.edit_pull_request(repo, number, edit).await
     }
+    async fn create_commit_status(
+        &self,
+        repo: &RepoName,
+        sha: &str,
+        status: &CreateStatusOption,
+    ) -> Result<CommitStatus, GiteaError> {
+        self.inner.create_commit_status(repo, sha, status).await
+    }
 }
 
 fn flaky(h: &Harness, after_post: AfterPost) -> Arc<Flaky> {
@@ -288,7 +300,10 @@ async fn stored_marker(h: &Harness, issue: &IssueRef) -> IdempotencyKey {
 }
 
 fn status(body: &str) -> GiteaWrite {
-    GiteaWrite::StatusComment { body: body.into() }
+    GiteaWrite::StatusComment {
+        body: body.into(),
+        pull_request: None,
+    }
 }
 
 // ----- crash safety (issue 6: exactly one comment per state change) -----
@@ -883,6 +898,126 @@ async fn a_later_pull_request_write_for_the_same_branch_updates_its_body() {
     assert_eq!(pulls[0].body, "Closes #1\n\nsecond");
     assert_eq!(pulls[0].head.name, "mosaic/1-add-caching");
     assert_eq!(pulls[0].base.name, "main");
+}
+
+#[tokio::test]
+async fn the_status_comment_links_the_pull_request_opened_before_it() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    let branch = "mosaic/1-add-caching";
+    h.store
+        .put_workspace(WorkspaceRecord {
+            issue: issue.clone(),
+            path: "/work/acme/widgets/issue-1".into(),
+            branch: branch.into(),
+            base_branch: "main".into(),
+            head_commit: Some("abc".into()),
+            prepared_at: Utc::now(),
+            removed_at: None,
+        })
+        .await
+        .unwrap();
+    let done = format!("**Mosaic** · Done by glm · pull request `{branch}` → `main`\n\nsummary");
+    h.enqueue(
+        &issue,
+        &[
+            ("p1", pull_request("Closes #1")),
+            (
+                "done-status",
+                GiteaWrite::StatusComment {
+                    body: done,
+                    pull_request: Some(branch.into()),
+                },
+            ),
+        ],
+    )
+    .await;
+    drain(&h.worker(fast())).await;
+
+    let pulls = h.gitea.pull_requests(&h.repo);
+    assert_eq!(pulls.len(), 1);
+    let link = PullRequestLink {
+        number: pulls[0].number,
+        url: pulls[0].html_url.clone(),
+    };
+    assert!(!link.url.is_empty());
+    let stored = h.store.get_workspace(&issue).await.unwrap().unwrap();
+    assert_eq!(stored.pull_request, Some(link.clone()));
+    let comments = h.gitea.comments(&issue);
+    assert_eq!(comments.len(), 1);
+    assert_eq!(
+        comments[0].body,
+        format!(
+            "**Mosaic** · Done by glm · pull request [#{}]({}) `{branch}` → `main`\n\nsummary\n\n<!-- mosaic:status -->",
+            link.number, link.url
+        )
+    );
+}
+
+#[tokio::test]
+async fn gate_results_become_commit_statuses_on_the_pushed_commit() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let status = |context: &str, state| GiteaWrite::CommitStatus {
+        sha: sha.into(),
+        context: context.into(),
+        state,
+        description: "why".into(),
+    };
+    h.enqueue(
+        &issue,
+        &[
+            (
+                "s-build",
+                status("mosaic/build", CommitStatusState::Success),
+            ),
+            ("s-test", status("mosaic/test", CommitStatusState::Failure)),
+        ],
+    )
+    .await;
+    drain(&h.worker(fast())).await;
+    let statuses = h.gitea.commit_statuses(&h.repo, sha);
+    let seen: Vec<(&str, CommitStatusState, &str)> = statuses
+        .iter()
+        .map(|s| (s.context.as_str(), s.state, s.description.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("mosaic/build", CommitStatusState::Success, "why"),
+            ("mosaic/test", CommitStatusState::Failure, "why")
+        ]
+    );
+    assert_eq!(
+        h.statuses(&issue).await,
+        vec![OutboxStatus::Done, OutboxStatus::Done]
+    );
+}
+
+#[tokio::test]
+async fn without_a_known_pull_request_the_status_comment_names_the_branch() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    // No workspace record (an older database, or the pull request write failed).
+    let done = "**Mosaic** · Done by glm · pull request `mosaic/1-add-caching` → `main`";
+    h.enqueue(
+        &issue,
+        &[(
+            "done-status",
+            GiteaWrite::StatusComment {
+                body: done.into(),
+                pull_request: Some("mosaic/1-add-caching".into()),
+            },
+        )],
+    )
+    .await;
+    drain(&h.worker(fast())).await;
+    let comments = h.gitea.comments(&issue);
+    assert_eq!(
+        comments[0].body,
+        format!("{done}\n\n<!-- mosaic:status -->")
+    );
 }
 
 // ----- throughput: fewer calls, several issues at once -----

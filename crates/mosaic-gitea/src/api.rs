@@ -8,8 +8,8 @@ use crate::client::GiteaClient;
 use crate::error::GiteaError;
 use crate::marker::IdempotencyKey;
 use crate::types::{
-    Comment, CreatePullRequestOption, Dependencies, EditPullRequestOption, Issue, IssueFilter,
-    Label, PullRequest, Repository, StateFilter, User,
+    Comment, CommitStatus, CreatePullRequestOption, CreateStatusOption, Dependencies,
+    EditPullRequestOption, Issue, IssueFilter, Label, PullRequest, Repository, StateFilter, User,
 };
 
 #[cfg_attr(any(test, feature = "mockall"), mockall::automock)]
@@ -106,6 +106,14 @@ pub trait GiteaApi: Send + Sync {
         number: u64,
         edit: &EditPullRequestOption,
     ) -> Result<PullRequest, GiteaError>;
+
+    /// Puts a status on a pushed commit (repeating it is harmless).
+    async fn create_commit_status(
+        &self,
+        repo: &RepoName,
+        sha: &str,
+        status: &CreateStatusOption,
+    ) -> Result<CommitStatus, GiteaError>;
 }
 
 #[async_trait]
@@ -228,6 +236,15 @@ impl GiteaApi for GiteaClient {
         edit: &EditPullRequestOption,
     ) -> Result<PullRequest, GiteaError> {
         GiteaClient::edit_pull_request(self, repo, number, edit).await
+    }
+
+    async fn create_commit_status(
+        &self,
+        repo: &RepoName,
+        sha: &str,
+        status: &CreateStatusOption,
+    ) -> Result<CommitStatus, GiteaError> {
+        GiteaClient::create_commit_status(self, repo, sha, status).await
     }
 }
 

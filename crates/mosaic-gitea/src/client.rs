@@ -16,9 +16,10 @@ use url::Url;
 use crate::config::GiteaConfig;
 use crate::error::{GiteaError, error_message_from_body};
 use crate::types::{
-    Comment, CommentOption, CreateHookOption, CreateLabelOption, CreatePullRequestOption,
-    Dependencies, EditHookOption, EditIssueOption, EditPullRequestOption, Hook, Issue, IssueFilter,
-    IssueLabelsOption, IssueState, Label, PullRequest, Repository, StateFilter, User,
+    Comment, CommentOption, CommitStatus, CreateHookOption, CreateLabelOption,
+    CreatePullRequestOption, CreateStatusOption, Dependencies, EditHookOption, EditIssueOption,
+    EditPullRequestOption, Hook, Issue, IssueFilter, IssueLabelsOption, IssueState, Label,
+    PullRequest, Repository, StateFilter, User,
 };
 
 /// Items asked for per page: Gitea's default `[api] MAX_RESPONSE_ITEMS` (it caps larger values).
@@ -505,6 +506,19 @@ impl GiteaClient {
         let index = number.to_string();
         let url = self.endpoint(&["repos", repo.owner(), repo.name(), "pulls", &index])?;
         self.send_json("repo.pulls.edit", Method::PATCH, url, edit)
+            .await
+    }
+
+    /// `POST /repos/{owner}/{repo}/statuses/{sha}`: a status on the commit `sha`. Repeating it
+    /// adds an entry that says the same; Gitea shows the newest per context.
+    pub async fn create_commit_status(
+        &self,
+        repo: &RepoName,
+        sha: &str,
+        status: &CreateStatusOption,
+    ) -> Result<CommitStatus, GiteaError> {
+        let url = self.endpoint(&["repos", repo.owner(), repo.name(), "statuses", sha])?;
+        self.send_json("repo.statuses.create", Method::POST, url, status)
             .await
     }
 

@@ -34,9 +34,10 @@ pub use error::GiteaError;
 pub use identity::{BotIdentity, IdentityError};
 pub use marker::{IdempotencyKey, MarkerError, markers_in};
 pub use types::{
-    Comment, CommentOption, CreateHookOption, CreateLabelOption, CreatePullRequestOption,
-    Dependencies, EditHookOption, EditIssueOption, EditPullRequestOption, Hook, InternalTracker,
-    Issue, IssueFilter, IssueLabelsOption, IssueState, Label, Permission, PullRequest,
-    PullRequestBranch, PullRequestMeta, Repository, RepositoryMeta, StateFilter, User,
+    Comment, CommentOption, CommitStatus, CommitStatusState, CreateHookOption, CreateLabelOption,
+    CreatePullRequestOption, CreateStatusOption, Dependencies, EditHookOption, EditIssueOption,
+    EditPullRequestOption, Hook, InternalTracker, Issue, IssueFilter, IssueLabelsOption,
+    IssueState, Label, Permission, PullRequest, PullRequestBranch, PullRequestMeta, Repository,
+    RepositoryMeta, StateFilter, User,
 };
 pub use webhook::{CheckReport, WEBHOOK_EVENTS, WebhookInstall, check, install_webhook};

@@ -358,6 +358,42 @@ pub struct EditPullRequestOption {
     pub body: Option<String>,
 }
 
+/// A commit status's state, as Gitea names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitStatusState {
+    Pending,
+    Success,
+    Error,
+    Failure,
+    Warning,
+}
+
+/// Body of `POST /repos/{owner}/{repo}/statuses/{sha}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateStatusOption {
+    pub state: CommitStatusState,
+    /// What reports it (`mosaic/test`); Gitea shows the newest status per context.
+    pub context: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target_url: String,
+}
+
+/// A commit status as Gitea answers it (`status` is its state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitStatus {
+    #[serde(default)]
+    pub id: i64,
+    #[serde(rename = "status")]
+    pub state: CommitStatusState,
+    #[serde(default, deserialize_with = "null_as_empty_string")]
+    pub context: String,
+    #[serde(default, deserialize_with = "null_as_empty_string")]
+    pub description: String,
+}
+
 /// Body of `POST /repos/{owner}/{repo}/labels`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateLabelOption {

@@ -229,6 +229,22 @@ impl Store for SpyStore {
     ) -> Result<Vec<CompactionRecord>, StoreError> {
         self.inner.compactions_for_session(session_id).await
     }
+    async fn put_workspace(&self, workspace: WorkspaceRecord) -> Result<(), StoreError> {
+        self.inner.put_workspace(workspace).await
+    }
+    async fn record_pull_request(
+        &self,
+        issue: &IssueRef,
+        branch: &str,
+        pull_request: PullRequestLink,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .record_pull_request(issue, branch, pull_request)
+            .await
+    }
+    async fn get_workspace(&self, issue: &IssueRef) -> Result<Option<IssueWorkspace>, StoreError> {
+        self.inner.get_workspace(issue).await
+    }
     async fn cache_get(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.cache_get(key).await
     }

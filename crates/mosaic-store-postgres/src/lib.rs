@@ -423,6 +423,28 @@ impl Store for PostgresStore {
         ))
     }
 
+    async fn put_workspace(&self, workspace: WorkspaceRecord) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::put_workspace(&tx, &workspace))
+    }
+
+    async fn record_pull_request(
+        &self,
+        issue: &IssueRef,
+        branch: &str,
+        pull_request: PullRequestLink,
+    ) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::record_pull_request(
+            &tx,
+            issue,
+            branch,
+            &pull_request
+        ))
+    }
+
+    async fn get_workspace(&self, issue: &IssueRef) -> Result<Option<IssueWorkspace>, StoreError> {
+        read!(self, |client| ops::get_workspace(client, issue))
+    }
+
     async fn cache_get(&self, key: &str) -> Result<Option<String>, StoreError> {
         read!(self, |client| ops::cache_get(client, key))
     }

@@ -28,6 +28,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "outbox_by_issue",
         sql: include_str!("../migrations/0003_outbox_by_issue.sql"),
     },
+    Migration {
+        version: 4,
+        name: "workspaces",
+        sql: include_str!("../migrations/0004_workspaces.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (also the version a fresh database gets).

@@ -1463,6 +1463,106 @@ pub(crate) async fn compactions_for_session(
     .await
 }
 
+// ----- workspaces and pull requests -----
+
+pub(crate) async fn put_workspace(
+    client: &impl GenericClient,
+    record: &WorkspaceRecord,
+) -> OpResult<()> {
+    let (repository, number) = issue_key(&record.issue)?;
+    execute(
+        client,
+        "INSERT INTO workspaces (repository, number, path, branch, base_branch, head_commit,
+             prepared_at, removed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (repository, number) DO UPDATE SET
+             pull_number = CASE WHEN workspaces.branch = excluded.branch
+                 THEN workspaces.pull_number END,
+             pull_url = CASE WHEN workspaces.branch = excluded.branch
+                 THEN workspaces.pull_url END,
+             path = excluded.path,
+             branch = excluded.branch,
+             base_branch = excluded.base_branch,
+             head_commit = excluded.head_commit,
+             prepared_at = excluded.prepared_at,
+             removed_at = excluded.removed_at",
+        &[
+            &repository,
+            &number,
+            &record.path,
+            &record.branch,
+            &record.base_branch,
+            &record.head_commit,
+            &record.prepared_at,
+            &record.removed_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn record_pull_request(
+    client: &impl GenericClient,
+    issue: &IssueRef,
+    branch: &str,
+    pull_request: &PullRequestLink,
+) -> OpResult<()> {
+    let (repository, number) = issue_key(issue)?;
+    execute(
+        client,
+        "UPDATE workspaces SET pull_number = $4, pull_url = $5
+         WHERE repository = $1 AND number = $2 AND branch = $3",
+        &[
+            &repository,
+            &number,
+            &branch,
+            &to_i64("pull request number", pull_request.number)?,
+            &pull_request.url,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn get_workspace(
+    client: &impl GenericClient,
+    issue: &IssueRef,
+) -> OpResult<Option<IssueWorkspace>> {
+    let (repository, number) = issue_key(issue)?;
+    let Some(row) = query_opt(
+        client,
+        "SELECT path, branch, base_branch, head_commit, prepared_at, removed_at, pull_number,
+             pull_url
+         FROM workspaces WHERE repository = $1 AND number = $2",
+        &[&repository, &number],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let pull_number: Option<i64> = get(&row, "pull_number")?;
+    let pull_url: Option<String> = get(&row, "pull_url")?;
+    Ok(Some(IssueWorkspace {
+        workspace: WorkspaceRecord {
+            issue: issue.clone(),
+            path: get(&row, "path")?,
+            branch: get(&row, "branch")?,
+            base_branch: get(&row, "base_branch")?,
+            head_commit: get(&row, "head_commit")?,
+            prepared_at: get(&row, "prepared_at")?,
+            removed_at: get(&row, "removed_at")?,
+        },
+        pull_request: pull_number
+            .map(|number| {
+                Ok::<_, Failure>(PullRequestLink {
+                    number: to_u64("workspaces.pull_number", number)?,
+                    url: pull_url.unwrap_or_default(),
+                })
+            })
+            .transpose()?,
+    }))
+}
+
 // ----- parse cache and LLM usage -----
 
 pub(crate) async fn cache_get(client: &impl GenericClient, key: &str) -> OpResult<Option<String>> {

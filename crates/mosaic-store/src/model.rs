@@ -449,6 +449,37 @@ pub struct CompactionRecord {
     pub at: DateTime<Utc>,
 }
 
+/// An issue's git workspace as the coordinator prepared it: a worktree at `path` on `branch`,
+/// made from `base_branch`. The record outlives the worktree (`removed_at`), since the branch and
+/// its pull request stay in Gitea.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkspaceRecord {
+    pub issue: IssueRef,
+    pub path: String,
+    pub branch: String,
+    pub base_branch: String,
+    /// The commit last pushed from the branch.
+    pub head_commit: Option<String>,
+    pub prepared_at: DateTime<Utc>,
+    pub removed_at: Option<DateTime<Utc>>,
+}
+
+/// A pull request in Gitea, as the outbox saw it opened (or found it open).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PullRequestLink {
+    pub number: u64,
+    /// Its web page (`html_url`); empty when Gitea gave none.
+    pub url: String,
+}
+
+/// An issue's workspace and the pull request of its branch, once there is one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IssueWorkspace {
+    #[serde(flatten)]
+    pub workspace: WorkspaceRecord,
+    pub pull_request: Option<PullRequestLink>,
+}
+
 /// One LLM call's usage.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LlmUsageRecord {

@@ -153,7 +153,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn record_rotation(&self, rotation: RotationRecord) -> Result<(), StoreError>;
 
-    /// Newest first.
     /// Newest first; with `before`, only rotations recorded before that time (the cursor of the
     /// next page: the `at` of the last one seen).
     async fn recent_rotations(
@@ -169,6 +168,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         session_id: &str,
     ) -> Result<Vec<CompactionRecord>, StoreError>;
+
+    // ----- workspaces and pull requests -----
+
+    /// Records (or replaces) the issue's workspace. The pull request recorded for it stays when
+    /// the branch is the same and is forgotten when the branch changed.
+    async fn put_workspace(&self, workspace: WorkspaceRecord) -> Result<(), StoreError>;
+
+    /// Records the pull request opened from `branch`; ignored unless the issue's workspace is
+    /// on that branch (a newer attempt on another branch has its own).
+    async fn record_pull_request(
+        &self,
+        issue: &IssueRef,
+        branch: &str,
+        pull_request: PullRequestLink,
+    ) -> Result<(), StoreError>;
+
+    async fn get_workspace(&self, issue: &IssueRef) -> Result<Option<IssueWorkspace>, StoreError>;
 
     // ----- parse cache and LLM usage -----
 

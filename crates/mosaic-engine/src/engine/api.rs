@@ -7,13 +7,14 @@ use chrono::{DateTime, Utc};
 use mosaic_domain::{IssueRef, IssueState};
 use mosaic_store::{
     IssueRecord, IssueSnapshot, OutboxItem, RotationRecord, SessionRecord, TransitionRecord,
+    WorkspaceRecord,
 };
 use serde::Serialize;
 
 use crate::effects::GiteaWrite;
 use crate::report::Status;
 
-use super::attempt::{GateView, WorkspaceView};
+use super::attempt::GateView;
 
 use super::work::Work;
 use super::{Engine, EngineError};
@@ -47,8 +48,8 @@ pub struct IssueDetail {
     pub rotations: Vec<RotationRecord>,
     pub snapshot: Option<IssueSnapshot>,
     pub live: Option<LiveSessionView>,
-    /// The issue's git worktree, once this process prepared it.
-    pub workspace: Option<WorkspaceView>,
+    /// The issue's git worktree (also after it was removed: `removed_at`).
+    pub workspace: Option<WorkspaceRecord>,
     /// The newest pull request write for the issue, once one was enqueued.
     pub pull_request: Option<PullRequestView>,
     /// The quality gates' last results, when they ran for the issue in this process.
@@ -63,6 +64,9 @@ pub struct PullRequestView {
     pub title: String,
     /// The write's outbox status: `pending` (not yet in Gitea), `done` or `failed`.
     pub status: String,
+    /// Gitea's number and web page for it, once the outbox saw it open.
+    pub number: Option<u64>,
+    pub url: Option<String>,
 }
 
 impl PullRequestView {
@@ -75,6 +79,8 @@ impl PullRequestView {
                 base,
                 title,
                 status: item.status.as_str().to_owned(),
+                number: None,
+                url: None,
             }),
             _ => None,
         }
@@ -181,21 +187,25 @@ impl Engine {
             .into_iter()
             .filter(|r| &r.issue == issue || r.next_issue.as_ref() == Some(issue))
             .collect();
+        let stored_workspace = store.get_workspace(issue).await?;
         let pull_request = store
             .outbox_for_issue(issue)
             .await?
             .iter()
             .rev()
-            .find_map(PullRequestView::from_outbox);
-        let workspace = self
-            .inner
-            .known_workspace(issue)
-            .map(|known| WorkspaceView {
-                path: known.workspace.path.display().to_string(),
-                branch: known.workspace.branch,
-                base: known.workspace.base_branch,
-                head_commit: known.head_commit,
+            .find_map(PullRequestView::from_outbox)
+            .map(|mut view| {
+                let opened = stored_workspace
+                    .as_ref()
+                    .filter(|stored| stored.workspace.branch == view.head)
+                    .and_then(|stored| stored.pull_request.as_ref());
+                if let Some(opened) = opened {
+                    view.number = Some(opened.number);
+                    view.url = Some(opened.url.clone());
+                }
+                view
             });
+        let workspace = stored_workspace.map(|stored| stored.workspace);
         Ok(IssueDetail {
             gates: self.inner.gate_stats.last(issue),
             workspace,

@@ -22,12 +22,14 @@ use std::ffi::OsString;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 
+use chrono::Utc;
 use mosaic_domain::{IssueRef, IssueState};
 use mosaic_gates::{
     Gate, GateOutcome, GateResult, GatesConfig, OnGateFailure, REPOSITORY_FILE, RepositoryFileUse,
     all_required_passed, continuation_prompt, report_markdown, run_gates,
 };
-use mosaic_store::{SessionOutcome as StoredOutcome, SessionRecord};
+use mosaic_gitea::CommitStatusState;
+use mosaic_store::{SessionOutcome as StoredOutcome, SessionRecord, WorkspaceRecord};
 use mosaic_workspace::{PrepareRequest, RepoSource, Workspace, Workspaces};
 use serde::Serialize;
 
@@ -58,16 +60,6 @@ impl std::fmt::Debug for WorkspaceParts {
             .field("gates", &self.gates.gates.len())
             .finish_non_exhaustive()
     }
-}
-
-/// An issue's workspace as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct WorkspaceView {
-    pub path: String,
-    pub branch: String,
-    pub base: String,
-    /// The branch's newest commit, once the attempt published it.
-    pub head_commit: Option<String>,
 }
 
 /// One gate's last result as the API shows it.
@@ -222,13 +214,70 @@ pub(crate) struct PushedBranch {
     pub rotations: usize,
     /// The quality gates' report (a Markdown table), when gates ran.
     pub gates: Option<String>,
+    /// The commit pushed, which the gates' statuses are put on.
+    pub commit: String,
+    /// One status per gate that ran (empty when none did).
+    pub statuses: Vec<GateStatus>,
 }
 
-/// A known workspace and, once pushed, its head.
+/// A gate's result as a commit status on the pushed commit (context `mosaic/<gate>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GateStatus {
+    pub context: String,
+    pub state: CommitStatusState,
+    pub description: String,
+}
+
+/// Gitea keeps a status description short (its column holds 255 characters).
+const STATUS_DESCRIPTION_CHARS: usize = 140;
+
+impl GateStatus {
+    fn of(result: &GateResult) -> Self {
+        let state = match result.outcome {
+            GateOutcome::Passed => CommitStatusState::Success,
+            GateOutcome::Failed { .. }
+            | GateOutcome::BelowCoverage { .. }
+            | GateOutcome::NoCoverageFigure => CommitStatusState::Failure,
+            // The gate could not give a verdict.
+            GateOutcome::TimedOut | GateOutcome::CouldNotStart { .. } => CommitStatusState::Error,
+        };
+        let description = if result.outcome.passed() {
+            format!("passed in {:.1} s", result.duration.as_secs_f64())
+        } else {
+            result.outcome.describe(result.timeout)
+        };
+        let description: String = description
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(STATUS_DESCRIPTION_CHARS)
+            .collect();
+        Self {
+            context: format!("mosaic/{}", result.gate),
+            state,
+            description,
+        }
+    }
+
+    /// The outbox write that puts this status on `sha`.
+    pub(crate) fn write(&self, sha: &str) -> GiteaWrite {
+        GiteaWrite::CommitStatus {
+            sha: sha.to_owned(),
+            context: self.context.clone(),
+            state: self.state,
+            description: self.description.clone(),
+        }
+    }
+}
+
+/// A workspace this process prepared (the store keeps its record for the API).
 #[derive(Debug, Clone)]
 pub(crate) struct KnownWorkspace {
     pub workspace: Workspace,
-    pub head_commit: Option<String>,
+    /// The gates' rejection the current continuation was sent back with: a rotation during
+    /// the continuation hands it on, or the fresh session would not know what to fix.
+    pub continuation: Option<String>,
 }
 
 /// The pull request's body: the closing keyword, the (redacted) summary, and what it cost.
@@ -355,6 +404,7 @@ impl Inner {
             behind_base = prepared.commits_behind_base,
             "workspace ready"
         );
+        self.record_workspace(&prepared.workspace).await?;
         self.issue_workspaces
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -362,10 +412,55 @@ impl Inner {
                 issue.clone(),
                 KnownWorkspace {
                     workspace: prepared.workspace.clone(),
-                    head_commit: None,
+                    continuation: None,
                 },
             );
         Ok(Some(prepared.workspace))
+    }
+
+    /// Stores the prepared workspace (the API and the status comment read it, after a restart
+    /// too). A reused worktree on the same branch keeps when it was made and what was pushed.
+    async fn record_workspace(&self, workspace: &Workspace) -> Result<(), String> {
+        let stored = self
+            .store
+            .get_workspace(&workspace.issue)
+            .await
+            .map_err(|err| format!("the workspace record could not be read: {err}"))?
+            .map(|stored| stored.workspace)
+            .filter(|stored| stored.branch == workspace.branch && stored.removed_at.is_none());
+        let record = WorkspaceRecord {
+            issue: workspace.issue.clone(),
+            path: workspace.path.display().to_string(),
+            branch: workspace.branch.clone(),
+            base_branch: workspace.base_branch.clone(),
+            head_commit: stored.as_ref().and_then(|s| s.head_commit.clone()),
+            prepared_at: stored.map_or_else(Utc::now, |s| s.prepared_at),
+            removed_at: None,
+        };
+        self.store
+            .put_workspace(record)
+            .await
+            .map_err(|err| format!("the workspace could not be recorded: {err}"))
+    }
+
+    /// Changes the issue's stored workspace record; a failure costs only what the API shows.
+    async fn update_workspace_record(
+        &self,
+        issue: &IssueRef,
+        change: impl FnOnce(&mut WorkspaceRecord),
+    ) {
+        let result = match self.store.get_workspace(issue).await {
+            Ok(Some(stored)) => {
+                let mut record = stored.workspace;
+                change(&mut record);
+                self.store.put_workspace(record).await
+            }
+            Ok(None) => Ok(()),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = result {
+            tracing::warn!(%issue, error = %err, "the workspace record could not be updated");
+        }
     }
 
     /// Commits leftovers as the bot; when the branch is ahead of the base runs the gates on
@@ -407,6 +502,10 @@ impl Inner {
         // (build output) is not part of the commit that is pushed.
         let verification = self.verify(parts, issue, &known).await?;
         let report = verification.as_ref().map(|v| v.report.clone());
+        let statuses: Vec<GateStatus> = verification
+            .as_ref()
+            .map(|v| v.results.iter().map(GateStatus::of).collect())
+            .unwrap_or_default();
         if let Some(verification) = verification
             && !all_required_passed(&verification.results)
         {
@@ -423,7 +522,7 @@ impl Inner {
                 });
             }
             tracing::warn!(%issue, continuations, "required quality gates failed with every continuation spent; pushing the branch and failing the issue");
-            let pushed = self.push_branch(issue, &known, report).await?;
+            let pushed = self.push_branch(issue, &known, report, statuses).await?;
             return Ok(Verdict::Rejected(Box::new(GateFailure {
                 pushed,
                 summary: summary.to_owned(),
@@ -431,7 +530,7 @@ impl Inner {
                 wip_pull_request: parts.gates.on_gate_failure == OnGateFailure::WipPullRequest,
             })));
         }
-        let pushed = self.push_branch(issue, &known, report).await?;
+        let pushed = self.push_branch(issue, &known, report, statuses).await?;
         Ok(Verdict::Publish(Publication::Pushed(Box::new(pushed))))
     }
 
@@ -514,6 +613,7 @@ impl Inner {
         issue: &IssueRef,
         known: &Workspace,
         gates: Option<String>,
+        statuses: Vec<GateStatus>,
     ) -> Result<PushedBranch, String> {
         let Some(parts) = &self.workspaces else {
             return Err("no workspaces are configured".to_owned());
@@ -524,14 +624,9 @@ impl Inner {
             .await
             .map_err(|err| format!("pushing the branch failed: {err}"))?;
         tracing::info!(%issue, branch = %pushed.branch, commit = %pushed.commit, "branch pushed");
-        if let Some(entry) = self
-            .issue_workspaces
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_mut(issue)
-        {
-            entry.head_commit = Some(pushed.commit);
-        }
+        let commit = pushed.commit.clone();
+        self.update_workspace_record(issue, |record| record.head_commit = Some(commit))
+            .await;
         let sessions = self
             .store
             .sessions_for_issue(issue)
@@ -548,6 +643,8 @@ impl Inner {
             sessions: sessions.len(),
             rotations,
             gates,
+            commit: pushed.commit,
+            statuses,
         })
     }
 
@@ -649,6 +746,14 @@ impl Inner {
             return Ok(());
         };
         self.gate_stats.continued();
+        if let Some(known) = self
+            .issue_workspaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(issue)
+        {
+            known.continuation = Some(handover.clone());
+        }
         let task = self.task_for(issue, Some(handover)).await;
         tracing::info!(%issue, agent = %profile.name, "continuing after failed quality gates");
         self.launch(Claim {
@@ -707,6 +812,14 @@ impl Inner {
                     title: format!("WIP: {}", pushed.title),
                     body: pull_request_body(issue, &summary, pushed, total, cost),
                 },
+            );
+        }
+        for status in &pushed.statuses {
+            work.write(
+                core,
+                issue,
+                &format!("{tag}-{}", status.context),
+                status.write(&pushed.commit),
             );
         }
         work.write(
@@ -791,7 +904,9 @@ impl Inner {
         };
         match parts.workspaces.cleanup(&known.workspace).await {
             Ok(removed) => {
-                tracing::info!(%issue, path = %removed.path.display(), branch = ?removed.branch, "workspace removed")
+                tracing::info!(%issue, path = %removed.path.display(), branch = ?removed.branch, "workspace removed");
+                self.update_workspace_record(issue, |record| record.removed_at = Some(Utc::now()))
+                    .await;
             }
             Err(err) => {
                 tracing::warn!(%issue, error = %err, "the workspace could not be removed; it is pruned at the next start")
@@ -809,7 +924,14 @@ impl Inner {
                 tracing::info!(
                     removed = removed.len(),
                     "removed the workspaces of finished issues"
-                )
+                );
+                let at = Utc::now();
+                for gone in &removed {
+                    self.update_workspace_record(&gone.issue, |record| {
+                        record.removed_at.get_or_insert(at);
+                    })
+                    .await;
+                }
             }
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "workspaces could not be pruned"),
@@ -831,6 +953,69 @@ mod tests {
             sessions,
             rotations,
             gates: None,
+            commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+            statuses: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn each_gate_outcome_becomes_a_commit_status_named_after_the_gate() {
+        let mut passed = gate_result(GateOutcome::Passed);
+        passed.duration = std::time::Duration::from_millis(1_300);
+        let cases = [
+            (passed, CommitStatusState::Success, "passed in 1.3 s"),
+            (
+                gate_result(GateOutcome::Failed { exit_code: Some(1) }),
+                CommitStatusState::Failure,
+                "",
+            ),
+            (
+                gate_result(GateOutcome::BelowCoverage {
+                    percent: 71.5,
+                    min: 85.0,
+                }),
+                CommitStatusState::Failure,
+                "",
+            ),
+            (
+                gate_result(GateOutcome::TimedOut),
+                CommitStatusState::Error,
+                "",
+            ),
+            (
+                gate_result(GateOutcome::CouldNotStart {
+                    reason: "x".repeat(500),
+                }),
+                CommitStatusState::Error,
+                "",
+            ),
+        ];
+        for (result, state, description) in cases {
+            let status = GateStatus::of(&result);
+            assert_eq!(status.context, format!("mosaic/{}", result.gate));
+            assert_eq!(status.state, state, "{result:?}");
+            assert!(status.description.chars().count() <= STATUS_DESCRIPTION_CHARS);
+            assert!(!status.description.is_empty());
+            if !description.is_empty() {
+                assert_eq!(status.description, description);
+            } else {
+                assert_eq!(
+                    status.description,
+                    result
+                        .outcome
+                        .describe(result.timeout)
+                        .chars()
+                        .take(STATUS_DESCRIPTION_CHARS)
+                        .collect::<String>()
+                );
+            }
+            match status.write("abc1234") {
+                GiteaWrite::CommitStatus { sha, context, .. } => {
+                    assert_eq!(sha, "abc1234");
+                    assert_eq!(context, status.context);
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 

@@ -388,6 +388,27 @@ impl Inner {
                 work.step(core, issue, IssueState::Completed)?;
                 match publication {
                     Publication::Pushed(pushed) => {
+                        // Written before the status and the comment: the outbox delivers an
+                        // issue's writes in order, so the status can link the open pull request.
+                        work.write(
+                            core,
+                            issue,
+                            &format!("{tag}-pull-request"),
+                            GiteaWrite::PullRequest {
+                                head: pushed.branch.clone(),
+                                base: pushed.base.clone(),
+                                title: pushed.title.clone(),
+                                body: pull_request_body(issue, summary, pushed, total, cost),
+                            },
+                        );
+                        for status in &pushed.statuses {
+                            work.write(
+                                core,
+                                issue,
+                                &format!("{tag}-{}", status.context),
+                                status.write(&pushed.commit),
+                            );
+                        }
                         work.announce(
                             core,
                             issue,
@@ -399,19 +420,6 @@ impl Inner {
                                 cost_usd: cost,
                                 branch: &pushed.branch,
                                 base: &pushed.base,
-                            },
-                        );
-                        // Written before the comment: the outbox delivers an issue's writes
-                        // in order, so the comment follows an open pull request.
-                        work.write(
-                            core,
-                            issue,
-                            &format!("{tag}-pull-request"),
-                            GiteaWrite::PullRequest {
-                                head: pushed.branch.clone(),
-                                base: pushed.base.clone(),
-                                title: pushed.title.clone(),
-                                body: pull_request_body(issue, summary, pushed, total, cost),
                             },
                         );
                     }

@@ -135,13 +135,22 @@ impl HandoverSource for EngineSink {
 
 impl Inner {
     /// The task for the issue's next session, its hand-over extended by the workspace's state
-    /// (branch, commits since the base, uncommitted files, diffstat): a fresh session continues
-    /// from the repository even when the agent said nothing before it was rotated.
+    /// (branch, commits since the base, uncommitted files, diffstat), after the gates' rejection
+    /// when the rotated session was a continuation: a fresh session continues from the
+    /// repository even when the agent said nothing before it was rotated.
     async fn with_workspace_state(&self, mut task: SessionTask) -> SessionTask {
         let (Some(parts), Some(known)) = (&self.workspaces, self.known_workspace(&task.issue))
         else {
             return task;
         };
+        // A continuation's rejection comes first, whatever the agent summarised since.
+        if let Some(rejection) = &known.continuation {
+            task.handover_summary = Some(match task.handover_summary.take() {
+                Some(summary) if summary.contains(rejection.as_str()) => summary,
+                Some(summary) => format!("{rejection}\n\n{summary}"),
+                None => rejection.clone(),
+            });
+        }
         match parts.workspaces.state(&known.workspace).await {
             Ok(state) => {
                 let workspace = mosaic_workspace::handover_text(&state);

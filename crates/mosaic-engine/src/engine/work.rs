@@ -264,7 +264,10 @@ impl Work {
             core,
             issue,
             &format!("{state}-status"),
-            GiteaWrite::StatusComment { body },
+            GiteaWrite::StatusComment {
+                body,
+                pull_request: status.pull_request_head().map(str::to_owned),
+            },
         );
         let add = labels.for_state(state).map(str::to_owned);
         let remove = labels
@@ -388,6 +391,7 @@ mod tests {
         let mut work = Work::new(&core, "test".to_owned(), "d1".to_owned());
         let status = |body: &str| GiteaWrite::StatusComment {
             body: body.to_owned(),
+            pull_request: None,
         };
         work.write(&core, &issue, "ready-status", status("waiting on #2"));
         work.write(&core, &issue, "other", status("something else"));

@@ -3,7 +3,9 @@
 //! It serves the routes the coordinator calls, with Gitea's status codes, JSON shapes and paging
 //! (`Link`, `X-Total-Count`), lets a test seed issues, users, dependencies and permissions, inject
 //! failures (the next N requests on a path answer 500, 401, …) and inspect what the coordinator
-//! did (comments, labels, assignees, hooks, the request log).
+//! did (comments, labels, assignees, hooks, the request log). [`GitHttpServer`] serves bare
+//! repositories over git's smart HTTP (the real `git http-backend`) for the `clone_url`s it
+//! names, refusing requests without the bot's token as Gitea does.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -16,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod git_http;
 mod routes;
 mod state;
 
@@ -26,9 +29,10 @@ use mosaic_security::Secret;
 use tokio::task::JoinHandle;
 use url::Url;
 
+pub use git_http::{GitHttpServer, ServedRequest};
 pub use state::{InjectedFailure, MockHook, NewIssue, RecordedRequest};
 
-use crate::types::{Comment, Issue, IssueState, Label, Permission, PullRequest};
+use crate::types::{Comment, CommitStatus, Issue, IssueState, Label, Permission, PullRequest};
 use routes::{Shared, lock};
 use state::State;
 
@@ -319,7 +323,15 @@ impl MockGitea {
             .unwrap_or_default()
     }
 
-    /// The repository's hooks, with the secrets Gitea's API never shows.
+    /// The statuses put on commit `sha`, oldest first.
+    pub fn commit_statuses(&self, repo: &RepoName, sha: &str) -> Vec<CommitStatus> {
+        lock(&self.shared)
+            .repos
+            .get(repo)
+            .and_then(|r| r.statuses.get(sha).cloned())
+            .unwrap_or_default()
+    }
+
     /// The repository's pull requests, in the order they were opened.
     pub fn pull_requests(&self, repo: &RepoName) -> Vec<PullRequest> {
         lock(&self.shared)
@@ -329,6 +341,7 @@ impl MockGitea {
             .unwrap_or_default()
     }
 
+    /// The repository's hooks, with the secrets Gitea's API never shows.
     pub fn hooks(&self, repo: &RepoName) -> Vec<MockHook> {
         lock(&self.shared)
             .repos

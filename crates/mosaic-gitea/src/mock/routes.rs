@@ -18,7 +18,8 @@ use url::Url;
 
 use super::state::{MockHook, RecordedRequest, State, now};
 use crate::types::{
-    Comment, Hook, IssueState, Label, Permission, PullRequest, PullRequestBranch, User,
+    Comment, CommitStatus, CommitStatusState, Hook, IssueState, Label, Permission, PullRequest,
+    PullRequestBranch, User,
 };
 
 pub(crate) type Shared = Arc<Mutex<State>>;
@@ -74,6 +75,7 @@ pub(crate) fn router(shared: Shared) -> Router {
             get(list_hooks).post(create_hook),
         )
         .route("/repos/{owner}/{repo}/hooks/{id}", patch(edit_hook))
+        .route("/repos/{owner}/{repo}/statuses/{sha}", post(create_status))
         .route("/repos/{owner}/{repo}/pulls", post(create_pull))
         .route("/repos/{owner}/{repo}/pulls/{index}", patch(edit_pull))
         .route(
@@ -1047,6 +1049,47 @@ fn required_text(body: &Value, key: &str) -> Result<String, ApiError> {
                 &format!("{key}: Required"),
             )
         })
+}
+
+/// `POST /repos/{owner}/{repo}/statuses/{sha}`: `state` one of Gitea's five, `context` given
+/// (Gitea would default it; the coordinator always names one).
+async fn create_status(
+    AxumState(shared): AxumState<Shared>,
+    headers: HeaderMap,
+    Path((owner, name, sha)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut state = lock(&shared);
+    let user = authenticate(&state, &headers)?;
+    let repo = writable_repo(&state, &user, &owner, &name)?;
+    let body = parse_body(&body)?;
+    let status_state: CommitStatusState = body
+        .get("state")
+        .cloned()
+        .and_then(|value| serde_json::from_value(value).ok())
+        .ok_or_else(|| error(StatusCode::UNPROCESSABLE_ENTITY, "state: invalid"))?;
+    let context = required_text(&body, "context")?;
+    if sha.len() < 7 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(error(StatusCode::NOT_FOUND, "commit does not exist"));
+    }
+    let id = state.next_id();
+    let status = CommitStatus {
+        id,
+        state: status_state,
+        context,
+        description: body
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    state
+        .ensure_repo(&repo)
+        .statuses
+        .entry(sha)
+        .or_default()
+        .push(status.clone());
+    Ok(json_status(StatusCode::CREATED, &status))
 }
 
 /// `POST /repos/{owner}/{repo}/pulls`: 409 when an open pull request from `head` into `base`

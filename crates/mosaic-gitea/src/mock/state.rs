@@ -6,8 +6,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use mosaic_domain::{IssueRef, RepoName};
 
 use crate::types::{
-    Comment, Hook, InternalTracker, Issue, IssueState, Label, Permission, PullRequest, Repository,
-    RepositoryMeta, User,
+    Comment, CommitStatus, Hook, InternalTracker, Issue, IssueState, Label, Permission,
+    PullRequest, Repository, RepositoryMeta, User,
 };
 
 /// One request the mock received.
@@ -145,6 +145,8 @@ pub(crate) struct MockRepo {
     pub default_branch: String,
     /// Pull requests; their numbers share the sequence of the issues, as in Gitea.
     pub pulls: Vec<PullRequest>,
+    /// Commit statuses by commit id, oldest first.
+    pub statuses: BTreeMap<String, Vec<CommitStatus>>,
 }
 
 #[derive(Debug)]
@@ -390,6 +392,7 @@ impl MockRepo {
             clone_url: None,
             default_branch: "main".to_owned(),
             pulls: Vec::new(),
+            statuses: BTreeMap::new(),
         }
     }
 }

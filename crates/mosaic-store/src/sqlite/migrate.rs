@@ -37,6 +37,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "outbox_by_issue",
         sql: include_str!("../../migrations/sqlite/0005_outbox_by_issue.sql"),
     },
+    Migration {
+        version: 6,
+        name: "workspaces",
+        sql: include_str!("../../migrations/sqlite/0006_workspaces.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (also the version a fresh database gets).

@@ -715,6 +715,29 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn put_workspace(&self, workspace: WorkspaceRecord) -> Result<(), StoreError> {
+        self.write(move |conn| ops::put_workspace(conn, &workspace))
+            .await
+    }
+
+    async fn record_pull_request(
+        &self,
+        issue: &IssueRef,
+        branch: &str,
+        pull_request: PullRequestLink,
+    ) -> Result<(), StoreError> {
+        let issue = issue.clone();
+        let branch = branch.to_owned();
+        self.write(move |conn| ops::record_pull_request(conn, &issue, &branch, &pull_request))
+            .await
+    }
+
+    async fn get_workspace(&self, issue: &IssueRef) -> Result<Option<IssueWorkspace>, StoreError> {
+        let issue = issue.clone();
+        self.read(move |conn| ops::get_workspace(conn, &issue))
+            .await
+    }
+
     async fn cache_get(&self, key: &str) -> Result<Option<String>, StoreError> {
         let key = key.to_owned();
         self.read(move |conn| ops::cache_get(conn, &key)).await

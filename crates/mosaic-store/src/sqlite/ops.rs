@@ -1355,6 +1355,98 @@ pub(crate) fn compactions_for_session(
     )
 }
 
+// ----- workspaces and pull requests -----
+
+pub(crate) fn put_workspace(conn: &Connection, record: &WorkspaceRecord) -> Result<(), StoreError> {
+    let (repository, number) = issue_key(&record.issue)?;
+    conn.prepare_cached(
+        "INSERT INTO workspaces (repository, number, path, branch, base_branch, head_commit,
+             prepared_at, removed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (repository, number) DO UPDATE SET
+             pull_number = CASE WHEN workspaces.branch = excluded.branch
+                 THEN workspaces.pull_number END,
+             pull_url = CASE WHEN workspaces.branch = excluded.branch
+                 THEN workspaces.pull_url END,
+             path = excluded.path,
+             branch = excluded.branch,
+             base_branch = excluded.base_branch,
+             head_commit = excluded.head_commit,
+             prepared_at = excluded.prepared_at,
+             removed_at = excluded.removed_at",
+    )?
+    .execute(params![
+        repository,
+        number,
+        record.path,
+        record.branch,
+        record.base_branch,
+        record.head_commit,
+        micros(record.prepared_at),
+        record.removed_at.map(micros),
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn record_pull_request(
+    conn: &Connection,
+    issue: &IssueRef,
+    branch: &str,
+    pull_request: &PullRequestLink,
+) -> Result<(), StoreError> {
+    let (repository, number) = issue_key(issue)?;
+    conn.prepare_cached(
+        "UPDATE workspaces SET pull_number = ?4, pull_url = ?5
+         WHERE repository = ?1 AND number = ?2 AND branch = ?3",
+    )?
+    .execute(params![
+        repository,
+        number,
+        branch,
+        to_i64("pull request number", pull_request.number)?,
+        pull_request.url,
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn get_workspace(
+    conn: &Connection,
+    issue: &IssueRef,
+) -> Result<Option<IssueWorkspace>, StoreError> {
+    let (repository, number) = issue_key(issue)?;
+    let mut found = collect(
+        conn,
+        "SELECT path, branch, base_branch, head_commit, prepared_at, removed_at, pull_number,
+             pull_url
+         FROM workspaces WHERE repository = ?1 AND number = ?2",
+        params![repository, number],
+        |row| {
+            let pull_number: Option<i64> = row.get(6)?;
+            let pull_url: Option<String> = row.get(7)?;
+            Ok(IssueWorkspace {
+                workspace: WorkspaceRecord {
+                    issue: issue.clone(),
+                    path: row.get(0)?,
+                    branch: row.get(1)?,
+                    base_branch: row.get(2)?,
+                    head_commit: row.get(3)?,
+                    prepared_at: time_from("workspaces.prepared_at", row.get(4)?)?,
+                    removed_at: opt_time_from("workspaces.removed_at", row.get(5)?)?,
+                },
+                pull_request: pull_number
+                    .map(|number| {
+                        Ok::<_, StoreError>(PullRequestLink {
+                            number: to_u64("workspaces.pull_number", number)?,
+                            url: pull_url.unwrap_or_default(),
+                        })
+                    })
+                    .transpose()?,
+            })
+        },
+    )?;
+    Ok(found.pop())
+}
+
 // ----- parse cache and LLM usage -----
 
 pub(crate) fn cache_get(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {

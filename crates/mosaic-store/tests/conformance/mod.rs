@@ -956,6 +956,74 @@ pub async fn rotations_and_compactions_round_trip(store: &dyn Store) {
     );
 }
 
+// ----- workspaces -----
+
+pub async fn workspaces_keep_their_pull_request_while_the_branch_stays(store: &dyn Store) {
+    let target = issue("o/r#3");
+    assert_eq!(store.get_workspace(&target).await.unwrap(), None);
+    let prepared = WorkspaceRecord {
+        issue: target.clone(),
+        path: "/work/o/r/issue-3".to_owned(),
+        branch: "mosaic/3-fix".to_owned(),
+        base_branch: "main".to_owned(),
+        head_commit: None,
+        prepared_at: at(1),
+        removed_at: None,
+    };
+    store.put_workspace(prepared.clone()).await.unwrap();
+    let link = PullRequestLink {
+        number: 12,
+        url: "http://gitea/o/r/pulls/12".to_owned(),
+    };
+    // Another branch's pull request (an older attempt's) does not attach to this one.
+    store
+        .record_pull_request(&target, "mosaic/3-old", link.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_workspace(&target)
+            .await
+            .unwrap()
+            .unwrap()
+            .pull_request,
+        None
+    );
+    store
+        .record_pull_request(&target, "mosaic/3-fix", link.clone())
+        .await
+        .unwrap();
+    // A push and a removal on the same branch keep the pull request.
+    let pushed = WorkspaceRecord {
+        head_commit: Some("abc123".to_owned()),
+        removed_at: Some(at(9)),
+        ..prepared.clone()
+    };
+    store.put_workspace(pushed.clone()).await.unwrap();
+    assert_eq!(
+        store.get_workspace(&target).await.unwrap(),
+        Some(IssueWorkspace {
+            workspace: pushed,
+            pull_request: Some(link.clone()),
+        })
+    );
+    // A workspace on a new branch starts without one.
+    let renamed = WorkspaceRecord {
+        branch: "mosaic/3-fix-again".to_owned(),
+        prepared_at: at(20),
+        ..prepared
+    };
+    store.put_workspace(renamed.clone()).await.unwrap();
+    assert_eq!(
+        store.get_workspace(&target).await.unwrap(),
+        Some(IssueWorkspace {
+            workspace: renamed,
+            pull_request: None,
+        })
+    );
+    assert_eq!(store.get_workspace(&issue("o/r#4")).await.unwrap(), None);
+}
+
 // ----- cache and usage -----
 
 pub async fn parse_cache_stores_json_by_key(store: &dyn Store) {

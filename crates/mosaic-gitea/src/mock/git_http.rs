@@ -165,7 +165,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         let mut response = plain(StatusCode::UNAUTHORIZED, "authentication required");
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"mosaic-testkit\""),
+            HeaderValue::from_static("Basic realm=\"mosaic mock Gitea\""),
         );
         response
     };
