@@ -108,6 +108,25 @@ async fn an_assigned_issue_ends_in_one_pull_request_with_the_agents_commit() {
     assert_eq!(detail["pull_request"]["url"], pulls[0].html_url.as_str());
     assert!(detail["workspace"]["removed_at"].is_null());
 
+    // What the worktree holds shows in the API and, summed, in /metrics.
+    assert!(
+        detail["workspace_bytes"].as_u64().unwrap_or(0) > 0,
+        "{detail}"
+    );
+    let mut metrics = String::new();
+    let seen = poll(async || {
+        metrics = s.metrics().await;
+        let held = metrics.lines().any(|line| line == "mosaic_workspaces 1");
+        let bytes = metrics.lines().any(|line| {
+            line.strip_prefix("mosaic_workspace_bytes ")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        });
+        (held && bytes).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "{metrics}");
+
     // The session ran in the worktree, which goes when the issue is closed (the branch stays).
     let worktree = s.worktree(&issue);
     assert!(
@@ -281,6 +300,40 @@ async fn no_issue_is_dispatched_while_the_workspace_root_lacks_free_space() {
     assert_eq!(s.state(&issue).await, Some(IssueState::Ready));
     assert!(s.store.sessions_for_issue(&issue).await.unwrap().is_empty());
     assert!(s.remote_branches().is_empty());
+    // /health says why (degraded, intake goes on); /metrics shows the free space.
+    let health: serde_json::Value = s
+        .app
+        .client
+        .get(s.app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    let workspaces = &health["components"]["workspaces"];
+    assert_eq!(workspaces["status"], "down", "{health}");
+    assert!(
+        workspaces
+            .to_string()
+            .contains("below workspace.min_free_bytes"),
+        "{health}"
+    );
+    let mut metrics = String::new();
+    let seen = poll(async || {
+        metrics = s.metrics().await;
+        metrics
+            .lines()
+            .any(|line| {
+                line.starts_with("mosaic_workspace_free_bytes ")
+                    && !line.ends_with(" 0")
+                    && !line.ends_with(" -1")
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,6 +79,10 @@ pub struct EngineGauges {
     gate_runs: Family<GateLabels, Counter>,
     gate_failures: Family<GateLabels, Counter>,
     gate_continuations: Counter,
+    /// Worktrees held, what they hold and the free space under the workspace root.
+    workspaces: Gauge,
+    workspace_bytes: Gauge,
+    workspace_free_bytes: Gauge,
 }
 
 impl Default for EngineGauges {
@@ -92,6 +96,9 @@ impl Default for EngineGauges {
             gate_runs: Family::default(),
             gate_failures: Family::default(),
             gate_continuations: Counter::default(),
+            workspaces: Gauge::default(),
+            workspace_bytes: Gauge::default(),
+            workspace_free_bytes: Gauge::default(),
         }
     }
 }
@@ -126,6 +133,12 @@ impl EngineGauges {
             );
         }
         advance(&self.gate_continuations, stats.gate_continuations);
+        if let Some(usage) = engine.workspace_usage().await {
+            self.workspaces.set(as_i64(usage.workspaces));
+            self.workspace_bytes.set(as_i64(usage.bytes));
+            self.workspace_free_bytes
+                .set(usage.free_bytes.map_or(-1, as_i64));
+        }
     }
 }
 
@@ -420,6 +433,21 @@ impl CoordinatorMetrics {
             "gate_continuations",
             "Agents sent back after failing required quality gates since start",
             e.gate_continuations.clone(),
+        );
+        registry.register(
+            "workspaces",
+            "Issue worktrees this coordinator holds",
+            e.workspaces.clone(),
+        );
+        registry.register(
+            "workspace_bytes",
+            "Bytes the issue worktrees hold (measured at most once a minute)",
+            e.workspace_bytes.clone(),
+        );
+        registry.register(
+            "workspace_free_bytes",
+            "Free bytes under the workspace root (-1: unreadable); below workspace.min_free_bytes no issue is dispatched",
+            e.workspace_free_bytes.clone(),
         );
         registry.register(
             "outbox_writes",

@@ -250,6 +250,48 @@ impl HealthProbe for CoordinationProbe {
     }
 }
 
+/// Free space under the workspace root: below `workspace.min_free_bytes` nothing is dispatched,
+/// which degrades the coordinator (intake goes on).
+pub struct WorkspacesProbe {
+    pub engine: Arc<std::sync::OnceLock<mosaic_engine::engine::Engine>>,
+}
+
+impl std::fmt::Debug for WorkspacesProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkspacesProbe").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl HealthProbe for WorkspacesProbe {
+    fn name(&self) -> &str {
+        "workspaces"
+    }
+
+    fn critical(&self) -> bool {
+        false
+    }
+
+    async fn check(&self) -> ComponentHealth {
+        let Some(engine) = self.engine.get() else {
+            return ComponentHealth::up();
+        };
+        match engine.workspace_usage().await {
+            Some(usage) if usage.low_disk => ComponentHealth::down(match usage.free_bytes {
+                Some(free) => format!(
+                    "{free} bytes free under the workspace root, below workspace.min_free_bytes ({}); no issue is dispatched",
+                    usage.min_free_bytes
+                ),
+                None => {
+                    "free space under the workspace root cannot be read; no issue is dispatched"
+                        .to_owned()
+                }
+            }),
+            _ => ComponentHealth::up(),
+        }
+    }
+}
+
 /// The metadata parser: a rejected API key degrades the coordinator (the template parser takes
 /// over), it never stops intake.
 pub struct ParserProbe {

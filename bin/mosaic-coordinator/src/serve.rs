@@ -25,7 +25,7 @@ use crate::glue::StoreParseCache;
 use crate::metrics::CoordinatorMetrics;
 use crate::probes::{
     CoordinationProbe, GiteaProbe, GiteaStatus, LastGiteaCall, ObservedGiteaCalls, OutboxProbe,
-    ParserProbe, StoreProbe,
+    ParserProbe, StoreProbe, WorkspacesProbe,
 };
 
 pub fn run(config: Config) -> Result<(), Failure> {
@@ -296,10 +296,14 @@ pub async fn run_on(
     );
     let engine_slot = state.engine_slot();
     let idle_because = Arc::new(std::sync::OnceLock::new());
-    let state = state.with_probe(Arc::new(CoordinationProbe {
-        engine: Arc::clone(&engine_slot),
-        idle_because: Arc::clone(&idle_because),
-    }));
+    let state = state
+        .with_probe(Arc::new(CoordinationProbe {
+            engine: Arc::clone(&engine_slot),
+            idle_because: Arc::clone(&idle_because),
+        }))
+        .with_probe(Arc::new(WorkspacesProbe {
+            engine: Arc::clone(&engine_slot),
+        }));
     let app = mosaic_http::router(state);
 
     tokio::spawn(metrics.clone().refresh_loop(

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::effects::GiteaWrite;
 use crate::report::Status;
 
-use super::attempt::GateView;
+use super::attempt::{GateView, WorkspaceUsage};
 
 use super::work::Work;
 use super::{Engine, EngineError};
@@ -50,6 +50,8 @@ pub struct IssueDetail {
     pub live: Option<LiveSessionView>,
     /// The issue's git worktree (also after it was removed: `removed_at`).
     pub workspace: Option<WorkspaceRecord>,
+    /// What the worktree holds on disk, while this process has it.
+    pub workspace_bytes: Option<u64>,
     /// The newest pull request write for the issue, once one was enqueued.
     pub pull_request: Option<PullRequestView>,
     /// The quality gates' last results, when they ran for the issue in this process.
@@ -206,9 +208,11 @@ impl Engine {
                 view
             });
         let workspace = stored_workspace.map(|stored| stored.workspace);
+        let workspace_bytes = self.inner.workspace_bytes(issue).await;
         Ok(IssueDetail {
             gates: self.inner.gate_stats.last(issue),
             workspace,
+            workspace_bytes,
             pull_request,
             state: record.state,
             history: store.issue_history(issue).await?,
@@ -221,6 +225,12 @@ impl Engine {
             dependents,
             rotations,
         })
+    }
+
+    /// Disk use under the workspace root (`None` without `[workspace]`). The worktrees' size is
+    /// measured at most once a minute; the free space every time.
+    pub async fn workspace_usage(&self) -> Option<WorkspaceUsage> {
+        self.inner.workspace_usage().await
     }
 
     /// Sessions the monitor watches now.

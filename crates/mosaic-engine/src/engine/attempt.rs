@@ -62,6 +62,24 @@ impl std::fmt::Debug for WorkspaceParts {
     }
 }
 
+/// Disk use under the workspace root, for /metrics, /health and the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WorkspaceUsage {
+    /// Worktrees this process prepared and has not removed.
+    pub workspaces: u64,
+    /// What they hold, measured again after every worktree made, pushed or removed, and at
+    /// most every [`USAGE_MEASURE_INTERVAL`] otherwise.
+    pub bytes: u64,
+    /// Free space under the root; `None` when it could not be read.
+    pub free_bytes: Option<u64>,
+    pub min_free_bytes: u64,
+    /// No issue is dispatched: less than `min_free_bytes` is free (or it cannot be read).
+    pub low_disk: bool,
+}
+
+/// How old a measurement of the worktrees' size may be before it is taken again.
+pub const USAGE_MEASURE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One gate's last result as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GateView {
@@ -331,6 +349,68 @@ impl Inner {
             .cloned()
     }
 
+    /// Disk use under the workspace root; `None` without `[workspace]`.
+    pub(crate) async fn workspace_usage(&self) -> Option<WorkspaceUsage> {
+        let parts = self.workspaces.as_ref()?;
+        let known: Vec<Workspace> = self
+            .issue_workspaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|known| known.workspace.clone())
+            .collect();
+        let fresh = self
+            .measured_usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .filter(|(at, _)| at.elapsed() < USAGE_MEASURE_INTERVAL)
+            .map(|(_, bytes)| bytes);
+        let bytes = match fresh {
+            Some(bytes) => bytes,
+            None => {
+                let mut bytes = 0u64;
+                for workspace in &known {
+                    match parts.workspaces.disk_usage(workspace).await {
+                        Ok(used) => bytes = bytes.saturating_add(used),
+                        // Removed meanwhile, or unreadable: counts as nothing.
+                        Err(err) => {
+                            tracing::debug!(issue = %workspace.issue, error = %err, "workspace size unknown")
+                        }
+                    }
+                }
+                *self
+                    .measured_usage
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) =
+                    Some((std::time::Instant::now(), bytes));
+                bytes
+            }
+        };
+        let free_bytes = parts.workspaces.free_bytes().await.ok();
+        Some(WorkspaceUsage {
+            workspaces: u64::try_from(known.len()).unwrap_or(u64::MAX),
+            bytes,
+            free_bytes,
+            min_free_bytes: parts.min_free_bytes,
+            low_disk: free_bytes.is_none_or(|free| free < parts.min_free_bytes),
+        })
+    }
+
+    /// The worktrees changed (one made, pushed or removed): measure them again when next asked.
+    fn forget_measured_usage(&self) {
+        *self
+            .measured_usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// What the issue's live worktree holds on disk, when there is one.
+    pub(crate) async fn workspace_bytes(&self, issue: &IssueRef) -> Option<u64> {
+        let parts = self.workspaces.as_ref()?;
+        let known = self.known_workspace(issue)?;
+        parts.workspaces.disk_usage(&known.workspace).await.ok()
+    }
+
     /// Whether there is room under the workspace root to dispatch (logged when it changes).
     pub(crate) async fn disk_allows_dispatch(&self) -> bool {
         let Some(parts) = &self.workspaces else {
@@ -415,6 +495,7 @@ impl Inner {
                     continuation: None,
                 },
             );
+        self.forget_measured_usage();
         Ok(Some(prepared.workspace))
     }
 
@@ -627,6 +708,7 @@ impl Inner {
         let commit = pushed.commit.clone();
         self.update_workspace_record(issue, |record| record.head_commit = Some(commit))
             .await;
+        self.forget_measured_usage();
         let sessions = self
             .store
             .sessions_for_issue(issue)
@@ -902,6 +984,7 @@ impl Inner {
         let Some(known) = known else {
             return;
         };
+        self.forget_measured_usage();
         match parts.workspaces.cleanup(&known.workspace).await {
             Ok(removed) => {
                 tracing::info!(%issue, path = %removed.path.display(), branch = ?removed.branch, "workspace removed");

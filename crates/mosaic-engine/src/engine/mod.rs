@@ -34,7 +34,7 @@ use mosaic_store::{Store, StoreError};
 use tokio::sync::{Mutex, Notify};
 
 pub use api::{EngineStats, IssueDetail, LiveSessionView, PullRequestView, QueueItem};
-pub use attempt::{GateView, WorkspaceParts};
+pub use attempt::{GateView, WorkspaceParts, WorkspaceUsage};
 pub use config::{EngineConfig, EngineConfigError, MonitorSettings};
 pub use recover::RecoveryReport;
 
@@ -139,6 +139,9 @@ pub(crate) struct Inner {
     issue_workspaces: StdMutex<work::IssueMap<attempt::KnownWorkspace>>,
     /// Dispatch is held back for lack of disk space (logged when it changes).
     low_disk: AtomicBool,
+    /// The bytes the worktrees held when last measured, and when (a walk of every worktree is
+    /// not repeated at every metrics refresh).
+    measured_usage: StdMutex<Option<(std::time::Instant, u64)>>,
     /// Quality gate counters and each issue's last results (the verify stage).
     gate_stats: attempt::GateStats,
     /// Waiting deliveries that unassign or close an issue (earlier evaluations give up).
@@ -204,6 +207,7 @@ impl Engine {
                 workspaces: parts.workspaces,
                 issue_workspaces: StdMutex::new(work::IssueMap::default()),
                 low_disk: AtomicBool::new(false),
+                measured_usage: StdMutex::new(None),
                 gate_stats: attempt::GateStats::default(),
                 withdrawals: handle::Withdrawals::default(),
                 tracker_clock: handle::TrackerClock::default(),
