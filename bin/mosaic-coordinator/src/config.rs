@@ -604,6 +604,72 @@ pub fn render(config: &Config, figment: &Figment) -> String {
     if let Ok(in_force) = ProfilesInForce::from_config(config) {
         out.push_str(&in_force.describe());
     }
+    out.push_str(&describe_gates(config));
+    out
+}
+
+/// The quality gates for each repository `gitea.repositories` names, and each gate's `repos`
+/// for the others, as check-config shows them.
+fn describe_gates(config: &Config) -> String {
+    let gates = &config.gates;
+    let mut out = String::from("\n# Quality gates per repository\n");
+    if gates.gates.is_empty() && !gates.trust_repository_file {
+        out.push_str("# none: a branch is published without a check\n");
+        return out;
+    }
+    let line = |gate: &mosaic_gates::Gate| {
+        format!(
+            "{} ({}, {} s): {}",
+            gate.name,
+            if gate.required {
+                "required"
+            } else {
+                "optional"
+            },
+            gate.timeout_secs,
+            gate.command.join(" ")
+        )
+    };
+    let listed = config
+        .gitea
+        .as_ref()
+        .map(|gitea| gitea.repositories.as_slice())
+        .unwrap_or_default();
+    for repo in listed {
+        let applying: Vec<String> = gates.gates_for(repo).into_iter().map(line).collect();
+        let text = if applying.is_empty() {
+            "no gate".to_owned()
+        } else {
+            applying.join(" · ")
+        };
+        out.push_str(&format!("# {:<24} {text}\n", repo.as_str()));
+    }
+    if !gates.gates.is_empty() {
+        if !listed.is_empty() {
+            out.push_str("# other repositories get the gates whose repos match them:\n");
+        }
+        for gate in &gates.gates {
+            out.push_str(&format!(
+                "# {} · repos {}\n",
+                line(gate),
+                gate.repos.join(", ")
+            ));
+        }
+    }
+    if gates.trust_repository_file {
+        out.push_str(&format!(
+            "# trust_repository_file: a repository's own {} on its base branch adds gates\n",
+            mosaic_gates::REPOSITORY_FILE
+        ));
+    }
+    out.push_str(&format!(
+        "# failing required gates send the agent back up to {} time(s); then: {}\n",
+        gates.max_continuations,
+        match gates.on_gate_failure {
+            mosaic_gates::OnGateFailure::Branch => "the branch is pushed, no pull request",
+            mosaic_gates::OnGateFailure::WipPullRequest => "a WIP: pull request is opened",
+        }
+    ));
     out
 }
 
@@ -838,6 +904,26 @@ mod tests {
         ]))
         .unwrap();
         insta::assert_snapshot!(render(&config, &figment));
+    }
+
+    #[test]
+    fn check_config_shows_the_gates_of_each_repository() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "gates.toml",
+                "[gitea]\nurl = \"https://git.example.com\"\nrepositories = [\"acme/app\", \"other/site\"]\n\n\
+                 [gates]\nmax_continuations = 2\ntrust_repository_file = true\n\n\
+                 [[gates.gates]]\nname = \"test\"\ncommand = [\"cargo\", \"test\"]\n\n\
+                 [[gates.gates]]\nname = \"lint\"\ncommand = [\"cargo\", \"clippy\"]\nrepos = [\"acme/*\"]\nrequired = false\ntimeout_secs = 60\n",
+            )?;
+            let mut s = sources(&[("GITEA_WEBHOOK_SECRET", "s")]);
+            s.file = Some(jail.directory().join("gates.toml"));
+            let (config, _) = load(&s).unwrap();
+            insta::assert_snapshot!(describe_gates(&config));
+            Ok(())
+        });
+        let (config, _) = load(&sources(&[("GITEA_WEBHOOK_SECRET", "s")])).unwrap();
+        assert!(describe_gates(&config).contains("# none: a branch is published without a check"));
     }
 
     #[test]
