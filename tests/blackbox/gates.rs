@@ -82,6 +82,25 @@ async fn a_failing_gate_sends_the_agent_back_once_then_the_pull_request_shows_th
     let detail = s.api_issue(&issue).await;
     assert_eq!(detail["gates"][0]["gate"], "test");
     assert_eq!(detail["gates"][0]["status"], "passed");
+    // Every run is kept with its attempt and the session it checked, after a restart too.
+    let check_runs = |detail: &serde_json::Value| {
+        let runs = detail["gate_runs"].as_array().unwrap().clone();
+        assert_eq!(runs.len(), 2, "{detail}");
+        assert_eq!(runs[0]["status"], "failed");
+        assert!(
+            runs[0]["output_tail"]
+                .as_str()
+                .unwrap()
+                .contains("checking fixed.txt"),
+            "{detail}"
+        );
+        assert_eq!(runs[1]["status"], "passed");
+        assert_eq!(runs[0]["attempt"], 1);
+        assert_eq!(runs[1]["attempt"], 1);
+        assert_ne!(runs[0]["session_id"], runs[1]["session_id"], "{detail}");
+        assert!(runs[1]["session_id"].is_string(), "{detail}");
+    };
+    check_runs(&detail);
     // /metrics is refreshed from the engine in the background: wait for the figures.
     let wanted = [
         "mosaic_gate_runs_total{gate=\"test\"} 2",
@@ -98,6 +117,9 @@ async fn a_failing_gate_sends_the_agent_back_once_then_the_pull_request_shows_th
     })
     .await;
     assert!(seen.is_some(), "{wanted:?} not in:\n{metrics}");
+
+    let s = s.crash_and_restart().await;
+    check_runs(&s.api_issue(&issue).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

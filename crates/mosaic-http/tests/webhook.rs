@@ -245,6 +245,15 @@ impl Store for SpyStore {
     async fn get_workspace(&self, issue: &IssueRef) -> Result<Option<IssueWorkspace>, StoreError> {
         self.inner.get_workspace(issue).await
     }
+    async fn record_gate_runs(&self, runs: Vec<GateRunRecord>) -> Result<(), StoreError> {
+        self.inner.record_gate_runs(runs).await
+    }
+    async fn gate_runs_for_issue(
+        &self,
+        issue: &IssueRef,
+    ) -> Result<Vec<GateRunRecord>, StoreError> {
+        self.inner.gate_runs_for_issue(issue).await
+    }
     async fn cache_get(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.cache_get(key).await
     }

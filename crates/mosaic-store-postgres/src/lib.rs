@@ -445,6 +445,17 @@ impl Store for PostgresStore {
         read!(self, |client| ops::get_workspace(client, issue))
     }
 
+    async fn record_gate_runs(&self, runs: Vec<GateRunRecord>) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::record_gate_runs(&tx, &runs))
+    }
+
+    async fn gate_runs_for_issue(
+        &self,
+        issue: &IssueRef,
+    ) -> Result<Vec<GateRunRecord>, StoreError> {
+        read!(self, |client| ops::gate_runs_for_issue(client, issue))
+    }
+
     async fn cache_get(&self, key: &str) -> Result<Option<String>, StoreError> {
         read!(self, |client| ops::cache_get(client, key))
     }

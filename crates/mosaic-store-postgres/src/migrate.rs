@@ -33,6 +33,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "workspaces",
         sql: include_str!("../migrations/0004_workspaces.sql"),
     },
+    Migration {
+        version: 5,
+        name: "gate_runs",
+        sql: include_str!("../migrations/0005_gate_runs.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (also the version a fresh database gets).

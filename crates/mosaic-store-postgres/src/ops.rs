@@ -1563,6 +1563,73 @@ pub(crate) async fn get_workspace(
     }))
 }
 
+pub(crate) async fn record_gate_runs(
+    client: &impl GenericClient,
+    runs: &[GateRunRecord],
+) -> OpResult<()> {
+    for run in runs {
+        let (repository, number) = issue_key(&run.issue)?;
+        let coverage = run
+            .coverage_percent
+            .map(|percent| finite("coverage percent", percent))
+            .transpose()?;
+        execute(
+            client,
+            "INSERT INTO gate_runs (repository, number, attempt, session_id, gate, command,
+                 required, status, detail, duration_ms, output_tail, coverage_percent, at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            &[
+                &repository,
+                &number,
+                &i64::from(run.attempt),
+                &run.session_id,
+                &run.gate,
+                &Json(&run.command),
+                &run.required,
+                &run.status,
+                &run.detail,
+                &to_i64("gate duration", run.duration_ms)?,
+                &run.output_tail,
+                &coverage,
+                &run.at,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn gate_runs_for_issue(
+    client: &impl GenericClient,
+    issue: &IssueRef,
+) -> OpResult<Vec<GateRunRecord>> {
+    let (repository, number) = issue_key(issue)?;
+    collect(
+        client,
+        "SELECT attempt, session_id, gate, command, required, status, detail, duration_ms,
+             output_tail, coverage_percent, at
+         FROM gate_runs WHERE repository = $1 AND number = $2 ORDER BY id",
+        &[&repository, &number],
+        |row| {
+            Ok(GateRunRecord {
+                issue: issue.clone(),
+                attempt: to_u32("gate_runs.attempt", get(row, "attempt")?)?,
+                session_id: get(row, "session_id")?,
+                gate: get(row, "gate")?,
+                command: json_column(row, "command")?,
+                required: get(row, "required")?,
+                status: get(row, "status")?,
+                detail: get(row, "detail")?,
+                duration_ms: to_u64("gate_runs.duration_ms", get(row, "duration_ms")?)?,
+                output_tail: get(row, "output_tail")?,
+                coverage_percent: get(row, "coverage_percent")?,
+                at: get(row, "at")?,
+            })
+        },
+    )
+    .await
+}
+
 // ----- parse cache and LLM usage -----
 
 pub(crate) async fn cache_get(client: &impl GenericClient, key: &str) -> OpResult<Option<String>> {

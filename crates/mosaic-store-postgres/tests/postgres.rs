@@ -163,6 +163,7 @@ postgres_conformance_tests!(
     sessions_start_and_end_with_their_issue,
     rotations_and_compactions_round_trip,
     workspaces_keep_their_pull_request_while_the_branch_stays,
+    gate_runs_are_kept_per_issue_in_order,
     parse_cache_stores_json_by_key,
     llm_usage_is_summed_per_provider_and_model,
     health_check_writes,

@@ -480,6 +480,28 @@ pub struct IssueWorkspace {
     pub pull_request: Option<PullRequestLink>,
 }
 
+/// One quality gate's run on an issue's branch: which attempt, the session whose result it
+/// checked, and what came of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateRunRecord {
+    pub issue: IssueRef,
+    pub attempt: u32,
+    pub session_id: Option<String>,
+    pub gate: String,
+    pub command: Vec<String>,
+    pub required: bool,
+    /// `passed`, `failed`, `timed_out`, `could_not_start`, `below_coverage` or
+    /// `no_coverage_figure`.
+    pub status: String,
+    /// Why it did not pass (empty when it passed).
+    pub detail: String,
+    pub duration_ms: u64,
+    /// The end of its output, redacted and bounded.
+    pub output_tail: String,
+    pub coverage_percent: Option<f64>,
+    pub at: DateTime<Utc>,
+}
+
 /// One LLM call's usage.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LlmUsageRecord {

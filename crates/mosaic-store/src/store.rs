@@ -186,6 +186,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn get_workspace(&self, issue: &IssueRef) -> Result<Option<IssueWorkspace>, StoreError>;
 
+    /// Records one round of quality gate runs (one transaction).
+    async fn record_gate_runs(&self, runs: Vec<GateRunRecord>) -> Result<(), StoreError>;
+
+    /// The issue's gate runs, oldest first.
+    async fn gate_runs_for_issue(&self, issue: &IssueRef)
+    -> Result<Vec<GateRunRecord>, StoreError>;
+
     // ----- parse cache and LLM usage -----
 
     async fn cache_get(&self, key: &str) -> Result<Option<String>, StoreError>;

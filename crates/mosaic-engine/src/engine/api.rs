@@ -6,15 +6,15 @@ use std::sync::atomic::Ordering;
 use chrono::{DateTime, Utc};
 use mosaic_domain::{IssueRef, IssueState};
 use mosaic_store::{
-    IssueRecord, IssueSnapshot, OutboxItem, RotationRecord, SessionRecord, TransitionRecord,
-    WorkspaceRecord,
+    GateRunRecord, IssueRecord, IssueSnapshot, OutboxItem, RotationRecord, SessionRecord,
+    TransitionRecord, WorkspaceRecord,
 };
 use serde::Serialize;
 
 use crate::effects::GiteaWrite;
 use crate::report::Status;
 
-use super::attempt::{GateView, WorkspaceUsage};
+use super::attempt::WorkspaceUsage;
 
 use super::work::Work;
 use super::{Engine, EngineError};
@@ -54,8 +54,10 @@ pub struct IssueDetail {
     pub workspace_bytes: Option<u64>,
     /// The newest pull request write for the issue, once one was enqueued.
     pub pull_request: Option<PullRequestView>,
-    /// The quality gates' last results, when they ran for the issue in this process.
-    pub gates: Vec<GateView>,
+    /// The quality gates' latest round of results.
+    pub gates: Vec<GateRunRecord>,
+    /// Every gate run of the issue, oldest first (each attempt and continuation).
+    pub gate_runs: Vec<GateRunRecord>,
 }
 
 /// A pull request the coordinator opened (or updated) for an issue.
@@ -209,8 +211,10 @@ impl Engine {
             });
         let workspace = stored_workspace.map(|stored| stored.workspace);
         let workspace_bytes = self.inner.workspace_bytes(issue).await;
+        let gate_runs = store.gate_runs_for_issue(issue).await?;
         Ok(IssueDetail {
-            gates: self.inner.gate_stats.last(issue),
+            gates: latest_round(&gate_runs),
+            gate_runs,
             workspace,
             workspace_bytes,
             pull_request,
@@ -384,4 +388,15 @@ impl Engine {
             gate_continuations: gates.continuations,
         }
     }
+}
+
+/// The runs of the newest round (one verification records all its gates at one time).
+fn latest_round(runs: &[GateRunRecord]) -> Vec<GateRunRecord> {
+    let Some(newest) = runs.iter().map(|run| run.at).max() else {
+        return Vec::new();
+    };
+    runs.iter()
+        .filter(|run| run.at == newest)
+        .cloned()
+        .collect()
 }

@@ -22,14 +22,16 @@ use std::ffi::OsString;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use mosaic_domain::{IssueRef, IssueState};
 use mosaic_gates::{
     Gate, GateOutcome, GateResult, GatesConfig, OnGateFailure, REPOSITORY_FILE, RepositoryFileUse,
     all_required_passed, continuation_prompt, report_markdown, run_gates,
 };
 use mosaic_gitea::CommitStatusState;
-use mosaic_store::{SessionOutcome as StoredOutcome, SessionRecord, WorkspaceRecord};
+use mosaic_store::{
+    GateRunRecord, SessionOutcome as StoredOutcome, SessionRecord, WorkspaceRecord,
+};
 use mosaic_workspace::{PrepareRequest, RepoSource, Workspace, Workspaces};
 use serde::Serialize;
 
@@ -37,7 +39,7 @@ use crate::effects::GiteaWrite;
 use crate::report::{MAX_SUMMARY_CHARS, Status, agent_text, gates_failed_comment, thousands};
 
 use super::dispatch::{Claim, Conclusion};
-use super::work::{Core, IssueMap, Work};
+use super::work::{Core, Work};
 use super::{EngineError, Inner};
 
 /// The workspaces the engine prepares, and the free space it needs before it dispatches.
@@ -80,46 +82,43 @@ pub struct WorkspaceUsage {
 /// How old a measurement of the worktrees' size may be before it is taken again.
 pub const USAGE_MEASURE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// One gate's last result as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GateView {
-    pub gate: String,
-    pub required: bool,
-    /// `passed`, `failed`, `timed_out`, `could_not_start`, `below_coverage` or
-    /// `no_coverage_figure`.
-    pub status: &'static str,
-    /// Why it did not pass (empty when it passed).
-    pub detail: String,
-    pub duration_ms: u64,
-    pub coverage_percent: Option<f64>,
-}
-
-impl GateView {
-    fn new(result: &GateResult) -> Self {
-        let status = match result.outcome {
-            GateOutcome::Passed => "passed",
-            GateOutcome::Failed { .. } => "failed",
-            GateOutcome::TimedOut => "timed_out",
-            GateOutcome::CouldNotStart { .. } => "could_not_start",
-            GateOutcome::BelowCoverage { .. } => "below_coverage",
-            GateOutcome::NoCoverageFigure => "no_coverage_figure",
-        };
-        Self {
-            gate: result.gate.clone(),
-            required: result.required,
-            status,
-            detail: if result.outcome.passed() {
-                String::new()
-            } else {
-                result.outcome.describe(result.timeout)
-            },
-            duration_ms: u64::try_from(result.duration.as_millis()).unwrap_or(u64::MAX),
-            coverage_percent: result.coverage_percent,
-        }
+/// A gate's result as the store keeps it (and the API shows it).
+fn gate_run_record(
+    result: &GateResult,
+    issue: &IssueRef,
+    attempt: u32,
+    session_id: Option<String>,
+    at: DateTime<Utc>,
+) -> GateRunRecord {
+    let status = match result.outcome {
+        GateOutcome::Passed => "passed",
+        GateOutcome::Failed { .. } => "failed",
+        GateOutcome::TimedOut => "timed_out",
+        GateOutcome::CouldNotStart { .. } => "could_not_start",
+        GateOutcome::BelowCoverage { .. } => "below_coverage",
+        GateOutcome::NoCoverageFigure => "no_coverage_figure",
+    };
+    GateRunRecord {
+        issue: issue.clone(),
+        attempt,
+        session_id,
+        gate: result.gate.clone(),
+        command: result.command.clone(),
+        required: result.required,
+        status: status.to_owned(),
+        detail: if result.outcome.passed() {
+            String::new()
+        } else {
+            result.outcome.describe(result.timeout)
+        },
+        duration_ms: u64::try_from(result.duration.as_millis()).unwrap_or(u64::MAX),
+        output_tail: result.output_tail.clone(),
+        coverage_percent: result.coverage_percent,
+        at,
     }
 }
 
-/// Gate counters since start (for `/metrics`) and each issue's last results (for the API).
+/// Gate counters since start (for `/metrics`; the results themselves are stored).
 #[derive(Debug, Default)]
 pub(crate) struct GateStats {
     inner: StdMutex<GateCounters>,
@@ -130,11 +129,10 @@ pub(crate) struct GateCounters {
     pub runs_by_gate: BTreeMap<String, u64>,
     pub failures_by_gate: BTreeMap<String, u64>,
     pub continuations: u64,
-    pub last: IssueMap<Vec<GateView>>,
 }
 
 impl GateStats {
-    fn record(&self, issue: &IssueRef, results: &[GateResult]) {
+    fn record(&self, results: &[GateResult]) {
         let mut counters = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         for result in results {
             *counters
@@ -148,9 +146,6 @@ impl GateStats {
                     .or_default() += 1;
             }
         }
-        counters
-            .last
-            .insert(issue.clone(), results.iter().map(GateView::new).collect());
     }
 
     fn continued(&self) {
@@ -160,26 +155,11 @@ impl GateStats {
             .continuations += 1;
     }
 
-    /// The counters (without the per-issue results).
     pub(crate) fn totals(&self) -> GateCounters {
-        let counters = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        GateCounters {
-            runs_by_gate: counters.runs_by_gate.clone(),
-            failures_by_gate: counters.failures_by_gate.clone(),
-            continuations: counters.continuations,
-            last: IssueMap::default(),
-        }
-    }
-
-    /// The issue's last gate results, when its gates ran in this process.
-    pub(crate) fn last(&self, issue: &IssueRef) -> Vec<GateView> {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .last
-            .get(issue)
-            .cloned()
-            .unwrap_or_default()
+            .clone()
     }
 }
 
@@ -663,7 +643,8 @@ impl Inner {
             config.output_tail_bytes,
         )
         .await;
-        self.gate_stats.record(issue, &results);
+        self.gate_stats.record(&results);
+        self.store_gate_runs(issue, &results).await;
         for result in &results {
             tracing::info!(%issue, gate = %result.gate, passed = result.outcome.passed(), required = result.required, duration_ms = result.duration.as_millis(), "gate finished");
         }
@@ -672,6 +653,31 @@ impl Inner {
             report.push_str(&note);
         }
         Ok(Some(Verification { results, report }))
+    }
+
+    /// Stores the round's results with the attempt and the session whose result they checked;
+    /// a failure costs only the API's view of them (the report is in Gitea either way).
+    async fn store_gate_runs(&self, issue: &IssueRef, results: &[GateResult]) {
+        let attempt = {
+            let core = self.core.lock().await;
+            core.records.get(issue).map_or(0, |record| record.attempts)
+        };
+        let session_id = match self.attempt_sessions(issue).await {
+            Ok(sessions) => sessions
+                .into_iter()
+                .filter(|session| session.outcome == Some(StoredOutcome::Succeeded))
+                .max_by_key(|session| session.started_at)
+                .map(|session| session.id),
+            Err(_) => None,
+        };
+        let at = Utc::now();
+        let runs = results
+            .iter()
+            .map(|result| gate_run_record(result, issue, attempt, session_id.clone(), at))
+            .collect();
+        if let Err(err) = self.store.record_gate_runs(runs).await {
+            tracing::warn!(%issue, error = %err, "the gates' results could not be stored");
+        }
     }
 
     /// Continuations this attempt already had: every succeeded session of the attempt but the
@@ -1169,36 +1175,47 @@ mod tests {
     }
 
     #[test]
-    fn the_api_view_names_each_outcome_and_why() {
-        let timed_out = GateView::new(&gate_result(GateOutcome::TimedOut));
+    fn a_stored_gate_run_names_its_outcome_and_why() {
+        let issue: IssueRef = "acme/widgets#12".parse().unwrap();
+        let record = |outcome| {
+            gate_run_record(
+                &gate_result(outcome),
+                &issue,
+                2,
+                Some("s1".into()),
+                Utc::now(),
+            )
+        };
+        let timed_out = record(GateOutcome::TimedOut);
         assert_eq!(timed_out.status, "timed_out");
         assert_eq!(timed_out.detail, "no result within 5 s; killed");
         assert_eq!(timed_out.duration_ms, 1500);
-        let passed = GateView::new(&gate_result(GateOutcome::Passed));
-        assert_eq!((passed.status, passed.detail.as_str()), ("passed", ""));
-        let failed = GateView::new(&gate_result(GateOutcome::Failed { exit_code: Some(1) }));
         assert_eq!(
-            (failed.status, failed.detail.as_str()),
+            (timed_out.attempt, timed_out.session_id.as_deref()),
+            (2, Some("s1"))
+        );
+        let passed = record(GateOutcome::Passed);
+        assert_eq!(
+            (passed.status.as_str(), passed.detail.as_str()),
+            ("passed", "")
+        );
+        let failed = record(GateOutcome::Failed { exit_code: Some(1) });
+        assert_eq!(
+            (failed.status.as_str(), failed.detail.as_str()),
             ("failed", "exit code 1")
         );
+        assert_eq!(failed.command, ["sh", "-c", "test -f fixed.txt"]);
     }
 
     #[test]
-    fn gate_stats_count_runs_and_failures_by_gate_and_keep_each_issues_last_results() {
+    fn gate_stats_count_runs_and_failures_by_gate() {
         let stats = GateStats::default();
-        let issue: IssueRef = "acme/widgets#12".parse().unwrap();
-        stats.record(
-            &issue,
-            &[gate_result(GateOutcome::Failed { exit_code: Some(1) })],
-        );
+        stats.record(&[gate_result(GateOutcome::Failed { exit_code: Some(1) })]);
         stats.continued();
-        stats.record(&issue, &[gate_result(GateOutcome::Passed)]);
+        stats.record(&[gate_result(GateOutcome::Passed)]);
         let totals = stats.totals();
         assert_eq!(totals.runs_by_gate.get("test"), Some(&2));
         assert_eq!(totals.failures_by_gate.get("test"), Some(&1));
         assert_eq!(totals.continuations, 1);
-        assert!(totals.last.is_empty(), "no per-issue data in the totals");
-        assert_eq!(stats.last(&issue)[0].status, "passed");
-        assert!(stats.last(&"acme/widgets#13".parse().unwrap()).is_empty());
     }
 }

@@ -34,7 +34,7 @@ use mosaic_store::{Store, StoreError};
 use tokio::sync::{Mutex, Notify};
 
 pub use api::{EngineStats, IssueDetail, LiveSessionView, PullRequestView, QueueItem};
-pub use attempt::{GateView, WorkspaceParts, WorkspaceUsage};
+pub use attempt::{WorkspaceParts, WorkspaceUsage};
 pub use config::{EngineConfig, EngineConfigError, MonitorSettings};
 pub use recover::RecoveryReport;
 

@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "workspaces",
         sql: include_str!("../../migrations/sqlite/0006_workspaces.sql"),
     },
+    Migration {
+        version: 7,
+        name: "gate_runs",
+        sql: include_str!("../../migrations/sqlite/0007_gate_runs.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (also the version a fresh database gets).

@@ -738,6 +738,20 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn record_gate_runs(&self, runs: Vec<GateRunRecord>) -> Result<(), StoreError> {
+        self.write(move |conn| ops::record_gate_runs(conn, &runs))
+            .await
+    }
+
+    async fn gate_runs_for_issue(
+        &self,
+        issue: &IssueRef,
+    ) -> Result<Vec<GateRunRecord>, StoreError> {
+        let issue = issue.clone();
+        self.read(move |conn| ops::gate_runs_for_issue(conn, &issue))
+            .await
+    }
+
     async fn cache_get(&self, key: &str) -> Result<Option<String>, StoreError> {
         let key = key.to_owned();
         self.read(move |conn| ops::cache_get(conn, &key)).await

@@ -1447,6 +1447,71 @@ pub(crate) fn get_workspace(
     Ok(found.pop())
 }
 
+pub(crate) fn record_gate_runs(
+    conn: &Connection,
+    runs: &[GateRunRecord],
+) -> Result<(), StoreError> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO gate_runs (repository, number, attempt, session_id, gate, command, required,
+             status, detail, duration_ms, output_tail, coverage_percent, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    for run in runs {
+        let (repository, number) = issue_key(&run.issue)?;
+        insert.execute(params![
+            repository,
+            number,
+            i64::from(run.attempt),
+            run.session_id,
+            run.gate,
+            to_json("gate command", &run.command)?,
+            run.required,
+            run.status,
+            run.detail,
+            to_i64("gate duration", run.duration_ms)?,
+            run.output_tail,
+            run.coverage_percent
+                .map(|percent| finite("coverage percent", percent))
+                .transpose()?,
+            micros(run.at),
+        ])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn gate_runs_for_issue(
+    conn: &Connection,
+    issue: &IssueRef,
+) -> Result<Vec<GateRunRecord>, StoreError> {
+    let (repository, number) = issue_key(issue)?;
+    collect(
+        conn,
+        "SELECT attempt, session_id, gate, command, required, status, detail, duration_ms,
+             output_tail, coverage_percent, at
+         FROM gate_runs WHERE repository = ?1 AND number = ?2 ORDER BY id",
+        params![repository, number],
+        |row| {
+            let command: String = row.get(3)?;
+            Ok(GateRunRecord {
+                issue: issue.clone(),
+                attempt: u32::try_from(row.get::<_, i64>(0)?).map_err(|_| {
+                    StoreError::corrupt("gate_runs.attempt", "out of range".to_owned())
+                })?,
+                session_id: row.get(1)?,
+                gate: row.get(2)?,
+                command: json_list("gate_runs.command", &command)?,
+                required: row.get(4)?,
+                status: row.get(5)?,
+                detail: row.get(6)?,
+                duration_ms: to_u64("gate_runs.duration_ms", row.get(7)?)?,
+                output_tail: row.get(8)?,
+                coverage_percent: row.get(9)?,
+                at: time_from("gate_runs.at", row.get(10)?)?,
+            })
+        },
+    )
+}
+
 // ----- parse cache and LLM usage -----
 
 pub(crate) fn cache_get(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {

@@ -1024,6 +1024,55 @@ pub async fn workspaces_keep_their_pull_request_while_the_branch_stays(store: &d
     assert_eq!(store.get_workspace(&issue("o/r#4")).await.unwrap(), None);
 }
 
+pub async fn gate_runs_are_kept_per_issue_in_order(store: &dyn Store) {
+    let target = issue("o/r#3");
+    assert!(store.gate_runs_for_issue(&target).await.unwrap().is_empty());
+    let failed = GateRunRecord {
+        issue: target.clone(),
+        attempt: 1,
+        session_id: Some("s1".to_owned()),
+        gate: "test".to_owned(),
+        command: vec!["sh".to_owned(), "-c".to_owned(), "cargo test".to_owned()],
+        required: true,
+        status: "failed".to_owned(),
+        detail: "exit code 101".to_owned(),
+        duration_ms: 12_345,
+        output_tail: "test widget ... FAILED\n".to_owned(),
+        coverage_percent: None,
+        at: at(5),
+    };
+    let coverage = GateRunRecord {
+        gate: "coverage".to_owned(),
+        required: false,
+        status: "below_coverage".to_owned(),
+        coverage_percent: Some(71.25),
+        ..failed.clone()
+    };
+    let passed = GateRunRecord {
+        session_id: Some("s2".to_owned()),
+        status: "passed".to_owned(),
+        detail: String::new(),
+        at: at(9),
+        ..failed.clone()
+    };
+    store
+        .record_gate_runs(vec![failed.clone(), coverage.clone()])
+        .await
+        .unwrap();
+    store.record_gate_runs(vec![passed.clone()]).await.unwrap();
+    store
+        .record_gate_runs(vec![GateRunRecord {
+            issue: issue("o/r#4"),
+            ..passed.clone()
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.gate_runs_for_issue(&target).await.unwrap(),
+        vec![failed, coverage, passed]
+    );
+}
+
 // ----- cache and usage -----
 
 pub async fn parse_cache_stores_json_by_key(store: &dyn Store) {
