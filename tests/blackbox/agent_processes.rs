@@ -19,17 +19,13 @@ use mosaic_store::{SessionOutcome, SessionRecord, Store, StoreConfig};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::helpers::{Running, SECRET, binary, free_port, run};
+use crate::helpers::{Running, SECRET, binary, free_port, run, toml_string};
 
 const STEP: Duration = Duration::from_secs(30);
 const HUMAN: &str = "alice";
 /// Secrets the coordinator is started with besides the webhook secret and the bot token.
 const API_TOKEN: &str = "api-token-of-the-coordinator-4711";
 const ANTHROPIC_KEY: &str = "sk-ant-coordinators-own-parser-key-0815";
-
-fn toml_string(text: &str) -> String {
-    serde_json::to_string(text).unwrap()
-}
 
 /// One `[runner.agents.<name>]` section, as TOML lines.
 struct AgentSection {

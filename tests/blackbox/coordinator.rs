@@ -22,7 +22,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::helpers::{Running, SECRET, binary};
+use crate::helpers::{Running, SECRET, binary, toml_string};
 
 /// How long a scenario step may take before the test fails (each test stays well under it).
 const STEP: Duration = Duration::from_secs(20);
@@ -72,10 +72,6 @@ fn with_defaults(mut agents: Vec<Agent>) -> Vec<Agent> {
         }
     }
     agents
-}
-
-fn toml_string(text: &str) -> String {
-    serde_json::to_string(text).unwrap()
 }
 
 /// The coordinator's configuration file. Reconciliation is limited to an empty repository of

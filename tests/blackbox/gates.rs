@@ -37,6 +37,7 @@ impl Scenario {
             extra: gates,
             git_delay: Duration::ZERO,
             min_free_bytes: 1,
+            agents: None,
         })
         .await
     }

@@ -17,16 +17,12 @@ use mosaic_testkit::GitHttpServer;
 use mosaic_testkit::repo::{create_bare_repository, git};
 use serde_json::Value;
 
-use crate::helpers::{Running, SECRET, binary};
+use crate::helpers::{Running, SECRET, binary, toml_string};
 
 /// How long one step of a scenario may take before the test fails.
 const STEP: Duration = Duration::from_secs(40);
 const HUMAN: &str = "alice";
 pub(crate) const OWNER: &str = "e2e";
-
-fn toml_string(text: &str) -> String {
-    serde_json::to_string(text).unwrap()
-}
 
 /// What differs between scenarios.
 pub(crate) struct Setup<'a> {
@@ -41,6 +37,9 @@ pub(crate) struct Setup<'a> {
     /// The git server answers each request only after this (a slow push).
     pub git_delay: Duration,
     pub min_free_bytes: u64,
+    /// The agent profiles' `[runner.agents.*]` sections; `None`: the sample agent with
+    /// `agent_args` for every built-in profile.
+    pub agents: Option<String>,
 }
 
 impl Setup<'_> {
@@ -60,6 +59,10 @@ impl Setup<'_> {
             self.min_free_bytes,
             self.extra,
         );
+        if let Some(agents) = &self.agents {
+            text.push_str(agents);
+            return text;
+        }
         let args: Vec<String> = std::iter::once("sample-agent")
             .chain(self.agent_args.iter().copied())
             .map(toml_string)

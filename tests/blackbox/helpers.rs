@@ -204,3 +204,8 @@ pub fn http_status(url: &str) -> std::io::Result<u16> {
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
 }
+
+/// `text` as a TOML basic string (JSON's string escapes are valid TOML).
+pub fn toml_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap()
+}

@@ -5,6 +5,7 @@
 
 mod agent_processes;
 mod architecture;
+mod claude_code;
 mod cli;
 mod connections;
 mod coordinator;

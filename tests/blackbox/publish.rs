@@ -32,6 +32,7 @@ fn setup<'a>(flags: &[&'a str], git_delay: Duration, min_free_bytes: u64) -> Set
         extra: "",
         git_delay,
         min_free_bytes,
+        agents: None,
     }
 }
 

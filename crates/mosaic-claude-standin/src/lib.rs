@@ -241,6 +241,30 @@ fn lock(state: &SharedState) -> MutexGuard<'_, Shared> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// How to install the pinned CLI, for the line a skipped test prints.
+pub const CLAUDE_INSTALL_HINT: &str = "npm install --no-audit --no-fund --prefix .cache/agents @anthropic-ai/claude-code@2.1.328 (run in the repository root), or set MOSAIC_CLAUDE_BIN";
+
+/// The real Claude Code CLI for tests: `$MOSAIC_CLAUDE_BIN`, else the pinned one `.ci/run`
+/// installs at `<repository>/.cache/agents/node_modules/.bin/claude`. `None` after one line
+/// saying how to install it; under `CI=true` a missing CLI panics, so CI cannot skip these tests.
+#[allow(clippy::print_stdout)] // the skip line is for the person running the tests
+pub fn claude_cli() -> Option<std::path::PathBuf> {
+    let repo_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let path = std::env::var_os("MOSAIC_CLAUDE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root.join(".cache/agents/node_modules/.bin/claude"));
+    if path.exists() {
+        return Some(path);
+    }
+    let message = format!(
+        "Claude Code CLI not found at {}; install it with: {CLAUDE_INSTALL_HINT}",
+        path.display()
+    );
+    assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "{message}");
+    println!("skipped: {message}");
+    None
+}
+
 /// Starts stand-ins.
 #[derive(Debug)]
 pub struct MessagesStandin;
@@ -308,6 +332,14 @@ impl StandinHandle {
     /// How many script steps have been answered.
     pub fn steps_used(&self) -> usize {
         lock(&self.state).next_step
+    }
+
+    /// Answers the next calls from `script`, from its first step (for a test that learns what
+    /// to script, such as a worktree's path, only after the CLI's configuration was written).
+    pub fn replace_script(&self, script: Script) {
+        let mut state = lock(&self.state);
+        state.script = script;
+        state.next_step = 0;
     }
 }
 

@@ -14,31 +14,11 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-const INSTALL_HINT: &str = "npm install --no-audit --no-fund --prefix .cache/agents @anthropic-ai/claude-code@2.1.328 (run in the repository root), or set MOSAIC_CLAUDE_BIN";
 const MODEL: &str = "claude-sonnet-4-5";
 const TURN_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The CLI's path, or `None` after saying how to install it (a failure under `CI=true`).
 fn claude_bin() -> Option<PathBuf> {
-    let path = std::env::var_os("MOSAIC_CLAUDE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".cache/agents/node_modules/.bin/claude"));
-    if path.exists() {
-        return Some(path);
-    }
-    let message = format!(
-        "Claude Code CLI not found at {}; install it with: {INSTALL_HINT}",
-        path.display()
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{message}");
-    }
-    println!("skipped: {message}");
-    None
+    mosaic_claude_standin::claude_cli()
 }
 
 /// A temporary git repository (the CLI's working directory) and a HOME of its own.
