@@ -17,8 +17,14 @@ use crate::helpers::toml_string;
 
 const MODEL: &str = "claude-sonnet-4-5";
 
-/// Every built-in profile runs the CLI against the stand-in, as docs/AGENTS.md wires it.
-fn agents_toml(bin: &std::path::Path, standin_url: &str, home: &std::path::Path) -> String {
+/// The `profiles` run the CLI against the stand-in, as docs/AGENTS.md wires it (the others have
+/// no command, so they cannot be assigned).
+fn agents_toml(
+    profiles: &[&str],
+    bin: &std::path::Path,
+    standin_url: &str,
+    home: &std::path::Path,
+) -> String {
     let args: Vec<String> = [
         "-p",
         "--input-format",
@@ -43,7 +49,7 @@ fn agents_toml(bin: &std::path::Path, standin_url: &str, home: &std::path::Path)
         toml_string(&home.display().to_string()),
     );
     let mut text = String::new();
-    for name in ["opus", "sonnet", "haiku", "glm", "minimax"] {
+    for name in profiles {
         text.push_str(&format!(
             "\n[runner.agents.{name}]\nprogram = {}\nargs = [{}]\ninput = \"json_lines\"\nprotocol = \"claude_code\"\ncan_compact = true\nenv = {env}\n",
             toml_string(&bin.display().to_string()),
@@ -60,7 +66,12 @@ async fn an_issue_assigned_to_the_real_claude_code_cli_ends_in_a_pull_request_wi
         .await
         .unwrap();
     let home = tempfile::tempdir().unwrap();
-    let agents = agents_toml(&bin, &standin.base_url(), home.path());
+    let agents = agents_toml(
+        &["opus", "sonnet", "haiku", "glm", "minimax"],
+        &bin,
+        &standin.base_url(),
+        home.path(),
+    );
     let s = Scenario::start(Setup {
         name: "cli",
         agent_args: Vec::new(),
@@ -155,4 +166,158 @@ async fn an_issue_assigned_to_the_real_claude_code_cli_ends_in_a_pull_request_wi
     } else {
         assert!(session.cost_usd > 0.0, "{session:#?}");
     }
+}
+
+/// Token figures whose context (everything read) is `context` tokens.
+fn reading(context: u64, output: u64) -> Usage {
+    Usage {
+        input_tokens: 2_000,
+        cache_creation_input_tokens: 8_000,
+        cache_read_input_tokens: context - 10_000,
+        output_tokens: output,
+    }
+}
+
+/// The coordinator running only `sonnet` (a 200k window) as the CLI, and one issue.
+async fn sonnet_scenario(
+    bin: &std::path::Path,
+    standin: &mosaic_claude_standin::StandinHandle,
+    home: &std::path::Path,
+    name: &'static str,
+) -> Scenario {
+    Scenario::start(Setup {
+        name,
+        agent_args: Vec::new(),
+        engine: "max_attempts = 1",
+        extra: "",
+        git_delay: Duration::ZERO,
+        min_free_bytes: 1,
+        agents: Some(agents_toml(&["sonnet"], bin, &standin.base_url(), home)),
+    })
+    .await
+}
+
+fn write_hello(path: &std::path::Path, usage: Usage) -> Step {
+    Step::Reply(Reply::tool_calls(
+        vec![Block::tool_use(
+            "Write",
+            json!({ "file_path": path, "content": "hello\n" }),
+        )],
+        usage,
+    ))
+}
+
+fn commit_hello(usage: Usage) -> Step {
+    Step::Reply(Reply::tool_calls(
+        vec![Block::tool_use(
+            "Bash",
+            json!({ "command": "git add hello.txt && git -c user.name=Agent -c user.email=agent@example.invalid commit -q -m 'Add hello.txt'", "description": "Commit hello.txt" }),
+        )],
+        usage,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_80_percent_the_coordinator_compacts_the_real_cli_and_does_not_rotate_it() {
+    let Some(bin) = claude_cli() else { return };
+    let standin = MessagesStandin::start(Script::new(Vec::new()))
+        .await
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let s = sonnet_scenario(&bin, &standin, home.path(), "compact").await;
+    let issue = s.issue("Say hello");
+    // 165k of sonnet's 200k: 82.5%, past the compaction threshold and below the rotation one
+    // (85% for Claude Code).
+    standin.replace_script(Script::new(vec![
+        write_hello(&s.worktree(&issue).join("hello.txt"), reading(165_000, 300)),
+        commit_hello(reading(166_000, 200)),
+        Step::Reply(Reply::text("Committed hello.txt.", reading(167_000, 50))),
+    ]));
+    s.deliver(&issue, "assigned").await;
+    s.wait_for_state(&issue, IssueState::Completed).await;
+    s.wait_outbox_delivered(&issue).await;
+
+    // The coordinator sent `/compact`; the CLI asked the model for a summary once.
+    let compactions = standin
+        .requests()
+        .iter()
+        .filter(|request| request.is_compaction())
+        .count();
+    assert_eq!(compactions, 1, "{:#?}", standin.requests());
+    let sessions = s.store.sessions_for_issue(&issue).await.unwrap();
+    assert_eq!(sessions.len(), 1, "compacted, not rotated: {sessions:#?}");
+    let recorded = s
+        .store
+        .compactions_for_session(&sessions[0].id)
+        .await
+        .unwrap();
+    assert_eq!(recorded.len(), 1, "{recorded:#?}");
+    assert!(recorded[0].success, "{recorded:#?}");
+    assert!(recorded[0].before_tokens >= 165_000, "{recorded:#?}");
+    assert!(recorded[0].after_tokens < 100_000, "{recorded:#?}");
+    assert!(s.store.recent_rotations(None, 10).await.unwrap().is_empty());
+    let branch = format!("mosaic/{}-say-hello", issue.number);
+    assert_eq!(
+        subjects(&s.remote, &branch),
+        ["Add hello.txt", "Initial commit"]
+    );
+    assert_eq!(s.pull_requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_85_percent_the_real_cli_is_rotated_after_its_turn_and_the_next_session_finishes_in_the_worktree()
+ {
+    let Some(bin) = claude_cli() else { return };
+    let standin = MessagesStandin::start(Script::new(Vec::new()))
+        .await
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let s = sonnet_scenario(&bin, &standin, home.path(), "rotate").await;
+    let issue = s.issue("Say hello");
+    // The first session writes the file at 86% of the window: past the 85% a Claude Code
+    // profile rotates at (the CLI itself stops at 88.5%), so the monitor rotates it once its
+    // turn has ended. The next session (the script goes on) commits the file and finishes.
+    standin.replace_script(Script::new(vec![
+        write_hello(&s.worktree(&issue).join("hello.txt"), reading(172_000, 300)),
+        Step::Reply(Reply::text(
+            "Wrote hello.txt; it still needs a commit.",
+            reading(173_000, 80),
+        )),
+        commit_hello(reading(20_000, 200)),
+        Step::Reply(Reply::text("Committed hello.txt.", reading(21_000, 50))),
+    ]));
+    s.deliver(&issue, "assigned").await;
+    s.wait_for_state(&issue, IssueState::Completed).await;
+    s.wait_outbox_delivered(&issue).await;
+
+    let sessions = s.store.sessions_for_issue(&issue).await.unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:#?}");
+    let rotations = s.store.recent_rotations(None, 10).await.unwrap();
+    assert_eq!(rotations.len(), 1, "{rotations:#?}");
+    assert!(rotations[0].success, "{rotations:#?}");
+    assert!(
+        rotations[0].context_before_tokens >= 172_000,
+        "{rotations:#?}"
+    );
+    // The second session was told what the first did, and where the work stands.
+    let second_prompt = standin
+        .requests()
+        .into_iter()
+        .find(|request| request.kind == mosaic_claude_standin::RequestKind::Step(2))
+        .map(|request| request.body.to_string())
+        .unwrap_or_default();
+    assert!(
+        second_prompt.contains("Handover from the previous session"),
+        "{second_prompt}"
+    );
+    assert!(
+        second_prompt.contains("Wrote hello.txt; it still needs a commit."),
+        "{second_prompt}"
+    );
+    let branch = format!("mosaic/{}-say-hello", issue.number);
+    assert_eq!(
+        subjects(&s.remote, &branch),
+        ["Add hello.txt", "Initial commit"]
+    );
+    assert_eq!(s.pull_requests().len(), 1);
 }

@@ -439,11 +439,54 @@ pub struct ProfilesInForce {
     pub built_in: bool,
     /// Enabled profiles with no `[runner.agents.<name>]` command: not assignable.
     pub without_command: Vec<String>,
+    /// Profiles whose rotate threshold was lowered to what their agent kind can reach, with the
+    /// threshold in force (Claude Code: 85%).
+    pub capped: Vec<(String, f64)>,
+}
+
+/// The profiles with each threshold below what its agent's protocol can reach: a profile run
+/// by Claude Code rotates at 85% at most (and compacts below that), whatever the configured or
+/// global threshold says, since the CLI stops calling the model at 88.5%.
+fn cap_thresholds(
+    all: mosaic_domain::agent::AgentProfiles,
+    config: &Config,
+) -> Result<(mosaic_domain::agent::AgentProfiles, Vec<(String, f64)>), ConfigError> {
+    let global = mosaic_domain::Thresholds {
+        compact: config.engine.monitor.compact_threshold,
+        rotate: config.engine.monitor.rotate_threshold,
+    };
+    let mut capped = Vec::new();
+    let profiles: Vec<mosaic_domain::AgentProfile> = all
+        .iter()
+        .cloned()
+        .map(|mut profile| {
+            let limit = config
+                .runner
+                .as_ref()
+                .and_then(|runner| runner.agents.get(&profile.name))
+                .and_then(|command| command.protocol.max_rotate_threshold());
+            let current = profile.thresholds(global);
+            if let Some(limit) = limit.filter(|limit| current.rotate > *limit) {
+                profile.rotate_threshold = Some(limit);
+                // The compaction threshold stays below the rotation one (5 points under).
+                let below = ((limit - 0.05) * 100.0).round() / 100.0;
+                profile.compact_threshold = Some(current.compact.min(below));
+                capped.push((profile.name.clone(), limit));
+            }
+            profile
+        })
+        .collect();
+    if capped.is_empty() {
+        return Ok((all, capped));
+    }
+    let profiles = mosaic_domain::AgentProfiles::with_global_thresholds(profiles, global)
+        .map_err(|err| ConfigError(format!("invalid configuration: `agents`: {err}")))?;
+    Ok((profiles, capped))
 }
 
 impl ProfilesInForce {
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        let all = agent_profiles(config)?;
+        let (all, capped) = cap_thresholds(agent_profiles(config)?, config)?;
         let has_command = |name: &str| {
             config
                 .runner
@@ -459,6 +502,7 @@ impl ProfilesInForce {
             all,
             built_in: config.agents.is_empty(),
             without_command,
+            capped,
         })
     }
 
@@ -509,6 +553,12 @@ impl ProfilesInForce {
                     "hosted"
                 },
                 format!("{:?}", profile.max_difficulty).to_lowercase(),
+            ));
+        }
+        for (name, limit) in &self.capped {
+            out.push_str(&format!(
+                "# {name} rotates at {:.0}% at most: Claude Code stops calling the model past 88.5% of its window\n",
+                limit * 100.0
             ));
         }
         if self.assignable().is_none() {
@@ -1017,6 +1067,50 @@ mod profiles_in_force_tests {
             "{described}"
         );
         assert!(described.contains("built-in default"), "{described}");
+    }
+
+    #[test]
+    fn a_profile_run_by_claude_code_rotates_at_85_percent_at_most() {
+        let mut config = config_with(&[
+            ("MOSAIC_RUNNER__WORK_ROOT", "/tmp/w"),
+            ("MOSAIC_RUNNER__AGENTS__SONNET__PROGRAM", "claude"),
+            ("MOSAIC_RUNNER__AGENTS__GLM__PROGRAM", "sample-agent"),
+        ]);
+        let runner = config.runner.as_mut().unwrap();
+        runner.agents.get_mut("sonnet").unwrap().protocol =
+            mosaic_runner::AgentProtocol::ClaudeCode;
+        let in_force = ProfilesInForce::from_config(&config).unwrap();
+        let global = mosaic_domain::Thresholds::default();
+        let sonnet = in_force.all.iter().find(|p| p.name == "sonnet").unwrap();
+        let thresholds = sonnet.effective_thresholds(global).unwrap();
+        assert_eq!((thresholds.compact, thresholds.rotate), (0.8, 0.85));
+        // Other agent kinds keep the global 95%.
+        let glm = in_force.all.iter().find(|p| p.name == "glm").unwrap();
+        assert_eq!(glm.effective_thresholds(global).unwrap().rotate, 0.95);
+        assert_eq!(in_force.capped, [("sonnet".to_owned(), 0.85)]);
+        let described = in_force.describe();
+        assert!(
+            described.contains("# sonnet rotates at 85% at most: Claude Code stops calling the model past 88.5% of its window"),
+            "{described}"
+        );
+
+        // A lower threshold of the operator's stays; a compaction threshold above the cap
+        // moves below it.
+        config.engine.monitor.rotate_threshold = 0.99;
+        config.engine.monitor.compact_threshold = 0.9;
+        let in_force = ProfilesInForce::from_config(&config).unwrap();
+        let global = mosaic_domain::Thresholds {
+            compact: 0.9,
+            rotate: 0.99,
+        };
+        let sonnet = in_force.all.iter().find(|p| p.name == "sonnet").unwrap();
+        let thresholds = sonnet.effective_thresholds(global).unwrap();
+        assert_eq!(thresholds.rotate, 0.85);
+        assert!((thresholds.compact - 0.80).abs() < 1e-9, "{thresholds:?}");
+        config.engine.monitor.rotate_threshold = 0.82;
+        config.engine.monitor.compact_threshold = 0.7;
+        let in_force = ProfilesInForce::from_config(&config).unwrap();
+        assert!(in_force.capped.is_empty());
     }
 
     /// The example's commented `[[agents]]` block, uncommented, is a complete profile: no

@@ -209,6 +209,14 @@ pub async fn run_on(
             "agent profile `{name}` has no command ([runner.agents.{name}]): it is not assigned"
         );
     }
+    for (name, limit) in &in_force.capped {
+        tracing::info!(
+            agent = %name,
+            rotate_threshold = limit,
+            "agent profile `{name}` runs Claude Code, which stops calling the model past 88.5% of its window: it rotates at {:.0}% at most",
+            limit * 100.0
+        );
+    }
     let profiles = in_force.assignable();
     let parser = mosaic_parser::build_parser(
         &config.parser,

@@ -625,12 +625,12 @@ async fn rotate(inner: &Arc<Inner>, key: u64, why: &str) -> Result<SessionRotati
             last_usage
         }
     };
-    let summary = old.latest_summary();
-
     // 2. Close it at its turn boundary; its runtime ends every process it started.
     if let Err(err) = old.close_after_turn(&format!("rotation: {why}")).await {
         warn!(session = %old_id, error = %err, "closing the rotated session reported an error");
     }
+    // Read after the close: the turn's own closing answer is the best hand-over there is.
+    let summary = old.latest_summary();
     // Read after the close: whatever the agent reported last is what the session spent.
     let old_spend = old.subscribe().borrow().spend;
 

@@ -142,6 +142,19 @@ pub enum AgentProtocol {
     ClaudeCode,
 }
 
+impl AgentProtocol {
+    /// The highest rotate threshold this kind of agent can reach. Claude Code refuses every
+    /// further model call once its context passed its blocking limit, 177,000 of a 200k window
+    /// (88.5%; measured with 2.1.328, docs/AGENTS.md), so a threshold above that would never be
+    /// met: its sessions rotate at 85% at most.
+    pub fn max_rotate_threshold(self) -> Option<f64> {
+        match self {
+            Self::JsonLines => None,
+            Self::ClaudeCode => Some(0.85),
+        }
+    }
+}
+
 /// Set for `protocol = "claude_code"` sessions, under the profile's own `env` (which may override
 /// them): no automatic compaction (measured with 2.1.328: `DISABLE_AUTO_COMPACT=1` stops both the
 /// threshold and the reactive compaction), no self-update, no traffic beyond the model API.
