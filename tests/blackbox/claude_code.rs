@@ -24,6 +24,7 @@ fn agents_toml(
     bin: &std::path::Path,
     standin_url: &str,
     home: &std::path::Path,
+    extra_env: &[(&str, &str)],
 ) -> String {
     let args: Vec<String> = [
         "-p",
@@ -43,8 +44,12 @@ fn agents_toml(
     .iter()
     .map(|arg| toml_string(arg))
     .collect();
+    let extra: String = extra_env
+        .iter()
+        .map(|(name, value)| format!(", {name} = {}", toml_string(value)))
+        .collect();
     let env = format!(
-        "{{ ANTHROPIC_BASE_URL = {}, ANTHROPIC_API_KEY = \"sk-ant-standin-dummy\", HOME = {}, DISABLE_AUTOUPDATER = \"1\", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = \"1\" }}",
+        "{{ ANTHROPIC_BASE_URL = {}, ANTHROPIC_API_KEY = \"sk-ant-standin-dummy\", HOME = {}, DISABLE_AUTOUPDATER = \"1\", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = \"1\"{extra} }}",
         toml_string(standin_url),
         toml_string(&home.display().to_string()),
     );
@@ -71,6 +76,7 @@ async fn an_issue_assigned_to_the_real_claude_code_cli_ends_in_a_pull_request_wi
         &bin,
         &standin.base_url(),
         home.path(),
+        &[],
     );
     let s = Scenario::start(Setup {
         name: "cli",
@@ -192,7 +198,13 @@ async fn sonnet_scenario(
         extra: "",
         git_delay: Duration::ZERO,
         min_free_bytes: 1,
-        agents: Some(agents_toml(&["sonnet"], bin, &standin.base_url(), home)),
+        agents: Some(agents_toml(
+            &["sonnet"],
+            bin,
+            &standin.base_url(),
+            home,
+            &[],
+        )),
     })
     .await
 }
@@ -314,6 +326,72 @@ async fn past_85_percent_the_real_cli_is_rotated_after_its_turn_and_the_next_ses
         second_prompt.contains("Wrote hello.txt; it still needs a commit."),
         "{second_prompt}"
     );
+    let branch = format!("mosaic/{}-say-hello", issue.number);
+    assert_eq!(
+        subjects(&s.remote, &branch),
+        ["Add hello.txt", "Initial commit"]
+    );
+    assert_eq!(s.pull_requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_model_api_fails_the_session_and_the_next_attempt_publishes() {
+    let Some(bin) = claude_cli() else { return };
+    let standin = MessagesStandin::start(Script::new(Vec::new()))
+        .await
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let s = Scenario::start(Setup {
+        name: "refused",
+        agent_args: Vec::new(),
+        engine: "max_attempts = 2",
+        extra: "",
+        git_delay: Duration::ZERO,
+        min_free_bytes: 1,
+        agents: Some(agents_toml(
+            &["sonnet"],
+            &bin,
+            &standin.base_url(),
+            home.path(),
+            // One retry, so the CLI gives up within the test.
+            &[("CLAUDE_CODE_MAX_RETRIES", "1")],
+        )),
+    })
+    .await;
+    let issue = s.issue("Say hello");
+    // The model API fails twice: the CLI retries once, gives up and ends its turn in an error
+    // `result` (`is_error: true`).
+    standin.replace_script(Script::new(vec![
+        Step::outage(),
+        Step::outage(),
+        write_hello(&s.worktree(&issue).join("hello.txt"), reading(20_000, 300)),
+        commit_hello(reading(21_000, 200)),
+        Step::Reply(Reply::text("Committed hello.txt.", reading(22_000, 50))),
+    ]));
+    s.deliver(&issue, "assigned").await;
+    s.wait_for_state(&issue, IssueState::Completed).await;
+    s.wait_outbox_delivered(&issue).await;
+
+    let sessions = s.store.sessions_for_issue(&issue).await.unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:#?}");
+    assert_eq!(
+        sessions[0].outcome,
+        Some(mosaic_store::SessionOutcome::Failed),
+        "{sessions:#?}"
+    );
+    assert!(
+        sessions[0]
+            .detail
+            .as_deref()
+            .is_some_and(|detail| detail.contains("API Error: 500")),
+        "the CLI's error is the failure's reason: {sessions:#?}"
+    );
+    assert_eq!(
+        sessions[1].outcome,
+        Some(mosaic_store::SessionOutcome::Succeeded)
+    );
+    let record = s.store.get_issue(&issue).await.unwrap().unwrap();
+    assert_eq!(record.attempts, 2);
     let branch = format!("mosaic/{}-say-hello", issue.number);
     assert_eq!(
         subjects(&s.remote, &branch),
