@@ -1808,3 +1808,56 @@ async fn every_session_keeps_its_spend_whatever_ended_it_and_the_issue_sums_them
     assert_eq!((record.input_tokens, record.output_tokens), (300, 30));
     assert!((record.cost_usd - 0.75).abs() < 1e-9, "{}", record.cost_usd);
 }
+
+#[tokio::test]
+async fn a_crash_keeps_what_the_interrupted_session_had_spent() {
+    let mut config = EngineConfig::default();
+    config.monitor.poll_interval_ms = 50;
+    let h = harness_with(config).await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    let spent = mosaic_context::AgentSpend {
+        input_tokens: 700,
+        output_tokens: 70,
+        cache_read_tokens: 7_000,
+        cache_creation_tokens: 350,
+        cost_usd: 1.75,
+    };
+    let session = h.runtime.sessions()[0].clone();
+    session.state.send_modify(|snapshot| {
+        snapshot.spend = spent;
+        snapshot.usage = Some(ContextUsage::new(20_000, 128_000).unwrap());
+        snapshot.usage_seq += 1;
+    });
+    // Stored with the reading, while the session runs.
+    let mut stored = None;
+    for _ in 0..200 {
+        let open = h.store.open_sessions().await.unwrap();
+        if open.first().is_some_and(|s| s.output_tokens == 70) {
+            stored = open.first().cloned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored = stored.expect("the spend so far was never stored");
+    assert_eq!(stored.cache_read_tokens, 7_000);
+
+    // "Crash": the interrupted session ends with those figures, and the issue counts them.
+    let (_dir, store, _runtime, _engine, report) = h.restart().await;
+    assert_eq!(report.interrupted_sessions, 1);
+    let sessions = store.sessions_for_issue(&issue(1)).await.unwrap();
+    assert_eq!(sessions[0].outcome, Some(Stored::Interrupted));
+    assert_eq!(
+        (
+            sessions[0].input_tokens,
+            sessions[0].output_tokens,
+            sessions[0].cache_read_tokens,
+            sessions[0].cache_creation_tokens
+        ),
+        (700, 70, 7_000, 350)
+    );
+    assert!((sessions[0].cost_usd - 1.75).abs() < 1e-9);
+    let record = store.get_issue(&issue(1)).await.unwrap().unwrap();
+    assert_eq!((record.input_tokens, record.output_tokens), (700, 70));
+    assert!((record.cost_usd - 1.75).abs() < 1e-9, "{}", record.cost_usd);
+}

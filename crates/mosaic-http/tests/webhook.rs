@@ -229,6 +229,13 @@ impl Store for SpyStore {
     ) -> Result<Vec<CompactionRecord>, StoreError> {
         self.inner.compactions_for_session(session_id).await
     }
+    async fn record_session_spend(
+        &self,
+        session_id: &str,
+        spend: SessionSpend,
+    ) -> Result<(), StoreError> {
+        self.inner.record_session_spend(session_id, spend).await
+    }
     async fn put_workspace(&self, workspace: WorkspaceRecord) -> Result<(), StoreError> {
         self.inner.put_workspace(workspace).await
     }

@@ -423,6 +423,16 @@ impl Store for PostgresStore {
         ))
     }
 
+    async fn record_session_spend(
+        &self,
+        session_id: &str,
+        spend: SessionSpend,
+    ) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::record_session_spend(
+            &tx, session_id, &spend
+        ))
+    }
+
     async fn put_workspace(&self, workspace: WorkspaceRecord) -> Result<(), StoreError> {
         write_in_transaction!(self, |tx| ops::put_workspace(&tx, &workspace))
     }

@@ -1463,6 +1463,29 @@ pub(crate) async fn compactions_for_session(
     .await
 }
 
+pub(crate) async fn record_session_spend(
+    client: &impl GenericClient,
+    session_id: &str,
+    spend: &SessionSpend,
+) -> OpResult<()> {
+    execute(
+        client,
+        "UPDATE sessions SET input_tokens = $2, output_tokens = $3, cache_read_tokens = $4,
+             cache_creation_tokens = $5, cost_usd = $6
+         WHERE id = $1 AND ended_at IS NULL",
+        &[
+            &session_id,
+            &to_i64("input tokens", spend.input_tokens)?,
+            &to_i64("output tokens", spend.output_tokens)?,
+            &to_i64("cache read tokens", spend.cache_read_tokens)?,
+            &to_i64("cache creation tokens", spend.cache_creation_tokens)?,
+            &finite("cost", spend.cost_usd)?,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 // ----- workspaces and pull requests -----
 
 pub(crate) async fn put_workspace(

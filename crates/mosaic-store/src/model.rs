@@ -402,6 +402,17 @@ pub struct SessionEnd {
     pub cost_usd: f64,
 }
 
+/// What a running session's agent reported it spent so far (cumulative figures, the latest
+/// replacing the earlier ones).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct SessionSpend {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_creation_tokens: u64,
+    pub cost_usd: f64,
+}
+
 /// A stored session; `ended_at` is `None` while it runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SessionRecord {

@@ -151,6 +151,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn sessions_for_issue(&self, issue: &IssueRef) -> Result<Vec<SessionRecord>, StoreError>;
 
+    /// Stores what a running session spent so far, so a crash loses none of it (recovery ends
+    /// the session with these figures). Ignored once the session has ended.
+    async fn record_session_spend(
+        &self,
+        session_id: &str,
+        spend: SessionSpend,
+    ) -> Result<(), StoreError>;
+
     async fn record_rotation(&self, rotation: RotationRecord) -> Result<(), StoreError>;
 
     /// Newest first; with `before`, only rotations recorded before that time (the cursor of the

@@ -498,22 +498,6 @@ impl Inner {
     }
 }
 
-/// The store's form of a session's end, for a single token total (kept as input tokens).
-pub(crate) fn session_end(
-    session_id: &str,
-    outcome: SessionOutcome,
-    detail: Option<String>,
-    tokens: u64,
-    cost_usd: f64,
-) -> SessionEnd {
-    let spend = mosaic_context::AgentSpend {
-        input_tokens: tokens,
-        cost_usd,
-        ..mosaic_context::AgentSpend::default()
-    };
-    session_end_spent(session_id, outcome, detail, &spend)
-}
-
 /// The store's form of a session's end, with what the agent last reported it spent.
 pub(crate) fn session_end_spent(
     session_id: &str,

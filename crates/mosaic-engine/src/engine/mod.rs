@@ -18,7 +18,7 @@ mod recover;
 mod sink;
 mod work;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 
@@ -139,6 +139,9 @@ pub(crate) struct Inner {
     issue_workspaces: StdMutex<work::IssueMap<attempt::KnownWorkspace>>,
     /// Dispatch is held back for lack of disk space (logged when it changes).
     low_disk: AtomicBool,
+    /// The spend last stored per running session (a reading that changes nothing writes
+    /// nothing); an entry goes when its session ends.
+    stored_spend: StdMutex<HashMap<String, mosaic_context::AgentSpend>>,
     /// The bytes the worktrees held when last measured, and when (a walk of every worktree is
     /// not repeated at every metrics refresh).
     measured_usage: StdMutex<Option<(std::time::Instant, u64)>>,
@@ -207,6 +210,7 @@ impl Engine {
                 workspaces: parts.workspaces,
                 issue_workspaces: StdMutex::new(work::IssueMap::default()),
                 low_disk: AtomicBool::new(false),
+                stored_spend: StdMutex::new(HashMap::new()),
                 measured_usage: StdMutex::new(None),
                 gate_stats: attempt::GateStats::default(),
                 withdrawals: handle::Withdrawals::default(),

@@ -10,7 +10,7 @@ use mosaic_domain::{
 use mosaic_store::SessionOutcome;
 use serde::Serialize;
 
-use super::dispatch::{Conclusion, session_end};
+use super::dispatch::{Conclusion, session_end_spent};
 use super::work::{Core, IssueMap, Running, Work};
 use super::{Engine, EngineError};
 
@@ -142,17 +142,29 @@ impl Engine {
                 format!("recovery: session {} interrupted", session.id),
                 format!("rec-{}", session.id),
             );
+            // What it spent up to its last stored reading counts, for the session and the issue.
+            let spent = mosaic_context::AgentSpend {
+                input_tokens: session.input_tokens,
+                output_tokens: session.output_tokens,
+                cache_read_tokens: session.cache_read_tokens,
+                cache_creation_tokens: session.cache_creation_tokens,
+                cost_usd: session.cost_usd,
+            };
             work.end_session(
                 &core,
                 &session.issue,
-                session_end(
+                session_end_spent(
                     &session.id,
                     SessionOutcome::Interrupted,
                     Some("the coordinator stopped while the session ran".to_owned()),
-                    0,
-                    0.0,
+                    &spent,
                 ),
             );
+            work.update(&core, &session.issue, |record| {
+                record.input_tokens = record.input_tokens.saturating_add(spent.input_tokens);
+                record.output_tokens = record.output_tokens.saturating_add(spent.output_tokens);
+                record.cost_usd += spent.cost_usd;
+            });
             if core.queue.state(&session.issue) == Some(IssueState::InProgress) {
                 inner.conclude(
                     &core,

@@ -37,10 +37,15 @@ fn sink_error(err: EngineError) -> SinkError {
 impl MonitorSink for EngineSink {
     async fn on_usage(
         &self,
-        _session: &LiveSession,
+        session: &LiveSession,
         _usage: &ContextUsage,
     ) -> Result<(), SinkError> {
-        // Usage is read live from the monitor for the API and metrics; nothing to store.
+        // Usage is read live from the monitor for the API and metrics. The spend so far is
+        // stored whenever it changed, so a crash loses none of it.
+        let Some(inner) = self.inner.upgrade() else {
+            return Ok(());
+        };
+        inner.store_live_spend(session).await;
         Ok(())
     }
 
@@ -134,6 +139,37 @@ impl HandoverSource for EngineSink {
 }
 
 impl Inner {
+    /// Stores a running session's spend when it changed since it was last stored.
+    async fn store_live_spend(&self, session: &LiveSession) {
+        let id = session.session_id.to_string();
+        let spend = session.spend;
+        {
+            let mut stored = self
+                .stored_spend
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if stored.get(&id) == Some(&spend) {
+                return;
+            }
+            stored.insert(id.clone(), spend);
+        }
+        let figures = mosaic_store::SessionSpend {
+            input_tokens: spend.input_tokens,
+            output_tokens: spend.output_tokens,
+            cache_read_tokens: spend.cache_read_tokens,
+            cache_creation_tokens: spend.cache_creation_tokens,
+            cost_usd: spend.cost_usd,
+        };
+        if let Err(err) = self.store.record_session_spend(&id, figures).await {
+            // Tried again at the next reading.
+            self.stored_spend
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
+            tracing::warn!(session = %id, error = %err, "the session's spend so far could not be stored");
+        }
+    }
+
     /// The task for the issue's next session, its hand-over extended by the workspace's state
     /// (branch, commits since the base, uncommitted files, diffstat), after the gates' rejection
     /// when the rotated session was a continuation: a fresh session continues from the
@@ -204,6 +240,10 @@ impl Inner {
             stored
         };
         let session_id = live.session_id.to_string();
+        self.stored_spend
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&session_id);
         let issue = &live.issue;
         let gate = self.gate.lock().await;
         let mut core = self.core.lock().await;

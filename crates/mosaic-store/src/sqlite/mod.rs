@@ -715,6 +715,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn record_session_spend(
+        &self,
+        session_id: &str,
+        spend: SessionSpend,
+    ) -> Result<(), StoreError> {
+        let session_id = session_id.to_owned();
+        self.write(move |conn| ops::record_session_spend(conn, &session_id, &spend))
+            .await
+    }
+
     async fn put_workspace(&self, workspace: WorkspaceRecord) -> Result<(), StoreError> {
         self.write(move |conn| ops::put_workspace(conn, &workspace))
             .await

@@ -1355,6 +1355,27 @@ pub(crate) fn compactions_for_session(
     )
 }
 
+pub(crate) fn record_session_spend(
+    conn: &Connection,
+    session_id: &str,
+    spend: &SessionSpend,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE sessions SET input_tokens = ?2, output_tokens = ?3, cache_read_tokens = ?4,
+             cache_creation_tokens = ?5, cost_usd = ?6
+         WHERE id = ?1 AND ended_at IS NULL",
+    )?
+    .execute(params![
+        session_id,
+        to_i64("input tokens", spend.input_tokens)?,
+        to_i64("output tokens", spend.output_tokens)?,
+        to_i64("cache read tokens", spend.cache_read_tokens)?,
+        to_i64("cache creation tokens", spend.cache_creation_tokens)?,
+        finite("cost", spend.cost_usd)?,
+    ])?;
+    Ok(())
+}
+
 // ----- workspaces and pull requests -----
 
 pub(crate) fn put_workspace(conn: &Connection, record: &WorkspaceRecord) -> Result<(), StoreError> {

@@ -817,6 +817,28 @@ pub async fn sessions_start_and_end_with_their_issue(store: &dyn Store) {
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].pid, Some(4242));
     assert_eq!(open[0].outcome, None);
+    // What it spent so far is kept while it runs (the latest figures replace the earlier).
+    for output in [1_000, 2_000] {
+        let spend = SessionSpend {
+            input_tokens: 10_000,
+            output_tokens: output,
+            cache_read_tokens: 30_000,
+            cache_creation_tokens: 4_000,
+            cost_usd: 0.05,
+        };
+        store.record_session_spend("s1", spend).await.unwrap();
+    }
+    let open = store.open_sessions().await.unwrap();
+    assert_eq!(
+        (
+            open[0].input_tokens,
+            open[0].output_tokens,
+            open[0].cache_read_tokens,
+            open[0].cache_creation_tokens,
+            open[0].cost_usd,
+        ),
+        (10_000, 2_000, 30_000, 4_000, 0.05)
+    );
 
     let end = SessionEnd {
         session_id: "s1".to_owned(),
@@ -838,6 +860,11 @@ pub async fn sessions_start_and_end_with_their_issue(store: &dyn Store) {
     done.session_ended = Some(end.clone());
     store.commit_transitions(vec![done.clone()]).await.unwrap();
     assert!(store.open_sessions().await.unwrap().is_empty());
+    // An ended session's figures are its end's: a late live update changes nothing.
+    store
+        .record_session_spend("s1", SessionSpend::default())
+        .await
+        .unwrap();
     let sessions = store.sessions_for_issue(&key).await.unwrap();
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].outcome, Some(SessionOutcome::Succeeded));
