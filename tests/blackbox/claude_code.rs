@@ -399,3 +399,103 @@ async fn a_failing_model_api_fails_the_session_and_the_next_attempt_publishes() 
     );
     assert_eq!(s.pull_requests().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_gate_sends_the_real_cli_back_within_the_same_session() {
+    let Some(bin) = claude_cli() else { return };
+    let standin = MessagesStandin::start(Script::new(Vec::new()))
+        .await
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let s = Scenario::start(Setup {
+        name: "gated",
+        agent_args: Vec::new(),
+        engine: "max_attempts = 1",
+        extra: "[gates]\nmax_continuations = 2\n\n[[gates.gates]]\nname = \"test\"\ncommand = [\"sh\", \"-c\", \"echo checking fixed.txt; test -f fixed.txt\"]\ntimeout_secs = 30\n",
+        git_delay: Duration::ZERO,
+        min_free_bytes: 1,
+        // Its input stays open after a turn (the default): the coordinator verifies, then
+        // sends the next turn or closes it.
+        agents: Some(agents_toml(
+            &["sonnet"],
+            &bin,
+            &standin.base_url(),
+            home.path(),
+            &[],
+        )),
+    })
+    .await;
+    let issue = s.issue("Say hello");
+    let worktree = s.worktree(&issue);
+    let fixed = Step::Reply(Reply::tool_calls(
+        vec![Block::tool_use(
+            "Write",
+            json!({ "file_path": worktree.join("fixed.txt"), "content": "fixed\n" }),
+        )],
+        reading(23_000, 100),
+    ));
+    let commit_fixed = Step::Reply(Reply::tool_calls(
+        vec![Block::tool_use(
+            "Bash",
+            json!({ "command": "git add fixed.txt && git -c user.name=Agent -c user.email=agent@example.invalid commit -q -m 'Fix the gate'", "description": "Commit the fix" }),
+        )],
+        reading(24_000, 100),
+    ));
+    standin.replace_script(Script::new(vec![
+        write_hello(&worktree.join("hello.txt"), reading(20_000, 300)),
+        commit_hello(reading(21_000, 200)),
+        Step::Reply(Reply::text("Committed hello.txt.", reading(22_000, 50))),
+        // The continuation, a turn of the same session.
+        fixed,
+        commit_fixed,
+        Step::Reply(Reply::text(
+            "Fixed what the gate found.",
+            reading(25_000, 50),
+        )),
+    ]));
+    s.deliver(&issue, "assigned").await;
+    s.wait_for_state(&issue, IssueState::Completed).await;
+    s.wait_outbox_delivered(&issue).await;
+
+    // One session, two turns: the second was the gates' continuation, sent as a user line.
+    let sessions = s.store.sessions_for_issue(&issue).await.unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    let continuation = standin
+        .requests()
+        .into_iter()
+        .find(|request| request.kind == mosaic_claude_standin::RequestKind::Step(3))
+        .map(|request| request.last_user_text)
+        .unwrap_or_default();
+    assert!(
+        continuation.contains("REJECTED: quality gates failed"),
+        "{continuation}"
+    );
+    assert!(
+        continuation.contains("checking fixed.txt"),
+        "{continuation}"
+    );
+    let detail = s.api_issue(&issue).await;
+    let runs = detail["gate_runs"].as_array().unwrap();
+    let statuses: Vec<&str> = runs
+        .iter()
+        .map(|run| run["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["failed", "passed"], "{detail}");
+    let branch = format!("mosaic/{}-say-hello", issue.number);
+    assert_eq!(
+        subjects(&s.remote, &branch),
+        ["Fix the gate", "Add hello.txt", "Initial commit"]
+    );
+    let pulls = s.pull_requests();
+    assert_eq!(pulls.len(), 1);
+    assert!(
+        pulls[0].body.contains("Fixed what the gate found."),
+        "{}",
+        pulls[0].body
+    );
+    assert!(
+        pulls[0].body.contains("| test | ✅ passed |"),
+        "{}",
+        pulls[0].body
+    );
+}

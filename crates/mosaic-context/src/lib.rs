@@ -24,8 +24,9 @@ pub use records::{
     UsageReading,
 };
 pub use session::{
-    AgentRuntime, AgentSession, AgentSpend, ApiRetry, KillReason, RuntimeError, SessionError,
-    SessionId, SessionOutcome, SessionSnapshot, SessionTask, wait_for_outcome,
+    AgentRuntime, AgentSession, AgentSpend, ApiRetry, KillReason, NextTurn, RuntimeError,
+    SessionError, SessionId, SessionOutcome, SessionSnapshot, SessionTask, TurnResult,
+    wait_for_outcome,
 };
 
 #[cfg(any(test, feature = "mock"))]

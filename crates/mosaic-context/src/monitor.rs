@@ -387,6 +387,8 @@ async fn run_chain(
     let mut last_usage: Option<ContextUsage> = None;
     let mut last_seq = 0u64;
     let mut poll_failures = 0u32;
+    // The turn count at which the session's wait for input was last answered.
+    let mut answered_wait: Option<u32> = None;
 
     loop {
         let wake = tokio::select! {
@@ -458,6 +460,15 @@ async fn run_chain(
             return;
         }
 
+        let snapshot = session.subscribe().borrow().clone();
+        if let Some(result) = snapshot.waiting
+            && answered_wait != Some(snapshot.turns)
+        {
+            answered_wait = Some(snapshot.turns);
+            answer_wait(&inner, key, &session, &result).await;
+            continue;
+        }
+
         if let Some(usage) = reading {
             last_usage = Some(usage);
             if let Flow::Stop = handle_reading(&inner, key, &session, usage).await {
@@ -524,6 +535,40 @@ async fn handle_reading(
         return Flow::Continue;
     }
     after_rotation(&rotate(inner, key, &rotate_because).await)
+}
+
+/// Asks the sink what a session waiting for input does next, and does it: the next turn, or the
+/// end of its input (the loop then sees the outcome). A sink that cannot answer finishes it.
+async fn answer_wait(
+    inner: &Arc<Inner>,
+    key: u64,
+    session: &Arc<dyn AgentSession>,
+    result: &crate::session::TurnResult,
+) {
+    let Some(live) = inner.chains().get(&key).map(Chain::live) else {
+        return;
+    };
+    let next = match inner.sink.on_waiting(&live, result).await {
+        Ok(next) => next,
+        Err(err) => {
+            warn!(session = %session.id(), error = %err, "no answer for a session waiting for input; finishing it");
+            crate::session::NextTurn::Finish
+        }
+    };
+    match next {
+        crate::session::NextTurn::Continue(prompt) => {
+            info!(session = %session.id(), "sending the session its next turn");
+            if let Err(err) = session.send(&prompt).await {
+                warn!(session = %session.id(), error = %err, "the next turn could not be sent; finishing the session");
+                let _ = session.finish().await;
+            }
+        }
+        crate::session::NextTurn::Finish => {
+            if let Err(err) = session.finish().await {
+                warn!(session = %session.id(), error = %err, "finishing the session reported an error");
+            }
+        }
+    }
 }
 
 fn record_reading(

@@ -131,6 +131,16 @@ pub trait MonitorSink: Send + Sync + fmt::Debug {
         session: &LiveSession,
         outcome: &SessionOutcome,
     ) -> Result<(), SinkError>;
+
+    /// A session that keeps its input open answered every turn it was sent and waits: finish
+    /// it, or send it the next turn (the quality gates' continuation). By default it finishes.
+    async fn on_waiting(
+        &self,
+        _session: &LiveSession,
+        _result: &crate::session::TurnResult,
+    ) -> Result<crate::session::NextTurn, SinkError> {
+        Ok(crate::session::NextTurn::Finish)
+    }
 }
 
 /// The engine's failure to answer a handover question.

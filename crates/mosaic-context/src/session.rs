@@ -189,8 +189,29 @@ pub struct SessionSnapshot {
     pub api_retry: Option<ApiRetry>,
     /// Turns the agent finished (Claude Code: `result` lines) while the session stays open.
     pub turns: u32,
+    /// Set when every turn sent has its result and the session stays open for more input (an
+    /// agent whose stdin is kept, `finish_on_result = false`): the task's latest result. The
+    /// coordinator then sends the next turn or finishes the session; sending clears it.
+    pub waiting: Option<TurnResult>,
     pub outcome: SessionOutcome,
     pub last_activity: DateTime<Utc>,
+}
+
+/// What an agent answered at the end of a turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnResult {
+    pub success: bool,
+    /// The answer's text, or what went wrong.
+    pub summary: String,
+}
+
+/// What the coordinator does with a session that waits for input after a turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextTurn {
+    /// Close its input: the session ends with the turn's result.
+    Finish,
+    /// Send this prompt as the next turn of the same session (a continuation).
+    Continue(String),
 }
 
 impl SessionSnapshot {
@@ -202,6 +223,7 @@ impl SessionSnapshot {
             spend: AgentSpend::default(),
             api_retry: None,
             turns: 0,
+            waiting: None,
             outcome: SessionOutcome::Running,
             last_activity: now,
         }

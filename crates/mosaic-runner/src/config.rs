@@ -164,10 +164,6 @@ pub const CLAUDE_CODE_ENV: &[(&str, &str)] = &[
     ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
 ];
 
-fn default_true() -> bool {
-    true
-}
-
 /// The command line of one agent profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -191,10 +187,11 @@ pub struct AgentCommand {
     pub can_compact: bool,
     #[serde(default)]
     pub protocol: AgentProtocol,
-    /// `protocol = "claude_code"`: once every turn sent has its `result`, close stdin so the CLI
-    /// exits and the session ends with that result (the default). `false` keeps the session
-    /// open for further prompts until its owner calls `AgentSession::finish`.
-    #[serde(default = "default_true")]
+    /// `protocol = "claude_code"`: `true` closes stdin once every turn sent has its `result`, so
+    /// the CLI exits and the session ends with that result. `false` (the default) keeps the
+    /// session open and says so in its snapshot (`waiting`): the coordinator verifies the work
+    /// (the quality gates) and then sends the next turn (a continuation) or finishes it.
+    #[serde(default)]
     pub finish_on_result: bool,
     /// Overrides `runner.stall_timeout_secs` for this agent.
     #[serde(
@@ -677,7 +674,10 @@ mod tests {
         .unwrap();
         let command = &config.agents["c"];
         assert_eq!(command.protocol, AgentProtocol::ClaudeCode);
-        assert!(command.finish_on_result);
+        assert!(
+            !command.finish_on_result,
+            "kept open for the gates' continuations"
+        );
         assert_eq!(config.rotate_wait_secs, Duration::from_secs(300));
         let env = command.environment(
             |_| None,

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use mosaic_context::{
     AgentSession, AgentSpend, ApiRetry, ContextUsage, KillReason, SessionError, SessionId,
-    SessionOutcome, SessionSnapshot, wait_for_outcome,
+    SessionOutcome, SessionSnapshot, TurnResult, wait_for_outcome,
 };
 use mosaic_domain::IssueRef;
 use mosaic_security::Redactor;
@@ -291,7 +291,20 @@ impl Shared {
                 Some(n.saturating_sub(1))
             })
             .unwrap_or(0);
-        if before <= 1 && self.finish_on_result {
+        if before <= 1 && !self.finish_on_result {
+            // Kept open: the coordinator decides whether a next turn follows.
+            let result = lock(&self.finished).as_ref().map(|finished| TurnResult {
+                success: finished.success,
+                summary: finished.summary.clone(),
+            });
+            if let Some(result) = result {
+                debug!(session = %self.id, "every turn answered; waiting for the coordinator");
+                self.state
+                    .send_modify(|snapshot| snapshot.waiting = Some(result));
+            }
+            return;
+        }
+        if before <= 1 {
             debug!(session = %self.id, "every turn answered; closing stdin so the agent exits");
             // Not awaited here: the stdout reader must keep reading while the lock is taken.
             let stdin = Arc::clone(&self.stdin);
@@ -618,6 +631,9 @@ impl ProcessSession {
     /// A user line that starts a turn; counted so the turn's `result` can be waited for.
     async fn write_turn(&self, content: &str) -> Result<(), SessionError> {
         self.shared.pending_turns.fetch_add(1, Ordering::SeqCst);
+        self.shared
+            .state
+            .send_modify(|snapshot| snapshot.waiting = None);
         let written = self
             .write_line(&json!({"type": "user", "message": {"role": "user", "content": content}}))
             .await;

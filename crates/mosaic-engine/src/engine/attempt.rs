@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 
 use chrono::{DateTime, Utc};
+use mosaic_context::{NextTurn, TurnResult};
 use mosaic_domain::{IssueRef, IssueState};
 use mosaic_gates::{
     Gate, GateOutcome, GateResult, GatesConfig, OnGateFailure, REPOSITORY_FILE, RepositoryFileUse,
@@ -186,7 +187,8 @@ pub(crate) struct GateFailure {
 }
 
 /// The gates' results and the report that goes with them.
-struct Verification {
+#[derive(Debug, Clone)]
+pub(crate) struct Verification {
     results: Vec<GateResult>,
     report: String,
 }
@@ -276,6 +278,9 @@ pub(crate) struct KnownWorkspace {
     /// The gates' rejection the current continuation was sent back with: a rotation during
     /// the continuation hands it on, or the fresh session would not know what to fix.
     pub continuation: Option<String>,
+    /// The gates' verdict on a commit, reached while the session waited for input: publishing
+    /// that same commit takes it instead of running the gates again.
+    pub verified: Option<(String, Verification)>,
 }
 
 /// The pull request's body: the closing keyword, the (redacted) summary, and what it cost.
@@ -473,6 +478,7 @@ impl Inner {
                 KnownWorkspace {
                     workspace: prepared.workspace.clone(),
                     continuation: None,
+                    verified: None,
                 },
             );
         self.forget_measured_usage();
@@ -561,7 +567,10 @@ impl Inner {
         }
         // The gates see the committed tree as the agent left it; what they write afterwards
         // (build output) is not part of the commit that is pushed.
-        let verification = self.verify(parts, issue, &known).await?;
+        let verification = match self.verified_earlier(parts, issue, &known).await {
+            Some(verification) => Some(verification),
+            None => self.verify(parts, issue, &known).await?,
+        };
         let report = verification.as_ref().map(|v| v.report.clone());
         let statuses: Vec<GateStatus> = verification
             .as_ref()
@@ -683,15 +692,108 @@ impl Inner {
     /// Continuations this attempt already had: every succeeded session of the attempt but the
     /// newest (the one being verified) was sent back by the gates.
     async fn continuations_so_far(&self, issue: &IssueRef) -> Result<u32, String> {
-        let sessions = self
-            .attempt_sessions(issue)
+        let attempt = {
+            let core = self.core.lock().await;
+            core.records.get(issue).map_or(0, |record| record.attempts)
+        };
+        let runs = self
+            .store
+            .gate_runs_for_issue(issue)
             .await
-            .map_err(|err| format!("the issue's sessions could not be read: {err}"))?;
-        let succeeded = sessions
+            .map_err(|err| format!("the issue's gate runs could not be read: {err}"))?;
+        // Each round of this attempt that a required gate failed sent the agent back, but the
+        // newest (the one being judged). Stored, so the count survives a restart.
+        let mut failed_rounds: Vec<chrono::DateTime<Utc>> = runs
             .iter()
-            .filter(|session| session.outcome == Some(StoredOutcome::Succeeded))
-            .count();
-        Ok(u32::try_from(succeeded.saturating_sub(1)).unwrap_or(u32::MAX))
+            .filter(|run| run.attempt == attempt && run.required && run.status != "passed")
+            .map(|run| run.at)
+            .collect();
+        failed_rounds.dedup();
+        Ok(u32::try_from(failed_rounds.len().saturating_sub(1)).unwrap_or(u32::MAX))
+    }
+
+    /// The gates' verdict reached while the session waited, when the worktree's head is still
+    /// the commit it was reached on.
+    async fn verified_earlier(
+        &self,
+        parts: &WorkspaceParts,
+        issue: &IssueRef,
+        workspace: &Workspace,
+    ) -> Option<Verification> {
+        let (commit, verification) = self.known_workspace(issue)?.verified?;
+        let head = parts.workspaces.state(workspace).await.ok()?.head_commit;
+        (head == commit).then_some(verification)
+    }
+
+    /// A session that keeps its input open answered its turn: when the agent says it succeeded
+    /// and gates apply, they run now on its committed work; a required gate failing (with
+    /// continuations left) sends the continuation prompt into the same session. Anything else
+    /// finishes the session, and publishing follows as for any success.
+    pub(crate) async fn next_turn(&self, issue: &IssueRef, result: &TurnResult) -> NextTurn {
+        if !result.success {
+            return NextTurn::Finish;
+        }
+        let (Some(parts), Some(known)) = (&self.workspaces, self.known_workspace(issue)) else {
+            return NextTurn::Finish;
+        };
+        {
+            let core = self.core.lock().await;
+            if core.queue.state(issue) != Some(IssueState::InProgress) {
+                return NextTurn::Finish;
+            }
+        }
+        let workspace = &known.workspace;
+        match parts.workspaces.commit_leftovers(workspace).await {
+            Ok(Some(commit)) => {
+                tracing::info!(%issue, %commit, "committed what the agent left uncommitted")
+            }
+            Ok(None) => {}
+            // Publishing tries again and says why.
+            Err(_) => return NextTurn::Finish,
+        }
+        if !matches!(parts.workspaces.ahead_of_base(workspace).await, Ok(ahead) if ahead > 0) {
+            return NextTurn::Finish;
+        }
+        let verification = match self.verify(parts, issue, workspace).await {
+            Ok(Some(verification)) => verification,
+            Ok(None) | Err(_) => return NextTurn::Finish,
+        };
+        if let Ok(state) = parts.workspaces.state(workspace).await
+            && let Some(entry) = self
+                .issue_workspaces
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_mut(issue)
+        {
+            entry.verified = Some((state.head_commit, verification.clone()));
+        }
+        if all_required_passed(&verification.results) {
+            return NextTurn::Finish;
+        }
+        let Ok(continuations) = self.continuations_so_far(issue).await else {
+            return NextTurn::Finish;
+        };
+        let max = parts.gates.max_continuations;
+        if continuations >= max {
+            return NextTurn::Finish;
+        }
+        tracing::warn!(%issue, continuation = continuations + 1, max, "required quality gates failed; the agent continues in the same session");
+        let prompt = continuation_prompt(
+            &verification.results,
+            continuations + 2,
+            max.saturating_add(1),
+        );
+        self.gate_stats.continued();
+        if let Some(entry) = self
+            .issue_workspaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(issue)
+        {
+            entry.continuation = Some(prompt.clone());
+            entry.verified = None;
+        }
+        NextTurn::Continue(prompt)
     }
 
     /// Pushes the branch and describes it for the pull request.

@@ -49,6 +49,17 @@ impl MonitorSink for EngineSink {
         Ok(())
     }
 
+    async fn on_waiting(
+        &self,
+        session: &LiveSession,
+        result: &mosaic_context::TurnResult,
+    ) -> Result<mosaic_context::NextTurn, SinkError> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Ok(mosaic_context::NextTurn::Finish);
+        };
+        Ok(inner.next_turn(&session.issue, result).await)
+    }
+
     async fn on_compaction(&self, record: &CompactionRecord) -> Result<(), SinkError> {
         let Some(inner) = self.inner.upgrade() else {
             return Ok(());
