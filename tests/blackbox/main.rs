@@ -7,6 +7,7 @@ mod agent_processes;
 mod architecture;
 mod claude_code;
 mod cli;
+mod codex;
 mod connections;
 mod coordinator;
 mod gates;

@@ -1,4 +1,5 @@
-//! A scripted stand-in for the Anthropic Messages API, for tests that run the real Claude Code CLI.
+//! A scripted stand-in for the Anthropic Messages API, for tests that run the real Claude Code CLI
+//! (and, in [`responses`], one for the OpenAI Responses API that drives the real Codex CLI).
 //!
 //! The CLI is pointed at [`StandinHandle::base_url`] through `ANTHROPIC_BASE_URL`. Each main
 //! conversation call (`POST /v1/messages`) is answered by the next [`Step`] of the [`Script`],
@@ -236,7 +237,7 @@ struct Shared {
 
 type SharedState = Arc<Mutex<Shared>>;
 
-fn lock(state: &SharedState) -> MutexGuard<'_, Shared> {
+fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking handler leaves the log readable; the data stays consistent per request.
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -258,6 +259,29 @@ pub fn claude_cli() -> Option<std::path::PathBuf> {
     }
     let message = format!(
         "Claude Code CLI not found at {}; install it with: {CLAUDE_INSTALL_HINT}",
+        path.display()
+    );
+    assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "{message}");
+    println!("skipped: {message}");
+    None
+}
+
+/// How to install the pinned Codex CLI, for the line a skipped test prints.
+pub const CODEX_INSTALL_HINT: &str = "npm install --no-audit --no-fund --prefix .cache/agents @openai/codex@0.169.0 (run in the repository root), or set MOSAIC_CODEX_BIN";
+
+/// The real Codex CLI for tests: `$MOSAIC_CODEX_BIN`, else the pinned one `.ci/run` installs at
+/// `<repository>/.cache/agents/node_modules/.bin/codex`; as [`claude_cli`] when it is missing.
+#[allow(clippy::print_stdout)] // the skip line is for the person running the tests
+pub fn codex_cli() -> Option<std::path::PathBuf> {
+    let repo_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let path = std::env::var_os("MOSAIC_CODEX_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root.join(".cache/agents/node_modules/.bin/codex"));
+    if path.exists() {
+        return Some(path);
+    }
+    let message = format!(
+        "Codex CLI not found at {}; install it with: {CODEX_INSTALL_HINT}",
         path.display()
     );
     assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "{message}");
@@ -656,6 +680,8 @@ fn sse_body(reply: &Reply, model: &str, message_id: &str) -> String {
     push_event(&mut out, &json!({ "type": "message_stop" }));
     out
 }
+
+pub mod responses;
 
 #[cfg(test)]
 mod tests;

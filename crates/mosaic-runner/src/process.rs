@@ -190,6 +190,12 @@ impl Shared {
                     tokens,
                     cost_usd,
                 } => {
+                    // An end without words (Codex's `turn.completed`) takes the agent's latest text.
+                    let summary = if summary.is_empty() {
+                        lock(&self.summary).clone().unwrap_or_default()
+                    } else {
+                        summary
+                    };
                     *lock(&self.finished) = Some(Finished {
                         success,
                         summary,

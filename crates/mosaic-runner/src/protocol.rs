@@ -188,6 +188,48 @@ fn claude_result(value: &Value) -> Vec<AgentEvent> {
     events
 }
 
+/// Codex's `turn.completed`: the turn's usage (summed over its model calls; input includes the
+/// cached part) and the end of the work. It reports no cost and no context window.
+fn codex_turn_completed(value: &Value) -> Vec<AgentEvent> {
+    let mut events = Vec::new();
+    if let Some(usage) = value.get("usage") {
+        let input = field_u64(usage, "input_tokens").unwrap_or(0);
+        let cached = field_u64(usage, "cached_input_tokens").unwrap_or(0);
+        events.push(AgentEvent::Spend {
+            input_tokens: input.saturating_sub(cached),
+            output_tokens: field_u64(usage, "output_tokens").unwrap_or(0),
+            cache_read_tokens: cached,
+            cache_creation_tokens: field_u64(usage, "cache_write_input_tokens").unwrap_or(0),
+            cost_usd: None,
+        });
+    }
+    events.push(AgentEvent::Finished {
+        success: true,
+        // The latest agent message is the summary.
+        summary: String::new(),
+        tokens: None,
+        cost_usd: None,
+    });
+    events
+}
+
+/// Codex's `error` line: "Reconnecting... N/M (…)" while it retries, else the final error (the
+/// `turn.failed` that follows ends the session).
+fn codex_error(value: &Value) -> Vec<AgentEvent> {
+    let message = value.get("message").and_then(Value::as_str).unwrap_or("");
+    let Some(rest) = message.strip_prefix("Reconnecting... ") else {
+        return Vec::new();
+    };
+    let counts = rest.split_whitespace().next().unwrap_or("");
+    let (attempt, max) = counts.split_once('/').unwrap_or((counts, ""));
+    vec![AgentEvent::ApiRetry {
+        attempt: attempt.parse().unwrap_or(0),
+        max_retries: max.parse().ok(),
+        error_status: None,
+        error: Some(message.to_owned()),
+    }]
+}
+
 /// Reads one stdout line.
 pub fn parse_line(line: &str) -> ParsedLine {
     let Ok(value) = serde_json::from_str::<Value>(line.trim()) else {
@@ -249,6 +291,42 @@ pub fn parse_line(line: &str) -> ParsedLine {
             ParsedLine::known(Vec::new())
         }
         "result" => ParsedLine::known(claude_result(&value)),
+        // Codex `exec --json` (0.169.0): one turn per process.
+        "thread.started" | "turn.started" | "item.started" | "item.updated" => {
+            ParsedLine::known(Vec::new())
+        }
+        "item.completed" => {
+            let item = value.get("item");
+            match item
+                .and_then(|item| item.get("type"))
+                .and_then(Value::as_str)
+            {
+                Some("agent_message") => ParsedLine::known(
+                    item.and_then(|item| item.get("text"))
+                        .and_then(Value::as_str)
+                        .filter(|text| !text.trim().is_empty())
+                        .map(|text| vec![AgentEvent::Text(text.to_owned())])
+                        .unwrap_or_default(),
+                ),
+                // Commands, file changes, reasoning, warnings: understood, not needed.
+                Some(_) => ParsedLine::known(Vec::new()),
+                None => ParsedLine::unknown(),
+            }
+        }
+        "turn.completed" => ParsedLine::known(codex_turn_completed(&value)),
+        "turn.failed" => ParsedLine::known(vec![AgentEvent::Finished {
+            success: false,
+            summary: value
+                .get("error")
+                .and_then(|error| error.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or("the turn failed")
+                .to_owned(),
+            tokens: None,
+            cost_usd: None,
+        }]),
+        // "Reconnecting... 1/5 (…)": the CLI retries its model API.
+        "error" => ParsedLine::known(codex_error(&value)),
         // Generic JSON-lines protocol.
         "usage" => match field_u64(&value, "context_tokens") {
             Some(tokens) => ParsedLine::known(vec![AgentEvent::Usage {
@@ -432,6 +510,75 @@ mod tests {
             .iter()
             .flat_map(|line| parse_line(line).events)
             .collect()
+    }
+
+    /// Codex `exec --json` transcripts (0.169.0, see `tests/fixtures/codex/README.md`).
+    fn codex_events(name: &str) -> Vec<ParsedLine> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/codex")
+            .join(name);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+            .lines()
+            .map(parse_line)
+            .collect()
+    }
+
+    #[test]
+    fn codex_transcripts_give_the_message_the_spend_and_the_end() {
+        for name in [
+            "text-turn.jsonl",
+            "api-error.jsonl",
+            "tool-call-no-sandbox.jsonl",
+            "tool-call-workspace-write.jsonl",
+        ] {
+            assert!(
+                codex_events(name).iter().all(|line| line.known),
+                "{name}: every line is understood"
+            );
+        }
+        let events: Vec<AgentEvent> = codex_events("text-turn.jsonl")
+            .into_iter()
+            .flat_map(|line| line.events)
+            .collect();
+        assert_eq!(
+            events,
+            [
+                AgentEvent::Text("done".to_owned()),
+                AgentEvent::Spend {
+                    input_tokens: 8_000,
+                    output_tokens: 300,
+                    cache_read_tokens: 4_000,
+                    cache_creation_tokens: 0,
+                    cost_usd: None,
+                },
+                AgentEvent::Finished {
+                    success: true,
+                    summary: String::new(),
+                    tokens: None,
+                    cost_usd: None,
+                },
+            ]
+        );
+        let failed: Vec<AgentEvent> = codex_events("api-error.jsonl")
+            .into_iter()
+            .flat_map(|line| line.events)
+            .collect();
+        assert!(
+            matches!(
+                failed.first(),
+                Some(AgentEvent::ApiRetry {
+                    attempt: 1,
+                    max_retries: Some(1),
+                    ..
+                })
+            ),
+            "{failed:?}"
+        );
+        assert!(
+            matches!(failed.last(), Some(AgentEvent::Finished { success: false, summary, .. }) if !summary.is_empty()),
+            "{failed:?}"
+        );
     }
 
     #[test]
