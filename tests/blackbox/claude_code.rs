@@ -159,12 +159,24 @@ async fn an_issue_assigned_to_the_real_claude_code_cli_ends_in_a_pull_request_wi
         session.outcome,
         Some(mosaic_store::SessionOutcome::Succeeded)
     );
+    // The stand-in answers the CLI's side calls with zero usage, so its result's figures are
+    // exactly the scripted calls' sums.
     let main_calls = [tool_usage, tool_usage, final_usage];
-    let output: u64 = main_calls.iter().map(|u| u.output_tokens).sum();
-    assert!(
-        session.output_tokens >= output,
-        "the CLI's output tokens ({}) cover the scripted ones ({output}): {session:#?}",
-        session.output_tokens
+    let sum = |field: fn(&Usage) -> u64| main_calls.iter().map(field).sum::<u64>();
+    assert_eq!(
+        (
+            session.input_tokens,
+            session.output_tokens,
+            session.cache_read_tokens,
+            session.cache_creation_tokens
+        ),
+        (
+            sum(|u| u.input_tokens),
+            sum(|u| u.output_tokens),
+            sum(|u| u.cache_read_input_tokens),
+            sum(|u| u.cache_creation_input_tokens)
+        ),
+        "{session:#?}"
     );
     // glm and minimax are self-hosted profiles: $0 whatever the CLI reports.
     if ["glm", "minimax"].contains(&session.agent.as_str()) {
