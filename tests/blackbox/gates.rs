@@ -73,6 +73,12 @@ async fn a_failing_gate_sends_the_agent_back_once_then_the_pull_request_shows_th
         s.comments(&issue)
     );
 
+    // The status comment carries the table too.
+    let status = s.status_comment(&issue);
+    assert!(
+        status.contains("**Quality gates**") && status.contains("| test | ✅ passed |"),
+        "{status}"
+    );
     // The pushed head carries the gate's verdict as a commit status.
     let head = s.remote_branches()[0].1.clone();
     let statuses = s.gitea.commit_statuses(&s.repo, &head);
@@ -193,6 +199,8 @@ async fn an_agent_that_never_fixes_the_gate_fails_with_its_branch_pushed_and_the
     assert!(report.contains("exit code 1"), "{report}");
     assert!(report.contains(&branch), "{report}");
     assert_eq!(s.gitea.issue_labels(&issue), ["mosaic:failed"]);
+    let status = s.status_comment(&issue);
+    assert!(status.contains("| test | ❌ failed | "), "{status}");
 
     let pulls = s.pull_requests();
     assert_eq!(pulls.len(), 1, "{pulls:#?}");

@@ -115,6 +115,8 @@ pub enum Status<'a> {
         cost_usd: f64,
         branch: &'a str,
         base: &'a str,
+        /// The quality gates' report (a Markdown table), when gates ran.
+        gates: Option<&'a str>,
     },
     /// The agent succeeded but the branch has nothing the base lacks.
     NoChanges {
@@ -125,6 +127,8 @@ pub enum Status<'a> {
         agent: &'a str,
         attempts: u32,
         reason: &'a str,
+        /// The quality gates' report, when they are why it failed.
+        gates: Option<&'a str>,
     },
     Cancelled {
         why: &'a str,
@@ -227,6 +231,14 @@ pub fn link_pull_request(body: &str, head: &str, number: u64, url: &str) -> Stri
     body.replacen(&named, &linked, 1)
 }
 
+/// `text` followed by the gates' report table, when there is one.
+fn with_gates(text: String, gates: Option<&str>) -> String {
+    match gates.map(str::trim_end).filter(|table| !table.is_empty()) {
+        Some(table) => format!("{text}\n\n**Quality gates**\n\n{table}"),
+        None => text,
+    }
+}
+
 /// The status comment's text (without the idempotency marker, which the outbox adds).
 pub fn status_comment(status: &Status<'_>, repo: &RepoName) -> String {
     match status {
@@ -275,10 +287,14 @@ pub fn status_comment(status: &Status<'_>, repo: &RepoName) -> String {
             cost_usd,
             branch,
             base,
-        } => format!(
-            "**Mosaic** · Done by {agent} · {} tokens · ${cost_usd:.2} · pull request `{branch}` → `{base}`\n\n{}",
-            thousands(*tokens),
-            clip(summary, MAX_SUMMARY_CHARS)
+            gates,
+        } => with_gates(
+            format!(
+                "**Mosaic** · Done by {agent} · {} tokens · ${cost_usd:.2} · pull request `{branch}` → `{base}`\n\n{}",
+                thousands(*tokens),
+                clip(summary, MAX_SUMMARY_CHARS)
+            ),
+            *gates,
         ),
         Status::NoChanges { agent, branch } => format!(
             "**Mosaic** · No changes · {agent} finished without a commit on `{branch}`; no pull request"
@@ -287,10 +303,14 @@ pub fn status_comment(status: &Status<'_>, repo: &RepoName) -> String {
             agent,
             attempts,
             reason,
-        } => format!(
-            "**Mosaic** · Failed with {agent} after {attempts} attempt{} · {}",
-            if *attempts == 1 { "" } else { "s" },
-            clip(reason, MAX_REASON_CHARS)
+            gates,
+        } => with_gates(
+            format!(
+                "**Mosaic** · Failed with {agent} after {attempts} attempt{} · {}",
+                if *attempts == 1 { "" } else { "s" },
+                clip(reason, MAX_REASON_CHARS)
+            ),
+            *gates,
         ),
         Status::Cancelled { why } => format!("**Mosaic** · Cancelled · {why}"),
     }
@@ -336,6 +356,7 @@ mod tests {
             cost_usd: 0.5,
             branch: "mosaic/12-add-caching",
             base: "main",
+            gates: None,
         };
         assert_eq!(published.pull_request_head(), Some("mosaic/12-add-caching"));
         let body = status_comment(&published, &repo());
@@ -429,6 +450,9 @@ mod tests {
                 cost_usd: 0.5,
                 branch: "mosaic/12-add-caching",
                 base: "main",
+                gates: Some(
+                    "| Gate | Status | Duration | Details |\n|---|---|---|---|\n| test | ✅ passed | 0.1 s |  |\n",
+                ),
             },
             Status::NoChanges {
                 agent: "glm",
@@ -438,6 +462,7 @@ mod tests {
                 agent: "haiku",
                 attempts: 2,
                 reason: "process exited with status 1",
+                gates: None,
             },
             Status::Cancelled {
                 why: "unassigned from the bot",

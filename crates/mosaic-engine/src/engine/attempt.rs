@@ -987,6 +987,7 @@ impl Inner {
                 agent: &agent,
                 attempts,
                 reason: &reason,
+                gates: failure.pushed.gates.as_deref(),
             },
         );
         let pushed = &failure.pushed;

@@ -420,6 +420,7 @@ impl Inner {
                                 cost_usd: cost,
                                 branch: &pushed.branch,
                                 base: &pushed.base,
+                                gates: pushed.gates.as_deref(),
                             },
                         );
                     }
@@ -467,6 +468,7 @@ impl Inner {
                             agent: &agent,
                             attempts,
                             reason,
+                            gates: None,
                         },
                     );
                     work.write(
