@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use mosaic_claude_standin::codex_cli;
-use mosaic_claude_standin::responses::{ResponsesHandle, ResponsesStep, ResponsesUsage};
+use mosaic_claude_standin::responses::{
+    ResponsesHandle, ResponsesStep, ResponsesUsage, codex_exec_args,
+};
 use mosaic_domain::IssueState;
 
 use crate::git_scenario::{Scenario, Setup, subjects};
@@ -17,28 +19,10 @@ use crate::helpers::toml_string;
 
 /// Every built-in profile runs Codex against the stand-in, as docs/AGENTS.md wires it.
 fn agents_toml(bin: &std::path::Path, base_url: &str, home: &std::path::Path) -> String {
-    let provider = format!("model_providers.standin.base_url=\"{base_url}\"");
-    let args: Vec<String> = [
-        "exec",
-        "--json",
-        "-s",
-        "workspace-write",
-        "-c",
-        "model_provider=standin",
-        "-c",
-        "model_providers.standin.name=\"standin\"",
-        "-c",
-        provider.as_str(),
-        "-c",
-        "model_providers.standin.wire_api=\"responses\"",
-        "-c",
-        "model_providers.standin.env_key=\"STANDIN_API_KEY\"",
-        "-m",
-        "gpt-5",
-    ]
-    .iter()
-    .map(|arg| toml_string(arg))
-    .collect();
+    let args: Vec<String> = codex_exec_args(base_url)
+        .iter()
+        .map(|arg| toml_string(arg))
+        .collect();
     let mut text = String::new();
     for name in ["opus", "sonnet", "haiku", "glm", "minimax"] {
         text.push_str(&format!(

@@ -248,22 +248,13 @@ pub const CLAUDE_INSTALL_HINT: &str = "npm install --no-audit --no-fund --prefix
 /// The real Claude Code CLI for tests: `$MOSAIC_CLAUDE_BIN`, else the pinned one `.ci/run`
 /// installs at `<repository>/.cache/agents/node_modules/.bin/claude`. `None` after one line
 /// saying how to install it; under `CI=true` a missing CLI panics, so CI cannot skip these tests.
-#[allow(clippy::print_stdout)] // the skip line is for the person running the tests
 pub fn claude_cli() -> Option<std::path::PathBuf> {
-    let repo_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let path = std::env::var_os("MOSAIC_CLAUDE_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo_root.join(".cache/agents/node_modules/.bin/claude"));
-    if path.exists() {
-        return Some(path);
-    }
-    let message = format!(
-        "Claude Code CLI not found at {}; install it with: {CLAUDE_INSTALL_HINT}",
-        path.display()
-    );
-    assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "{message}");
-    println!("skipped: {message}");
-    None
+    pinned_cli(
+        "Claude Code",
+        "MOSAIC_CLAUDE_BIN",
+        "claude",
+        CLAUDE_INSTALL_HINT,
+    )
 }
 
 /// How to install the pinned Codex CLI, for the line a skipped test prints.
@@ -271,22 +262,49 @@ pub const CODEX_INSTALL_HINT: &str = "npm install --no-audit --no-fund --prefix 
 
 /// The real Codex CLI for tests: `$MOSAIC_CODEX_BIN`, else the pinned one `.ci/run` installs at
 /// `<repository>/.cache/agents/node_modules/.bin/codex`; as [`claude_cli`] when it is missing.
-#[allow(clippy::print_stdout)] // the skip line is for the person running the tests
 pub fn codex_cli() -> Option<std::path::PathBuf> {
+    pinned_cli("Codex", "MOSAIC_CODEX_BIN", "codex", CODEX_INSTALL_HINT)
+}
+
+#[allow(clippy::print_stdout)] // the skip line is for the person running the tests
+fn pinned_cli(what: &str, variable: &str, program: &str, hint: &str) -> Option<std::path::PathBuf> {
     let repo_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let path = std::env::var_os("MOSAIC_CODEX_BIN")
+    let path = std::env::var_os(variable)
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo_root.join(".cache/agents/node_modules/.bin/codex"));
+        .unwrap_or_else(|| {
+            repo_root
+                .join(".cache/agents/node_modules/.bin")
+                .join(program)
+        });
     if path.exists() {
         return Some(path);
     }
     let message = format!(
-        "Codex CLI not found at {}; install it with: {CODEX_INSTALL_HINT}",
+        "{what} CLI not found at {}; install it with: {hint}",
         path.display()
     );
     assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "{message}");
     println!("skipped: {message}");
     None
+}
+
+/// Serves `app` on 127.0.0.1 on a free port: its address, the sender that stops it, its task.
+async fn serve(
+    app: Router,
+) -> Result<(SocketAddr, oneshot::Sender<()>, JoinHandle<()>), StandinError> {
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(StandinError::Bind)?;
+    let addr = listener.local_addr().map_err(StandinError::Bind)?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    Ok((addr, stop_tx, server))
 }
 
 /// Starts stand-ins.
@@ -296,10 +314,6 @@ pub struct MessagesStandin;
 impl MessagesStandin {
     /// Serves `script` on 127.0.0.1 on a free port until the handle is dropped.
     pub async fn start(script: Script) -> Result<StandinHandle, StandinError> {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(StandinError::Bind)?;
-        let addr = listener.local_addr().map_err(StandinError::Bind)?;
         let state: SharedState = Arc::new(Mutex::new(Shared {
             script,
             next_step: 0,
@@ -309,14 +323,7 @@ impl MessagesStandin {
         let app = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&state));
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-        });
+        let (addr, stop_tx, server) = serve(app).await?;
         Ok(StandinHandle {
             addr,
             state,

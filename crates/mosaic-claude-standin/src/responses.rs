@@ -16,7 +16,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -60,6 +59,32 @@ struct Shared {
     counter: u64,
 }
 
+/// The arguments of `codex exec --json` that point it at the stand-in at `base_url` (its key is
+/// read from `STANDIN_API_KEY`), in the `workspace-write` sandbox, model `gpt-5`.
+pub fn codex_exec_args(base_url: &str) -> Vec<String> {
+    let provider = format!("model_providers.standin.base_url=\"{base_url}\"");
+    [
+        "exec",
+        "--json",
+        "-s",
+        "workspace-write",
+        "-c",
+        "model_provider=standin",
+        "-c",
+        "model_providers.standin.name=\"standin\"",
+        "-c",
+        provider.as_str(),
+        "-c",
+        "model_providers.standin.wire_api=\"responses\"",
+        "-c",
+        "model_providers.standin.env_key=\"STANDIN_API_KEY\"",
+        "-m",
+        "gpt-5",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// A running Responses stand-in; dropping it stops the server.
 pub struct ResponsesHandle {
     addr: SocketAddr,
@@ -79,10 +104,6 @@ impl std::fmt::Debug for ResponsesHandle {
 impl ResponsesHandle {
     /// Serves `steps` on 127.0.0.1 on a free port until the handle is dropped.
     pub async fn start(steps: Vec<ResponsesStep>) -> Result<Self, StandinError> {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(StandinError::Bind)?;
-        let addr = listener.local_addr().map_err(StandinError::Bind)?;
         let state = Arc::new(Mutex::new(Shared {
             steps,
             next_step: 0,
@@ -92,14 +113,7 @@ impl ResponsesHandle {
         let app = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&state));
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-        });
+        let (addr, stop_tx, server) = crate::serve(app).await?;
         Ok(Self {
             addr,
             state,

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Stdio;
 
 use mosaic_claude_standin::codex_cli;
-use mosaic_claude_standin::responses::{ResponsesHandle, ResponsesStep, ResponsesUsage};
+use mosaic_claude_standin::responses::{
+    ResponsesHandle, ResponsesStep, ResponsesUsage, codex_exec_args,
+};
 use tokio::io::AsyncWriteExt;
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -59,29 +61,8 @@ async fn codex_reads_its_prompt_from_stdin_and_runs_a_scripted_command_in_the_sa
     ])
     .await
     .unwrap();
-    let provider = format!(
-        "model_providers.standin.base_url=\"{}\"",
-        standin.base_url()
-    );
     let mut child = tokio::process::Command::new(&bin)
-        .args([
-            "exec",
-            "--json",
-            "-s",
-            "workspace-write",
-            "-c",
-            "model_provider=standin",
-            "-c",
-            "model_providers.standin.name=\"standin\"",
-            "-c",
-            &provider,
-            "-c",
-            "model_providers.standin.wire_api=\"responses\"",
-            "-c",
-            "model_providers.standin.env_key=\"STANDIN_API_KEY\"",
-            "-m",
-            "gpt-5",
-        ])
+        .args(codex_exec_args(&standin.base_url()))
         .current_dir(&repo)
         .env("HOME", &home)
         .env("STANDIN_API_KEY", "dummy")

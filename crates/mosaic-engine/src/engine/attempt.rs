@@ -220,6 +220,44 @@ pub(crate) struct PushedBranch {
     pub statuses: Vec<GateStatus>,
 }
 
+impl PushedBranch {
+    /// Enqueues the pull request from this branch, then the gates' statuses on its commit.
+    pub(crate) fn write_pull_request(
+        &self,
+        work: &mut Work,
+        core: &Core,
+        issue: &IssueRef,
+        tag: &str,
+        title: String,
+        body: String,
+    ) {
+        work.write(
+            core,
+            issue,
+            &format!("{tag}-pull-request"),
+            GiteaWrite::PullRequest {
+                head: self.branch.clone(),
+                base: self.base.clone(),
+                title,
+                body,
+            },
+        );
+        self.write_statuses(work, core, issue, tag);
+    }
+
+    /// Enqueues the gates' statuses on the pushed commit.
+    pub(crate) fn write_statuses(&self, work: &mut Work, core: &Core, issue: &IssueRef, tag: &str) {
+        for status in &self.statuses {
+            work.write(
+                core,
+                issue,
+                &format!("{tag}-{}", status.context),
+                status.write(&self.commit),
+            );
+        }
+    }
+}
+
 /// A gate's result as a commit status on the pushed commit (context `mosaic/<gate>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GateStatus {
@@ -993,25 +1031,16 @@ impl Inner {
         let pushed = &failure.pushed;
         if failure.wip_pull_request {
             let summary = agent_text(&self.redactor, &failure.summary, MAX_SUMMARY_CHARS);
-            work.write(
+            pushed.write_pull_request(
+                work,
                 core,
                 issue,
-                &format!("{tag}-pull-request"),
-                GiteaWrite::PullRequest {
-                    head: pushed.branch.clone(),
-                    base: pushed.base.clone(),
-                    title: format!("WIP: {}", pushed.title),
-                    body: pull_request_body(issue, &summary, pushed, total, cost),
-                },
+                tag,
+                format!("WIP: {}", pushed.title),
+                pull_request_body(issue, &summary, pushed, total, cost),
             );
-        }
-        for status in &pushed.statuses {
-            work.write(
-                core,
-                issue,
-                &format!("{tag}-{}", status.context),
-                status.write(&pushed.commit),
-            );
+        } else {
+            pushed.write_statuses(work, core, issue, tag);
         }
         work.write(
             core,

@@ -390,25 +390,14 @@ impl Inner {
                     Publication::Pushed(pushed) => {
                         // Written before the status and the comment: the outbox delivers an
                         // issue's writes in order, so the status can link the open pull request.
-                        work.write(
+                        pushed.write_pull_request(
+                            work,
                             core,
                             issue,
-                            &format!("{tag}-pull-request"),
-                            GiteaWrite::PullRequest {
-                                head: pushed.branch.clone(),
-                                base: pushed.base.clone(),
-                                title: pushed.title.clone(),
-                                body: pull_request_body(issue, summary, pushed, total, cost),
-                            },
+                            tag,
+                            pushed.title.clone(),
+                            pull_request_body(issue, summary, pushed, total, cost),
                         );
-                        for status in &pushed.statuses {
-                            work.write(
-                                core,
-                                issue,
-                                &format!("{tag}-{}", status.context),
-                                status.write(&pushed.commit),
-                            );
-                        }
                         work.announce(
                             core,
                             issue,
