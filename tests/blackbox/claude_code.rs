@@ -227,24 +227,37 @@ fn reading(context: u64, output: u64) -> Usage {
     }
 }
 
-fn write_hello(path: &std::path::Path, usage: Usage) -> Step {
+/// A `Write` tool call of `content` to `path`.
+fn write_file(path: &std::path::Path, content: &str, usage: Usage) -> Step {
     Step::Reply(Reply::tool_calls(
         vec![Block::tool_use(
             "Write",
-            json!({ "file_path": path, "content": "hello\n" }),
+            json!({ "file_path": path, "content": content }),
         )],
         usage,
     ))
 }
 
-fn commit_hello(usage: Usage) -> Step {
+/// A `Bash` tool call that commits `file` with `message`.
+fn commit_file(file: &str, message: &str, usage: Usage) -> Step {
+    let command = format!(
+        "git add {file} && git -c user.name=Agent -c user.email=agent@example.invalid commit -q -m '{message}'"
+    );
     Step::Reply(Reply::tool_calls(
         vec![Block::tool_use(
             "Bash",
-            json!({ "command": "git add hello.txt && git -c user.name=Agent -c user.email=agent@example.invalid commit -q -m 'Add hello.txt'", "description": "Commit hello.txt" }),
+            json!({ "command": command, "description": format!("Commit {file}") }),
         )],
         usage,
     ))
+}
+
+fn write_hello(path: &std::path::Path, usage: Usage) -> Step {
+    write_file(path, "hello\n", usage)
+}
+
+fn commit_hello(usage: Usage) -> Step {
+    commit_file("hello.txt", "Add hello.txt", usage)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,20 +438,8 @@ async fn a_failing_gate_sends_the_real_cli_back_within_the_same_session() {
         .await;
     let issue = s.issue("Say hello");
     let worktree = s.worktree(&issue);
-    let fixed = Step::Reply(Reply::tool_calls(
-        vec![Block::tool_use(
-            "Write",
-            json!({ "file_path": worktree.join("fixed.txt"), "content": "fixed\n" }),
-        )],
-        reading(23_000, 100),
-    ));
-    let commit_fixed = Step::Reply(Reply::tool_calls(
-        vec![Block::tool_use(
-            "Bash",
-            json!({ "command": "git add fixed.txt && git -c user.name=Agent -c user.email=agent@example.invalid commit -q -m 'Fix the gate'", "description": "Commit the fix" }),
-        )],
-        reading(24_000, 100),
-    ));
+    let fixed = write_file(&worktree.join("fixed.txt"), "fixed\n", reading(23_000, 100));
+    let commit_fixed = commit_file("fixed.txt", "Fix the gate", reading(24_000, 100));
     standin.replace_script(Script::new(vec![
         write_hello(&worktree.join("hello.txt"), reading(20_000, 300)),
         commit_hello(reading(21_000, 200)),
