@@ -126,7 +126,16 @@ async fn a_failing_gate_sends_the_agent_back_once_then_the_pull_request_shows_th
     assert!(seen.is_some(), "{wanted:?} not in:\n{metrics}");
 
     let s = s.crash_and_restart().await;
-    check_runs(&s.api_issue(&issue).await);
+    // The restarted engine answers once it runs again.
+    let restarted = poll(async || {
+        let detail = s.api_issue(&issue).await;
+        detail["gate_runs"].is_array().then_some(detail)
+    })
+    .await;
+    match restarted {
+        Some(detail) => check_runs(&detail),
+        None => s.fail("the restarted coordinator never showed the gate runs"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,3 +181,167 @@ async fn deliveries_are_recorded_on_postgres_and_survive_a_restart() {
     let answer: serde_json::Value = repeat.json().await.unwrap();
     assert_eq!(answer["status"], "duplicate", "{answer}");
 }
+
+async fn health(app: &Running) -> serde_json::Value {
+    app.client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn deliver(app: &Running, id: &str) {
+    let response = app
+        .client
+        .post(app.url("/webhook/gitea"))
+        .header("content-type", "application/json")
+        .header("x-gitea-event", "issues")
+        .header("x-gitea-event-type", "issue_assign")
+        .header("x-gitea-delivery", id)
+        .header("x-gitea-signature", sign(FIXTURE))
+        .body(FIXTURE.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "delivery {id}");
+}
+
+/// Waits until `app` says `detail` for its leadership.
+async fn wait_leadership(app: &Running, detail: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let health = health(app).await;
+        let said = health["components"]["leadership"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if said.starts_with(detail) || Instant::now() > deadline {
+            return health;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the delivery's row says `processed` (read through `app`'s API).
+async fn wait_processed(app: &Running, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = delivery_rows(app).await;
+        let processed = rows["deliveries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|row| row["delivery_id"] == id && row["status"] == "processed");
+        if processed || Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two coordinators on one database: one leads (decides), the other stands by and only records;
+/// a delivery to the standby is handled by the leader; the leader SIGKILLed, the standby leads
+/// within seconds; its hold on the database ended (`pg_terminate_backend`), it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_coordinators_leads_and_the_other_takes_over_when_it_dies() {
+    let url = database_url();
+    if skip_without_postgres(&url) {
+        return;
+    }
+    let schema = format!("blackbox_{}", uuid::Uuid::new_v4().simple());
+    let _drop = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let env = vec![
+        ("MOSAIC_DATABASE_URL".to_owned(), url.clone()),
+        ("MOSAIC_STORE__SCHEMA".to_owned(), schema.clone()),
+        ("MOSAIC_INBOX__IDLE_POLL_MS".to_owned(), "100".to_owned()),
+    ];
+    let start = move || {
+        let env = env.clone();
+        move || {
+            let refs: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Running::start_with(&refs)
+        }
+    };
+    let first = tokio::task::spawn_blocking(start()).await.unwrap();
+    let health_first = wait_leadership(&first, "leader").await;
+    assert_eq!(
+        health_first["components"]["leadership"]["detail"], "leader",
+        "{health_first}"
+    );
+    let second = tokio::task::spawn_blocking(start()).await.unwrap();
+    let health_second = wait_leadership(&second, "standby").await;
+    assert!(
+        health_second["components"]["leadership"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("standby"),
+        "{health_second}"
+    );
+    // A standby is healthy: it records what it is sent.
+    assert_eq!(health_second["status"], "healthy", "{health_second}");
+
+    // Sent to the standby, handled by the leader.
+    deliver(&second, "ha-1").await;
+    let rows = wait_processed(&second, "ha-1").await;
+    assert!(rows.to_string().contains("processed"), "{rows}");
+
+    // The leader dies: the standby leads within a few seconds and handles the next delivery.
+    let killed = Instant::now();
+    let _ = first.crash();
+    let taken = wait_leadership(&second, "leader").await;
+    assert_eq!(
+        taken["components"]["leadership"]["detail"], "leader",
+        "{taken}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        killed.elapsed()
+    );
+    deliver(&second, "ha-2").await;
+    let rows = wait_processed(&second, "ha-2").await;
+    assert!(
+        rows["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|row| row["delivery_id"] == "ha-2" && row["status"] == "processed"),
+        "{rows}"
+    );
+
+    // The database ends the leader's hold: it stops deciding and exits with an error.
+    let terminated = std::process::Command::new("psql")
+        .arg(&url)
+        .arg("-qAtc")
+        .arg(format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'mosaic leader {schema}'"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&terminated.stdout).trim(),
+        "1",
+        "{}",
+        String::from_utf8_lossy(&terminated.stderr)
+    );
+    let mut second = second;
+    let (status, second) = tokio::task::spawn_blocking(move || {
+        let status = second.wait_exit(Duration::from_secs(15));
+        (status, second)
+    })
+    .await
+    .unwrap();
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        second.log().contains("leadership is lost"),
+        "{}",
+        second.log()
+    );
+}

@@ -225,6 +225,8 @@ pub struct CoordinationProbe {
     pub engine: Arc<std::sync::OnceLock<mosaic_engine::engine::Engine>>,
     /// Why nothing is coordinated, when the workers gave up on starting the engine.
     pub idle_because: Arc<std::sync::OnceLock<String>>,
+    /// A standby coordinates nothing on purpose: the leader does.
+    pub leadership: Arc<Leadership>,
 }
 
 #[async_trait]
@@ -241,11 +243,65 @@ impl HealthProbe for CoordinationProbe {
         if self.engine.get().is_some() {
             return ComponentHealth::up();
         }
+        if self.leadership.get() == Leadership::STANDBY {
+            return ComponentHealth::up().with_detail("standby: the leader coordinates");
+        }
         match self.idle_because.get() {
             Some(why) => ComponentHealth::down(why.clone()),
             None => ComponentHealth::down(
                 "not started yet: waiting for the bot's identity from Gitea (deliveries are recorded)",
             ),
+        }
+    }
+}
+
+/// Whether this coordinator leads the ones sharing its store (decides and runs agents) or stands
+/// by (records deliveries for the leader).
+#[derive(Debug, Default)]
+pub struct Leadership(std::sync::atomic::AtomicU8);
+
+impl Leadership {
+    const STANDBY: u8 = 0;
+    const LEADER: u8 = 1;
+    const LOST: u8 = 2;
+
+    pub fn lead(&self) {
+        self.0
+            .store(Self::LEADER, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn lose(&self) {
+        self.0
+            .store(Self::LOST, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug)]
+pub struct LeadershipProbe {
+    pub leadership: Arc<Leadership>,
+}
+
+#[async_trait]
+impl HealthProbe for LeadershipProbe {
+    fn name(&self) -> &str {
+        "leadership"
+    }
+
+    fn critical(&self) -> bool {
+        false
+    }
+
+    async fn check(&self) -> ComponentHealth {
+        match self.leadership.get() {
+            Leadership::STANDBY => ComponentHealth::up().with_detail(
+                "standby: another coordinator leads; deliveries are recorded here and handled by it",
+            ),
+            Leadership::LEADER => ComponentHealth::up().with_detail("leader"),
+            _ => ComponentHealth::down("leadership lost; stopping"),
         }
     }
 }

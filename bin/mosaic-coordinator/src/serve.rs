@@ -24,8 +24,8 @@ use crate::config::{Config, ConfigError};
 use crate::glue::StoreParseCache;
 use crate::metrics::CoordinatorMetrics;
 use crate::probes::{
-    CoordinationProbe, GiteaProbe, GiteaStatus, LastGiteaCall, ObservedGiteaCalls, OutboxProbe,
-    ParserProbe, StoreProbe, WorkspacesProbe,
+    CoordinationProbe, GiteaProbe, GiteaStatus, LastGiteaCall, Leadership, LeadershipProbe,
+    ObservedGiteaCalls, OutboxProbe, ParserProbe, StoreProbe, WorkspacesProbe,
 };
 
 pub fn run(config: Config) -> Result<(), Failure> {
@@ -304,13 +304,20 @@ pub async fn run_on(
     );
     let engine_slot = state.engine_slot();
     let idle_because = Arc::new(std::sync::OnceLock::new());
+    let leadership = Arc::new(Leadership::default());
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let lost_watch = lost_rx.clone();
     let state = state
         .with_probe(Arc::new(CoordinationProbe {
             engine: Arc::clone(&engine_slot),
             idle_because: Arc::clone(&idle_because),
+            leadership: Arc::clone(&leadership),
         }))
         .with_probe(Arc::new(WorkspacesProbe {
             engine: Arc::clone(&engine_slot),
+        }))
+        .with_probe(Arc::new(LeadershipProbe {
+            leadership: Arc::clone(&leadership),
         }));
     let app = mosaic_http::router(state);
 
@@ -350,6 +357,10 @@ pub async fn run_on(
         gitea.api.is_some(),
         engine_slot,
         idle_because,
+        Leading {
+            leadership,
+            lost: lost_tx,
+        },
         cancel.clone(),
     ));
 
@@ -378,12 +389,19 @@ pub async fn run_on(
             std::future::pending::<()>().await;
         }
     };
+    let lost = async move {
+        if lost_rx.wait_for(|lost| *lost).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     let stop = async move {
         tokio::select! {
             () = shutdown => {}
             () = refusal => {}
+            () = lost => {}
         }
     };
+    let lost_leadership = lost_watch;
     mosaic_http::serve(listener, app, stop, &config.server)
         .await
         .context("server failed")?;
@@ -399,8 +417,75 @@ pub async fn run_on(
     if let Some(refusal) = gitea.refused.borrow().clone() {
         return Err(ConfigError(refusal).into());
     }
+    if *lost_leadership.borrow() {
+        return Err(anyhow::anyhow!(
+            "stopped: this coordinator lost its leadership (its hold on the database ended); another one may lead now"
+        )
+        .into());
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How a coordinator takes and keeps the leadership of those sharing its store.
+struct Leading {
+    leadership: Arc<Leadership>,
+    /// Set when the leadership is lost: the process stops.
+    lost: watch::Sender<bool>,
+}
+
+/// How often a standby asks for the leadership, and the leader checks it still holds it.
+const LEADERSHIP_CHECK: Duration = Duration::from_secs(1);
+
+impl Leading {
+    /// Waits until this coordinator leads (`false`: cancelled first), then watches the hold in
+    /// the background: once lost, nothing more is decided here and the process stops.
+    async fn take(&self, store: &Arc<dyn Store>, cancel: &CancellationToken) -> bool {
+        let mut said = false;
+        loop {
+            match store.try_lead().await {
+                Ok(true) => break,
+                Ok(false) if !said => {
+                    tracing::info!(
+                        "another coordinator leads: standing by (deliveries are recorded here and handled by the leader)"
+                    );
+                    said = true;
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot ask for the leadership; trying again")
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return false,
+                () = tokio::time::sleep(LEADERSHIP_CHECK) => {}
+            }
+        }
+        self.leadership.lead();
+        tracing::info!("leading: this coordinator decides and runs agents");
+        let store = Arc::clone(store);
+        let leadership = Arc::clone(&self.leadership);
+        let lost = self.lost.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(LEADERSHIP_CHECK) => {}
+                }
+                if !matches!(store.still_leading().await, Ok(true)) {
+                    tracing::error!(
+                        "the leadership is lost (the database ended this coordinator's hold): stopping"
+                    );
+                    leadership.lose();
+                    cancel.cancel();
+                    let _ = lost.send(true);
+                    return;
+                }
+            }
+        });
+        true
+    }
 }
 
 /// What the engine and its workers are built from.
@@ -439,8 +524,13 @@ async fn run_workers(
     gitea_connected: bool,
     engine_slot: Arc<std::sync::OnceLock<Engine>>,
     idle_because: Arc<std::sync::OnceLock<String>>,
+    leading: Leading,
     cancel: CancellationToken,
 ) {
+    // Only the leader decides; a standby's HTTP intake still records every delivery.
+    if !leading.take(&inputs.store, &cancel).await {
+        return;
+    }
     let identity = if gitea_connected {
         tokio::select! {
             () = cancel.cancelled() => return,

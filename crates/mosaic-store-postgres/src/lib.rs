@@ -112,6 +112,15 @@ struct Counters {
 pub struct PostgresStore {
     pool: Pool,
     counters: Counters,
+    /// How to open the leadership connection (the pool's own settings).
+    config: tokio_postgres::Config,
+    /// The advisory lock's key: one per schema, so installations sharing a database do not
+    /// compete.
+    leader_key: i64,
+    /// The leadership connection's `application_name`: `mosaic leader <schema>`.
+    leader_name: String,
+    /// The dedicated connection that holds the advisory lock while this process leads.
+    leader: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 /// Runs `$body` on a pooled connection (`$client`), as a read.
@@ -189,7 +198,7 @@ impl PostgresStore {
             });
         }
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -209,6 +218,13 @@ impl PostgresStore {
         Ok(Self {
             pool,
             counters: Counters::default(),
+            config,
+            leader_key: leader_key(options.schema.as_deref().unwrap_or("public")),
+            leader_name: format!(
+                "mosaic leader {}",
+                options.schema.as_deref().unwrap_or("public")
+            ),
+            leader: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -433,6 +449,53 @@ impl Store for PostgresStore {
         ))
     }
 
+    async fn try_lead(&self) -> Result<bool, StoreError> {
+        let mut leader = self.leader.lock().await;
+        if leader.is_some() {
+            return Ok(true);
+        }
+        // A connection of its own: the session-level lock lives exactly as long as it does. Its
+        // name says what it is, for an operator looking at pg_stat_activity.
+        let mut config = self.config.clone();
+        config.application_name(&self.leader_name);
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+            StoreError::Unavailable(format!("leadership connection: {}", failure::describe(&e)))
+        })?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::warn!(error = %failure::describe(&err), "the leadership connection ended");
+            }
+        });
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&self.leader_key])
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!("leadership lock: {}", failure::describe(&e)))
+            })?;
+        let held: bool = row.try_get(0).map_err(|e| {
+            StoreError::Unavailable(format!("leadership lock: {}", failure::describe(&e)))
+        })?;
+        if held {
+            *leader = Some(client);
+        }
+        Ok(held)
+    }
+
+    async fn still_leading(&self) -> Result<bool, StoreError> {
+        let mut leader = self.leader.lock().await;
+        let Some(client) = leader.as_ref() else {
+            return Ok(false);
+        };
+        let alive = tokio::time::timeout(Duration::from_secs(5), client.simple_query("SELECT 1"))
+            .await
+            .is_ok_and(|answer| answer.is_ok());
+        if !alive {
+            // The lock went with the connection (or may have): never claim it again from here.
+            *leader = None;
+        }
+        Ok(alive)
+    }
+
     async fn put_workspace(&self, workspace: WorkspaceRecord) -> Result<(), StoreError> {
         write_in_transaction!(self, |tx| ops::put_workspace(&tx, &workspace))
     }
@@ -507,8 +570,28 @@ impl Store for PostgresStore {
     }
 }
 
+/// The advisory lock key for a schema: the first 8 bytes of a stable hash of its name.
+fn leader_key(schema: &str) -> i64 {
+    // FNV-1a: stable across builds and platforms, unlike the standard hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in b"mosaic-coordinator leader "
+        .iter()
+        .chain(schema.as_bytes())
+    {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn each_schema_has_its_own_stable_leadership_key() {
+        assert_eq!(super::leader_key("public"), super::leader_key("public"));
+        assert_ne!(super::leader_key("public"), super::leader_key("team_b"));
+    }
+
     use super::*;
 
     #[test]

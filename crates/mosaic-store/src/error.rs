@@ -51,6 +51,9 @@ pub enum StoreError {
     WriterStopped,
     #[error("a store reader task failed: {0}")]
     ReaderFailed(String),
+    /// The database cannot be reached (a connection of its own, such as the leadership's).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -67,6 +70,7 @@ impl StoreError {
                 | Self::Corrupt { .. }
                 | Self::CommitFailed(_)
                 | Self::WriterStopped
+                | Self::Unavailable(_)
         )
     }
 

@@ -177,6 +177,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         session_id: &str,
     ) -> Result<Vec<CompactionRecord>, StoreError>;
 
+    // ----- leadership among coordinators sharing the store -----
+
+    /// Takes the leadership of the coordinators that share this store when no other holds it;
+    /// `Ok(true)` while this process holds it. One coordinator at a time decides (the inbox,
+    /// dispatch, the outbox); the others only record deliveries. A store only one process uses
+    /// (SQLite) grants it at once.
+    async fn try_lead(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Whether this process still holds the leadership it took (its hold on the database is
+    /// alive). When it is lost, the process must stop deciding.
+    async fn still_leading(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
     // ----- workspaces and pull requests -----
 
     /// Records (or replaces) the workspace. The pull request recorded for it stays when
