@@ -300,11 +300,10 @@ async fn one_of_two_coordinators_leads_and_the_other_takes_over_when_it_dies() {
         taken["components"]["leadership"]["detail"], "leader",
         "{taken}"
     );
-    assert!(
-        killed.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        killed.elapsed()
-    );
+    let failover = killed.elapsed();
+    assert!(failover < Duration::from_secs(10), "took {failover:?}");
+    // docs/BENCHMARKS.md quotes this line.
+    eprintln!("failover: leader SIGKILL to the standby leading in {failover:?}");
     deliver(&second, "ha-2").await;
     let rows = wait_processed(&second, "ha-2").await;
     assert!(
