@@ -291,6 +291,30 @@ async fn one_of_two_coordinators_leads_and_the_other_takes_over_when_it_dies() {
     deliver(&second, "ha-1").await;
     let rows = wait_processed(&second, "ha-1").await;
     assert!(rows.to_string().contains("processed"), "{rows}");
+    // The standby answers the API from the shared store too.
+    let rotations: serde_json::Value = second
+        .client
+        .get(second.url("/api/v1/rotations"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(rotations["rotations"].is_array(), "{rotations}");
+    let event: serde_json::Value = serde_json::from_slice(FIXTURE).unwrap();
+    let path = format!(
+        "/api/v1/issues/{}/{}",
+        event["repository"]["full_name"].as_str().unwrap(),
+        event["issue"]["number"]
+    );
+    let issue = second.client.get(second.url(&path)).send().await.unwrap();
+    assert_eq!(issue.status(), 200, "GET {path}");
+    let issue: serde_json::Value = issue.json().await.unwrap();
+    assert!(
+        issue["snapshot"].is_object() || issue["detail"].is_object(),
+        "{issue}"
+    );
 
     // The leader dies: the standby leads within a few seconds and handles the next delivery.
     let killed = Instant::now();

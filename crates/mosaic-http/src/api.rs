@@ -220,6 +220,19 @@ pub(crate) async fn issue(
             Err(EngineError::NotFound(_)) => {}
             Err(err) => return Err(engine_error(err)),
         }
+    } else if let Some(detail) =
+        mosaic_engine::engine::stored_issue_detail(state.store()?.as_ref(), &issue)
+            .await
+            .map_err(engine_error)?
+    {
+        // A coordinator that does not lead answers from the shared store; the graph and the
+        // live session are the leader's.
+        return Ok(Json(json!({
+            "issue": issue.to_string(),
+            "coordinated": true,
+            "detail": detail,
+            "partial": "answered from the store by a coordinator that does not lead: blockers, dependents, the live session and the worktree's size are known to the leader",
+        })));
     }
     let snapshot = state
         .store()?
@@ -253,12 +266,13 @@ pub(crate) async fn rotations(
     State(state): State<AppState>,
     Query(query): Query<RotationsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let engine = state.require_engine()?;
     let (limit, clamped) = limit_in_force(query.limit);
-    let rotations = engine
-        .rotations(query.before, limit)
+    // Stored: any coordinator sharing the store answers, leading or not.
+    let rotations = state
+        .store()?
+        .recent_rotations(query.before, limit)
         .await
-        .map_err(engine_error)?;
+        .map_err(|err| ApiError::Internal(err.to_string()))?;
     let next_before = (rotations.len() == limit as usize)
         .then(|| rotations.last().map(|rotation| rotation.at))
         .flatten();

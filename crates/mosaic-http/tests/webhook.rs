@@ -1584,3 +1584,33 @@ async fn deliveries_page_with_a_cursor_and_say_when_a_limit_was_clamped() {
         "{body}"
     );
 }
+
+/// Without an engine (a coordinator that does not lead), a coordinated issue is answered from
+/// the shared store, and says which parts only the leader knows.
+#[tokio::test]
+async fn without_an_engine_a_coordinated_issue_is_answered_from_the_store() {
+    let h = harness();
+    let issue: IssueRef = "example/example#7".parse().unwrap();
+    let record = IssueRecord::new(issue, IssueState::Ready, Utc::now());
+    h.store
+        .commit_transitions(vec![TransitionBatch::update(record)])
+        .await
+        .unwrap();
+    let loopback = Some([127, 0, 0, 1]);
+    let (status, body) = h
+        .send(get("/api/v1/issues/example/example/7", None, loopback))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["coordinated"], true, "{body}");
+    assert_eq!(body["detail"]["state"], "ready", "{body}");
+    assert!(
+        body["partial"]
+            .as_str()
+            .is_some_and(|why| why.contains("known to the leader")),
+        "{body}"
+    );
+    // Rotations are stored: answered without an engine too.
+    let (status, body) = h.send(get("/api/v1/rotations", None, loopback)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rotations"], json!([]), "{body}");
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use chrono::{DateTime, Utc};
 use mosaic_domain::{IssueRef, IssueState};
 use mosaic_store::{
-    GateRunRecord, IssueRecord, IssueSnapshot, OutboxItem, RotationRecord, SessionRecord,
+    GateRunRecord, IssueRecord, IssueSnapshot, OutboxItem, RotationRecord, SessionRecord, Store,
     TransitionRecord, WorkspaceRecord,
 };
 use serde::Serialize;
@@ -184,51 +184,13 @@ impl Engine {
                 core.graph.dependents(issue),
             )
         };
-        let store = &self.inner.store;
-        let rotations = store
-            .recent_rotations(None, DETAIL_ROTATIONS)
-            .await?
-            .into_iter()
-            .filter(|r| &r.issue == issue || r.next_issue.as_ref() == Some(issue))
-            .collect();
-        let stored_workspace = store.get_workspace(issue).await?;
-        let pull_request = store
-            .outbox_for_issue(issue)
-            .await?
-            .iter()
-            .rev()
-            .find_map(PullRequestView::from_outbox)
-            .map(|mut view| {
-                let opened = stored_workspace
-                    .as_ref()
-                    .filter(|stored| stored.workspace.branch == view.head)
-                    .and_then(|stored| stored.pull_request.as_ref());
-                if let Some(opened) = opened {
-                    view.number = Some(opened.number);
-                    view.url = Some(opened.url.clone());
-                }
-                view
-            });
-        let workspace = stored_workspace.map(|stored| stored.workspace);
-        let workspace_bytes = self.inner.workspace_bytes(issue).await;
-        let gate_runs = store.gate_runs_for_issue(issue).await?;
-        Ok(IssueDetail {
-            gates: latest_round(&gate_runs),
-            gate_runs,
-            workspace,
-            workspace_bytes,
-            pull_request,
-            state: record.state,
-            history: store.issue_history(issue).await?,
-            sessions: store.sessions_for_issue(issue).await?,
-            snapshot: store.get_issue_snapshot(issue).await?,
-            live: self.live_sessions().into_iter().find(|s| &s.issue == issue),
-            record,
-            blockers,
-            open_blockers,
-            dependents,
-            rotations,
-        })
+        let mut detail = stored_detail(self.inner.store.as_ref(), issue, record).await?;
+        detail.blockers = blockers;
+        detail.open_blockers = open_blockers;
+        detail.dependents = dependents;
+        detail.workspace_bytes = self.inner.workspace_bytes(issue).await;
+        detail.live = self.live_sessions().into_iter().find(|s| &s.issue == issue);
+        Ok(detail)
     }
 
     /// Disk use under the workspace root (`None` without `[workspace]`). The worktrees' size is
@@ -399,4 +361,67 @@ fn latest_round(runs: &[GateRunRecord]) -> Vec<GateRunRecord> {
         .filter(|run| run.at == newest)
         .cloned()
         .collect()
+}
+
+/// What the store alone says of a coordinated issue, so a coordinator that does not lead (and
+/// has no engine) can answer too: everything but its place in the dependency graph, the live
+/// session and the worktree's size, which only the leader knows (left empty). `None`: the issue
+/// is not coordinated.
+pub async fn stored_issue_detail(
+    store: &dyn Store,
+    issue: &IssueRef,
+) -> Result<Option<IssueDetail>, EngineError> {
+    match store.get_issue(issue).await? {
+        Some(record) => Ok(Some(stored_detail(store, issue, record).await?)),
+        None => Ok(None),
+    }
+}
+
+async fn stored_detail(
+    store: &dyn Store,
+    issue: &IssueRef,
+    record: IssueRecord,
+) -> Result<IssueDetail, EngineError> {
+    let rotations = store
+        .recent_rotations(None, DETAIL_ROTATIONS)
+        .await?
+        .into_iter()
+        .filter(|r| &r.issue == issue || r.next_issue.as_ref() == Some(issue))
+        .collect();
+    let stored_workspace = store.get_workspace(issue).await?;
+    let pull_request = store
+        .outbox_for_issue(issue)
+        .await?
+        .iter()
+        .rev()
+        .find_map(PullRequestView::from_outbox)
+        .map(|mut view| {
+            let opened = stored_workspace
+                .as_ref()
+                .filter(|stored| stored.workspace.branch == view.head)
+                .and_then(|stored| stored.pull_request.as_ref());
+            if let Some(opened) = opened {
+                view.number = Some(opened.number);
+                view.url = Some(opened.url.clone());
+            }
+            view
+        });
+    let gate_runs = store.gate_runs_for_issue(issue).await?;
+    Ok(IssueDetail {
+        gates: latest_round(&gate_runs),
+        gate_runs,
+        workspace: stored_workspace.map(|stored| stored.workspace),
+        workspace_bytes: None,
+        pull_request,
+        state: record.state,
+        history: store.issue_history(issue).await?,
+        sessions: store.sessions_for_issue(issue).await?,
+        snapshot: store.get_issue_snapshot(issue).await?,
+        live: None,
+        record,
+        blockers: Vec::new(),
+        open_blockers: Vec::new(),
+        dependents: Vec::new(),
+        rotations,
+    })
 }

@@ -33,7 +33,9 @@ use mosaic_security::Redactor;
 use mosaic_store::{Store, StoreError};
 use tokio::sync::{Mutex, Notify};
 
-pub use api::{EngineStats, IssueDetail, LiveSessionView, PullRequestView, QueueItem};
+pub use api::{
+    EngineStats, IssueDetail, LiveSessionView, PullRequestView, QueueItem, stored_issue_detail,
+};
 pub use attempt::{WorkspaceParts, WorkspaceUsage};
 pub use config::{EngineConfig, EngineConfigError, MonitorSettings};
 pub use recover::RecoveryReport;
