@@ -229,6 +229,12 @@ impl Store for SpyStore {
     ) -> Result<Vec<CompactionRecord>, StoreError> {
         self.inner.compactions_for_session(session_id).await
     }
+    async fn try_lead(&self) -> Result<bool, StoreError> {
+        self.inner.try_lead().await
+    }
+    async fn still_leading(&self) -> Result<bool, StoreError> {
+        self.inner.still_leading().await
+    }
     async fn record_session_spend(
         &self,
         session_id: &str,

@@ -119,8 +119,9 @@ pub struct PostgresStore {
     leader_key: i64,
     /// The leadership connection's `application_name`: `mosaic leader <schema>`.
     leader_name: String,
-    /// The dedicated connection that holds the advisory lock while this process leads.
-    leader: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// The dedicated connection that asks for the advisory lock (kept while standing by, so a
+    /// standby does not connect anew every second) and whether it holds it.
+    leader: tokio::sync::Mutex<Option<(tokio_postgres::Client, bool)>>,
 }
 
 /// Runs `$body` on a pooled connection (`$client`), as a read.
@@ -450,47 +451,52 @@ impl Store for PostgresStore {
     }
 
     async fn try_lead(&self) -> Result<bool, StoreError> {
+        let unavailable = |what: &str, e: &tokio_postgres::Error| {
+            StoreError::Unavailable(format!("{what}: {}", failure::describe(e)))
+        };
         let mut leader = self.leader.lock().await;
-        if leader.is_some() {
+        if let Some((_, true)) = leader.as_ref() {
             return Ok(true);
         }
-        // A connection of its own: the session-level lock lives exactly as long as it does. Its
-        // name says what it is, for an operator looking at pg_stat_activity.
-        let mut config = self.config.clone();
-        config.application_name(&self.leader_name);
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-            StoreError::Unavailable(format!("leadership connection: {}", failure::describe(&e)))
-        })?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::warn!(error = %failure::describe(&err), "the leadership connection ended");
-            }
-        });
+        if leader.as_ref().is_none_or(|(client, _)| client.is_closed()) {
+            // A connection of its own: the session-level lock lives exactly as long as it
+            // does. Its name says what it is, for an operator looking at pg_stat_activity.
+            let mut config = self.config.clone();
+            config.application_name(&self.leader_name);
+            let (client, connection) = config
+                .connect(NoTls)
+                .await
+                .map_err(|e| unavailable("leadership connection", &e))?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::warn!(error = %failure::describe(&err), "the leadership connection ended");
+                }
+            });
+            *leader = Some((client, false));
+        }
+        let Some((client, held)) = leader.as_mut() else {
+            return Ok(false);
+        };
         let row = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&self.leader_key])
             .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!("leadership lock: {}", failure::describe(&e)))
-            })?;
-        let held: bool = row.try_get(0).map_err(|e| {
-            StoreError::Unavailable(format!("leadership lock: {}", failure::describe(&e)))
-        })?;
-        if held {
-            *leader = Some(client);
-        }
-        Ok(held)
+            .map_err(|e| unavailable("leadership lock", &e))?;
+        *held = row
+            .try_get(0)
+            .map_err(|e| unavailable("leadership lock", &e))?;
+        Ok(*held)
     }
 
     async fn still_leading(&self) -> Result<bool, StoreError> {
         let mut leader = self.leader.lock().await;
-        let Some(client) = leader.as_ref() else {
+        let Some((client, true)) = leader.as_ref() else {
             return Ok(false);
         };
         let alive = tokio::time::timeout(Duration::from_secs(5), client.simple_query("SELECT 1"))
             .await
             .is_ok_and(|answer| answer.is_ok());
         if !alive {
-            // The lock went with the connection (or may have): never claim it again from here.
+            // The lock went with the connection (or may have): never claim it again on it.
             *leader = None;
         }
         Ok(alive)

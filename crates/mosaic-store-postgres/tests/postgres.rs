@@ -578,3 +578,38 @@ async fn acknowledged_deliveries_survive_a_server_crash() {
         lost.len()
     );
 }
+
+/// Two coordinators on one schema: only one leads; a standby asking again keeps its one
+/// connection; once the leader's connection is gone, the standby leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_store_on_a_schema_leads_at_a_time() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let first = schema.open().await;
+    let second = schema.open().await;
+    assert!(first.try_lead().await.unwrap());
+    assert!(first.still_leading().await.unwrap());
+    for _ in 0..3 {
+        assert!(!second.try_lead().await.unwrap(), "held by the first");
+    }
+    assert!(!second.still_leading().await.unwrap());
+    let leadership_connections: i64 = schema
+        .outside()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mosaic leader ' || $1",
+            &[&schema.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leadership_connections, 2, "one each, however often asked");
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !second.try_lead().await.unwrap() {
+        assert!(std::time::Instant::now() < deadline, "never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(second.still_leading().await.unwrap());
+}

@@ -181,17 +181,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Takes the leadership of the coordinators that share this store when no other holds it;
     /// `Ok(true)` while this process holds it. One coordinator at a time decides (the inbox,
-    /// dispatch, the outbox); the others only record deliveries. A store only one process uses
-    /// (SQLite) grants it at once.
-    async fn try_lead(&self) -> Result<bool, StoreError> {
-        Ok(true)
-    }
+    /// dispatch, the outbox); the others only record deliveries. SQLite holds an exclusive lock
+    /// on `<database>.leader`, PostgreSQL an advisory lock on a connection of its own: either
+    /// ends with the process.
+    async fn try_lead(&self) -> Result<bool, StoreError>;
 
-    /// Whether this process still holds the leadership it took (its hold on the database is
-    /// alive). When it is lost, the process must stop deciding.
-    async fn still_leading(&self) -> Result<bool, StoreError> {
-        Ok(true)
-    }
+    /// Whether this process still holds the leadership it took. When it is lost, the process
+    /// must stop deciding.
+    async fn still_leading(&self) -> Result<bool, StoreError>;
 
     // ----- workspaces and pull requests -----
 

@@ -294,3 +294,22 @@ fn configuration_loads_from_a_store_section() {
     assert!(toml::from_str::<File>("[store]\nsynchronous = \"off\"").is_err());
     assert!(toml::from_str::<File>("[store]\nmax_batches = 3").is_err());
 }
+
+/// Two coordinators on one SQLite file: only one leads, until it is gone.
+#[tokio::test]
+async fn only_one_store_on_a_file_leads_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig::sqlite(dir.path().join("mosaic.db"));
+    let first = SqliteStore::open(&config).unwrap();
+    let second = SqliteStore::open(&config).unwrap();
+    assert!(!second.still_leading().await.unwrap());
+    assert!(first.try_lead().await.unwrap());
+    assert!(first.try_lead().await.unwrap(), "asking again keeps it");
+    assert!(first.still_leading().await.unwrap());
+    assert!(!second.try_lead().await.unwrap(), "held by the first");
+    drop(first);
+    assert!(
+        second.try_lead().await.unwrap(),
+        "free once the first is gone"
+    );
+}

@@ -353,6 +353,9 @@ pub struct SqliteStore {
     /// Stopped before the writer when the store is dropped.
     checkpointer: Option<checkpoint::Checkpointer>,
     checkpoints: Arc<checkpoint::CheckpointState>,
+    /// `<database>.leader`, exclusively locked while this process leads the coordinators that
+    /// share the file (the operating system drops the lock with the process).
+    leader: Mutex<Option<std::fs::File>>,
 }
 
 impl SqliteStore {
@@ -426,6 +429,7 @@ impl SqliteStore {
             counters,
             checkpointer,
             checkpoints,
+            leader: Mutex::new(None),
         })
     }
 
@@ -713,6 +717,47 @@ impl Store for SqliteStore {
         let session_id = session_id.to_owned();
         self.read(move |conn| ops::compactions_for_session(conn, &session_id))
             .await
+    }
+
+    async fn try_lead(&self) -> Result<bool, StoreError> {
+        let mut leader = self
+            .leader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if leader.is_some() {
+            return Ok(true);
+        }
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".leader");
+        let unavailable = |err: std::io::Error| {
+            StoreError::Unavailable(format!(
+                "leadership lock {}: {err}",
+                std::path::Path::new(&lock_path).display()
+            ))
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(unavailable)?;
+        match file.try_lock() {
+            Ok(()) => {
+                *leader = Some(file);
+                Ok(true)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(err)) => Err(unavailable(err)),
+        }
+    }
+
+    async fn still_leading(&self) -> Result<bool, StoreError> {
+        // A lock on an open file stays until the file is closed.
+        Ok(self
+            .leader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some())
     }
 
     async fn record_session_spend(
