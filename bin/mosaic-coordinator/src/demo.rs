@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -219,7 +218,8 @@ async fn scenario() -> Result<(), Failure> {
     // A real repository, served as Gitea would (the bot's token required), that the
     // coordinator clones, and pushes each issue's branch to.
     let git_root = dir.path().join("git");
-    create_repository(&git_root.join("demo").join("app.git"))?;
+    mosaic_gitea::mock::repo::create_bare_repository(&git_root, "demo", "app", "main")
+        .map_err(|err| anyhow::anyhow!("cannot create the demo repository: {err}"))?;
     let git_server = GitHttpServer::start(&git_root, MockGitea::BOT_TOKEN)
         .await
         .context("cannot serve the demo repository over HTTP")?;
@@ -371,53 +371,6 @@ async fn scenario() -> Result<(), Failure> {
 
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(15), server).await;
-    Ok(())
-}
-
-/// A bare repository at `bare` whose `main` has one commit (a README), made with the git CLI.
-fn create_repository(bare: &Path) -> anyhow::Result<()> {
-    let parent = bare
-        .parent()
-        .context("the repository path has no parent folder")?;
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
-    let seed = parent.join("seed");
-    let git = |dir: &Path, args: &[&str]| -> anyhow::Result<()> {
-        let output = std::process::Command::new("git")
-            .args([
-                "-c",
-                "user.name=Mosaic demo",
-                "-c",
-                "user.email=demo@mosaic.invalid",
-                "-c",
-                "commit.gpgsign=false",
-            ])
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .context("cannot run git (the demo needs the git CLI)")?;
-        anyhow::ensure!(
-            output.status.success(),
-            "git {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        Ok(())
-    };
-    git(
-        parent,
-        &["init", "--quiet", "--initial-branch=main", "seed"],
-    )?;
-    std::fs::write(
-        seed.join("README.md"),
-        "# demo/app\n\nA repository for the Mosaic demo.\n",
-    )
-    .context("cannot write the demo repository's README")?;
-    git(&seed, &["add", "README.md"])?;
-    git(&seed, &["commit", "--quiet", "-m", "Initial commit"])?;
-    let bare_text = bare.display().to_string();
-    git(parent, &["clone", "--quiet", "--bare", "seed", &bare_text])?;
-    std::fs::remove_dir_all(&seed).context("cannot remove the seed repository")?;
     Ok(())
 }
 

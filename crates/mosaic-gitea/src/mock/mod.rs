@@ -5,7 +5,8 @@
 //! failures (the next N requests on a path answer 500, 401, …) and inspect what the coordinator
 //! did (comments, labels, assignees, hooks, the request log). [`GitHttpServer`] serves bare
 //! repositories over git's smart HTTP (the real `git http-backend`) for the `clone_url`s it
-//! names, refusing requests without the bot's token as Gitea does.
+//! names, refusing requests without the bot's token as Gitea does; [`repo`] makes and reads the
+//! bare repositories it serves with git plumbing.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -19,6 +20,7 @@
 //! ```
 
 mod git_http;
+pub mod repo;
 mod routes;
 mod state;
 
