@@ -118,6 +118,18 @@ impl Running {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// `GET path` as JSON (whatever the status).
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.path().join("coordinator.log")).unwrap_or_default()
     }

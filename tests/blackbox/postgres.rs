@@ -69,14 +69,7 @@ fn sign(body: &[u8]) -> String {
 }
 
 async fn delivery_rows(app: &Running) -> serde_json::Value {
-    app.client
-        .get(app.url("/api/v1/deliveries"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.get_json("/api/v1/deliveries").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,30 +118,10 @@ async fn deliveries_are_recorded_on_postgres_and_survive_a_restart() {
         }
     };
     let app = tokio::task::spawn_blocking(start(None)).await.unwrap();
-    let response = app
-        .client
-        .post(app.url("/webhook/gitea"))
-        .header("content-type", "application/json")
-        .header("x-gitea-event", "issues")
-        .header("x-gitea-event-type", "issue_assign")
-        .header("x-gitea-delivery", "pg-1")
-        .header("x-gitea-signature", sign(FIXTURE))
-        .body(FIXTURE.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    deliver(&app, "pg-1").await;
     let rows = delivery_rows(&app).await;
     assert_eq!(rows["deliveries"][0]["delivery_id"], "pg-1", "{rows}");
-    let health: serde_json::Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = app.get_json("/health").await;
     assert_eq!(health["components"]["store"]["status"], "up", "{health}");
 
     // Killed hard and restarted on the same database: the delivery is there, and a repeat is a
@@ -166,34 +139,12 @@ async fn deliveries_are_recorded_on_postgres_and_survive_a_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(rows["deliveries"][0]["delivery_id"], "pg-1", "{rows}");
-    let repeat = app
-        .client
-        .post(app.url("/webhook/gitea"))
-        .header("content-type", "application/json")
-        .header("x-gitea-event", "issues")
-        .header("x-gitea-event-type", "issue_assign")
-        .header("x-gitea-delivery", "pg-1")
-        .header("x-gitea-signature", sign(FIXTURE))
-        .body(FIXTURE.to_vec())
-        .send()
-        .await
-        .unwrap();
-    let answer: serde_json::Value = repeat.json().await.unwrap();
+    let answer = deliver(&app, "pg-1").await;
     assert_eq!(answer["status"], "duplicate", "{answer}");
 }
 
-async fn health(app: &Running) -> serde_json::Value {
-    app.client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn deliver(app: &Running, id: &str) {
+/// Sends the fixture delivery under `id`; the coordinator's answer.
+async fn deliver(app: &Running, id: &str) -> serde_json::Value {
     let response = app
         .client
         .post(app.url("/webhook/gitea"))
@@ -207,13 +158,14 @@ async fn deliver(app: &Running, id: &str) {
         .await
         .unwrap();
     assert_eq!(response.status(), 200, "delivery {id}");
+    response.json().await.unwrap()
 }
 
 /// Waits until `app` says `detail` for its leadership.
 async fn wait_leadership(app: &Running, detail: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let health = health(app).await;
+        let health = app.get_json("/health").await;
         let said = health["components"]["leadership"]["detail"]
             .as_str()
             .unwrap_or_default()
@@ -292,15 +244,7 @@ async fn one_of_two_coordinators_leads_and_the_other_takes_over_when_it_dies() {
     let rows = wait_processed(&second, "ha-1").await;
     assert!(rows.to_string().contains("processed"), "{rows}");
     // The standby answers the API from the shared store too.
-    let rotations: serde_json::Value = second
-        .client
-        .get(second.url("/api/v1/rotations"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rotations = second.get_json("/api/v1/rotations").await;
     assert!(rotations["rotations"].is_array(), "{rotations}");
     let event: serde_json::Value = serde_json::from_slice(FIXTURE).unwrap();
     let path = format!(
