@@ -8,14 +8,14 @@
 
 use std::time::Duration;
 
-use mosaic_claude_standin::{Block, MessagesStandin, Reply, Script, Step, Usage, claude_cli};
+use mosaic_claude_standin::{
+    Block, MessagesStandin, Reply, Script, Step, Usage, claude_cli, claude_stream_json_args,
+};
 use mosaic_domain::IssueState;
 use serde_json::json;
 
 use crate::git_scenario::{Scenario, Setup, subjects};
 use crate::helpers::toml_string;
-
-const MODEL: &str = "claude-sonnet-4-5";
 
 /// The `profiles` run the CLI against the stand-in, as docs/AGENTS.md wires it (the others have
 /// no command, so they cannot be assigned).
@@ -26,21 +26,13 @@ fn agents_toml(
     home: &std::path::Path,
     extra_env: &[(&str, &str)],
 ) -> String {
-    let args: Vec<String> = [
-        "-p",
-        "--input-format",
-        "stream-json",
-        "--output-format",
-        "stream-json",
-        "--verbose",
-        "--model",
-        MODEL,
+    let args: Vec<String> = claude_stream_json_args(&[
         "--permission-mode",
         "acceptEdits",
         "--allowedTools",
         "Bash(git add:*)",
         "Bash(git -c:*)",
-    ]
+    ])
     .iter()
     .map(|arg| toml_string(arg))
     .collect();

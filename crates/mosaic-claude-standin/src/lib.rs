@@ -257,6 +257,28 @@ pub fn claude_cli() -> Option<std::path::PathBuf> {
     )
 }
 
+/// The model the tests name (its `modelUsage` window is 200,000 tokens).
+pub const CLAUDE_MODEL: &str = "claude-sonnet-4-5";
+
+/// The CLI's stream-json arguments as docs/AGENTS.md wires it, for [`CLAUDE_MODEL`], followed
+/// by `extra` (permission flags and allowed tools).
+pub fn claude_stream_json_args(extra: &[&str]) -> Vec<String> {
+    [
+        "-p",
+        "--input-format",
+        "stream-json",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--model",
+        CLAUDE_MODEL,
+    ]
+    .iter()
+    .chain(extra)
+    .map(|arg| (*arg).to_owned())
+    .collect()
+}
+
 /// How to install the pinned Codex CLI, for the line a skipped test prints.
 pub const CODEX_INSTALL_HINT: &str = "npm install --no-audit --no-fund --prefix .cache/agents @openai/codex@0.169.0 (run in the repository root), or set MOSAIC_CODEX_BIN";
 

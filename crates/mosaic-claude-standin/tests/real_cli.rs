@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use mosaic_claude_standin::{Block, MessagesStandin, Reply, Script, StandinHandle, Step, Usage};
+use mosaic_claude_standin::{
+    Block, CLAUDE_MODEL as MODEL, MessagesStandin, Reply, Script, StandinHandle, Step, Usage,
+    claude_stream_json_args,
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-const MODEL: &str = "claude-sonnet-4-5";
 const TURN_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn claude_bin() -> Option<PathBuf> {
@@ -107,17 +109,7 @@ impl Session {
     ) -> Self {
         let mut command = Command::new(bin);
         command
-            .args([
-                "-p",
-                "--input-format",
-                "stream-json",
-                "--output-format",
-                "stream-json",
-                "--verbose",
-                "--model",
-                MODEL,
-            ])
-            .args(extra_args)
+            .args(claude_stream_json_args(extra_args))
             .current_dir(cwd)
             // Nothing of the caller's environment (keys, settings) reaches the CLI.
             .env_clear()

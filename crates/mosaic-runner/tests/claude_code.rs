@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use mosaic_claude_standin::{Block, MessagesStandin, Reply, Script, StandinHandle, Step, Usage};
+use mosaic_claude_standin::{
+    Block, MessagesStandin, Reply, Script, StandinHandle, Step, Usage, claude_stream_json_args,
+};
 use mosaic_context::{
     AgentSession, AgentSpend, COMPACTION_PROMPT, CompactionRecord, ContextMonitor, ContextUsage,
     HandoverError, HandoverSource, LiveSession, MonitorConfig, MonitorSink, SessionOutcome,
@@ -26,7 +28,6 @@ use mosaic_runner::{
 };
 use serde_json::json;
 
-const MODEL: &str = "claude-sonnet-4-5";
 const WAIT: Duration = Duration::from_secs(120);
 
 fn claude_bin() -> Option<PathBuf> {
@@ -95,23 +96,13 @@ fn setup(
         "claude".to_owned(),
         AgentCommand {
             program: bin.display().to_string(),
-            args: [
-                "-p",
-                "--input-format",
-                "stream-json",
-                "--output-format",
-                "stream-json",
-                "--verbose",
-                "--model",
-                MODEL,
+            args: claude_stream_json_args(&[
                 "--permission-mode",
                 "acceptEdits",
                 "--allowedTools",
                 "Bash(sleep:*)",
                 "Bash(touch:*)",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
+            ]),
             env,
             pass_env: Vec::new(),
             input: InputMode::JsonLines,
