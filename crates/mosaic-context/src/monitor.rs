@@ -448,6 +448,7 @@ async fn run_chain(
                 publisher_alive = true;
                 last_usage = None;
                 last_seq = 0;
+                answered_wait = None;
                 continue;
             }
             Some(_) => {}
@@ -458,15 +459,6 @@ async fn run_chain(
         if !outcome.is_running() {
             report_outcome(&inner, key, &outcome).await;
             return;
-        }
-
-        let snapshot = session.subscribe().borrow().clone();
-        if let Some(result) = snapshot.waiting
-            && answered_wait != Some(snapshot.turns)
-        {
-            answered_wait = Some(snapshot.turns);
-            answer_wait(&inner, key, &session, &result).await;
-            continue;
         }
 
         if let Some(usage) = reading {
@@ -485,7 +477,19 @@ async fn run_chain(
                 publisher_alive = true;
                 last_usage = None;
                 last_seq = 0;
+                answered_wait = None;
             }
+        }
+
+        // After the reading (which may have rotated it): a session waiting for input after its
+        // turns is answered once per turn count.
+        let snapshot = session.subscribe().borrow().clone();
+        if let Some(result) = snapshot.waiting
+            && snapshot.outcome.is_running()
+            && answered_wait != Some(snapshot.turns)
+        {
+            answered_wait = Some(snapshot.turns);
+            answer_wait(&inner, key, &session, &result).await;
         }
     }
 }

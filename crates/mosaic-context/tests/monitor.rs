@@ -14,7 +14,7 @@ use mosaic_context::{
     ContextMonitor, ContextThresholds, ContextUsage, HandoverError, HandoverSource, KillReason,
     LiveSession, MockAgentRuntime, MonitorConfig, MonitorError, MonitorSink, RetryPolicy,
     RuntimeError, SessionError, SessionId, SessionOutcome, SessionRotation, SessionSnapshot,
-    SessionTask, SinkError,
+    SessionTask, SinkError, TurnResult,
 };
 use mosaic_domain::{AgentProfile, Difficulty, IssueRef, RepoName};
 use tokio::sync::watch;
@@ -198,6 +198,8 @@ struct RecordingSink {
     rotations: Mutex<Vec<SessionRotation>>,
     outcomes: Mutex<Vec<(LiveSession, SessionOutcome)>>,
     refuse_first: AtomicU32,
+    /// The sessions asked what next while waiting for input (each is sent a next turn).
+    waits: Mutex<Vec<SessionId>>,
 }
 
 #[async_trait]
@@ -235,6 +237,14 @@ impl MonitorSink for RecordingSink {
             .unwrap()
             .push((session.clone(), outcome.clone()));
         Ok(())
+    }
+    async fn on_waiting(
+        &self,
+        session: &LiveSession,
+        _result: &TurnResult,
+    ) -> Result<mosaic_context::NextTurn, SinkError> {
+        self.waits.lock().unwrap().push(session.session_id.clone());
+        Ok(mosaic_context::NextTurn::Continue("go on".to_owned()))
     }
 }
 
@@ -802,5 +812,49 @@ async fn a_failed_compaction_is_recorded_and_rotates() {
     assert_eq!(
         h.sink.rotations.lock().unwrap()[0].new_session_id,
         Some(replacement.id.clone())
+    );
+}
+
+/// A session waiting for input after its turns is asked about once per turn count; the one
+/// that replaces it after a rotation is asked too, though its turn count is the same.
+#[tokio::test]
+async fn every_session_waiting_for_input_is_answered_once_per_turn_rotated_ones_included() {
+    let first = FakeSession::new(issue(1), 1000);
+    let second = FakeSession::new(issue(1), 1000);
+    let h = harness(
+        FakeRuntime {
+            sessions: Mutex::new(VecDeque::from([second.clone()])),
+            ..FakeRuntime::default()
+        },
+        fast_config(),
+    );
+    h.monitor.watch(first.clone(), profile(), task(1)).unwrap();
+    let waiting = |session: &FakeSession| {
+        session.state.send_modify(|snapshot| {
+            snapshot.turns = 1;
+            snapshot.waiting = Some(TurnResult {
+                success: true,
+                summary: "done".to_owned(),
+            });
+        });
+    };
+    waiting(&first);
+    eventually("the first session was asked", || {
+        h.sink.waits.lock().unwrap().len() == 1
+    })
+    .await;
+    // Asked once per turn count, not at every poll.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.sink.waits.lock().unwrap().len(), 1);
+
+    h.monitor.trigger_rotation(&first.id).await.unwrap();
+    waiting(&second);
+    eventually("the replacement was asked too", || {
+        h.sink.waits.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(
+        *h.sink.waits.lock().unwrap(),
+        vec![first.id.clone(), second.id.clone()]
     );
 }
