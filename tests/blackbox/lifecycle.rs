@@ -131,3 +131,56 @@ async fn metrics_are_prometheus_text_with_every_family() {
         "{text}"
     );
 }
+
+/// A second coordinator on the same SQLite file stands by; one that cannot even ask for the
+/// leadership (its lock file cannot be opened) says why in /health instead of claiming standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_on_sqlite_is_one_coordinator_at_a_time_and_a_failure_to_ask_is_shown() {
+    let shared = tempfile::tempdir().unwrap();
+    let url = shared.path().join("mosaic.db").display().to_string();
+    let first = Running::start_with(&[("MOSAIC_DATABASE_URL", url.as_str())]);
+    let second = Running::start_with(&[("MOSAIC_DATABASE_URL", url.as_str())]);
+    let leadership = |health: &serde_json::Value| {
+        health["components"]["leadership"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut details = (String::new(), String::new());
+    for _ in 0..100 {
+        details = (
+            leadership(&first.get_json("/health").await),
+            leadership(&second.get_json("/health").await),
+        );
+        if details.0 == "leader" && details.1.starts_with("standby") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(details.0, "leader", "{details:?}");
+    assert!(details.1.starts_with("standby"), "{details:?}");
+
+    let blocked = tempfile::tempdir().unwrap();
+    let url = blocked.path().join("mosaic.db").display().to_string();
+    // A directory where the lock file belongs: it cannot be opened for writing.
+    std::fs::create_dir_all(format!("{url}.leader")).unwrap();
+    let app = Running::start_with(&[("MOSAIC_DATABASE_URL", url.as_str())]);
+    let mut health = serde_json::Value::Null;
+    for _ in 0..100 {
+        health = app.get_json("/health").await;
+        if health["components"]["leadership"]["status"] == "down" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let component = &health["components"]["leadership"];
+    assert_eq!(component["status"], "down", "{health}");
+    assert!(
+        component["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("cannot ask for the leadership: "),
+        "{health}"
+    );
+    assert_eq!(health["status"], "degraded", "{health}");
+}

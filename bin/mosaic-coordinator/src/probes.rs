@@ -243,7 +243,7 @@ impl HealthProbe for CoordinationProbe {
         if self.engine.get().is_some() {
             return ComponentHealth::up();
         }
-        if self.leadership.get() == Leadership::STANDBY {
+        if self.leadership.get() == Leadership::STANDBY && self.leadership.failure().is_none() {
             return ComponentHealth::up().with_detail("standby: the leader coordinates");
         }
         match self.idle_because.get() {
@@ -258,7 +258,11 @@ impl HealthProbe for CoordinationProbe {
 /// Whether this coordinator leads the ones sharing its store (decides and runs agents) or stands
 /// by (records deliveries for the leader).
 #[derive(Debug, Default)]
-pub struct Leadership(std::sync::atomic::AtomicU8);
+pub struct Leadership {
+    state: std::sync::atomic::AtomicU8,
+    /// Why the last ask for the leadership failed (cleared by an answer).
+    failure: std::sync::Mutex<Option<String>>,
+}
 
 impl Leadership {
     const STANDBY: u8 = 0;
@@ -266,17 +270,33 @@ impl Leadership {
     const LOST: u8 = 2;
 
     pub fn lead(&self) {
-        self.0
+        self.state
             .store(Self::LEADER, std::sync::atomic::Ordering::SeqCst);
+        self.asked(None);
     }
 
     pub fn lose(&self) {
-        self.0
+        self.state
             .store(Self::LOST, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Notes how the last ask went: `Some(why)` when the store could not answer.
+    pub fn asked(&self, failure: Option<String>) {
+        *self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = failure;
+    }
+
     fn get(&self) -> u8 {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
+        self.state.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -296,6 +316,9 @@ impl HealthProbe for LeadershipProbe {
     }
 
     async fn check(&self) -> ComponentHealth {
+        if let Some(why) = self.leadership.failure() {
+            return ComponentHealth::down(format!("cannot ask for the leadership: {why}"));
+        }
         match self.leadership.get() {
             Leadership::STANDBY => ComponentHealth::up().with_detail(
                 "standby: another coordinator leads; deliveries are recorded here and handled by it",

@@ -445,15 +445,18 @@ impl Leading {
         loop {
             match store.try_lead().await {
                 Ok(true) => break,
-                Ok(false) if !said => {
-                    tracing::info!(
-                        "another coordinator leads: standing by (deliveries are recorded here and handled by the leader)"
-                    );
-                    said = true;
+                Ok(false) => {
+                    self.leadership.asked(None);
+                    if !said {
+                        tracing::info!(
+                            "another coordinator leads: standing by (deliveries are recorded here and handled by the leader)"
+                        );
+                        said = true;
+                    }
                 }
-                Ok(false) => {}
                 Err(err) => {
-                    tracing::warn!(error = %err, "cannot ask for the leadership; trying again")
+                    tracing::warn!(error = %err, "cannot ask for the leadership; trying again");
+                    self.leadership.asked(Some(err.to_string()));
                 }
             }
             tokio::select! {
