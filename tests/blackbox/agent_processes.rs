@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, KeyInit, Mac};
 use mosaic_domain::{IssueRef, IssueState, RepoName};
 use mosaic_gitea::mock::{MockGitea, NewIssue};
-use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{SessionOutcome, SessionRecord, Store, StoreConfig};
+use mosaic_store_sqlite::SqliteStore;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

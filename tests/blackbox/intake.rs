@@ -239,7 +239,7 @@ async fn every_acknowledged_delivery_survives_a_sigkill_and_is_processed_once() 
     // Straight from the file the killed process left, before any restart logic runs.
     let path = data.path().join("mosaic.db");
     let store = tokio::task::spawn_blocking(move || {
-        mosaic_store::sqlite::SqliteStore::open(&mosaic_store::StoreConfig::sqlite(path))
+        mosaic_store_sqlite::SqliteStore::open(&mosaic_store::StoreConfig::sqlite(path))
     })
     .await
     .unwrap()

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, KeyInit, Mac};
 use mosaic_domain::{IssueRef, IssueState, RepoName};
 use mosaic_gitea::mock::{MockGitea, NewIssue};
-use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{DeliveryStatus, Store, StoreConfig};
+use mosaic_store_sqlite::SqliteStore;
 use serde_json::Value;
 
 use crate::helpers::{Running, SECRET, binary};

@@ -21,7 +21,7 @@ use mosaic_gitea::mock::{GitHttpServer, MockGitea, NewIssue};
 use mosaic_runner::{AgentCommand, InputMode, RunnerConfig};
 use mosaic_security::{Secret, sign_hex};
 use mosaic_store::Store;
-use mosaic_store::sqlite::SqliteStore;
+use mosaic_store_sqlite::SqliteStore;
 use tokio::net::TcpListener;
 
 use crate::Failure;

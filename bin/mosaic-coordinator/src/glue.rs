@@ -31,7 +31,7 @@ impl ParseCache for StoreParseCache {
 mod tests {
     use super::*;
     use mosaic_store::StoreConfig;
-    use mosaic_store::sqlite::SqliteStore;
+    use mosaic_store_sqlite::SqliteStore;
 
     #[tokio::test]
     async fn the_cache_survives_a_reopen() {

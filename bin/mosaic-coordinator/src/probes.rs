@@ -438,7 +438,7 @@ mod tests {
     fn given_up_or_long_pending_writes_degrade_the_outbox() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(
-            mosaic_store::sqlite::SqliteStore::open(&mosaic_store::StoreConfig::sqlite(
+            mosaic_store_sqlite::SqliteStore::open(&mosaic_store::StoreConfig::sqlite(
                 dir.path().join("s.db"),
             ))
             .unwrap(),
@@ -489,7 +489,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mosaic.db");
         let store: Arc<dyn Store> =
-            Arc::new(mosaic_store::sqlite::SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
+            Arc::new(mosaic_store_sqlite::SqliteStore::open(&StoreConfig::sqlite(&path)).unwrap());
         let probe = StoreProbe {
             store: Arc::clone(&store),
         };

@@ -257,7 +257,7 @@ mod tests {
     async fn a_run_removes_old_bodies_and_logs_and_reports_what_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(
-            mosaic_store::sqlite::SqliteStore::open(&mosaic_store::StoreConfig::sqlite(
+            mosaic_store_sqlite::SqliteStore::open(&mosaic_store::StoreConfig::sqlite(
                 dir.path().join("s.db"),
             ))
             .unwrap(),

@@ -14,7 +14,7 @@ use mosaic_engine::reconcile::{ReconcileConfig, Reconciler};
 use mosaic_gitea::{BotIdentity, GiteaApi, GiteaClient};
 use mosaic_security::{Redactor, WebhookVerifier};
 use mosaic_store::Store;
-use mosaic_store::sqlite::SqliteStore;
+use mosaic_store_sqlite::SqliteStore;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -155,8 +155,6 @@ fn connect_gitea(
     })
 }
 
-/// The store `store.url` names (`MOSAIC_DATABASE_URL`): PostgreSQL for `postgres://…`, the
-/// embedded SQLite otherwise. Migrations are applied here.
 /// The environment quality gates start from: the coordinator's `PATH` (to find toolchains) and a
 /// home of their own. Nothing else: gates run the agent's code, so no credential goes along.
 fn gate_environment(
@@ -175,6 +173,9 @@ fn gate_environment(
     Ok(env)
 }
 
+/// The store `store.url` names (`MOSAIC_DATABASE_URL`): PostgreSQL for `postgres://…`, the
+/// embedded SQLite otherwise; each backend reads its own settings of `[store]`. The only place
+/// that picks a backend. Migrations are applied here.
 async fn open_store(config: &mosaic_store::StoreConfig) -> Result<Arc<dyn Store>, Failure> {
     let shown = config.shown_url();
     if mosaic_store_postgres::is_postgres_url(&config.url) {

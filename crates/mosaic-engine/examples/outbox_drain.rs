@@ -19,8 +19,8 @@ use mosaic_engine::effects::GiteaWrite;
 use mosaic_engine::outbox::{OutboxConfig, OutboxWorker};
 use mosaic_gitea::mock::{MockGitea, NewIssue};
 use mosaic_gitea::{GiteaClient, GiteaConfig};
-use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{IssueRecord, Store, StoreConfig, TransitionBatch};
+use mosaic_store_sqlite::SqliteStore;
 use tokio::sync::Notify;
 
 const STATE_LABELS: [&str; 7] = [

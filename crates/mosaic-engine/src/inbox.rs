@@ -518,8 +518,8 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mosaic_store::sqlite::SqliteStore;
     use mosaic_store::{DeliveryStatus, IntakeStatus, NewDelivery, RecordOutcome, StoreConfig};
+    use mosaic_store_sqlite::SqliteStore;
     use std::sync::Mutex;
 
     const ASSIGN: &[u8] = include_bytes!("../../../tests/fixtures/gitea/issue-assign-event.json");

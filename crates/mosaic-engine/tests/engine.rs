@@ -19,11 +19,11 @@ use mosaic_engine::engine::{Engine, EngineConfig, EngineError, EngineParts};
 use mosaic_engine::inbox::{DeliveryHandler, InboxConfig, InboxWorker};
 use mosaic_parser::{KnownAgents, TemplateParser, TemplateSettings};
 use mosaic_security::{Redactor, Secret};
-use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{
     Delivery, IntakeStatus, NewDelivery, RecordOutcome, SessionOutcome as Stored, Store,
     StoreConfig,
 };
+use mosaic_store_sqlite::SqliteStore;
 use tokio::sync::{Notify, watch};
 
 const BOT: &str = "mosaic-bot";

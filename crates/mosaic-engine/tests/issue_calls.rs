@@ -22,8 +22,8 @@ use mosaic_engine::outbox::{OutboxConfig, OutboxWorker};
 use mosaic_gitea::mock::{MockGitea, NewIssue};
 use mosaic_gitea::{GiteaApi, GiteaClient, GiteaConfig};
 use mosaic_parser::{KnownAgents, TemplateParser, TemplateSettings};
-use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{IntakeStatus, NewDelivery, Store, StoreConfig};
+use mosaic_store_sqlite::SqliteStore;
 use tokio::sync::{Notify, watch};
 
 const SMALL: &str = "## Context Estimate\n- **Total estimated: 20,000 tokens**\n\n## Difficulty\nmedium\n\n## Acceptance Criteria\n- [ ] it works\n";

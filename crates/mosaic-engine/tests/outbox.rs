@@ -17,11 +17,11 @@ use mosaic_gitea::{
     IdempotencyKey, Issue, IssueFilter, IssueState as TrackerState, Label, PullRequest, Repository,
     StateFilter, User,
 };
-use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{
     IssueRecord, NewOutboxItem, OutboxStatus, PullRequestLink, Store, StoreConfig, TransitionBatch,
     WorkspaceRecord,
 };
+use mosaic_store_sqlite::SqliteStore;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

@@ -21,8 +21,8 @@ use mosaic_engine::reconcile::{
 use mosaic_gitea::mock::{MockGitea, NewIssue};
 use mosaic_gitea::{BotIdentity, GiteaApi, GiteaClient, GiteaConfig, IssueState as TrackerState};
 use mosaic_parser::{KnownAgents, TemplateParser, TemplateSettings};
-use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{Delivery, IntakeStatus, NewDelivery, RecordOutcome, Store, StoreConfig};
+use mosaic_store_sqlite::SqliteStore;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -540,16 +540,15 @@ async fn configured_repositories_are_listed_and_requests_are_paced() {
 #[tokio::test]
 async fn a_transferred_issue_is_repaired_as_deleted_from_the_stored_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&StoreConfig::sqlite(dir.path().join("t.db"))).unwrap());
+    let sqlite = SqliteStore::open(&StoreConfig::sqlite(dir.path().join("t.db"))).unwrap();
     let old: IssueRef = "acme/widgets#4".parse().unwrap();
-    store
+    sqlite
         .commit_transitions(vec![mosaic_store::TransitionBatch::update(
             mosaic_store::IssueRecord::new(old.clone(), IssueState::Ready, Utc::now()),
         )])
         .await
         .unwrap();
-    store
+    sqlite
         .upsert_issue_snapshot(mosaic_store::IssueSnapshot {
             issue: old.clone(),
             title: "moved".into(),
@@ -565,6 +564,7 @@ async fn a_transferred_issue_is_repaired_as_deleted_from_the_stored_snapshot() {
     // Gitea follows the transfer and shows the issue in its new repository.
     let moved: mosaic_gitea::Issue = serde_json::from_value(serde_json::json!({
         "id": 40, "number": 1, "title": "moved", "body": "", "state": "open",
+    let store: Arc<dyn Store> = Arc::new(sqlite);
         "user": {"id": 3, "login": "alice"},
         "assignees": [{"id": 1, "login": BOT}],
         "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-02T00:00:00Z",

@@ -17,8 +17,8 @@ use axum::routing::post;
 use mosaic_http::{AppState, Intake, router};
 use mosaic_security::{Secret, WebhookVerifier, sign_hex};
 use mosaic_store::Store;
-use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{StoreConfig, Synchronous};
+use mosaic_store_sqlite::SqliteStore;
 use tokio::net::TcpListener;
 
 const SECRET: &str = "bench-secret";

@@ -18,8 +18,8 @@ use mosaic_domain::events::TrackerState;
 use mosaic_domain::{IssueRef, IssueState, RepoName};
 use mosaic_http::{AppState, ComponentHealth, HealthProbe, Intake, router};
 use mosaic_security::{Secret, WebhookVerifier, sign_hex};
-use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::*;
+use mosaic_store_sqlite::SqliteStore;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -152,12 +152,6 @@ impl Store for SpyStore {
         effects: DeliveryEffects,
     ) -> Result<CompletionOutcome, StoreError> {
         self.inner.complete_delivery(id, effects).await
-    }
-    async fn upsert_issue_snapshot(
-        &self,
-        snapshot: IssueSnapshot,
-    ) -> Result<SnapshotOutcome, StoreError> {
-        self.inner.upsert_issue_snapshot(snapshot).await
     }
     async fn get_issue_snapshot(
         &self,
@@ -1263,6 +1257,7 @@ async fn with_one_delivery_and_snapshot(h: &Harness) {
     assert_eq!(h.send(request).await.1["status"], "accepted");
     let issue = IssueRef::new(RepoName::new("example", "example").unwrap(), 1);
     h.store
+        .inner
         .upsert_issue_snapshot(IssueSnapshot {
             issue,
             title: "Bug: it breaks".to_owned(),

@@ -1,7 +1,8 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 //! Measures durable intake through the PostgreSQL store alone: N deliveries (copies of a real
 //! 5.4 KB Gitea delivery) recorded by C concurrent callers, each awaiting its commit. Prints
-//! throughput and latency percentiles; compare with `mosaic-store`'s `group_commit` example.
+//! throughput and latency percentiles; compare with `mosaic-store-sqlite`'s `group_commit`
+//! example.
 //!
 //! `cargo run --release -p mosaic-store-postgres --example intake -- [N] [C] [POOL]`
 //! (defaults 5000, 32, 32) against `MOSAIC_TEST_POSTGRES_URL` (default

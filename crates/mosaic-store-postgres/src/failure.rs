@@ -1,10 +1,11 @@
 //! How the database's errors become [`StoreError`]s.
 //!
-//! `StoreError` has no variant for a PostgreSQL error (its `Database` variant wraps rusqlite's),
-//! so a failed write is reported as [`StoreError::CommitFailed`] (the transaction was rolled
-//! back: none of it took effect) and a failed read as [`StoreError::ReaderFailed`], both with
-//! the server's message and SQLSTATE. A unique violation is a [`StoreError::Conflict`]: a
-//! concurrent writer took the key first.
+//! A failed write is reported as [`StoreError::CommitFailed`] (more precise than the neutral
+//! [`StoreError::Database`]: the transaction was rolled back, none of it took effect), a read
+//! the server failed as [`StoreError::Database`], and a read that got no connection from the
+//! pool as [`StoreError::ReaderFailed`]; each carries the server's message and SQLSTATE (the
+//! bare `Display` of tokio-postgres's error says only "db error"). A unique violation is a
+//! [`StoreError::Conflict`]: a concurrent writer took the key first.
 
 use mosaic_store::StoreError;
 use tokio_postgres::error::SqlState;
@@ -81,7 +82,7 @@ impl Failure {
     pub(crate) fn in_read(self) -> StoreError {
         match self {
             Self::Store(error) => error,
-            Self::Db(error) => StoreError::ReaderFailed(describe(&error)),
+            Self::Db(error) => StoreError::Database(describe(&error).into()),
             Self::Pool(error) => StoreError::ReaderFailed(describe_pool(&error)),
         }
     }

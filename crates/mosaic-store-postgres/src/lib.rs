@@ -335,13 +335,6 @@ impl Store for PostgresStore {
         write_in_transaction!(self, |tx| ops::complete_delivery(&tx, id, &effects))
     }
 
-    async fn upsert_issue_snapshot(
-        &self,
-        snapshot: IssueSnapshot,
-    ) -> Result<SnapshotOutcome, StoreError> {
-        write_in_transaction!(self, |tx| ops::upsert_issue_snapshot(&tx, &snapshot))
-    }
-
     async fn get_issue_snapshot(
         &self,
         issue: &IssueRef,

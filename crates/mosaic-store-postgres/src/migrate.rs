@@ -100,7 +100,11 @@ pub(crate) async fn migrate(conn: &mut Object, schema: Option<&str>) -> Result<(
         let what = || format!("migration {} ({})", migration.version, migration.name);
         tx.batch_execute(migration.sql)
             .await
-            .map_err(|e| failed(&format!("{} failed", what()), &e))?;
+            .map_err(|e| StoreError::Migration {
+                version: migration.version,
+                name: migration.name,
+                source: describe(&e).into(),
+            })?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, now())",
             &[&migration.version, &migration.name],

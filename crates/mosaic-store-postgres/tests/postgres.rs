@@ -174,7 +174,7 @@ postgres_conformance_tests!(
 /// The list above must stay SQLite's list: a check added there and forgotten here fails this.
 #[test]
 fn runs_every_check_the_sqlite_backend_runs() {
-    let sqlite = include_str!("../../mosaic-store/tests/sqlite.rs");
+    let sqlite = include_str!("../../mosaic-store-sqlite/tests/sqlite.rs");
     let call = "conformance_tests!(fresh();";
     let start = sqlite
         .find(call)

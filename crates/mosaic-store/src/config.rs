@@ -1,12 +1,16 @@
-//! Store configuration (the `[store]` section).
+//! Store configuration: the one `[store]` section every backend reads.
+//!
+//! The URL picks the backend; each backend reads, checks and ignores the other's knobs. The
+//! section stays one serde type (not a struct per backend flattened together) because serde
+//! cannot refuse unknown keys across flattened structs, and a misspelt key must stay an error
+//! that names it. So SQLite's `synchronous` setting is declared here as plain data; what it
+//! means, like every SQLite check, lives in `mosaic-store-sqlite`.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::StoreError;
-
-/// SQLite's `synchronous` setting: how hard a commit syncs to disk.
+/// SQLite's `synchronous` setting (`store.synchronous`): how hard a commit syncs to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
@@ -110,76 +114,11 @@ impl StoreConfig {
             ..Self::default()
         }
     }
-
-    /// The SQLite file this configuration names.
-    pub fn sqlite_path(&self) -> Result<PathBuf, StoreError> {
-        let url = self.url.trim();
-        let path = match url.split_once("://") {
-            Some(("sqlite", path)) => path,
-            Some(_) => return Err(StoreError::UnsupportedUrl(self.shown_url())),
-            None => url.strip_prefix("sqlite:").unwrap_or(url),
-        };
-        if path.is_empty() {
-            return Err(StoreError::UnsupportedUrl(self.shown_url()));
-        }
-        Ok(PathBuf::from(path))
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), StoreError> {
-        if self.max_batch == 0 {
-            return Err(StoreError::InvalidConfig(
-                "store.max_batch must be at least 1".to_owned(),
-            ));
-        }
-        if self.read_connections == 0 {
-            return Err(StoreError::InvalidConfig(
-                "store.read_connections must be at least 1".to_owned(),
-            ));
-        }
-        if self.group_window_us > MAX_GROUP_WINDOW_US {
-            return Err(StoreError::InvalidConfig(format!(
-                "store.group_window_us must be at most {MAX_GROUP_WINDOW_US} (it delays writes)"
-            )));
-        }
-        if self.wal_restart_pages == 0 {
-            return Err(StoreError::InvalidConfig(
-                "store.wal_restart_pages must be at least 1".to_owned(),
-            ));
-        }
-        if i64::try_from(self.wal_size_limit_bytes).is_err() {
-            return Err(StoreError::InvalidConfig(
-                "store.wal_size_limit_bytes is too large".to_owned(),
-            ));
-        }
-        Ok(())
-    }
 }
-
-/// Longest grouping window accepted: a longer one would only add latency.
-const MAX_GROUP_WINDOW_US: u64 = 100_000;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_urls_and_paths() {
-        let check = |url: &str, expect: Option<&str>| {
-            let config = StoreConfig {
-                url: url.to_owned(),
-                ..StoreConfig::default()
-            };
-            let got = config.sqlite_path().ok();
-            assert_eq!(got.as_deref(), expect.map(std::path::Path::new), "{url}");
-        };
-        check("sqlite://data/mosaic.db", Some("data/mosaic.db"));
-        check("sqlite:///var/lib/mosaic.db", Some("/var/lib/mosaic.db"));
-        check("sqlite:x.db", Some("x.db"));
-        check("/tmp/m.db", Some("/tmp/m.db"));
-        check("postgres://localhost/mosaic", None);
-        check("sqlite://", None);
-        check("", None);
-    }
 
     #[test]
     fn passwords_in_urls_are_never_shown() {
@@ -193,8 +132,6 @@ mod tests {
         );
         let shown = serde_json::to_string(&config).unwrap();
         assert!(!shown.contains("s3cret-pw"), "{shown}");
-        let err = config.sqlite_path().unwrap_err().to_string();
-        assert!(!err.contains("s3cret-pw"), "{err}");
         for plain in [
             "sqlite://data/mosaic.db",
             "postgres://mosaic@db/mosaic",
@@ -210,31 +147,5 @@ mod tests {
         let config = StoreConfig::default();
         assert_eq!(config.synchronous, Synchronous::Full);
         assert_eq!(config.url, "sqlite://data/mosaic.db");
-        assert!(config.validate().is_ok());
-    }
-
-    #[test]
-    fn out_of_range_grouping_and_wal_settings_are_refused() {
-        let window = StoreConfig {
-            group_window_us: 100_001,
-            ..StoreConfig::default()
-        };
-        assert!(
-            matches!(window.validate(), Err(StoreError::InvalidConfig(m)) if m.contains("group_window_us"))
-        );
-        let restart = StoreConfig {
-            wal_restart_pages: 0,
-            ..StoreConfig::default()
-        };
-        assert!(
-            matches!(restart.validate(), Err(StoreError::InvalidConfig(m)) if m.contains("wal_restart_pages"))
-        );
-        let limit = StoreConfig {
-            wal_size_limit_bytes: u64::MAX,
-            ..StoreConfig::default()
-        };
-        assert!(
-            matches!(limit.validate(), Err(StoreError::InvalidConfig(m)) if m.contains("wal_size_limit_bytes"))
-        );
     }
 }

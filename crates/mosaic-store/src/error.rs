@@ -1,4 +1,8 @@
-//! Typed store errors.
+//! Typed store errors, the same for every backend: a backend turns its driver's errors into
+//! [`StoreError::Database`] or [`StoreError::Driver`], keeping the driver's error as the source.
+
+/// A database driver's own error, kept as the source of a [`StoreError`].
+pub type DriverError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +28,7 @@ pub enum StoreError {
         version: i64,
         name: &'static str,
         #[source]
-        source: rusqlite::Error,
+        source: DriverError,
     },
     /// A referenced row does not exist.
     #[error("{what} not found")]
@@ -41,8 +45,13 @@ pub enum StoreError {
         column: &'static str,
         reason: String,
     },
+    /// The database failed the operation (I/O, corruption, a full disk, a lock, a constraint).
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(#[source] DriverError),
+    /// The database client refused a statement or a value before the database failed anything
+    /// (the code and the schema disagree); not a storage failure.
+    #[error("database client error: {0}")]
+    Driver(#[source] DriverError),
     /// The group transaction could not be committed; none of its writes took effect.
     #[error("commit failed: {0}")]
     CommitFailed(String),
@@ -57,7 +66,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn not_found(what: impl Into<String>) -> Self {
+    /// [`StoreError::NotFound`], for backends.
+    pub fn not_found(what: impl Into<String>) -> Self {
         Self::NotFound { what: what.into() }
     }
 
@@ -66,7 +76,7 @@ impl StoreError {
     pub fn is_storage_failure(&self) -> bool {
         matches!(
             self,
-            Self::Database(rusqlite::Error::SqliteFailure(..))
+            Self::Database(_)
                 | Self::Corrupt { .. }
                 | Self::CommitFailed(_)
                 | Self::WriterStopped
@@ -74,10 +84,48 @@ impl StoreError {
         )
     }
 
-    pub(crate) fn corrupt(column: &'static str, reason: impl Into<String>) -> Self {
+    /// [`StoreError::Corrupt`], for backends.
+    pub fn corrupt(column: &'static str, reason: impl Into<String>) -> Self {
         Self::Corrupt {
             column,
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_of_the_database_are_storage_failures() {
+        let failing = [
+            StoreError::Database("disk I/O error".into()),
+            StoreError::corrupt("inbox.body", "truncated"),
+            StoreError::CommitFailed("disk full".to_owned()),
+            StoreError::WriterStopped,
+            StoreError::Unavailable("connection refused".to_owned()),
+        ];
+        for error in failing {
+            assert!(error.is_storage_failure(), "{error:?}");
+        }
+        let refused = [
+            StoreError::Driver("invalid column type".into()),
+            StoreError::not_found("delivery 7"),
+            StoreError::Conflict("taken".to_owned()),
+            StoreError::InvalidInput("too large".to_owned()),
+            StoreError::ReaderFailed("task panicked".to_owned()),
+        ];
+        for error in refused {
+            assert!(!error.is_storage_failure(), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn the_drivers_error_is_shown_and_kept_as_the_source() {
+        let error = StoreError::Database("database is locked".into());
+        assert_eq!(error.to_string(), "database error: database is locked");
+        let source = std::error::Error::source(&error).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("database is locked"));
     }
 }

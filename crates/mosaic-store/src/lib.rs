@@ -5,17 +5,17 @@
 //! dependency edges, the outbox of Gitea writes (committed together with the state change that
 //! causes them), agent sessions, rotations, compactions, LLM usage and the parse cache.
 //!
-//! [`sqlite::SqliteStore`] is the embedded backend. Its writes go through one writer thread
-//! that commits concurrent requests in groups: one transaction and one sync for many callers.
+//! This crate holds the trait, its model types, errors and configuration, and depends on no
+//! database driver: each backend is a crate of its own (`mosaic-store-sqlite`,
+//! `mosaic-store-postgres`), and the binary picks one by the URL's scheme.
 
 pub mod body;
 mod config;
 mod error;
 mod model;
-pub mod sqlite;
 mod store;
 
 pub use config::{StoreConfig, Synchronous, mask_password};
-pub use error::StoreError;
+pub use error::{DriverError, StoreError};
 pub use model::*;
 pub use store::Store;

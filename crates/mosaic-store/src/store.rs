@@ -10,7 +10,10 @@ use crate::model::*;
 /// Durable state of the coordinator. Every method that returns `Ok` after a write has
 /// committed that write; a read started afterwards sees it.
 ///
-/// Used as `Arc<dyn Store>`; backends: [`crate::sqlite::SqliteStore`] (PostgreSQL next).
+/// Used as `Arc<dyn Store>`; backends: `mosaic_store_sqlite::SqliteStore` and
+/// `mosaic_store_postgres::PostgresStore`, held to the same conformance suite
+/// (`tests/conformance`). A snapshot is written with the delivery it came with
+/// ([`Store::complete_delivery`]), never older over newer.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     // ----- inbox -----
@@ -74,12 +77,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
 
     // ----- issue snapshots -----
-
-    /// Stores the snapshot unless the stored one has a newer `updated_at`.
-    async fn upsert_issue_snapshot(
-        &self,
-        snapshot: IssueSnapshot,
-    ) -> Result<SnapshotOutcome, StoreError>;
 
     async fn get_issue_snapshot(
         &self,

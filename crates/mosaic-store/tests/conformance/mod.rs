@@ -371,22 +371,40 @@ pub async fn inbox_status_changes_are_checked(store: &dyn Store) {
 
 // ----- snapshots -----
 
-pub async fn snapshots_are_idempotent_and_never_go_back_in_time(store: &dyn Store) {
-    let key = issue("mosaic/coordinator#7");
-    assert_eq!(store.get_issue_snapshot(&key).await.unwrap(), None);
-    let check = |title: &'static str, updated: i64, expect: SnapshotOutcome| async move {
-        let got = store
-            .upsert_issue_snapshot(snapshot("mosaic/coordinator#7", title, updated))
-            .await
-            .unwrap();
-        assert_eq!(got, expect, "{title}@{updated}");
+/// Stores `snapshot` the way the coordinator does: with the delivery it came in, each time a
+/// new delivery.
+async fn store_snapshot(store: &dyn Store, snapshot: IssueSnapshot) {
+    static DELIVERIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = DELIVERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("snapshot {n}");
+    let id = record(store, delivery(Some(&name), &name, at(0))).await;
+    let effects = DeliveryEffects {
+        snapshot: Some(snapshot),
+        transitions: Vec::new(),
     };
-    check("v1", 10, SnapshotOutcome::Stored).await;
-    check("v1", 10, SnapshotOutcome::Stored).await; // same again: same result
-    check("v2", 20, SnapshotOutcome::Stored).await;
-    check("stale", 15, SnapshotOutcome::KeptNewer).await;
-    let stored = store.get_issue_snapshot(&key).await.unwrap().unwrap();
-    assert_eq!(stored, snapshot("mosaic/coordinator#7", "v2", 20));
+    let outcome = store.complete_delivery(id, effects).await.unwrap();
+    assert_eq!(outcome, CompletionOutcome::Completed);
+}
+
+pub async fn snapshots_are_idempotent_and_never_go_back_in_time(store: &dyn Store) {
+    let key = &issue("mosaic/coordinator#7");
+    assert_eq!(store.get_issue_snapshot(key).await.unwrap(), None);
+    let check = |title: &'static str, updated: i64, expect: (&'static str, i64)| async move {
+        store_snapshot(store, snapshot("mosaic/coordinator#7", title, updated)).await;
+        let stored = store.get_issue_snapshot(key).await.unwrap();
+        let (title, updated) = expect;
+        assert_eq!(
+            stored,
+            Some(snapshot("mosaic/coordinator#7", title, updated)),
+            "{title}@{updated}"
+        );
+    };
+    check("v1", 10, ("v1", 10)).await;
+    check("v1", 10, ("v1", 10)).await; // same again: same result
+    // Same time, other content: the later write wins (an edit within Gitea's second).
+    check("v1 edited", 10, ("v1 edited", 10)).await;
+    check("v2", 20, ("v2", 20)).await;
+    check("stale", 15, ("v2", 20)).await;
     // Another repository's issue with the same number is another row.
     assert_eq!(
         store
@@ -410,7 +428,7 @@ pub async fn snapshot_summaries_match_the_stored_snapshots(store: &dyn Store) {
         snapshot("other/repo#1", "elsewhere", 10),
         snapshot("other/repo#3", "not asked for", 10),
     ] {
-        store.upsert_issue_snapshot(stored).await.unwrap();
+        store_snapshot(store, stored).await;
     }
     let summary = |issue_ref: &str| {
         let stored = snapshot(issue_ref, "", 0);

@@ -2,7 +2,9 @@
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use crate::error::StoreError;
+use mosaic_store::StoreError;
+
+use crate::failure::Failure;
 
 struct Migration {
     version: i64,
@@ -15,37 +17,37 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "initial",
-        sql: include_str!("../../migrations/sqlite/0001_initial.sql"),
+        sql: include_str!("../migrations/0001_initial.sql"),
     },
     Migration {
         version: 2,
         name: "body_codec",
-        sql: include_str!("../../migrations/sqlite/0002_body_codec.sql"),
+        sql: include_str!("../migrations/0002_body_codec.sql"),
     },
     Migration {
         version: 3,
         name: "possible_replays",
-        sql: include_str!("../../migrations/sqlite/0003_possible_replays.sql"),
+        sql: include_str!("../migrations/0003_possible_replays.sql"),
     },
     Migration {
         version: 4,
         name: "session_cache_tokens",
-        sql: include_str!("../../migrations/sqlite/0004_session_cache_tokens.sql"),
+        sql: include_str!("../migrations/0004_session_cache_tokens.sql"),
     },
     Migration {
         version: 5,
         name: "outbox_by_issue",
-        sql: include_str!("../../migrations/sqlite/0005_outbox_by_issue.sql"),
+        sql: include_str!("../migrations/0005_outbox_by_issue.sql"),
     },
     Migration {
         version: 6,
         name: "workspaces",
-        sql: include_str!("../../migrations/sqlite/0006_workspaces.sql"),
+        sql: include_str!("../migrations/0006_workspaces.sql"),
     },
     Migration {
         version: 7,
         name: "gate_runs",
-        sql: include_str!("../../migrations/sqlite/0007_gate_runs.sql"),
+        sql: include_str!("../migrations/0007_gate_runs.sql"),
     },
 ];
 
@@ -55,7 +57,7 @@ pub fn supported_version() -> i64 {
 }
 
 /// Brings the database up to [`supported_version`]; refuses a newer database.
-pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Failure> {
     // IMMEDIATE: two processes starting together must not both apply a migration.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(
@@ -72,10 +74,10 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     )?;
     let supported = supported_version();
     if current > supported {
-        return Err(StoreError::SchemaTooNew {
+        return Err(Failure::Store(StoreError::SchemaTooNew {
             found: current,
             supported,
-        });
+        }));
     }
     let now = chrono::Utc::now().timestamp_micros();
     for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
@@ -83,7 +85,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             .map_err(|source| StoreError::Migration {
                 version: migration.version,
                 name: migration.name,
-                source,
+                source: Box::new(source),
             })?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",

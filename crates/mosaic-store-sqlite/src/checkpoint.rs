@@ -27,9 +27,11 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{Counters, synchronous_pragma};
-use crate::config::StoreConfig;
-use crate::error::StoreError;
+use mosaic_store::StoreError;
+
+use crate::failure::Failure;
+use crate::options::SqliteOptions;
+use crate::{Counters, synchronous_pragma};
 
 /// Back-to-back passes at most before the writer is asked to finish anyway.
 const MAX_CATCH_UP_PASSES: usize = 8;
@@ -67,7 +69,7 @@ pub(super) enum Mode {
     Truncate,
 }
 
-pub(super) fn checkpoint(conn: &Connection, mode: Mode) -> Result<CheckpointResult, StoreError> {
+pub(super) fn checkpoint(conn: &Connection, mode: Mode) -> Result<CheckpointResult, Failure> {
     let sql = match mode {
         Mode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
         Mode::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
@@ -129,24 +131,23 @@ pub(super) struct Checkpointer {
 
 impl Checkpointer {
     pub(super) fn start(
-        path: &Path,
-        config: &StoreConfig,
+        options: &SqliteOptions,
         commits: Arc<Counters>,
         state: Arc<CheckpointState>,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, Failure> {
         let conn = Connection::open_with_flags(
-            path,
+            &options.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(TRUNCATE_BUSY_TIMEOUT)?;
         // A checkpoint syncs the WAL and the database file as this connection's setting says.
-        conn.pragma_update(None, "synchronous", synchronous_pragma(config.synchronous))?;
+        conn.pragma_update(None, "synchronous", synchronous_pragma(options.synchronous))?;
         let task = Task {
             conn,
-            wal: wal_path(path),
-            interval: Duration::from_millis(config.checkpoint_interval_ms),
-            wal_size_limit: config.wal_size_limit_bytes,
-            restart_frames: i64::from(config.wal_restart_pages),
+            wal: wal_path(&options.path),
+            interval: options.checkpoint_interval,
+            wal_size_limit: options.wal_size_limit_bytes,
+            restart_frames: i64::from(options.wal_restart_pages),
             commits,
             state,
         };
@@ -259,12 +260,15 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sqlite::{migrate, open_writer};
+    use crate::{migrate, open_writer};
+
+    fn options(path: &Path) -> SqliteOptions {
+        SqliteOptions::from_config(&mosaic_store::StoreConfig::sqlite(path)).unwrap()
+    }
 
     /// A writer connection (SQLite's own checkpoint off) with `rows` rows of 8 KiB committed.
     fn writer_with_rows(path: &Path, rows: usize) -> Connection {
-        let config = StoreConfig::sqlite(path);
-        let mut conn = open_writer(path, &config).unwrap();
+        let mut conn = open_writer(&options(path)).unwrap();
         migrate::migrate(&mut conn).unwrap();
         conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
         add_rows(&conn, 0, rows);
@@ -283,14 +287,14 @@ mod tests {
     }
 
     fn task(path: &Path, restart_frames: i64) -> Task {
-        let config = StoreConfig::sqlite(path);
+        let options = options(path);
         let conn = Connection::open(path).unwrap();
         conn.pragma_update(None, "synchronous", "FULL").unwrap();
         Task {
             conn,
             wal: wal_path(path),
-            interval: Duration::from_millis(config.checkpoint_interval_ms),
-            wal_size_limit: config.wal_size_limit_bytes,
+            interval: options.checkpoint_interval,
+            wal_size_limit: options.wal_size_limit_bytes,
             restart_frames,
             commits: Arc::new(Counters::default()),
             state: Arc::new(CheckpointState::default()),

@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use mosaic_domain::events::TrackerState;
 use mosaic_domain::{IssueMetadata, IssueRef, IssueState, RepoName};
+use mosaic_store::body::{self, BodyCodec, StoredBody};
+use mosaic_store::*;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
-use crate::body::{self, BodyCodec, StoredBody};
-use crate::error::StoreError;
-use crate::model::*;
+use crate::failure::Failure;
 
 /// Longest error text kept per row; error messages can embed whole responses.
 const MAX_ERROR_LEN: usize = 4_000;
@@ -49,13 +49,11 @@ fn to_u32(column: &'static str, value: i64) -> Result<u32, StoreError> {
         .map_err(|_| StoreError::corrupt(column, format!("value {value} out of range")))
 }
 
-fn finite(what: &str, value: f64) -> Result<f64, StoreError> {
+fn finite(what: &str, value: f64) -> Result<f64, Failure> {
     if value.is_finite() {
         Ok(value)
     } else {
-        Err(StoreError::InvalidInput(format!(
-            "{what} must be a finite number, got {value}"
-        )))
+        Err(StoreError::InvalidInput(format!("{what} must be a finite number, got {value}")).into())
     }
 }
 
@@ -80,7 +78,7 @@ fn issue_from(
     repo_column: &'static str,
     repository: &str,
     number: i64,
-) -> Result<IssueRef, StoreError> {
+) -> Result<IssueRef, Failure> {
     Ok(IssueRef::new(
         repo_from(repo_column, repository)?,
         to_u64("number", number)?,
@@ -101,7 +99,7 @@ impl RepoNames {
         repo_column: &'static str,
         repository: &str,
         number: i64,
-    ) -> Result<IssueRef, StoreError> {
+    ) -> Result<IssueRef, Failure> {
         let repo = match self.0.get(repository) {
             Some(repo) => repo.clone(),
             None => {
@@ -116,7 +114,7 @@ impl RepoNames {
     }
 }
 
-fn issue_key(issue: &IssueRef) -> Result<(String, i64), StoreError> {
+fn issue_key(issue: &IssueRef) -> Result<(String, i64), Failure> {
     Ok((
         issue.repo.to_string(),
         to_i64("issue number", issue.number)?,
@@ -135,14 +133,11 @@ fn tracker_state_name(state: TrackerState) -> &'static str {
     }
 }
 
-fn tracker_state_from(name: &str) -> Result<TrackerState, StoreError> {
+fn tracker_state_from(name: &str) -> Result<TrackerState, Failure> {
     match name {
         "open" => Ok(TrackerState::Open),
         "closed" => Ok(TrackerState::Closed),
-        other => Err(StoreError::corrupt(
-            "issue_snapshots.state",
-            format!("`{other}`"),
-        )),
+        other => Err(StoreError::corrupt("issue_snapshots.state", format!("`{other}`")).into()),
     }
 }
 
@@ -175,8 +170,8 @@ fn collect<T>(
     conn: &Connection,
     sql: &str,
     params: impl Params,
-    mut convert: impl FnMut(&Row<'_>) -> Result<T, StoreError>,
-) -> Result<Vec<T>, StoreError> {
+    mut convert: impl FnMut(&Row<'_>) -> Result<T, Failure>,
+) -> Result<Vec<T>, Failure> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params)?;
     let mut out = Vec::new();
@@ -197,7 +192,7 @@ fn delivery_status_from(name: &str) -> Result<DeliveryStatus, StoreError> {
         .ok_or_else(|| StoreError::corrupt("inbox.status", format!("`{name}`")))
 }
 
-fn delivery_from(row: &Row<'_>) -> Result<Delivery, StoreError> {
+fn delivery_from(row: &Row<'_>) -> Result<Delivery, Failure> {
     let status: String = row.get(9)?;
     Ok(Delivery {
         id: row.get(0)?,
@@ -246,7 +241,7 @@ pub(crate) fn record_delivery(
     conn: &Connection,
     delivery: &NewDelivery,
     stored: &StoredBody,
-) -> Result<RecordOutcome, StoreError> {
+) -> Result<RecordOutcome, Failure> {
     let issue_number = delivery
         .issue_number
         .map(|n| to_i64("issue number", n))
@@ -341,7 +336,7 @@ pub(crate) fn pending_deliveries(
     conn: &Connection,
     now: DateTime<Utc>,
     limit: u32,
-) -> Result<Vec<Delivery>, StoreError> {
+) -> Result<Vec<Delivery>, Failure> {
     collect(
         conn,
         &format!(
@@ -353,14 +348,14 @@ pub(crate) fn pending_deliveries(
     )
 }
 
-fn delivery_status(conn: &Connection, id: DeliveryRowId) -> Result<DeliveryStatus, StoreError> {
+fn delivery_status(conn: &Connection, id: DeliveryRowId) -> Result<DeliveryStatus, Failure> {
     let status: Option<String> = conn
         .prepare_cached("SELECT status FROM inbox WHERE id = ?1")?
         .query_row([id], |row| row.get(0))
         .optional()?;
     match status {
-        Some(status) => delivery_status_from(&status),
-        None => Err(StoreError::not_found(format!("delivery {id}"))),
+        Some(status) => Ok(delivery_status_from(&status)?),
+        None => Err(StoreError::not_found(format!("delivery {id}")).into()),
     }
 }
 
@@ -371,7 +366,7 @@ fn not_pending(id: DeliveryRowId, status: DeliveryStatus, operation: &str) -> St
     ))
 }
 
-pub(crate) fn mark_processed(conn: &Connection, id: DeliveryRowId) -> Result<(), StoreError> {
+pub(crate) fn mark_processed(conn: &Connection, id: DeliveryRowId) -> Result<(), Failure> {
     match delivery_status(conn, id)? {
         DeliveryStatus::Processed => Ok(()),
         DeliveryStatus::Pending => {
@@ -381,7 +376,7 @@ pub(crate) fn mark_processed(conn: &Connection, id: DeliveryRowId) -> Result<(),
             .execute(params![id, micros(Utc::now())])?;
             Ok(())
         }
-        other => Err(not_pending(id, other, "marked processed")),
+        other => Err(not_pending(id, other, "marked processed").into()),
     }
 }
 
@@ -390,7 +385,7 @@ pub(crate) fn mark_failed_attempt(
     id: DeliveryRowId,
     error: &str,
     next_attempt_at: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<(), Failure> {
     match delivery_status(conn, id)? {
         DeliveryStatus::Pending => {
             conn.prepare_cached(
@@ -400,15 +395,11 @@ pub(crate) fn mark_failed_attempt(
             .execute(params![id, truncate_error(error), micros(next_attempt_at)])?;
             Ok(())
         }
-        other => Err(not_pending(id, other, "retried")),
+        other => Err(not_pending(id, other, "retried").into()),
     }
 }
 
-pub(crate) fn mark_dead(
-    conn: &Connection,
-    id: DeliveryRowId,
-    error: &str,
-) -> Result<(), StoreError> {
+pub(crate) fn mark_dead(conn: &Connection, id: DeliveryRowId, error: &str) -> Result<(), Failure> {
     match delivery_status(conn, id)? {
         DeliveryStatus::Failed => Ok(()),
         DeliveryStatus::Pending => {
@@ -420,7 +411,7 @@ pub(crate) fn mark_dead(
             .execute(params![id, truncate_error(error), micros(Utc::now())])?;
             Ok(())
         }
-        other => Err(not_pending(id, other, "marked failed")),
+        other => Err(not_pending(id, other, "marked failed").into()),
     }
 }
 
@@ -431,7 +422,7 @@ const PRUNABLE: &str = "status != 'pending' AND received_at < ?1 AND body IS NOT
 pub(crate) fn prune_delivery_bodies(
     conn: &Connection,
     before: DateTime<Utc>,
-) -> Result<BodyVolume, StoreError> {
+) -> Result<BodyVolume, Failure> {
     let before = micros(before);
     let (rows, bytes): (i64, i64) = conn.query_row(
         &format!("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM inbox WHERE {PRUNABLE}"),
@@ -448,7 +439,7 @@ pub(crate) fn prune_delivery_bodies(
     })
 }
 
-pub(crate) fn retained_delivery_bodies(conn: &Connection) -> Result<BodyVolume, StoreError> {
+pub(crate) fn retained_delivery_bodies(conn: &Connection) -> Result<BodyVolume, Failure> {
     let (rows, bytes): (i64, i64) = conn.query_row(
         "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM inbox WHERE body IS NOT NULL",
         [],
@@ -464,7 +455,7 @@ pub(crate) fn recent_deliveries(
     conn: &Connection,
     before: Option<DeliveryRowId>,
     limit: u32,
-) -> Result<Vec<DeliverySummary>, StoreError> {
+) -> Result<Vec<DeliverySummary>, Failure> {
     collect(
         conn,
         "SELECT id, delivery_id, event, event_type, action, repository, issue_number,
@@ -496,7 +487,7 @@ pub(crate) fn recent_deliveries(
     )
 }
 
-pub(crate) fn delivery_counts(conn: &Connection) -> Result<DeliveryCounts, StoreError> {
+pub(crate) fn delivery_counts(conn: &Connection) -> Result<DeliveryCounts, Failure> {
     let rows = collect(
         conn,
         "SELECT status, COUNT(*) FROM inbox GROUP BY status",
@@ -521,7 +512,7 @@ pub(crate) fn complete_delivery(
     conn: &Connection,
     id: DeliveryRowId,
     effects: &DeliveryEffects,
-) -> Result<CompletionOutcome, StoreError> {
+) -> Result<CompletionOutcome, Failure> {
     match delivery_status(conn, id)? {
         DeliveryStatus::Processed => Ok(CompletionOutcome::AlreadyProcessed),
         DeliveryStatus::Pending => {
@@ -534,7 +525,7 @@ pub(crate) fn complete_delivery(
             mark_processed(conn, id)?;
             Ok(CompletionOutcome::Completed)
         }
-        other => Err(not_pending(id, other, "completed")),
+        other => Err(not_pending(id, other, "completed").into()),
     }
 }
 
@@ -543,7 +534,7 @@ pub(crate) fn complete_delivery(
 pub(crate) fn upsert_issue_snapshot(
     conn: &Connection,
     snapshot: &IssueSnapshot,
-) -> Result<SnapshotOutcome, StoreError> {
+) -> Result<SnapshotOutcome, Failure> {
     let (repository, number) = issue_key(&snapshot.issue)?;
     // An equal updated_at replaces: deliveries are handled in order, so the later one wins.
     let changed = conn
@@ -580,7 +571,7 @@ pub(crate) fn upsert_issue_snapshot(
 pub(crate) fn get_issue_snapshot(
     conn: &Connection,
     issue: &IssueRef,
-) -> Result<Option<IssueSnapshot>, StoreError> {
+) -> Result<Option<IssueSnapshot>, Failure> {
     let (repository, number) = issue_key(issue)?;
     let mut found = collect(
         conn,
@@ -611,13 +602,13 @@ pub(crate) fn get_issue_snapshot(
 const SUMMARY_LOOKUPS_UP_TO: usize = 256;
 
 /// A text column, borrowed from the row.
-fn text<'r>(row: &'r Row<'_>, index: usize, column: &'static str) -> Result<&'r str, StoreError> {
+fn text<'r>(row: &'r Row<'_>, index: usize, column: &'static str) -> Result<&'r str, Failure> {
     row.get_ref(index)?
         .as_str()
-        .map_err(|e| StoreError::corrupt(column, e.to_string()))
+        .map_err(|e| StoreError::corrupt(column, e.to_string()).into())
 }
 
-fn summary_from(state: &str, labels: &str) -> Result<SnapshotSummary, StoreError> {
+fn summary_from(state: &str, labels: &str) -> Result<SnapshotSummary, Failure> {
     Ok(SnapshotSummary {
         state: tracker_state_from(state)?,
         labels: json_list("issue_snapshots.labels", labels)?,
@@ -627,7 +618,7 @@ fn summary_from(state: &str, labels: &str) -> Result<SnapshotSummary, StoreError
 pub(crate) fn issue_snapshot_summaries(
     conn: &Connection,
     issues: &[IssueRef],
-) -> Result<Vec<Option<SnapshotSummary>>, StoreError> {
+) -> Result<Vec<Option<SnapshotSummary>>, Failure> {
     if issues.len() <= SUMMARY_LOOKUPS_UP_TO {
         let mut stmt = conn.prepare_cached(
             "SELECT state, labels FROM issue_snapshots WHERE repository = ?1 AND number = ?2",
@@ -689,7 +680,7 @@ pub(crate) fn issue_snapshot_summaries(
 const ISSUE_COLUMNS: &str = "repository, number, state, metadata, assigned_agent, estimate, \
     priority, queued_at, attempts, input_tokens, output_tokens, cost_usd, updated_at";
 
-fn issue_record_from(row: &Row<'_>, names: &mut RepoNames) -> Result<IssueRecord, StoreError> {
+fn issue_record_from(row: &Row<'_>, names: &mut RepoNames) -> Result<IssueRecord, Failure> {
     let metadata = match row.get_ref(3)? {
         rusqlite::types::ValueRef::Null => None,
         value => {
@@ -725,20 +716,20 @@ fn issue_record_from(row: &Row<'_>, names: &mut RepoNames) -> Result<IssueRecord
     })
 }
 
-fn stored_state(conn: &Connection, issue: &IssueRef) -> Result<Option<IssueState>, StoreError> {
+fn stored_state(conn: &Connection, issue: &IssueRef) -> Result<Option<IssueState>, Failure> {
     let (repository, number) = issue_key(issue)?;
     let state: Option<String> = conn
         .prepare_cached("SELECT state FROM issues WHERE repository = ?1 AND number = ?2")?
         .query_row(params![repository, number], |row| row.get(0))
         .optional()?;
-    state.map(|s| state_from("issues.state", &s)).transpose()
+    Ok(state.map(|s| state_from("issues.state", &s)).transpose()?)
 }
 
 fn state_name(state: Option<IssueState>) -> &'static str {
     state.map_or("absent", IssueState::as_str)
 }
 
-pub(crate) fn apply_batch(conn: &Connection, batch: &TransitionBatch) -> Result<(), StoreError> {
+pub(crate) fn apply_batch(conn: &Connection, batch: &TransitionBatch) -> Result<(), Failure> {
     let record = &batch.issue;
     let (repository, number) = issue_key(&record.issue)?;
 
@@ -747,7 +738,8 @@ pub(crate) fn apply_batch(conn: &Connection, batch: &TransitionBatch) -> Result<
             return Err(StoreError::InvalidInput(format!(
                 "transition of {} goes to {} but the record says {}",
                 record.issue, transition.to, record.state
-            )));
+            ))
+            .into());
         }
         let current = stored_state(conn, &record.issue)?;
         if current != transition.from {
@@ -757,7 +749,8 @@ pub(crate) fn apply_batch(conn: &Connection, batch: &TransitionBatch) -> Result<
                 state_name(current),
                 state_name(transition.from),
                 transition.to
-            )));
+            ))
+            .into());
         }
     }
 
@@ -840,7 +833,7 @@ pub(crate) fn apply_batch(conn: &Connection, batch: &TransitionBatch) -> Result<
 pub(crate) fn commit_transitions(
     conn: &Connection,
     batches: &[TransitionBatch],
-) -> Result<(), StoreError> {
+) -> Result<(), Failure> {
     batches
         .iter()
         .try_for_each(|batch| apply_batch(conn, batch))
@@ -849,7 +842,7 @@ pub(crate) fn commit_transitions(
 pub(crate) fn get_issue(
     conn: &Connection,
     issue: &IssueRef,
-) -> Result<Option<IssueRecord>, StoreError> {
+) -> Result<Option<IssueRecord>, Failure> {
     let (repository, number) = issue_key(issue)?;
     let mut found = collect(
         conn,
@@ -863,7 +856,7 @@ pub(crate) fn get_issue(
 pub(crate) fn list_issues(
     conn: &Connection,
     states: &[IssueState],
-) -> Result<Vec<IssueRecord>, StoreError> {
+) -> Result<Vec<IssueRecord>, Failure> {
     let mut names = RepoNames::default();
     // No ORDER BY: sorting by key would walk the key index and look every row up again
     // (recovery reads every issue; issue 4 gives it one second), and SQL's text order is not
@@ -898,7 +891,7 @@ pub(crate) fn list_issues(
 pub(crate) fn issue_history(
     conn: &Connection,
     issue: &IssueRef,
-) -> Result<Vec<TransitionRecord>, StoreError> {
+) -> Result<Vec<TransitionRecord>, Failure> {
     let (repository, number) = issue_key(issue)?;
     collect(
         conn,
@@ -922,7 +915,7 @@ pub(crate) fn issue_history(
     )
 }
 
-pub(crate) fn dependency_edges(conn: &Connection) -> Result<Vec<DependencyEdge>, StoreError> {
+pub(crate) fn dependency_edges(conn: &Connection) -> Result<Vec<DependencyEdge>, Failure> {
     let mut names = RepoNames::default();
     collect(
         conn,
@@ -948,12 +941,13 @@ pub(crate) fn dependency_edges(conn: &Connection) -> Result<Vec<DependencyEdge>,
 
 // ----- outbox -----
 
-fn enqueue_outbox(conn: &Connection, item: &NewOutboxItem) -> Result<(), StoreError> {
+fn enqueue_outbox(conn: &Connection, item: &NewOutboxItem) -> Result<(), Failure> {
     let (repository, number) = issue_key(&item.issue)?;
     if item.idempotency_key.is_empty() {
         return Err(StoreError::InvalidInput(
             "an outbox item needs a non-empty idempotency key".to_owned(),
-        ));
+        )
+        .into());
     }
     // A replayed state change produces the same key: the first enqueue wins.
     conn.prepare_cached(
@@ -976,7 +970,7 @@ fn enqueue_outbox(conn: &Connection, item: &NewOutboxItem) -> Result<(), StoreEr
 const OUTBOX_COLUMNS: &str = "id, repository, number, idempotency_key, kind, payload, status, \
     attempts, last_error, next_attempt_at, created_at";
 
-fn outbox_item_from(row: &Row<'_>) -> Result<OutboxItem, StoreError> {
+fn outbox_item_from(row: &Row<'_>) -> Result<OutboxItem, Failure> {
     let repository: String = row.get(1)?;
     let payload: String = row.get(5)?;
     let status: String = row.get(6)?;
@@ -1000,7 +994,7 @@ pub(crate) fn next_outbox_items(
     conn: &Connection,
     now: DateTime<Utc>,
     limit: u32,
-) -> Result<Vec<OutboxItem>, StoreError> {
+) -> Result<Vec<OutboxItem>, Failure> {
     // Head of line per issue: an item waits while an older pending write to its issue exists,
     // even when that older one is backing off.
     collect(
@@ -1018,17 +1012,17 @@ pub(crate) fn next_outbox_items(
     )
 }
 
-fn outbox_status(conn: &Connection, id: OutboxId) -> Result<OutboxStatus, StoreError> {
+fn outbox_status(conn: &Connection, id: OutboxId) -> Result<OutboxStatus, Failure> {
     let status: Option<String> = conn
         .prepare_cached("SELECT status FROM outbox WHERE id = ?1")?
         .query_row([id], |row| row.get(0))
         .optional()?;
     let status = status.ok_or_else(|| StoreError::not_found(format!("outbox item {id}")))?;
     OutboxStatus::parse(&status)
-        .ok_or_else(|| StoreError::corrupt("outbox.status", format!("`{status}`")))
+        .ok_or_else(|| StoreError::corrupt("outbox.status", format!("`{status}`")).into())
 }
 
-pub(crate) fn mark_outbox_done(conn: &Connection, id: OutboxId) -> Result<(), StoreError> {
+pub(crate) fn mark_outbox_done(conn: &Connection, id: OutboxId) -> Result<(), Failure> {
     match outbox_status(conn, id)? {
         OutboxStatus::Done => Ok(()),
         OutboxStatus::Pending => {
@@ -1041,7 +1035,8 @@ pub(crate) fn mark_outbox_done(conn: &Connection, id: OutboxId) -> Result<(), St
         }
         OutboxStatus::Failed => Err(StoreError::Conflict(format!(
             "outbox item {id} was given up, so it cannot be marked done"
-        ))),
+        ))
+        .into()),
     }
 }
 
@@ -1050,7 +1045,7 @@ pub(crate) fn mark_outbox_failed(
     id: OutboxId,
     error: &str,
     retry_at: Option<DateTime<Utc>>,
-) -> Result<(), StoreError> {
+) -> Result<(), Failure> {
     match outbox_status(conn, id)? {
         OutboxStatus::Pending => {
             let error = truncate_error(error);
@@ -1075,11 +1070,12 @@ pub(crate) fn mark_outbox_failed(
         other => Err(StoreError::Conflict(format!(
             "outbox item {id} is {}, so it cannot fail again",
             other.as_str()
-        ))),
+        ))
+        .into()),
     }
 }
 
-pub(crate) fn outbox_backlog(conn: &Connection) -> Result<OutboxBacklog, StoreError> {
+pub(crate) fn outbox_backlog(conn: &Connection) -> Result<OutboxBacklog, Failure> {
     let rows = collect(
         conn,
         "SELECT status, COUNT(*), MIN(created_at) FROM outbox
@@ -1110,7 +1106,7 @@ pub(crate) fn outbox_backlog(conn: &Connection) -> Result<OutboxBacklog, StoreEr
 pub(crate) fn outbox_for_issue(
     conn: &Connection,
     issue: &IssueRef,
-) -> Result<Vec<OutboxItem>, StoreError> {
+) -> Result<Vec<OutboxItem>, Failure> {
     let (repository, number) = issue_key(issue)?;
     collect(
         conn,
@@ -1124,17 +1120,16 @@ pub(crate) fn outbox_for_issue(
 
 // ----- sessions -----
 
-fn start_session(conn: &Connection, session: &NewSession) -> Result<(), StoreError> {
+fn start_session(conn: &Connection, session: &NewSession) -> Result<(), Failure> {
     let (repository, number) = issue_key(&session.issue)?;
     let exists: Option<i64> = conn
         .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
         .query_row([&session.id], |row| row.get(0))
         .optional()?;
     if exists.is_some() {
-        return Err(StoreError::Conflict(format!(
-            "session {} was already started",
-            session.id
-        )));
+        return Err(
+            StoreError::Conflict(format!("session {} was already started", session.id)).into(),
+        );
     }
     conn.prepare_cached(
         "INSERT INTO sessions (id, agent, repository, number, pid, started_at)
@@ -1151,7 +1146,7 @@ fn start_session(conn: &Connection, session: &NewSession) -> Result<(), StoreErr
     Ok(())
 }
 
-fn end_session(conn: &Connection, end: &SessionEnd) -> Result<(), StoreError> {
+fn end_session(conn: &Connection, end: &SessionEnd) -> Result<(), Failure> {
     let changed = conn
         .prepare_cached(
             "UPDATE sessions SET ended_at = ?2, outcome = ?3, detail = ?4, input_tokens = ?5,
@@ -1180,13 +1175,14 @@ fn end_session(conn: &Connection, end: &SessionEnd) -> Result<(), StoreError> {
     Err(match exists {
         Some(_) => StoreError::Conflict(format!("session {} already ended", end.session_id)),
         None => StoreError::not_found(format!("session {}", end.session_id)),
-    })
+    }
+    .into())
 }
 
 const SESSION_COLUMNS: &str = "id, agent, repository, number, pid, started_at, ended_at, outcome, \
     detail, input_tokens, output_tokens, cost_usd, cache_read_tokens, cache_creation_tokens";
 
-fn session_from(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
+fn session_from(row: &Row<'_>) -> Result<SessionRecord, Failure> {
     let repository: String = row.get(2)?;
     let outcome: Option<String> = row.get(7)?;
     Ok(SessionRecord {
@@ -1211,7 +1207,7 @@ fn session_from(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
     })
 }
 
-pub(crate) fn open_sessions(conn: &Connection) -> Result<Vec<SessionRecord>, StoreError> {
+pub(crate) fn open_sessions(conn: &Connection) -> Result<Vec<SessionRecord>, Failure> {
     collect(
         conn,
         &format!(
@@ -1226,7 +1222,7 @@ pub(crate) fn open_sessions(conn: &Connection) -> Result<Vec<SessionRecord>, Sto
 pub(crate) fn sessions_for_issue(
     conn: &Connection,
     issue: &IssueRef,
-) -> Result<Vec<SessionRecord>, StoreError> {
+) -> Result<Vec<SessionRecord>, Failure> {
     let (repository, number) = issue_key(issue)?;
     collect(
         conn,
@@ -1239,10 +1235,7 @@ pub(crate) fn sessions_for_issue(
     )
 }
 
-pub(crate) fn record_rotation(
-    conn: &Connection,
-    rotation: &RotationRecord,
-) -> Result<(), StoreError> {
+pub(crate) fn record_rotation(conn: &Connection, rotation: &RotationRecord) -> Result<(), Failure> {
     let (repository, number) = issue_key(&rotation.issue)?;
     conn.prepare_cached(
         "INSERT INTO session_rotations (old_session_id, new_session_id, agent_type, repository,
@@ -1270,7 +1263,7 @@ pub(crate) fn recent_rotations(
     conn: &Connection,
     before: Option<DateTime<Utc>>,
     limit: u32,
-) -> Result<Vec<RotationRecord>, StoreError> {
+) -> Result<Vec<RotationRecord>, Failure> {
     collect(
         conn,
         "SELECT old_session_id, new_session_id, agent_type, repository, number, next_issue,
@@ -1308,7 +1301,7 @@ pub(crate) fn recent_rotations(
 pub(crate) fn record_compaction(
     conn: &Connection,
     compaction: &CompactionRecord,
-) -> Result<(), StoreError> {
+) -> Result<(), Failure> {
     let (repository, number) = issue_key(&compaction.issue)?;
     conn.prepare_cached(
         "INSERT INTO compactions (session_id, repository, number, before_tokens, after_tokens,
@@ -1332,7 +1325,7 @@ pub(crate) fn record_compaction(
 pub(crate) fn compactions_for_session(
     conn: &Connection,
     session_id: &str,
-) -> Result<Vec<CompactionRecord>, StoreError> {
+) -> Result<Vec<CompactionRecord>, Failure> {
     collect(
         conn,
         "SELECT session_id, repository, number, before_tokens, after_tokens, freed_tokens,
@@ -1359,7 +1352,7 @@ pub(crate) fn record_session_spend(
     conn: &Connection,
     session_id: &str,
     spend: &SessionSpend,
-) -> Result<(), StoreError> {
+) -> Result<(), Failure> {
     conn.prepare_cached(
         "UPDATE sessions SET input_tokens = ?2, output_tokens = ?3, cache_read_tokens = ?4,
              cache_creation_tokens = ?5, cost_usd = ?6
@@ -1378,7 +1371,7 @@ pub(crate) fn record_session_spend(
 
 // ----- workspaces and pull requests -----
 
-pub(crate) fn put_workspace(conn: &Connection, record: &WorkspaceRecord) -> Result<(), StoreError> {
+pub(crate) fn put_workspace(conn: &Connection, record: &WorkspaceRecord) -> Result<(), Failure> {
     let (repository, number) = issue_key(&record.issue)?;
     conn.prepare_cached(
         "INSERT INTO workspaces (repository, number, path, branch, base_branch, head_commit,
@@ -1414,7 +1407,7 @@ pub(crate) fn record_pull_request(
     issue: &IssueRef,
     branch: &str,
     pull_request: &PullRequestLink,
-) -> Result<(), StoreError> {
+) -> Result<(), Failure> {
     let (repository, number) = issue_key(issue)?;
     conn.prepare_cached(
         "UPDATE workspaces SET pull_number = ?4, pull_url = ?5
@@ -1433,7 +1426,7 @@ pub(crate) fn record_pull_request(
 pub(crate) fn get_workspace(
     conn: &Connection,
     issue: &IssueRef,
-) -> Result<Option<IssueWorkspace>, StoreError> {
+) -> Result<Option<IssueWorkspace>, Failure> {
     let (repository, number) = issue_key(issue)?;
     let mut found = collect(
         conn,
@@ -1468,10 +1461,7 @@ pub(crate) fn get_workspace(
     Ok(found.pop())
 }
 
-pub(crate) fn record_gate_runs(
-    conn: &Connection,
-    runs: &[GateRunRecord],
-) -> Result<(), StoreError> {
+pub(crate) fn record_gate_runs(conn: &Connection, runs: &[GateRunRecord]) -> Result<(), Failure> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO gate_runs (repository, number, attempt, session_id, gate, command, required,
              status, detail, duration_ms, output_tail, coverage_percent, at)
@@ -1503,7 +1493,7 @@ pub(crate) fn record_gate_runs(
 pub(crate) fn gate_runs_for_issue(
     conn: &Connection,
     issue: &IssueRef,
-) -> Result<Vec<GateRunRecord>, StoreError> {
+) -> Result<Vec<GateRunRecord>, Failure> {
     let (repository, number) = issue_key(issue)?;
     collect(
         conn,
@@ -1535,18 +1525,16 @@ pub(crate) fn gate_runs_for_issue(
 
 // ----- parse cache and LLM usage -----
 
-pub(crate) fn cache_get(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+pub(crate) fn cache_get(conn: &Connection, key: &str) -> Result<Option<String>, Failure> {
     Ok(conn
         .prepare_cached("SELECT value FROM parse_cache WHERE cache_key = ?1")?
         .query_row([key], |row| row.get(0))
         .optional()?)
 }
 
-pub(crate) fn cache_put(conn: &Connection, key: &str, value_json: &str) -> Result<(), StoreError> {
+pub(crate) fn cache_put(conn: &Connection, key: &str, value_json: &str) -> Result<(), Failure> {
     if key.is_empty() {
-        return Err(StoreError::InvalidInput(
-            "cache key must not be empty".to_owned(),
-        ));
+        return Err(StoreError::InvalidInput("cache key must not be empty".to_owned()).into());
     }
     serde_json::from_str::<serde::de::IgnoredAny>(value_json).map_err(|e| {
         StoreError::InvalidInput(format!("cache value for `{key}` is not valid JSON: {e}"))
@@ -1559,10 +1547,7 @@ pub(crate) fn cache_put(conn: &Connection, key: &str, value_json: &str) -> Resul
     Ok(())
 }
 
-pub(crate) fn record_llm_usage(
-    conn: &Connection,
-    usage: &LlmUsageRecord,
-) -> Result<(), StoreError> {
+pub(crate) fn record_llm_usage(conn: &Connection, usage: &LlmUsageRecord) -> Result<(), Failure> {
     conn.prepare_cached(
         "INSERT INTO llm_usage (provider, model, input_tokens, output_tokens, cost_usd, issue, at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -1579,7 +1564,7 @@ pub(crate) fn record_llm_usage(
     Ok(())
 }
 
-pub(crate) fn llm_usage_totals(conn: &Connection) -> Result<Vec<LlmUsageTotal>, StoreError> {
+pub(crate) fn llm_usage_totals(conn: &Connection) -> Result<Vec<LlmUsageTotal>, Failure> {
     collect(
         conn,
         "SELECT provider, model, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd)
@@ -1598,7 +1583,7 @@ pub(crate) fn llm_usage_totals(conn: &Connection) -> Result<Vec<LlmUsageTotal>, 
     )
 }
 
-pub(crate) fn agent_spend_totals(conn: &Connection) -> Result<Vec<AgentSpendTotal>, StoreError> {
+pub(crate) fn agent_spend_totals(conn: &Connection) -> Result<Vec<AgentSpendTotal>, Failure> {
     collect(
         conn,
         "SELECT agent, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens),
@@ -1623,16 +1608,13 @@ pub(crate) fn agent_spend_totals(conn: &Connection) -> Result<Vec<AgentSpendTota
 
 /// Counts a beat, and records a delivery that is then rolled back: a webhook is accepted only
 /// when that insert works, so a damaged inbox must fail the health check too.
-pub(crate) fn heartbeat(conn: &Connection, probe_body: &StoredBody) -> Result<(), StoreError> {
+pub(crate) fn heartbeat(conn: &Connection, probe_body: &StoredBody) -> Result<(), Failure> {
     let now = Utc::now();
     let changed = conn
         .prepare_cached("UPDATE heartbeat SET beats = beats + 1, at = ?1 WHERE id = 1")?
         .execute([micros(now)])?;
     if changed != 1 {
-        return Err(StoreError::corrupt(
-            "heartbeat",
-            "the heartbeat row is missing",
-        ));
+        return Err(StoreError::corrupt("heartbeat", "the heartbeat row is missing").into());
     }
     let mut body_sha256 = [0_u8; 32];
     body_sha256[..8].copy_from_slice(&now.timestamp_micros().to_be_bytes());

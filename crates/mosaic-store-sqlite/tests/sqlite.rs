@@ -2,12 +2,13 @@
 //! The SQLite backend: the shared conformance suite, plus what only this backend has
 //! (files, migrations, group commit, crash durability).
 
+#[path = "../../mosaic-store/tests/conformance/mod.rs"]
 mod conformance;
 
 use std::sync::Arc;
 
-use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{Store, StoreConfig};
+use mosaic_store_sqlite::SqliteStore;
 use tempfile::TempDir;
 
 async fn fresh() -> (TempDir, Arc<dyn Store>) {

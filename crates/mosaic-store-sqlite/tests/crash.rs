@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use chrono::Utc;
-use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{IntakeStatus, NewDelivery, RecordOutcome, Store, StoreConfig};
+use mosaic_store_sqlite::SqliteStore;
 
 const CHILD_ENV: &str = "MOSAIC_STORE_CRASH_DB";
 const ACKS_BEFORE_KILL: usize = 300;

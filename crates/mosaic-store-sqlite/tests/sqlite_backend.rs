@@ -1,13 +1,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 //! What only the SQLite backend has: files, migrations, configuration, group commit.
 
+#[path = "../../mosaic-store/tests/conformance/mod.rs"]
 mod conformance;
 
 use std::sync::Arc;
 
 use conformance::{at, delivery};
-use mosaic_store::sqlite::{SqliteStore, schema_version};
 use mosaic_store::{RecordOutcome, Store, StoreConfig, StoreError, Synchronous};
+use mosaic_store_sqlite::{SqliteStore, schema_version};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_are_committed_in_groups() {
@@ -154,7 +155,7 @@ async fn bodies_are_stored_compressed_and_rows_from_schema_1_still_read() {
     // A schema-1 database holding one body as received.
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(include_str!("../migrations/sqlite/0001_initial.sql"))
+        conn.execute_batch(include_str!("../migrations/0001_initial.sql"))
             .unwrap();
         conn.execute_batch(
             "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,

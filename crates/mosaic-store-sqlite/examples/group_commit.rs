@@ -2,7 +2,7 @@
 //! Measures durable intake through the store alone: N deliveries (copies of a real 5.4 KB
 //! Gitea delivery) recorded by C concurrent callers, each awaiting its commit. Prints throughput, latency percentiles and group sizes.
 //!
-//! `cargo run --release -p mosaic-store --example group_commit -- [N] [C] [full|normal]
+//! `cargo run --release -p mosaic-store-sqlite --example group_commit -- [N] [C] [full|normal]
 //! [group_window_us] [checkpoint_interval_ms] [wal_restart_pages]` (the last three default to the store's defaults;
 //! `0 0` is the store without the grouping window and with SQLite's automatic checkpoint).
 
@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use mosaic_store::sqlite::SqliteStore;
 use mosaic_store::{IntakeStatus, NewDelivery, Store, StoreConfig, Synchronous};
+use mosaic_store_sqlite::SqliteStore;
 
 #[tokio::main]
 async fn main() {

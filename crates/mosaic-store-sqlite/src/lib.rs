@@ -1,4 +1,4 @@
-//! The embedded SQLite backend.
+//! The embedded SQLite backend of the coordinator's [`Store`] trait.
 //!
 //! One writer thread owns the only write connection. Callers send write requests over a
 //! channel and await a reply; the writer takes every request that is queued (up to
@@ -7,7 +7,7 @@
 //! savepoint and does not disturb the others in its group; a request that writes with a single
 //! statement (recording a delivery) skips the savepoint, since SQLite undoes a failed
 //! statement by itself. Reads use separate connections on blocking threads; WAL lets them run
-//! while the writer commits. Delivery bodies are stored LZ4-compressed ([`body`]).
+//! while the writer commits. Delivery bodies are stored LZ4-compressed ([`mosaic_store::body`]).
 //!
 //! When the previous group held several requests, the writer waits a short, bounded window
 //! (`group_window_us`) for the callers it just answered to come back before it begins, so
@@ -15,8 +15,10 @@
 //! thread ([`checkpoint`]), never inside a commit.
 
 mod checkpoint;
+mod failure;
 mod migrate;
 mod ops;
+mod options;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,13 +29,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mosaic_domain::{IssueRef, IssueState};
+use mosaic_store::*;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::config::{StoreConfig, Synchronous};
-use crate::error::StoreError;
-use crate::model::*;
-use crate::store::Store;
+use crate::failure::Failure;
+use crate::options::SqliteOptions;
 
 pub use migrate::supported_version as schema_version;
 
@@ -70,14 +71,15 @@ enum Isolation {
 impl<T, F> WriteJob for Job<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+    F: FnOnce(&Connection) -> Result<T, Failure> + Send,
 {
     fn run(&mut self, conn: &Connection) {
         if let Some(op) = self.op.take() {
-            self.result = Some(match self.isolation {
+            let result = match self.isolation {
                 Isolation::Savepoint => in_savepoint(conn, op),
                 Isolation::SingleStatement => op(conn),
-            });
+            };
+            self.result = Some(result.map_err(StoreError::from));
         }
     }
 
@@ -104,8 +106,8 @@ where
 
 fn in_savepoint<T>(
     conn: &Connection,
-    op: impl FnOnce(&Connection) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
+    op: impl FnOnce(&Connection) -> Result<T, Failure>,
+) -> Result<T, Failure> {
     run_cached(conn, "SAVEPOINT request")?;
     match op(conn) {
         Ok(value) => {
@@ -255,7 +257,7 @@ struct Readers {
 }
 
 impl Readers {
-    fn take(&self) -> Result<Connection, StoreError> {
+    fn take(&self) -> Result<Connection, Failure> {
         let idle = self
             .idle
             .lock()
@@ -279,7 +281,7 @@ impl Readers {
 /// the operations use, so they would be prepared again and again).
 const STATEMENT_CACHE: usize = 128;
 
-fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, Failure> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -296,37 +298,37 @@ pub(crate) fn synchronous_pragma(synchronous: Synchronous) -> &'static str {
     }
 }
 
-fn open_writer(path: &Path, config: &StoreConfig) -> Result<Connection, StoreError> {
+fn open_writer(options: &SqliteOptions) -> Result<Connection, Failure> {
+    let path = &options.path;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(Duration::from_millis(config.busy_timeout_ms))?;
+    conn.busy_timeout(options.busy_timeout)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::InvalidConfig(format!(
+        return Err(Failure::Store(StoreError::InvalidConfig(format!(
             "{} cannot use WAL mode (got `{mode}`); use a file on a local disk",
             path.display()
-        )));
+        ))));
     }
-    conn.pragma_update(None, "synchronous", synchronous_pragma(config.synchronous))?;
+    conn.pragma_update(None, "synchronous", synchronous_pragma(options.synchronous))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Savepoint journals (one per request) stay in memory instead of a temporary file.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    let limit = i64::try_from(config.wal_size_limit_bytes).map_err(|_| {
-        StoreError::InvalidConfig("store.wal_size_limit_bytes is too large".to_owned())
-    })?;
+    // Checked against i64::MAX when the options were read.
+    let limit = i64::try_from(options.wal_size_limit_bytes).unwrap_or(i64::MAX);
     conn.pragma_update(None, "journal_size_limit", limit)?;
-    if config.checkpoint_interval_ms > 0 {
+    if !options.checkpoint_interval.is_zero() {
         // The checkpoint thread copies the WAL (see `checkpoint`); SQLite's own checkpoint on
         // this connection is only a safety net for when that thread falls far behind.
         conn.pragma_update(
             None,
             "wal_autocheckpoint",
-            config.wal_restart_pages.saturating_mul(2),
+            options.wal_restart_pages.saturating_mul(2),
         )?;
     }
     Ok(conn)
@@ -359,46 +361,46 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database, applies migrations and starts the writer.
+    /// Opens (creating if needed) the database `config.url` names, applies migrations and
+    /// starts the writer; reads the SQLite settings of `config` and refuses bad ones.
     /// Blocking: call it at start-up, before serving.
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
-        config.validate()?;
-        let path = config.sqlite_path()?;
+        let options = SqliteOptions::from_config(config)?;
+        let path = options.path.clone();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
                 path: parent.display().to_string(),
                 source,
             })?;
         }
-        let mut writer_conn = open_writer(&path, config)?;
+        let mut writer_conn = open_writer(&options)?;
         migrate::migrate(&mut writer_conn)?;
 
-        let busy_timeout = Duration::from_millis(config.busy_timeout_ms);
+        let busy_timeout = options.busy_timeout;
         // One reader now, so a path readers cannot open fails here rather than on first read.
         let first_reader = open_reader(&path, busy_timeout)?;
         let readers = Arc::new(Readers {
             path: path.clone(),
             busy_timeout,
             idle: Mutex::new(vec![first_reader]),
-            permits: Semaphore::new(config.read_connections),
+            permits: Semaphore::new(options.read_connections),
         });
 
         let counters = Arc::new(Counters::default());
         let checkpoints = Arc::new(checkpoint::CheckpointState::default());
-        let checkpointer = if config.checkpoint_interval_ms > 0 {
+        let checkpointer = if options.checkpoint_interval.is_zero() {
+            None
+        } else {
             Some(checkpoint::Checkpointer::start(
-                &path,
-                config,
+                &options,
                 Arc::clone(&counters),
                 Arc::clone(&checkpoints),
             )?)
-        } else {
-            None
         };
         let (requests, receiver) = mpsc::channel();
         let grouping = Grouping {
-            max_batch: config.max_batch,
-            window: Duration::from_micros(config.group_window_us),
+            max_batch: options.max_batch,
+            window: options.group_window,
         };
         let writer_counters = Arc::clone(&counters);
         let writer_checkpoints = checkpointer.as_ref().map(|_| Arc::clone(&checkpoints));
@@ -416,7 +418,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::InvalidConfig(format!("cannot start the writer: {e}")))?;
         tracing::info!(
             path = %path.display(),
-            synchronous = ?config.synchronous,
+            synchronous = ?options.synchronous,
             group_window_us = config.group_window_us,
             checkpoint_interval_ms = config.checkpoint_interval_ms,
             "store opened"
@@ -447,10 +449,21 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Stores `snapshot` unless the stored one has a newer `updated_at`, outside any delivery:
+    /// for tests and benchmarks that seed a store (the coordinator writes snapshots with their
+    /// delivery, [`Store::complete_delivery`]).
+    pub async fn upsert_issue_snapshot(
+        &self,
+        snapshot: IssueSnapshot,
+    ) -> Result<SnapshotOutcome, StoreError> {
+        self.write(move |conn| ops::upsert_issue_snapshot(conn, &snapshot))
+            .await
+    }
+
     async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Failure> + Send + 'static,
     {
         self.write_isolated(Isolation::Savepoint, op).await
     }
@@ -458,7 +471,7 @@ impl SqliteStore {
     async fn write_isolated<T, F>(&self, isolation: Isolation, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Failure> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job: Box<dyn WriteJob> = Box::new(Job {
@@ -478,7 +491,7 @@ impl SqliteStore {
     async fn read<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Failure> + Send + 'static,
     {
         let _permit = self
             .readers
@@ -487,17 +500,17 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::ReaderFailed(e.to_string()))?;
         let readers = Arc::clone(&self.readers);
-        tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || -> Result<T, StoreError> {
             let conn = readers.take()?;
             // One read transaction: multi-statement reads see one consistent snapshot.
-            conn.execute_batch("BEGIN")?;
+            conn.execute_batch("BEGIN").map_err(failure::sqlite_error)?;
             let result = op(&conn);
             let ended = conn.execute_batch("COMMIT");
             if ended.is_ok() {
                 readers.give_back(conn);
             }
             let value = result?;
-            ended?;
+            ended.map_err(failure::sqlite_error)?;
             Ok(value)
         })
         .await
@@ -527,7 +540,7 @@ impl Store for SqliteStore {
     ) -> Result<RecordOutcome, StoreError> {
         // Compressed here, on the caller's task: the writer is shared by every request. The
         // stored form replaces the body (the op reads only the other fields).
-        let stored = crate::body::encode(std::mem::take(&mut delivery.body));
+        let stored = body::encode(std::mem::take(&mut delivery.body));
         // The hottest write: it changes the database with one INSERT (see the op).
         self.write_isolated(Isolation::SingleStatement, move |conn| {
             ops::record_delivery(conn, &delivery, &stored)
@@ -593,14 +606,6 @@ impl Store for SqliteStore {
         effects: DeliveryEffects,
     ) -> Result<CompletionOutcome, StoreError> {
         self.write(move |conn| ops::complete_delivery(conn, id, &effects))
-            .await
-    }
-
-    async fn upsert_issue_snapshot(
-        &self,
-        snapshot: IssueSnapshot,
-    ) -> Result<SnapshotOutcome, StoreError> {
-        self.write(move |conn| ops::upsert_issue_snapshot(conn, &snapshot))
             .await
     }
 
@@ -833,7 +838,7 @@ impl Store for SqliteStore {
     }
 
     async fn health_check(&self) -> Result<(), StoreError> {
-        let probe = crate::body::encode(b"{}".to_vec());
+        let probe = body::encode(b"{}".to_vec());
         self.write(move |conn| ops::heartbeat(conn, &probe)).await
     }
 
@@ -860,14 +865,14 @@ mod tests {
     type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
 
     fn job<T: Send + 'static>(
-        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        op: impl FnOnce(&Connection) -> Result<T, Failure> + Send + 'static,
     ) -> (Box<dyn WriteJob>, Answer<T>) {
         job_isolated(Isolation::Savepoint, op)
     }
 
     fn job_isolated<T: Send + 'static>(
         isolation: Isolation,
-        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        op: impl FnOnce(&Connection) -> Result<T, Failure> + Send + 'static,
     ) -> (Box<dyn WriteJob>, Answer<T>) {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Job {
@@ -881,8 +886,7 @@ mod tests {
 
     /// A migrated database's write connection, as the writer thread has it.
     fn migrated_writer(dir: &Path) -> Connection {
-        let config = StoreConfig::sqlite(dir.join("t.db"));
-        let mut conn = open_writer(&config.sqlite_path().unwrap(), &config).unwrap();
+        let mut conn = open_writer(&options(&StoreConfig::sqlite(dir.join("t.db")))).unwrap();
         migrate::migrate(&mut conn).unwrap();
         conn
     }
@@ -905,7 +909,11 @@ mod tests {
             .unwrap()
     }
 
-    fn insert(conn: &Connection, key: &str) -> Result<(), StoreError> {
+    fn options(config: &StoreConfig) -> SqliteOptions {
+        SqliteOptions::from_config(config).unwrap()
+    }
+
+    fn insert(conn: &Connection, key: &str) -> Result<(), Failure> {
         conn.execute(
             "INSERT INTO parse_cache (cache_key, value, stored_at) VALUES (?1, '1', 0)",
             [key],
@@ -922,7 +930,7 @@ mod tests {
         // Writes, then fails: its own write must vanish, the others' must stay.
         let (failing, failing_answer) = job(|conn| {
             insert(conn, "b")?;
-            Err::<(), _>(StoreError::InvalidInput("refused".to_owned()))
+            Err::<(), _>(StoreError::InvalidInput("refused".to_owned()).into())
         });
         let (constraint, constraint_answer) = job(|conn| insert(conn, "a"));
         let (last, last_answer) = job(|conn| insert(conn, "c"));
@@ -967,7 +975,7 @@ mod tests {
     fn a_failed_commit_fails_every_request_of_the_group() {
         let conn = Connection::open_in_memory().unwrap();
         let (mut ok, answer) = job(|_| Ok(5));
-        let (mut failed, failed_answer) = job(|_| Err::<i32, _>(StoreError::WriterStopped));
+        let (mut failed, failed_answer) = job(|_| Err::<i32, _>(StoreError::WriterStopped.into()));
         ok.run(&conn);
         failed.run(&conn);
         let commit = Err("disk I/O error".to_owned());
@@ -1069,7 +1077,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
         let background = StoreConfig::sqlite(&path);
-        let conn = open_writer(&path, &background).unwrap();
+        let conn = open_writer(&options(&background)).unwrap();
         let auto: i64 = conn
             .pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))
             .unwrap();
@@ -1084,7 +1092,7 @@ mod tests {
             checkpoint_interval_ms: 0,
             ..StoreConfig::sqlite(&path)
         };
-        let conn = open_writer(&path, &automatic).unwrap();
+        let conn = open_writer(&options(&automatic)).unwrap();
         let auto: i64 = conn
             .pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))
             .unwrap();
