@@ -103,6 +103,9 @@ fn worker(store: &Arc<dyn Store>, client: &Arc<GiteaClient>, concurrency: u32) -
     let config = OutboxConfig {
         batch: 500,
         max_concurrent_issues: concurrency,
+        // A backlog's rows are old: nothing waits to coalesce. (The prompt case below delivers
+        // each state before the next is queued, as when states are minutes apart.)
+        coalesce_ms: 0,
         ..OutboxConfig::default()
     };
     OutboxWorker::new(

@@ -10,6 +10,12 @@
 //! issue supersedes is not sent; the status comment's id and each repository's label ids are
 //! remembered, so edits and label writes go straight to Gitea; and the writes of different
 //! issues go out concurrently (`max_concurrent_issues`), each issue's strictly in order.
+//!
+//! Calls per issue: a status comment or state label write waits `coalesce_ms` before it is
+//! sent, so a state replaced at once (ready, then in progress a moment later) never reaches
+//! Gitea; the first status comment of an issue that certainly has none is posted without a
+//! search; and once Gitea has told the worker an issue's labels, a state change is one call
+//! that sets them all (unless a newer webhook shows them changed by someone else).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +45,9 @@ use crate::report::link_pull_request;
 /// The key of the coordinator's single status comment per issue: `<!-- mosaic:status -->`.
 pub const STATUS_KEY: &str = "status";
 
+/// Issues whose labels the worker remembers at most (a cache; forgotten all at once when full).
+const MAX_REMEMBERED_ISSUES: usize = 10_000;
+
 /// Settings of the outbox worker (the `[outbox]` section).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -54,6 +63,10 @@ pub struct OutboxConfig {
     pub idle_poll_ms: u64,
     /// Issues whose writes are in flight at once; each issue's writes stay in order.
     pub max_concurrent_issues: u32,
+    /// How long a status comment or state label write waits before it is sent, in
+    /// milliseconds, so that a state replaced within this time is never sent (the issue's
+    /// later writes wait behind it, keeping their order). 0: send at once.
+    pub coalesce_ms: u64,
 }
 
 impl Default for OutboxConfig {
@@ -65,6 +78,7 @@ impl Default for OutboxConfig {
             max_attempts: 10,
             idle_poll_ms: 1_000,
             max_concurrent_issues: 4,
+            coalesce_ms: 1_500,
         }
     }
 }
@@ -88,6 +102,14 @@ pub struct OutboxStats {
     /// Status comment and state label writes not sent because a newer one of the same issue
     /// was queued behind them.
     pub superseded: AtomicU64,
+}
+
+/// What a round did with one due item.
+enum Taken {
+    /// Sent, superseded, scheduled for a retry or given up.
+    Handled,
+    /// Left for later: it may still be superseded (see `coalesce_ms`); due at this time.
+    Deferred(DateTime<Utc>),
 }
 
 /// A plain copy of [`OutboxStats`].
@@ -158,6 +180,11 @@ struct Known {
     label_ids: HashMap<RepoName, HashMap<String, i64>>,
     /// Rows this worker has sent a comment for (whatever the outcome).
     attempted: HashSet<i64>,
+    /// Per issue whose status comment is not known yet: the status rows this worker marked
+    /// superseded before anything could have sent them (so they posted nothing).
+    unsent_status_rows: HashMap<IssueRef, HashSet<i64>>,
+    /// The issue's labels as Gitea last reported them to this worker.
+    issue_labels: HashMap<IssueRef, Vec<Label>>,
 }
 
 impl std::fmt::Debug for OutboxWorker {
@@ -222,8 +249,14 @@ impl OutboxWorker {
     }
 
     /// Delivers what is due now (per issue only its oldest pending item, up to
-    /// `max_concurrent_issues` issues at once); returns how many items it took.
+    /// `max_concurrent_issues` issues at once); returns how many items it took (items left to
+    /// coalesce are not counted).
     pub async fn run_once(&self) -> Result<usize, OutboxError> {
+        Ok(self.run_round().await?.0)
+    }
+
+    /// [`Self::run_once`], also saying when the earliest item it left to coalesce falls due.
+    async fn run_round(&self) -> Result<(usize, Option<DateTime<Utc>>), OutboxError> {
         let due = self
             .store
             .next_outbox_items(Utc::now(), self.config.batch)
@@ -234,6 +267,8 @@ impl OutboxWorker {
         let mut waiting = due.iter();
         let mut in_flight = FuturesUnordered::new();
         let mut first_error = None;
+        let mut taken = 0;
+        let mut next_due: Option<DateTime<Utc>> = None;
         loop {
             while in_flight.len() < parallel {
                 let Some(item) = waiting.next() else { break };
@@ -242,14 +277,40 @@ impl OutboxWorker {
             let Some(outcome) = in_flight.next().await else {
                 break;
             };
-            if let Err(err) = outcome {
-                first_error.get_or_insert(err);
+            match outcome {
+                Ok(Taken::Handled) => taken += 1,
+                Ok(Taken::Deferred(at)) => {
+                    next_due = Some(next_due.map_or(at, |earliest| earliest.min(at)));
+                }
+                Err(err) => {
+                    taken += 1;
+                    first_error.get_or_insert(err);
+                }
             }
         }
         if let Some(err) = first_error {
             return Err(err);
         }
-        Ok(due.len())
+        Ok((taken, next_due))
+    }
+
+    /// Until when `item` waits for a write that may supersede it (`coalesce_ms`), if it does.
+    fn coalescing_until(&self, item: &OutboxItem) -> Option<DateTime<Utc>> {
+        if self.config.coalesce_ms == 0 || item.attempts > 0 {
+            return None;
+        }
+        let write = GiteaWrite::from_outbox(item).ok()?;
+        if !matches!(
+            write,
+            GiteaWrite::StatusComment { .. } | GiteaWrite::StateLabel { .. }
+        ) {
+            return None;
+        }
+        let window = chrono::Duration::milliseconds(
+            i64::try_from(self.config.coalesce_ms).unwrap_or(i64::MAX),
+        );
+        let until = item.created_at.checked_add_signed(window)?;
+        (until > Utc::now()).then_some(until)
     }
 
     /// Whether a newer pending write on the same issue makes this one moot: a status comment
@@ -273,7 +334,7 @@ impl OutboxWorker {
             .any(|later| supersedes(&later, &write)))
     }
 
-    async fn deliver_traced(&self, item: &OutboxItem) -> Result<(), OutboxError> {
+    async fn deliver_traced(&self, item: &OutboxItem) -> Result<Taken, OutboxError> {
         let span = tracing::info_span!(
             "outbox",
             outbox_id = item.id,
@@ -284,12 +345,22 @@ impl OutboxWorker {
         self.deliver_one(item).instrument(span).await
     }
 
-    async fn deliver_one(&self, item: &OutboxItem) -> Result<(), OutboxError> {
+    async fn deliver_one(&self, item: &OutboxItem) -> Result<Taken, OutboxError> {
         if self.is_superseded(item).await? {
+            if self.never_sent(item) && is_status_comment(item) {
+                self.known()
+                    .unsent_status_rows
+                    .entry(item.issue.clone())
+                    .or_default()
+                    .insert(item.id);
+            }
             self.store.mark_outbox_done(item.id).await?;
             self.stats.superseded.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("superseded by a newer write of the same kind; not sent");
-            return Ok(());
+            return Ok(Taken::Handled);
+        }
+        if let Some(until) = self.coalescing_until(item) {
+            return Ok(Taken::Deferred(until));
         }
         match self.apply(item).await {
             Ok(()) => {
@@ -351,7 +422,7 @@ impl OutboxWorker {
                 }
             }
         }
-        Ok(())
+        Ok(Taken::Handled)
     }
 
     /// Performs one write; repeating it after any outcome has the effect of doing it once.
@@ -432,15 +503,58 @@ impl OutboxWorker {
         fresh && first
     }
 
-    /// Puts `add` on the issue and takes the other state labels in `remove` off: one call
-    /// when none of them is on the issue (the usual first label), else one more that sets
-    /// the issue's labels, as Gitea just reported them, minus the stale ones.
+    /// Whether nothing can have sent the row yet: created after this worker started, and
+    /// never attempted by it.
+    fn never_sent(&self, item: &OutboxItem) -> bool {
+        item.attempts == 0
+            && item.created_at >= self.started_at
+            && !self.known().attempted.contains(&item.id)
+    }
+
+    /// Whether the issue certainly has no status comment from the bot: this is the first
+    /// attempt of its status row, and every earlier status row of the issue is one this worker
+    /// marked superseded before anything could send it. Then the comment is created without
+    /// listing the issue's comments first.
+    async fn certainly_no_status_comment(&self, item: &OutboxItem) -> Result<bool, StoreError> {
+        if !self.first_attempt(item) {
+            return Ok(false);
+        }
+        let rows = self.store.outbox_for_issue(&item.issue).await?;
+        let known = self.known();
+        let unsent = known.unsent_status_rows.get(&item.issue);
+        Ok(rows
+            .iter()
+            .filter(|row| row.id < item.id && is_status_comment(row))
+            .all(|row| unsent.is_some_and(|ids| ids.contains(&row.id))))
+    }
+
+    /// Puts `add` on the issue and takes the other state labels in `remove` off. With the
+    /// issue's labels known from Gitea's last answer: one call that sets them all, or none
+    /// when they are already right. Otherwise one call adding `add` (the usual first label),
+    /// and one more setting the labels Gitea then reported minus the stale ones.
     async fn put_state_label(
         &self,
         issue: &IssueRef,
         add: Option<&str>,
         remove: &[String],
     ) -> Result<(), GiteaError> {
+        if let Some(current) = self.trusted_labels(issue, add, remove).await {
+            match self.set_state_label(issue, &current, add, remove).await {
+                Ok(()) => return Ok(()),
+                Err(err) if matches!(err.status(), Some(404 | 422)) => {
+                    // A remembered id is gone (label deleted or renamed): learn them again.
+                    tracing::debug!(error = %err, "a remembered label id is unknown to Gitea; listing labels again");
+                    let mut known = self.known();
+                    known.label_ids.remove(&issue.repo);
+                    known.issue_labels.remove(issue);
+                }
+                Err(err) => {
+                    // The outcome is unknown: ask Gitea next time.
+                    self.known().issue_labels.remove(issue);
+                    return Err(err);
+                }
+            }
+        }
         let current = match add {
             Some(name) => match self.add_label(issue, name, false).await {
                 Err(err) if matches!(err.status(), Some(404 | 422)) => {
@@ -458,6 +572,7 @@ impl OutboxWorker {
             .map(|label| label.id)
             .collect();
         if stale.is_empty() {
+            self.remember_labels(issue, current);
             return Ok(());
         }
         let kept: Vec<i64> = current
@@ -465,19 +580,109 @@ impl OutboxWorker {
             .map(|label| label.id)
             .filter(|id| !stale.contains(id))
             .collect();
-        self.gitea.replace_labels(issue, &kept).await?;
+        let labels = self.gitea.replace_labels(issue, &kept).await?;
+        self.remember_labels(issue, labels);
         Ok(())
     }
 
-    /// Adds the label `name` by its id (listing the repository's labels once, or again when
-    /// `refresh`; creating it when missing); returns the issue's labels afterwards.
+    /// Sets the issue's labels to `current` with `add` put on and `remove` taken off, in one
+    /// call (none when nothing changes).
+    async fn set_state_label(
+        &self,
+        issue: &IssueRef,
+        current: &[Label],
+        add: Option<&str>,
+        remove: &[String],
+    ) -> Result<(), GiteaError> {
+        let mut wanted: Vec<i64> = current
+            .iter()
+            .filter(|label| Some(label.name.as_str()) == add || !remove.contains(&label.name))
+            .map(|label| label.id)
+            .collect();
+        let removed_any = wanted.len() < current.len();
+        let missing = add.filter(|name| !current.iter().any(|label| label.name == *name));
+        if let Some(name) = missing {
+            wanted.push(self.label_id(&issue.repo, name, false).await?);
+        }
+        if !removed_any && missing.is_none() {
+            tracing::debug!("the issue's labels already say this");
+            return Ok(());
+        }
+        let labels = self.gitea.replace_labels(issue, &wanted).await?;
+        self.remember_labels(issue, labels);
+        Ok(())
+    }
+
+    /// The issue's labels as Gitea last reported them to this worker, unless the latest
+    /// webhook shows other labels than the state labels different (someone else changed them:
+    /// their change must not be overwritten). State labels are left out of the comparison: a
+    /// webhook from before the worker's own last write shows an older one.
+    async fn trusted_labels(
+        &self,
+        issue: &IssueRef,
+        add: Option<&str>,
+        remove: &[String],
+    ) -> Option<Vec<Label>> {
+        let labels = self.known().issue_labels.get(issue).cloned()?;
+        let snapshot = match self.store.get_issue_snapshot(issue).await {
+            Ok(snapshot) => snapshot,
+            Err(err) => {
+                tracing::debug!(error = %err, "the issue's snapshot could not be read; asking Gitea for its labels");
+                return None;
+            }
+        };
+        let managed = |name: &&str| Some(*name) == add || remove.iter().any(|r| r == name);
+        if let Some(snapshot) = snapshot {
+            let seen: HashSet<&str> = snapshot
+                .labels
+                .iter()
+                .map(String::as_str)
+                .filter(|name| !managed(name))
+                .collect();
+            let ours: HashSet<&str> = labels
+                .iter()
+                .map(|label| label.name.as_str())
+                .filter(|name| !managed(name))
+                .collect();
+            if seen != ours {
+                tracing::debug!(
+                    "someone changed the issue's labels since Gitea last reported them; asking again"
+                );
+                self.known().issue_labels.remove(issue);
+                return None;
+            }
+        }
+        Some(labels)
+    }
+
+    fn remember_labels(&self, issue: &IssueRef, labels: Vec<Label>) {
+        let mut known = self.known();
+        // Only a cache: bounded by forgetting everything now and then.
+        if known.issue_labels.len() >= MAX_REMEMBERED_ISSUES {
+            known.issue_labels.clear();
+        }
+        known.issue_labels.insert(issue.clone(), labels);
+    }
+
+    /// Adds the label `name` by its id; returns the issue's labels afterwards.
     async fn add_label(
         &self,
         issue: &IssueRef,
         name: &str,
         refresh: bool,
     ) -> Result<Vec<Label>, GiteaError> {
-        let repo = &issue.repo;
+        let id = self.label_id(&issue.repo, name, refresh).await?;
+        self.gitea.add_label_ids(issue, &[id]).await
+    }
+
+    /// The id of the repository's label `name`: remembered, or from listing the repository's
+    /// labels once (again when `refresh`), creating it when missing.
+    async fn label_id(
+        &self,
+        repo: &RepoName,
+        name: &str,
+        refresh: bool,
+    ) -> Result<i64, GiteaError> {
         let cached = |known: &Known| {
             known
                 .label_ids
@@ -490,31 +695,42 @@ impl OutboxWorker {
         } else {
             cached(&self.known())
         };
-        let id = match remembered {
-            Some(id) => id,
-            None => {
-                let _listing = self.label_listing.lock().await;
-                // Another issue's delivery may have listed them while this one waited.
-                let listed_meanwhile = if refresh { None } else { cached(&self.known()) };
-                if let Some(id) = listed_meanwhile {
-                    return self.gitea.add_label_ids(issue, &[id]).await;
+        if let Some(id) = remembered {
+            return Ok(id);
+        }
+        let _listing = self.label_listing.lock().await;
+        // Another issue's delivery may have listed them while this one waited.
+        let listed_meanwhile = if refresh { None } else { cached(&self.known()) };
+        if let Some(id) = listed_meanwhile {
+            return Ok(id);
+        }
+        if self.known().label_ids.contains_key(repo) {
+            // Listed already, without this one: create it (a new state label of the repository).
+            match self.gitea.create_managed_label(repo, name).await {
+                Ok(created) => {
+                    if let Some(ids) = self.known().label_ids.get_mut(repo) {
+                        ids.insert(name.to_owned(), created.id);
+                    }
+                    return Ok(created.id);
                 }
-                let listed = self.gitea.list_labels(repo).await?;
-                let found = listed.iter().find(|label| label.name == name).map(|l| l.id);
-                let mut ids: HashMap<String, i64> = listed
-                    .into_iter()
-                    .map(|label| (label.name, label.id))
-                    .collect();
-                let id = match found {
-                    Some(id) => id,
-                    None => self.gitea.create_managed_label(repo, name).await?.id,
-                };
-                ids.insert(name.to_owned(), id);
-                self.known().label_ids.insert(repo.clone(), ids);
-                id
+                // Someone created it since the listing: list again.
+                Err(err) if matches!(err.status(), Some(409 | 422)) => {}
+                Err(err) => return Err(err),
             }
+        }
+        let listed = self.gitea.list_labels(repo).await?;
+        let found = listed.iter().find(|label| label.name == name).map(|l| l.id);
+        let mut ids: HashMap<String, i64> = listed
+            .into_iter()
+            .map(|label| (label.name, label.id))
+            .collect();
+        let id = match found {
+            Some(id) => id,
+            None => self.gitea.create_managed_label(repo, name).await?.id,
         };
-        self.gitea.add_label_ids(issue, &[id]).await
+        ids.insert(name.to_owned(), id);
+        self.known().label_ids.insert(repo.clone(), ids);
+        Ok(id)
     }
 
     /// Opens the pull request, or, when Gitea says one from `head` into `base` exists (409),
@@ -605,6 +821,13 @@ impl OutboxWorker {
         let remembered = self.known().status_comments.get(issue).cloned();
         let existing = match remembered {
             Some(known) => Some(known),
+            None if self.certainly_no_status_comment(item).await.unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "the outbox's rows could not be read; looking for the status comment instead");
+                false
+            }) =>
+            {
+                None
+            }
             None => {
                 let bot = self.bot_login().await?;
                 self.gitea
@@ -649,9 +872,12 @@ impl OutboxWorker {
     }
 
     fn remember_status(&self, issue: &IssueRef, id: i64, body: &str) {
-        self.known()
+        let mut known = self.known();
+        known
             .status_comments
             .insert(issue.clone(), (id, digest(body)));
+        // The comment is known now: no need to prove there is none.
+        known.unsent_status_rows.remove(issue);
     }
 
     /// Works until `cancel` fires: at start (items left by a crash), whenever woken, and every
@@ -662,11 +888,18 @@ impl OutboxWorker {
         loop {
             // Register interest before looking, so a wake-up during the round is not lost.
             let notified = self.notify.notified();
-            let pause = match self.run_once().await {
-                Ok(taken) => {
+            let pause = match self.run_round().await {
+                Ok((taken, _)) if taken > 0 => {
                     failures = 0;
                     // Something was delivered: the issue's next item may be due at once.
-                    if taken > 0 { Duration::ZERO } else { idle }
+                    Duration::ZERO
+                }
+                Ok((_, coalescing)) => {
+                    failures = 0;
+                    // Back when the first write left to coalesce falls due, not a poll later.
+                    coalescing
+                        .and_then(|at| (at - Utc::now()).to_std().ok())
+                        .map_or(idle, |wait| wait.min(idle).max(Duration::from_millis(1)))
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
@@ -689,6 +922,13 @@ impl OutboxWorker {
             }
         }
     }
+}
+
+fn is_status_comment(item: &OutboxItem) -> bool {
+    matches!(
+        GiteaWrite::from_outbox(item),
+        Ok(GiteaWrite::StatusComment { .. })
+    )
 }
 
 fn digest(body: &str) -> [u8; 32] {

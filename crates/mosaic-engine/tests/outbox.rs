@@ -54,6 +54,8 @@ fn fast() -> OutboxConfig {
         base_backoff_ms: 1,
         max_backoff_ms: 2,
         idle_poll_ms: 10,
+        // Most tests deliver right after enqueueing; coalescing has its own tests.
+        coalesce_ms: 0,
         ..OutboxConfig::default()
     }
 }
@@ -1099,8 +1101,9 @@ async fn label_ids_are_listed_once_per_repository_and_again_after_a_404_or_422()
             .await;
     }
     drain(&worker).await;
-    // Once more for the label the listing did not have (it is created then), not per issue.
-    assert_eq!(h.gitea.count_requests("GET", "/widgets/labels"), 2);
+    // The label the listing did not have is created once, without listing again.
+    assert_eq!(h.gitea.count_requests("GET", "/widgets/labels"), 1);
+    assert_eq!(h.gitea.count_requests("POST", "/widgets/labels"), 2);
     for issue in &issues {
         let mut labels = h.gitea.issue_labels(issue);
         labels.sort();
@@ -1114,7 +1117,7 @@ async fn label_ids_are_listed_once_per_repository_and_again_after_a_404_or_422()
     h.enqueue(&late, &[("r", state_label("mosaic:in-progress"))])
         .await;
     drain(&worker).await;
-    assert_eq!(h.gitea.count_requests("GET", "/widgets/labels"), 3);
+    assert_eq!(h.gitea.count_requests("GET", "/widgets/labels"), 2);
     assert_eq!(h.gitea.issue_labels(&late), vec!["mosaic:in-progress"]);
     assert_eq!(h.store.outbox_backlog().await.unwrap().failed, 0);
 }
@@ -1160,4 +1163,122 @@ async fn writes_of_different_issues_overlap_while_each_issues_stay_ordered() {
             .collect();
         assert_eq!(bodies, vec!["first", "second", "third"], "{issue}");
     }
+}
+
+#[tokio::test]
+async fn a_state_replaced_within_the_coalescing_window_is_never_sent() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    let worker = h.worker(OutboxConfig {
+        coalesce_ms: 400,
+        ..fast()
+    });
+    h.enqueue(
+        &issue,
+        &[
+            ("s1", status("Queued")),
+            ("l1", state_label("mosaic:queued")),
+        ],
+    )
+    .await;
+    // Young: left to coalesce, nothing sent yet.
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+    assert!(h.gitea.requests().is_empty(), "{:?}", h.gitea.requests());
+    // Dispatched a moment later.
+    h.enqueue(
+        &issue,
+        &[
+            ("s2", status("Running")),
+            ("l2", state_label("mosaic:in-progress")),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    drain(&worker).await;
+    // The first two are superseded; the later two wait out their own window.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    drain(&worker).await;
+    assert_eq!(worker.stats().counts().superseded, 2);
+    let comments = h.gitea.comments(&issue);
+    assert_eq!(comments.len(), 1, "{comments:#?}");
+    assert!(comments[0].body.contains("Running"));
+    assert_eq!(h.gitea.issue_labels(&issue), vec!["mosaic:in-progress"]);
+    assert_eq!(
+        h.gitea.count_requests("POST", "/issues/1/comments")
+            + h.gitea.count_requests("PATCH", "/comments/"),
+        1,
+        "the queued text was never sent: {:?}",
+        h.gitea.requests()
+    );
+    assert_eq!(
+        h.gitea.count_requests("GET", "/comments"),
+        0,
+        "nothing was ever sent for this issue: no search: {:?}",
+        h.gitea.requests()
+    );
+}
+
+#[tokio::test]
+async fn the_running_worker_comes_back_when_a_coalescing_write_falls_due() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    let worker = h.worker(OutboxConfig {
+        coalesce_ms: 300,
+        // Far longer than the window: the worker must not wait for its poll.
+        idle_poll_ms: 60_000,
+        ..fast()
+    });
+    h.enqueue(&issue, &[("s1", status("Queued"))]).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(worker.run(cancel.clone()));
+    let started = std::time::Instant::now();
+    while h.gitea.comments(&issue).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the write was not sent after its window"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn one_call_sets_the_state_label_once_the_issues_labels_are_known() {
+    let h = harness().await;
+    let issue = h.issue(&["bug"]);
+    let worker = h.worker(fast());
+    h.enqueue(&issue, &[("l1", state_label("mosaic:queued"))])
+        .await;
+    drain(&worker).await;
+    h.gitea.clear_requests();
+    h.enqueue(&issue, &[("l2", state_label("mosaic:in-progress"))])
+        .await;
+    drain(&worker).await;
+    let mut labels = h.gitea.issue_labels(&issue);
+    labels.sort();
+    assert_eq!(labels, vec!["bug", "mosaic:in-progress"]);
+    let calls: Vec<String> = h
+        .gitea
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            "POST /api/v1/repos/acme/widgets/labels".to_owned(),
+            format!(
+                "PUT /api/v1/repos/acme/widgets/issues/{}/labels",
+                issue.number
+            ),
+        ],
+        "the new label created once, then one call for the issue"
+    );
+    // The same state again: nothing to send.
+    h.gitea.clear_requests();
+    h.enqueue(&issue, &[("l3", state_label("mosaic:in-progress"))])
+        .await;
+    drain(&worker).await;
+    assert!(h.gitea.requests().is_empty(), "{:?}", h.gitea.requests());
 }

@@ -397,7 +397,10 @@ async fn the_bots_own_writes_are_not_fed_back() {
         Arc::clone(&h.store),
         h.client.clone(),
         Arc::new(Notify::new()),
-        OutboxConfig::default(),
+        OutboxConfig {
+            coalesce_ms: 0,
+            ..OutboxConfig::default()
+        },
     );
     while outbox.run_once().await.unwrap() > 0 {}
     assert_eq!(h.gitea.comments(&issue).len(), 1);
@@ -561,10 +564,10 @@ async fn a_transferred_issue_is_repaired_as_deleted_from_the_stored_snapshot() {
         })
         .await
         .unwrap();
+    let store: Arc<dyn Store> = Arc::new(sqlite);
     // Gitea follows the transfer and shows the issue in its new repository.
     let moved: mosaic_gitea::Issue = serde_json::from_value(serde_json::json!({
         "id": 40, "number": 1, "title": "moved", "body": "", "state": "open",
-    let store: Arc<dyn Store> = Arc::new(sqlite);
         "user": {"id": 3, "login": "alice"},
         "assignees": [{"id": 1, "login": BOT}],
         "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-02T00:00:00Z",

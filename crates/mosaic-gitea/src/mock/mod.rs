@@ -205,6 +205,26 @@ impl MockGitea {
         }
     }
 
+    /// Puts the label `name` on an issue as a person would in the web UI (creating the
+    /// repository label when missing); false when the issue does not exist.
+    pub fn add_issue_label(&self, issue: &IssueRef, name: &str) -> bool {
+        let mut state = lock(&self.shared);
+        if state.issue_mut(issue).is_none() {
+            return false;
+        }
+        let id = state.ensure_label(&issue.repo, name, "#ededed");
+        match state.issue_mut(issue) {
+            Some(stored) => {
+                if !stored.label_ids.contains(&id) {
+                    stored.label_ids.push(id);
+                }
+                stored.updated_at = state::now();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Deletes an issue (Gitea admins can); later calls on it answer 404.
     pub fn delete_issue(&self, issue: &IssueRef) -> bool {
         lock(&self.shared)
