@@ -151,6 +151,64 @@ async fn an_assigned_issue_ends_in_one_pull_request_with_the_agents_commit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_summary_reaches_the_pull_request_and_the_status_comment_only_redacted() {
+    // The agent's summary quotes the bot token and the webhook secret and tries to colour the
+    // text with escape sequences (`\u001b` in JSON: the ESC character once parsed).
+    let summary = format!(
+        "Wrote the notes with {} and {}. \\u001b[31mALERT\\u001b[0m \\u001b]0;title\\u0007done",
+        MockGitea::BOT_TOKEN,
+        crate::helpers::SECRET
+    );
+    let done =
+        format!(r#"{{"type":"done","status":"success","summary":"{summary}","tokens":100}}"#);
+    let script = format!("cat >/dev/null; printf 'notes\\n' > NOTES.md; printf '%s\\n' '{done}'");
+    let s = Scenario::start(Setup {
+        agents: Some(format!(
+            "\n[runner.agents.glm]\nprogram = \"/bin/sh\"\nargs = [\"-c\", {}]\n",
+            crate::helpers::toml_string(&script)
+        )),
+        ..setup(&[], Duration::ZERO, 1)
+    })
+    .await;
+    let issue = s.issue("Write the notes");
+    s.deliver(&issue, "assigned").await;
+    s.wait_for_state(&issue, IssueState::Completed).await;
+    s.wait_outbox_delivered(&issue).await;
+
+    let pulls = s.pull_requests();
+    assert_eq!(pulls.len(), 1, "{pulls:#?}");
+    let status = s.status_comment(&issue);
+    let comments: Vec<String> = s
+        .gitea
+        .comments(&issue)
+        .into_iter()
+        .map(|c| c.body)
+        .collect();
+    for (what, text) in std::iter::once(("pull request", &pulls[0].body))
+        .chain(std::iter::once(("status comment", &status)))
+        .chain(comments.iter().map(|body| ("comment", body)))
+    {
+        assert!(!text.contains(MockGitea::BOT_TOKEN), "{what}: {text}");
+        assert!(!text.contains(crate::helpers::SECRET), "{what}: {text}");
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{what} carries a control character: {text:?}"
+        );
+    }
+    // The summary did arrive, cleaned.
+    for (what, text) in [
+        ("pull request", &pulls[0].body),
+        ("status comment", &status),
+    ] {
+        assert!(
+            text.contains("Wrote the notes with [redacted] and [redacted]."),
+            "{what}: {text}"
+        );
+        assert!(text.contains("ALERT"), "{what}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_changes_nothing_ends_in_no_changes_without_a_pull_request() {
     let s = Scenario::start_publishing(&[]).await;
     let issue = s.issue("Look at the logs");
@@ -168,6 +226,70 @@ async fn an_agent_that_changes_nothing_ends_in_no_changes_without_a_pull_request
             .iter()
             .any(|c| c.body.contains("no pull request was opened")),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issue_with_no_changes_stays_so_until_an_explicit_trigger() {
+    let s = Scenario::start_publishing(&[]).await;
+    let issue = s.issue("Look at the logs");
+    s.deliver(&issue, "assigned").await;
+    s.wait_for_state(&issue, IssueState::NoChanges).await;
+    s.wait_outbox_delivered(&issue).await;
+    let comments = s.gitea.comments(&issue).len();
+
+    // A person joins as co-assignee, edits the text, labels the issue, and Gitea repeats
+    // "opened": none of it is an explicit trigger.
+    s.gitea
+        .set_assignees(&issue, &[MockGitea::BOT_LOGIN, "alice"]);
+    s.deliver(&issue, "assigned").await;
+    s.gitea.set_body(
+        &issue,
+        &format!("{}\nThe logs are in /var/log.\n", crate::git_scenario::BODY),
+    );
+    s.deliver(&issue, "edited").await;
+    s.gitea.add_issue_label(&issue, "bug");
+    s.deliver(&issue, "label_updated").await;
+    s.deliver(&issue, "opened").await;
+    let handled = poll(async || {
+        let rows = s.store.recent_deliveries(None, 100).await.unwrap();
+        rows.iter()
+            .all(|row| row.status != mosaic_store::DeliveryStatus::Pending)
+            .then_some(())
+    })
+    .await;
+    if handled.is_none() {
+        s.fail("the deliveries were not handled");
+    }
+    // Long enough for the dispatcher (every 100 ms) to start a session if it were to.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(s.state(&issue).await, Some(IssueState::NoChanges));
+    assert_eq!(
+        s.store.sessions_for_issue(&issue).await.unwrap().len(),
+        1,
+        "no second session"
+    );
+    s.wait_outbox_delivered(&issue).await;
+    assert_eq!(
+        s.gitea.comments(&issue).len(),
+        comments,
+        "no second comment"
+    );
+
+    // Closed and reopened: an explicit trigger, so the issue runs again.
+    s.gitea
+        .set_issue_state(&issue, mosaic_gitea::IssueState::Closed);
+    s.deliver(&issue, "closed").await;
+    s.gitea
+        .set_issue_state(&issue, mosaic_gitea::IssueState::Open);
+    s.deliver(&issue, "reopened").await;
+    let again = poll(async || {
+        let sessions = s.store.sessions_for_issue(&issue).await.unwrap().len();
+        (sessions == 2 && s.state(&issue).await == Some(IssueState::NoChanges)).then_some(())
+    })
+    .await;
+    if again.is_none() {
+        s.fail("the reopened issue did not run again");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,17 @@
 //! Retention: delivery bodies and session logs are kept for a while (for the operator's
-//! questions and for replays), then removed by a periodic clean-up. What is kept shows at
+//! questions and for replays), then removed by a periodic clean-up; so are the work directories
+//! of finished issues (git worktrees and the runner's own directories). What is kept shows at
 //! `/api/v1/retention` and in /metrics.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
+use mosaic_engine::engine::{Engine, RemovedWorktrees};
 use mosaic_http::{RetentionStatus, SharedRetention, Volume};
+use mosaic_runner::workdir::issue_relative_dir;
 use mosaic_store::Store;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -23,6 +27,10 @@ pub struct RetentionConfig {
     pub delivery_bodies_days: u32,
     /// Days a session's log is kept after it was last written.
     pub session_logs_days: u32,
+    /// Days the work directory of a finished issue (done, no changes, failed, rejected,
+    /// cancelled) is kept after the issue last changed; 0 removes it at the next clean-up. An
+    /// issue waiting or running keeps its directory whatever this says.
+    pub work_dirs_days: u32,
     /// Seconds between clean-ups (the first runs at start).
     pub interval_secs: u64,
 }
@@ -32,6 +40,7 @@ impl Default for RetentionConfig {
         Self {
             delivery_bodies_days: 30,
             session_logs_days: 30,
+            work_dirs_days: 7,
             interval_secs: 3_600,
         }
     }
@@ -69,6 +78,9 @@ pub struct RetentionMetrics {
     kept_log_bytes: Gauge,
     removed_bodies: Counter,
     removed_logs: Counter,
+    kept_work_dirs: Gauge,
+    kept_work_dir_bytes: Gauge,
+    removed_work_dirs: Counter,
 }
 
 impl RetentionMetrics {
@@ -103,6 +115,21 @@ impl RetentionMetrics {
             "Session log files removed by retention",
             self.removed_logs.clone(),
         );
+        registry.register(
+            "retained_work_dirs",
+            "Work directories kept (git worktrees and the runner's issue directories)",
+            self.kept_work_dirs.clone(),
+        );
+        registry.register(
+            "retained_work_dir_bytes",
+            "Bytes of the work directories kept",
+            self.kept_work_dir_bytes.clone(),
+        );
+        registry.register(
+            "removed_work_dirs",
+            "Work directories of finished issues removed by retention",
+            self.removed_work_dirs.clone(),
+        );
     }
 }
 
@@ -111,6 +138,11 @@ impl RetentionMetrics {
 pub struct Retention {
     pub store: Arc<dyn Store>,
     pub log_dir: PathBuf,
+    /// The runner's root of per-issue directories (sessions that run without a worktree).
+    pub work_root: PathBuf,
+    /// Set while this coordinator leads: only the engine knows which issues are finished, so a
+    /// standby removes no work directory.
+    pub engine: Arc<OnceLock<Engine>>,
     pub config: RetentionConfig,
     pub metrics: RetentionMetrics,
     pub status: SharedRetention,
@@ -146,7 +178,7 @@ impl Retention {
         .await
         {
             Ok(Ok(volume)) => Volume {
-                count: volume.files,
+                count: volume.count,
                 bytes: volume.bytes,
             },
             Ok(Err(err)) => {
@@ -158,17 +190,23 @@ impl Retention {
                 Volume::default()
             }
         };
-        if removed_bodies.count > 0 || removed_logs.count > 0 {
+        let (removed_work_dirs, kept_work_dirs) = self.work_dirs(now, &mut errors).await;
+        if removed_bodies.count > 0 || removed_logs.count > 0 || removed_work_dirs.count > 0 {
             tracing::info!(
                 delivery_bodies = removed_bodies.count,
                 delivery_body_bytes = removed_bodies.bytes,
                 session_logs = removed_logs.count,
                 session_log_bytes = removed_logs.bytes,
+                work_dirs = removed_work_dirs.count,
+                work_dir_bytes = removed_work_dirs.bytes,
                 "retention removed what is past its time"
             );
         }
         self.metrics.removed_bodies.inc_by(removed_bodies.count);
         self.metrics.removed_logs.inc_by(removed_logs.count);
+        self.metrics
+            .removed_work_dirs
+            .inc_by(removed_work_dirs.count);
 
         let kept_bodies = match self.store.retained_delivery_bodies().await {
             Ok(volume) => Some(Volume {
@@ -187,7 +225,7 @@ impl Retention {
         .await
         {
             Ok(Ok(volume)) => Some(Volume {
-                count: volume.files,
+                count: volume.count,
                 bytes: volume.bytes,
             }),
             Ok(Err(err)) => {
@@ -207,6 +245,10 @@ impl Retention {
             self.metrics.kept_logs.set(as_i64(kept.count));
             self.metrics.kept_log_bytes.set(as_i64(kept.bytes));
         }
+        if let Some(kept) = kept_work_dirs {
+            self.metrics.kept_work_dirs.set(as_i64(kept.count));
+            self.metrics.kept_work_dir_bytes.set(as_i64(kept.bytes));
+        }
         let error = (!errors.is_empty()).then(|| errors.join("; "));
         if let Some(error) = &error {
             tracing::warn!(%error, "retention could not finish");
@@ -215,11 +257,13 @@ impl Retention {
         let RetentionStatus {
             removed_delivery_bodies,
             removed_session_logs,
+            removed_work_dirs: removed_work_dirs_before,
             ..
         } = *status;
         *status = RetentionStatus {
             delivery_bodies: kept_bodies.unwrap_or(status.delivery_bodies),
             session_logs: kept_logs.unwrap_or(status.session_logs),
+            work_dirs: kept_work_dirs.unwrap_or(status.work_dirs),
             removed_delivery_bodies: Volume {
                 count: removed_delivery_bodies.count + removed_bodies.count,
                 bytes: removed_delivery_bodies.bytes + removed_bodies.bytes,
@@ -228,11 +272,86 @@ impl Retention {
                 count: removed_session_logs.count + removed_logs.count,
                 bytes: removed_session_logs.bytes + removed_logs.bytes,
             },
+            removed_work_dirs: Volume {
+                count: removed_work_dirs_before.count + removed_work_dirs.count,
+                bytes: removed_work_dirs_before.bytes + removed_work_dirs.bytes,
+            },
             keep_delivery_bodies_days: self.config.delivery_bodies_days,
             keep_session_logs_days: self.config.session_logs_days,
+            keep_work_dirs_days: self.config.work_dirs_days,
             last_run_at: Some(now),
             last_error: error,
         };
+    }
+
+    /// Removes the work directories of issues finished before the cut-off (worktrees through
+    /// the engine, which records their removal; then the runner's own directories) and measures
+    /// those kept. Returns (removed, kept; `None` when they could not be counted).
+    async fn work_dirs(
+        &self,
+        now: chrono::DateTime<Utc>,
+        errors: &mut Vec<String>,
+    ) -> (Volume, Option<Volume>) {
+        let before = now - chrono::Duration::days(i64::from(self.config.work_dirs_days));
+        let engine = self.engine.get().cloned();
+        let (worktrees, removable) = match &engine {
+            Some(engine) => {
+                let worktrees = engine.remove_expired_worktrees(before).await;
+                let finished = engine.finished_issues(before).await;
+                // Two issues whose names clean up to the same directory: it stays while
+                // either needs it.
+                let needed: HashSet<PathBuf> =
+                    finished.kept.iter().map(issue_relative_dir).collect();
+                let removable: HashSet<PathBuf> = finished
+                    .expired
+                    .iter()
+                    .map(issue_relative_dir)
+                    .filter(|dir| !needed.contains(dir))
+                    .collect();
+                (worktrees, removable)
+            }
+            None => (RemovedWorktrees::default(), HashSet::new()),
+        };
+        let work_root = self.work_root.clone();
+        let runner_dirs = match tokio::task::spawn_blocking(move || {
+            mosaic_runner::retention::prune_issue_work_dirs(&work_root, |relative| {
+                removable.contains(relative)
+            })
+        })
+        .await
+        {
+            Ok(Ok(volumes)) => Some(volumes),
+            Ok(Err(err)) => {
+                errors.push(format!(
+                    "work directories in {}: {err}",
+                    self.work_root.display()
+                ));
+                None
+            }
+            Err(err) => {
+                errors.push(format!("work directories: {err}"));
+                None
+            }
+        };
+        let (kept_runner, removed_runner) = runner_dirs.unzip();
+        let removed_runner = removed_runner.unwrap_or_default();
+        let removed = Volume {
+            count: worktrees.count + removed_runner.count,
+            bytes: worktrees.bytes + removed_runner.bytes,
+        };
+        let kept_worktrees = match &engine {
+            Some(engine) => engine.workspace_usage().await.map(|usage| Volume {
+                count: usage.workspaces,
+                bytes: usage.bytes,
+            }),
+            None => None,
+        }
+        .unwrap_or_default();
+        let kept = kept_runner.map(|runner| Volume {
+            count: runner.count + kept_worktrees.count,
+            bytes: runner.bytes + kept_worktrees.bytes,
+        });
+        (removed, kept)
     }
 
     /// Cleans up at once, then every `interval_secs`, until cancelled.
@@ -299,9 +418,16 @@ mod tests {
                 .set_modified(SystemTime::now() - Duration::from_secs(age_days * 86_400))
                 .unwrap();
         }
+        // A runner directory: without an engine (a standby) nothing says its issue is
+        // finished, so it is counted and kept.
+        let work_dir = dir.path().join("work/acme/widgets/issue-1");
+        std::fs::create_dir_all(&work_dir).unwrap();
+        std::fs::write(work_dir.join("notes.md"), b"notes\n").unwrap();
         let retention = Retention {
             store,
             log_dir: logs.clone(),
+            work_root: dir.path().join("work"),
+            engine: Arc::default(),
             config: RetentionConfig::default(),
             metrics: RetentionMetrics::default(),
             status: SharedRetention::default(),
@@ -315,6 +441,11 @@ mod tests {
         assert!(status.last_error.is_none());
         assert!(!logs.join("old.log").exists());
         assert_eq!(retention.metrics.kept_bodies.get(), 1);
+        assert_eq!(status.work_dirs, Volume { count: 1, bytes: 6 });
+        assert_eq!(status.removed_work_dirs, Volume::default());
+        assert_eq!(status.keep_work_dirs_days, 7);
+        assert!(work_dir.join("notes.md").is_file());
+        assert_eq!(retention.metrics.kept_work_dirs.get(), 1);
         // Nothing more to remove the second time; the totals stay.
         retention.run_once().await;
         let status = retention.status.read().unwrap().clone();

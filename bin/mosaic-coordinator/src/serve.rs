@@ -257,6 +257,7 @@ pub async fn run_on(
     };
     let session_log_dir = process_runtime.log_dir().to_path_buf();
     let runtime: Arc<dyn AgentRuntime> = Arc::new(process_runtime);
+    let runner_work_root = process_runtime.work_root().to_path_buf();
     crate::logging::spawn_repeat_reporter();
     let notify = Arc::new(Notify::new());
     let cancel = CancellationToken::new();
@@ -294,16 +295,18 @@ pub async fn run_on(
     let retention_status = mosaic_http::SharedRetention::default();
     let state = state.with_retention(Arc::clone(&retention_status));
     tokio::spawn(
+    let engine_slot = state.engine_slot();
         crate::retention::Retention {
             store: Arc::clone(&store),
             log_dir: session_log_dir,
             config: config.retention.clone(),
+            work_root: runner_work_root,
+            engine: Arc::clone(&engine_slot),
             metrics: metrics.retention.clone(),
             status: retention_status,
         }
         .run(cancel.clone()),
     );
-    let engine_slot = state.engine_slot();
     let idle_because = Arc::new(std::sync::OnceLock::new());
     let leadership = Arc::new(Leadership::default());
     let (lost_tx, mut lost_rx) = watch::channel(false);

@@ -1363,6 +1363,43 @@ async fn a_failed_issue_stays_failed_until_an_explicit_trigger() {
 }
 
 #[tokio::test]
+async fn only_issues_finished_before_the_cut_off_and_idle_give_up_their_work_directories() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    h.complete(1).await;
+    h.deliver(&Event::assigned(2, SMALL)).await;
+    assert_eq!(h.engine.dispatch_once().await, 1, "issue 2 runs");
+    h.deliver(&Event::assigned(3, SMALL)).await;
+    assert_eq!(h.state(3).await, Some(IssueState::Ready), "issue 3 waits");
+
+    let sorted = |mut issues: Vec<IssueRef>| {
+        issues.sort_by_key(|issue| issue.number);
+        issues
+    };
+    // Every issue changed just now: nothing is older than a day.
+    let split = h
+        .engine
+        .finished_issues(Utc::now() - chrono::Duration::days(1))
+        .await;
+    assert!(split.expired.is_empty(), "{split:?}");
+    assert_eq!(sorted(split.kept), [issue(1), issue(2), issue(3)]);
+    // A cut-off after every change: only the finished issue expires; the running and the
+    // waiting one keep their directories whatever their age.
+    let split = h
+        .engine
+        .finished_issues(Utc::now() + chrono::Duration::seconds(1))
+        .await;
+    assert_eq!(split.expired, [issue(1)]);
+    assert_eq!(sorted(split.kept), [issue(2), issue(3)]);
+    // Without workspaces there is no worktree to remove.
+    let removed = h
+        .engine
+        .remove_expired_worktrees(Utc::now() + chrono::Duration::seconds(1))
+        .await;
+    assert_eq!(removed.count, 0);
+}
+
+#[tokio::test]
 async fn a_rejected_issue_is_judged_again_only_when_its_text_changes() {
     let h = harness().await;
     h.deliver(&Event::assigned(1, OVERSIZED)).await;

@@ -1,4 +1,5 @@
-//! `GET /api/v1/retention`: what the coordinator keeps (delivery bodies, session logs) and what
+//! `GET /api/v1/retention`: what the coordinator keeps (delivery bodies, session logs, work
+//! directories) and what
 //! its retention runs removed. The runner of retention (the binary) fills it in.
 
 use std::sync::{Arc, PoisonError, RwLock};
@@ -24,11 +25,15 @@ pub struct RetentionStatus {
     /// Delivery bodies still stored (compressed size).
     pub delivery_bodies: Volume,
     pub session_logs: Volume,
+    /// Git worktrees and the runner's per-issue directories.
+    pub work_dirs: Volume,
     /// Removed since the coordinator started.
     pub removed_delivery_bodies: Volume,
     pub removed_session_logs: Volume,
+    pub removed_work_dirs: Volume,
     pub keep_delivery_bodies_days: u32,
     pub keep_session_logs_days: u32,
+    pub keep_work_dirs_days: u32,
     pub last_run_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
 }

@@ -1,35 +1,33 @@
-//! Retention of session logs: a log is kept for a while after its session (for the operator's
-//! questions), then deleted. Only regular `*.log` files directly in the log folder count; a
-//! symbolic link or anything else found there is left alone.
+//! Retention of session logs and of the per-issue working directories. A log is kept for a
+//! while after its session (for the operator's questions), then deleted. Only regular `*.log`
+//! files directly in the log folder count; a symbolic link or anything else found there is left
+//! alone. A working directory goes when the caller (who knows the issue's state) says so.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// Session log files and their size: what is kept, or what a run removed.
+/// Files or directories and their size: what is kept, or what a run removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct LogVolume {
-    pub files: u64,
+pub struct Volume {
+    pub count: u64,
     pub bytes: u64,
 }
 
 /// The session logs in `dir` (none when it does not exist).
-pub fn session_logs(dir: &Path) -> std::io::Result<LogVolume> {
+pub fn session_logs(dir: &Path) -> std::io::Result<Volume> {
     walk(dir, |_| false).map(|(kept, _)| kept)
 }
 
 /// Deletes the session logs in `dir` last written before `before`; returns what was removed.
 /// A live session writes its log, so its log is never that old.
-pub fn prune_session_logs(dir: &Path, before: SystemTime) -> std::io::Result<LogVolume> {
+pub fn prune_session_logs(dir: &Path, before: SystemTime) -> std::io::Result<Volume> {
     walk(dir, |modified| modified < before).map(|(_, removed)| removed)
 }
 
 /// Visits the logs of `dir`; `remove(modified)` says which to delete. Returns (kept, removed).
-fn walk(
-    dir: &Path,
-    remove: impl Fn(SystemTime) -> bool,
-) -> std::io::Result<(LogVolume, LogVolume)> {
-    let mut found = LogVolume::default();
-    let mut removed = LogVolume::default();
+fn walk(dir: &Path, remove: impl Fn(SystemTime) -> bool) -> std::io::Result<(Volume, Volume)> {
+    let mut found = Volume::default();
+    let mut removed = Volume::default();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((found, removed)),
@@ -47,7 +45,7 @@ fn walk(
         if remove(modified) {
             match std::fs::remove_file(&path) {
                 Ok(()) => {
-                    removed.files += 1;
+                    removed.count += 1;
                     removed.bytes += metadata.len();
                 }
                 // Gone meanwhile: nothing left to remove.
@@ -55,11 +53,94 @@ fn walk(
                 Err(err) => return Err(err),
             }
         } else {
-            found.files += 1;
+            found.count += 1;
             found.bytes += metadata.len();
         }
     }
     Ok((found, removed))
+}
+
+/// The per-issue working directories under `root` (`<owner>/<repo>/issue-<n>`, as
+/// [`crate::workdir::issue_relative_dir`] makes them); `remove(relative path)` says which to
+/// delete. Returns (kept, removed). Only real directories count: a symbolic link on the way is
+/// neither followed nor removed.
+pub fn prune_issue_work_dirs(
+    root: &Path,
+    remove: impl Fn(&Path) -> bool,
+) -> std::io::Result<(Volume, Volume)> {
+    let mut kept = Volume::default();
+    let mut removed = Volume::default();
+    for owner in subdirectories(root)? {
+        for repo in subdirectories(&root.join(&owner))? {
+            for issue in subdirectories(&root.join(&owner).join(&repo))? {
+                if !issue.to_string_lossy().starts_with("issue-") {
+                    continue;
+                }
+                let relative: PathBuf = [&owner, &repo, &issue].iter().collect();
+                let path = root.join(&relative);
+                let bytes = tree_bytes(&path)?;
+                if remove(&relative) {
+                    match std::fs::remove_dir_all(&path) {
+                        Ok(()) => {
+                            removed.count += 1;
+                            removed.bytes += bytes;
+                        }
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(err) => return Err(err),
+                    }
+                } else {
+                    kept.count += 1;
+                    kept.bytes += bytes;
+                }
+            }
+        }
+    }
+    Ok((kept, removed))
+}
+
+/// The names of the real directories in `dir` (none when it does not exist).
+fn subdirectories(dir: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        // `file_type` does not follow a link, so a link to elsewhere is never entered.
+        if entry.file_type()?.is_dir() {
+            names.push(entry.file_name());
+        }
+    }
+    Ok(names)
+}
+
+/// The bytes of the files under `dir`, links not followed.
+fn tree_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let entries = match std::fs::read_dir(&next) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                match entry.metadata() {
+                    Ok(metadata) => total = total.saturating_add(metadata.len()),
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -85,22 +166,22 @@ mod tests {
             .unwrap();
         assert_eq!(
             session_logs(dir.path()).unwrap(),
-            LogVolume {
-                files: 2,
+            Volume {
+                count: 2,
                 bytes: 110
             }
         );
         let removed = prune_session_logs(dir.path(), SystemTime::now() - 30 * day).unwrap();
         assert_eq!(
             removed,
-            LogVolume {
-                files: 1,
+            Volume {
+                count: 1,
                 bytes: 100
             }
         );
         assert_eq!(
             prune_session_logs(dir.path(), SystemTime::now() - 30 * day).unwrap(),
-            LogVolume::default(),
+            Volume::default(),
             "nothing left to prune"
         );
         assert!(!dir.path().join("old.log").exists());
@@ -109,14 +190,55 @@ mod tests {
         assert!(std::fs::symlink_metadata(dir.path().join("link.log")).is_ok());
         assert_eq!(
             session_logs(dir.path()).unwrap(),
-            LogVolume {
-                files: 1,
+            Volume {
+                count: 1,
                 bytes: 10
             }
         );
         assert_eq!(
             session_logs(&dir.path().join("missing")).unwrap(),
-            LogVolume::default()
+            Volume::default()
+        );
+    }
+
+    #[test]
+    fn only_the_work_dirs_named_go_and_links_are_left_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("precious"), b"keep").unwrap();
+        let finished = root.path().join("acme/widgets/issue-1");
+        let running = root.path().join("acme/widgets/issue-2");
+        std::fs::create_dir_all(finished.join("src")).unwrap();
+        std::fs::create_dir_all(&running).unwrap();
+        std::fs::write(finished.join("src/a.rs"), vec![b'x'; 100]).unwrap();
+        std::fs::write(running.join("b.rs"), vec![b'x'; 7]).unwrap();
+        // A link inside a removed directory is removed as a link; its target stays.
+        std::os::unix::fs::symlink(outside.path(), finished.join("link")).unwrap();
+        // A linked "issue directory" is never entered or removed.
+        std::os::unix::fs::symlink(outside.path(), root.path().join("acme/widgets/issue-3"))
+            .unwrap();
+        let (kept, removed) = prune_issue_work_dirs(root.path(), |relative| {
+            relative != Path::new("acme/widgets/issue-2")
+        })
+        .unwrap();
+        assert_eq!(
+            removed,
+            Volume {
+                count: 1,
+                bytes: 100
+            }
+        );
+        assert_eq!(kept, Volume { count: 1, bytes: 7 });
+        assert!(!finished.exists());
+        assert!(running.join("b.rs").is_file());
+        assert!(outside.path().join("precious").is_file());
+        assert!(
+            std::fs::symlink_metadata(root.path().join("acme/widgets/issue-3")).is_ok(),
+            "a link is left alone"
+        );
+        assert_eq!(
+            prune_issue_work_dirs(&root.path().join("missing"), |_| true).unwrap(),
+            (Volume::default(), Volume::default())
         );
     }
 }

@@ -1094,10 +1094,10 @@ impl Inner {
     }
 
     /// Removes the issue's worktree and local branch (the remote branch stays), when one is
-    /// known and the issue is not running.
-    pub(crate) async fn cleanup_workspace(&self, issue: &IssueRef) {
+    /// known and the issue is not running; returns whether it was removed.
+    pub(crate) async fn cleanup_workspace(&self, issue: &IssueRef) -> bool {
         let Some(parts) = &self.workspaces else {
-            return;
+            return false;
         };
         {
             let core = self.core.lock().await;
@@ -1111,7 +1111,7 @@ impl Inner {
                     .state(issue)
                     .is_some_and(|state| !state.is_terminal())
             {
-                return;
+                return false;
             }
         }
         let known = self
@@ -1120,7 +1120,7 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(issue);
         let Some(known) = known else {
-            return;
+            return false;
         };
         self.forget_measured_usage();
         match parts.workspaces.cleanup(&known.workspace).await {
@@ -1128,9 +1128,11 @@ impl Inner {
                 tracing::info!(%issue, path = %removed.path.display(), branch = ?removed.branch, "workspace removed");
                 self.update_workspace_record(issue, |record| record.removed_at = Some(Utc::now()))
                     .await;
+                true
             }
             Err(err) => {
-                tracing::warn!(%issue, error = %err, "the workspace could not be removed; it is pruned at the next start")
+                tracing::warn!(%issue, error = %err, "the workspace could not be removed; it is pruned at the next start");
+                false
             }
         }
     }

@@ -15,6 +15,7 @@ mod config;
 mod dispatch;
 mod handle;
 mod recover;
+mod retention;
 mod sink;
 mod work;
 
@@ -39,6 +40,7 @@ pub use api::{
 pub use attempt::{WorkspaceParts, WorkspaceUsage};
 pub use config::{EngineConfig, EngineConfigError, MonitorSettings};
 pub use recover::RecoveryReport;
+pub use retention::{FinishedIssues, RemovedWorktrees};
 
 use work::Core;
 
