@@ -312,3 +312,222 @@ async fn one_of_two_coordinators_leads_and_the_other_takes_over_when_it_dies() {
         second.log()
     );
 }
+
+/// One query's rows as `psql -At` prints them (`|` between columns), in `schema`.
+fn sql(url: &str, schema: &str, query: &str) -> String {
+    let output = std::process::Command::new("psql")
+        .arg(url)
+        .arg("-qAtc")
+        .arg(format!("SET search_path = {schema}; {query}"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{query}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Waits until `query` prints something other than nothing (15 s at most).
+async fn sql_until(url: &str, schema: &str, query: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = sql(url, schema, query);
+        if !rows.is_empty() {
+            return rows;
+        }
+        assert!(Instant::now() < deadline, "nothing came of: {query}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fencing against a paused leader: the leader is SIGSTOPped while its agent works; after the
+/// lease the standby leads, ends the paused leader's session and runs the issue again; the
+/// paused leader, continued, writes nothing and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_writes_nothing_when_it_continues() {
+    use mosaic_gitea::mock::{MockGitea, NewIssue};
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let url = database_url();
+    if skip_without_postgres(&url) {
+        return;
+    }
+    let schema = format!("blackbox_{}", uuid::Uuid::new_v4().simple());
+    let _drop = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let (gitea, gitea_url) = MockGitea::start().await.unwrap();
+    let repo: mosaic_domain::RepoName = "ha/app".parse().unwrap();
+    gitea.create_repo(&repo);
+    gitea.create_repo(&"ha/elsewhere".parse().unwrap());
+    // Every profile runs the sample agent slowly (about 30 s), reporting its use as it goes.
+    let program = crate::helpers::binary("mosaic-coordinator");
+    let mut config = format!(
+        "[gitea]\nurl = {}\ntoken = {}\nreconcile_interval_secs = 3600\nrepositories = [\"ha/elsewhere\"]\n\n\
+         [inbox]\nidle_poll_ms = 100\n\n[engine]\ndispatch_poll_ms = 100\n\n\
+         [engine.monitor]\npoll_interval_ms = 200\n\n[runner]\nwork_root = \"work\"\nkill_grace_secs = 1\n",
+        crate::helpers::toml_string(gitea_url.as_str()),
+        crate::helpers::toml_string(MockGitea::BOT_TOKEN),
+    );
+    for name in ["opus", "sonnet", "haiku", "glm", "minimax"] {
+        config.push_str(&format!(
+            "\n[runner.agents.{name}]\nprogram = {}\nargs = [\"sample-agent\", \"--steps\", \"300\", \"--tokens-per-step\", \"10\", \"--start-tokens\", \"5000\", \"--step-delay-ms\", \"100\"]\ninput = \"json_lines\"\n",
+            crate::helpers::toml_string(&program.display().to_string()),
+        ));
+    }
+    let env = vec![
+        ("MOSAIC_DATABASE_URL".to_owned(), url.clone()),
+        ("MOSAIC_STORE__SCHEMA".to_owned(), schema.clone()),
+        (
+            "MOSAIC_STORE__LEADER_LEASE_MS".to_owned(),
+            "2000".to_owned(),
+        ),
+    ];
+    let start = |config_text: String, env: Vec<(String, String)>| {
+        move || {
+            let data = tempfile::tempdir().unwrap();
+            let path = data.path().join("mosaic.toml");
+            std::fs::write(&path, config_text).unwrap();
+            let refs: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Running::start_configured(data, &path, &refs)
+        }
+    };
+    let first = tokio::task::spawn_blocking(start(config.clone(), env.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_leadership(&first, "leader").await["components"]["leadership"]["detail"],
+        "leader"
+    );
+    let second = tokio::task::spawn_blocking(start(config, env))
+        .await
+        .unwrap();
+    wait_leadership(&second, "standby").await;
+
+    // Assigned (the delivery goes to the standby): the leader runs the agent.
+    let issue = gitea.create_issue(
+        &repo,
+        NewIssue::titled("Add caching")
+            .body("## Context Estimate\n- Total estimated: 20,000 tokens\n\n## Difficulty\nlow\n")
+            .by("alice")
+            .assigned_to(MockGitea::BOT_LOGIN),
+    );
+    let body =
+        serde_json::to_vec(&gitea.issue_event(&issue, "assigned", "alice").unwrap()).unwrap();
+    let response = second
+        .client
+        .post(second.url("/webhook/gitea"))
+        .header("content-type", "application/json")
+        .header("x-gitea-event", "issues")
+        .header("x-gitea-event-type", "issue_assign")
+        .header("x-gitea-delivery", "pause-1")
+        .header("x-gitea-signature", sign(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let open = "SELECT id || '|' || pid || '|' || epoch FROM sessions WHERE ended_at IS NULL AND pid IS NOT NULL";
+    let first_session = sql_until(&url, &schema, open).await;
+    let mut parts = first_session.split('|');
+    let (session, pid, epoch): (String, i32, i64) = (
+        parts.next().unwrap().to_owned(),
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().parse().unwrap(),
+    );
+    assert!(crate::agent_processes::is_running(pid));
+
+    // Paused past the lease: the standby leads in a newer epoch.
+    let paused = Instant::now();
+    kill(Pid::from_raw(first.child.id() as i32), Signal::SIGSTOP).unwrap();
+    let taken = wait_leadership(&second, "leader").await;
+    assert_eq!(
+        taken["components"]["leadership"]["detail"], "leader",
+        "{taken}"
+    );
+    let took = paused.elapsed();
+    // The lease runs from the paused leader's last check (each second), not from the pause.
+    assert!(
+        took >= Duration::from_millis(900),
+        "led after {took:?}, within the lease"
+    );
+    eprintln!("failover: leader SIGSTOP to the standby leading in {took:?}");
+    // The new leader ends the paused leader's session and its agent, and runs the issue again.
+    let ended = sql_until(
+        &url,
+        &schema,
+        &format!("SELECT outcome FROM sessions WHERE id = '{session}' AND ended_at IS NOT NULL"),
+    )
+    .await;
+    let rerun = sql_until(
+        &url,
+        &schema,
+        &format!("SELECT epoch FROM sessions WHERE ended_at IS NULL AND id <> '{session}'"),
+    )
+    .await;
+    assert_eq!(rerun, (epoch + 1).to_string(), "run again in the new epoch");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::agent_processes::is_running(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the paused leader's agent {pid} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let written = |table: &str| {
+        sql(
+            &url,
+            &schema,
+            &format!("SELECT count(*) FROM {table} WHERE epoch = {epoch}"),
+        )
+    };
+    let before = (
+        written("issue_transitions"),
+        written("outbox"),
+        written("sessions"),
+    );
+
+    // Continued: it writes nothing in its old epoch and stops.
+    kill(Pid::from_raw(first.child.id() as i32), Signal::SIGCONT).unwrap();
+    let mut first = first;
+    let (status, first) = tokio::task::spawn_blocking(move || {
+        let status = first.wait_exit(Duration::from_secs(15));
+        (status, first)
+    })
+    .await
+    .unwrap();
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        first.log().contains("leadership is lost"),
+        "{}",
+        first.log()
+    );
+    assert_eq!(
+        (
+            written("issue_transitions"),
+            written("outbox"),
+            written("sessions")
+        ),
+        before,
+        "rows written in the paused leader's epoch after it continued"
+    );
+    assert_eq!(
+        sql(
+            &url,
+            &schema,
+            &format!("SELECT outcome FROM sessions WHERE id = '{session}'")
+        ),
+        ended,
+        "the paused leader changed its old session's record"
+    );
+    // The new leader still leads and its session runs on.
+    assert_eq!(
+        second.get_json("/health").await["components"]["leadership"]["detail"],
+        "leader"
+    );
+}

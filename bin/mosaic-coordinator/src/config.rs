@@ -313,6 +313,13 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             "invalid configuration: `webhook.max_body_bytes`: must be at least 1".to_owned(),
         ));
     }
+    // The leader checks its hold every second; a shorter lease would lose it in passing.
+    if config.store.leader_lease_ms < 2_000 {
+        return Err(ConfigError(format!(
+            "invalid configuration: `store.leader_lease_ms`: must be at least 2000 (the leader checks its hold every second), got {}",
+            config.store.leader_lease_ms
+        )));
+    }
     config
         .parser
         .validate()
@@ -974,6 +981,16 @@ mod tests {
         });
         let (config, _) = load(&sources(&[("GITEA_WEBHOOK_SECRET", "s")])).unwrap();
         assert!(describe_gates(&config).contains("# none: a branch is published without a check"));
+    }
+
+    #[test]
+    fn a_leader_lease_shorter_than_two_checks_is_refused_by_name() {
+        let (config, _) = load(&sources(&[("MOSAIC_STORE__LEADER_LEASE_MS", "3000")])).unwrap();
+        assert_eq!(config.store.leader_lease_ms, 3_000);
+        validate(&config).unwrap();
+        let (config, _) = load(&sources(&[("MOSAIC_STORE__LEADER_LEASE_MS", "1500")])).unwrap();
+        let err = validate(&config).unwrap_err().to_string();
+        assert!(err.contains("store.leader_lease_ms"), "{err}");
     }
 
     #[test]

@@ -182,6 +182,7 @@ async fn open_store(config: &mosaic_store::StoreConfig) -> Result<Arc<dyn Store>
         let options = mosaic_store_postgres::PostgresOptions {
             pool_size: config.pool_size,
             schema: config.schema.clone(),
+            leader_lease: Duration::from_millis(config.leader_lease_ms),
             ..mosaic_store_postgres::PostgresOptions::default()
         };
         let store = mosaic_store_postgres::PostgresStore::connect(&config.url, options)
@@ -256,8 +257,8 @@ pub async fn run_on(
         None => None,
     };
     let session_log_dir = process_runtime.log_dir().to_path_buf();
-    let runtime: Arc<dyn AgentRuntime> = Arc::new(process_runtime);
     let runner_work_root = process_runtime.work_root().to_path_buf();
+    let runtime: Arc<dyn AgentRuntime> = Arc::new(process_runtime);
     crate::logging::spawn_repeat_reporter();
     let notify = Arc::new(Notify::new());
     let cancel = CancellationToken::new();
@@ -294,14 +295,14 @@ pub async fn run_on(
         });
     let retention_status = mosaic_http::SharedRetention::default();
     let state = state.with_retention(Arc::clone(&retention_status));
-    tokio::spawn(
     let engine_slot = state.engine_slot();
+    tokio::spawn(
         crate::retention::Retention {
             store: Arc::clone(&store),
             log_dir: session_log_dir,
-            config: config.retention.clone(),
             work_root: runner_work_root,
             engine: Arc::clone(&engine_slot),
+            config: config.retention.clone(),
             metrics: metrics.retention.clone(),
             status: retention_status,
         }

@@ -43,6 +43,11 @@ pub struct PostgresOptions {
     pub schema: Option<String>,
     /// How long opening a connection, or waiting for a free one, may take.
     pub connect_timeout: Duration,
+    /// How long a leader that stops answering (paused, hung, cut off) keeps the leadership:
+    /// PostgreSQL ends its leadership connection after this long idle (the leader checks
+    /// every second), and aborts any of its transactions left open this long, so the next
+    /// leader's epoch can begin. At least 2 s.
+    pub leader_lease: Duration,
 }
 
 impl Default for PostgresOptions {
@@ -51,6 +56,7 @@ impl Default for PostgresOptions {
             pool_size: 16,
             schema: None,
             connect_timeout: Duration::from_secs(10),
+            leader_lease: Duration::from_secs(5),
         }
     }
 }
@@ -122,6 +128,64 @@ pub struct PostgresStore {
     /// The dedicated connection that asks for the advisory lock (kept while standing by, so a
     /// standby does not connect anew every second) and whether it holds it.
     leader: tokio::sync::Mutex<Option<(tokio_postgres::Client, bool)>>,
+    /// Set once this store took the leadership; every write checks it from then on.
+    fence: Mutex<Option<Fence>>,
+    leader_lease: Duration,
+}
+
+/// Appends a server setting (`-c name=value`) to the connection's startup options.
+fn add_option(config: &mut tokio_postgres::Config, option: &str) {
+    let earlier = config.get_options().map(str::to_owned);
+    config.options(match earlier {
+        Some(earlier) if !earlier.is_empty() => format!("{earlier} {option}"),
+        _ => option.to_owned(),
+    });
+}
+
+/// What a leader's writes prove in their transaction: its epoch is still the current one and
+/// its leadership connection (backend `pid`) still holds the advisory lock.
+#[derive(Debug, Clone, Copy)]
+struct Fence {
+    epoch: i64,
+    pid: i32,
+    /// The advisory lock's key as `pg_locks` shows a one-`bigint` lock: high and low 32 bits.
+    key_high: i64,
+    key_low: i64,
+}
+
+impl Fence {
+    /// Refuses the transaction unless this coordinator still leads in its epoch. The row lock
+    /// (`FOR SHARE`) makes a new leader's epoch wait until this transaction ends, so a write
+    /// that passed the check is seen by the next leader's recovery. Also marks the rows the
+    /// transaction inserts with the epoch (`mosaic.epoch`).
+    async fn check(&self, tx: &impl deadpool_postgres::GenericClient) -> Result<(), Failure> {
+        let row = tx
+            .query_one(
+                "SELECT e.epoch,
+                        EXISTS (SELECT 1 FROM pg_locks l
+                                 WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $1
+                                   AND l.classid = $2::bigint::oid AND l.objid = $3::bigint::oid
+                                   AND l.objsubid = 1) AS held,
+                        set_config('mosaic.epoch', $4, true)
+                   FROM leader_epoch e WHERE e.id = 1 FOR SHARE OF e",
+                &[
+                    &self.pid,
+                    &self.key_high,
+                    &self.key_low,
+                    &self.epoch.to_string(),
+                ],
+            )
+            .await?;
+        let current: i64 = row.try_get(0)?;
+        let held: bool = row.try_get(1)?;
+        if current != self.epoch || !held {
+            return Err(Failure::Store(StoreError::Fenced {
+                held: self.epoch,
+                current: Some(current),
+            }));
+        }
+        Ok(())
+    }
 }
 
 /// Runs `$body` on a pooled connection (`$client`), as a read.
@@ -145,6 +209,9 @@ macro_rules! write_in_transaction {
             let mut conn = $store.pool.get().await?;
             #[allow(unused_mut)]
             let mut $tx = conn.transaction().await?;
+            if let Some(fence) = $store.fence() {
+                fence.check(&$tx).await?;
+            }
             // Awaited apart from the match: the future borrows the transaction.
             let outcome = $body.await;
             match outcome {
@@ -189,15 +256,25 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("mosaic-coordinator");
         }
+        if options.leader_lease < Duration::from_secs(2) {
+            return Err(StoreError::InvalidConfig(format!(
+                "the leader's lease must be at least 2 s (the leader checks it every second); {} ms given",
+                options.leader_lease.as_millis()
+            )));
+        }
         if let Some(schema) = &options.schema {
             check_schema_name(schema)?;
-            let earlier = config.get_options().map(str::to_owned);
-            let search_path = format!("-c search_path={schema}");
-            config.options(match earlier {
-                Some(earlier) if !earlier.is_empty() => format!("{earlier} {search_path}"),
-                _ => search_path,
-            });
+            add_option(&mut config, &format!("-c search_path={schema}"));
         }
+        // A transaction left open by a coordinator that stopped (paused, hung) must not hold
+        // its row locks past the lease: the next leader's epoch waits for them.
+        add_option(
+            &mut config,
+            &format!(
+                "-c idle_in_transaction_session_timeout={}",
+                options.leader_lease.as_millis()
+            ),
+        );
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -226,7 +303,22 @@ impl PostgresStore {
                 options.schema.as_deref().unwrap_or("public")
             ),
             leader: tokio::sync::Mutex::new(None),
+            fence: Mutex::new(None),
+            leader_lease: options.leader_lease,
         })
+    }
+
+    /// The fence every write checks, once this store has led.
+    fn fence(&self) -> Option<Fence> {
+        *self
+            .fence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The epoch this store leads (or led) in, if it ever took the leadership.
+    pub fn leader_epoch(&self) -> Option<i64> {
+        self.fence().map(|fence| fence.epoch)
     }
 
     /// Counts a write and notes how it went; a database failure (not a caller's conflict or
@@ -456,6 +548,12 @@ impl Store for PostgresStore {
             // does. Its name says what it is, for an operator looking at pg_stat_activity.
             let mut config = self.config.clone();
             config.application_name(&self.leader_name);
+            // The lease: a leader that stops asking (it checks every second) loses the
+            // connection, and with it the lock, after this long.
+            add_option(
+                &mut config,
+                &format!("-c idle_session_timeout={}", self.leader_lease.as_millis()),
+            );
             let (client, connection) = config
                 .connect(NoTls)
                 .await
@@ -474,10 +572,47 @@ impl Store for PostgresStore {
             .query_one("SELECT pg_try_advisory_lock($1)", &[&self.leader_key])
             .await
             .map_err(|e| unavailable("leadership lock", &e))?;
-        *held = row
+        let locked: bool = row
             .try_get(0)
             .map_err(|e| unavailable("leadership lock", &e))?;
-        Ok(*held)
+        if !locked {
+            return Ok(false);
+        }
+        // A new epoch begins: the previous leader's writes are refused from now on. This waits
+        // for any of its transactions that passed their check to end (their row lock).
+        let begun = client
+            .query_one(
+                "UPDATE leader_epoch SET epoch = epoch + 1, since = now(),
+                        holder = current_setting('application_name') || ' (backend ' || pg_backend_pid() || ')'
+                  WHERE id = 1
+              RETURNING epoch, pg_backend_pid()",
+                &[],
+            )
+            .await;
+        let (epoch, pid): (i64, i32) =
+            match begun.and_then(|row| Ok((row.try_get(0)?, row.try_get(1)?))) {
+                Ok(begun) => begun,
+                Err(err) => {
+                    // Without a new epoch it must not lead: drop the connection and the lock.
+                    *leader = None;
+                    return Err(unavailable("leadership epoch", &err));
+                }
+            };
+        // pg_locks shows a lock on one bigint as its high and low 32 bits (unsigned).
+        let key = self.leader_key as u64;
+        let fence = Fence {
+            epoch,
+            pid,
+            key_high: i64::from((key >> 32) as u32),
+            key_low: i64::from(key as u32),
+        };
+        *self
+            .fence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fence);
+        *held = true;
+        tracing::info!(epoch, "leading: a new epoch begins");
+        Ok(true)
     }
 
     async fn still_leading(&self) -> Result<bool, StoreError> {

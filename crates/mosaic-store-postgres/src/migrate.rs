@@ -38,6 +38,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "gate_runs",
         sql: include_str!("../migrations/0005_gate_runs.sql"),
     },
+    Migration {
+        version: 6,
+        name: "leader_epoch",
+        sql: include_str!("../migrations/0006_leader_epoch.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (also the version a fresh database gets).

@@ -613,3 +613,207 @@ async fn only_one_store_on_a_schema_leads_at_a_time() {
     }
     assert!(second.still_leading().await.unwrap());
 }
+
+/// A state change with its transition, as the engine writes one.
+fn step(
+    issue: &str,
+    from: Option<IssueState>,
+    to: IssueState,
+    cause: &str,
+) -> Vec<TransitionBatch> {
+    let issue = conformance::issue(issue);
+    let record = IssueRecord::new(issue, to, chrono::Utc::now());
+    vec![TransitionBatch {
+        transition: Some(StateTransition {
+            from,
+            to,
+            cause: cause.to_owned(),
+            at: chrono::Utc::now(),
+        }),
+        ..TransitionBatch::update(record)
+    }]
+}
+
+/// The epoch each transition row was written in, by its cause.
+async fn transition_epochs(schema: &Schema) -> Vec<(String, Option<i64>)> {
+    schema
+        .outside()
+        .await
+        .query(
+            "SELECT cause, epoch FROM issue_transitions ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+/// Fencing: once a leader's hold ends it writes nothing, before and after another leads; the
+/// next leader begins a newer epoch, and the rows a leader writes carry its epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_hold_ended_writes_nothing_and_the_next_leads_in_a_newer_epoch() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let first = schema.open().await;
+    let second = schema.open().await;
+    // A store that never led writes as before, without an epoch.
+    second
+        .commit_transitions(step("acme/widgets#1", None, IssueState::Pending, "standby"))
+        .await
+        .unwrap();
+    assert!(first.try_lead().await.unwrap());
+    let first_epoch = first.leader_epoch().unwrap();
+    first
+        .commit_transitions(step(
+            "acme/widgets#1",
+            Some(IssueState::Pending),
+            IssueState::Ready,
+            "leader one",
+        ))
+        .await
+        .unwrap();
+
+    // The leader's connection is cut (as when its lease ran out while it was paused).
+    let terminated: i64 = schema
+        .outside()
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'mosaic leader ' || $1",
+            &[&schema.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(terminated, 1);
+    // Refused at once, before anyone else leads: its lock is gone.
+    let refused = first
+        .commit_transitions(step(
+            "acme/widgets#1",
+            Some(IssueState::Ready),
+            IssueState::InProgress,
+            "stale",
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Fenced { held, .. } if held == first_epoch),
+        "{refused}"
+    );
+    assert!(!refused.is_storage_failure());
+
+    assert!(second.try_lead().await.unwrap());
+    let second_epoch = second.leader_epoch().unwrap();
+    assert_eq!(second_epoch, first_epoch + 1);
+    let refused = first
+        .commit_transitions(step(
+            "acme/widgets#1",
+            Some(IssueState::Ready),
+            IssueState::InProgress,
+            "stale again",
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Fenced { held, current: Some(current) } if held == first_epoch && current == second_epoch),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("is the current one"),
+        "{refused}"
+    );
+    second
+        .commit_transitions(step(
+            "acme/widgets#1",
+            Some(IssueState::Ready),
+            IssueState::InProgress,
+            "leader two",
+        ))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        transition_epochs(&schema).await,
+        vec![
+            ("standby".to_owned(), None),
+            ("leader one".to_owned(), Some(first_epoch)),
+            ("leader two".to_owned(), Some(second_epoch)),
+        ]
+    );
+}
+
+/// The lease: a leader that keeps checking keeps the leadership; one that stops answering (a
+/// paused process) loses it after the lease, another takes it, and the first writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_stops_answering_loses_the_leadership_after_its_lease() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let options = PostgresOptions {
+        leader_lease: Duration::from_secs(2),
+        ..schema.options()
+    };
+    let first = PostgresStore::connect(&server_url(), options.clone())
+        .await
+        .unwrap();
+    let second = PostgresStore::connect(&server_url(), options)
+        .await
+        .unwrap();
+    assert!(first.try_lead().await.unwrap());
+    // Checking every half second, past the lease: still the leader.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(first.still_leading().await.unwrap());
+        assert!(!second.try_lead().await.unwrap());
+    }
+    // Silent (as if SIGSTOPped): the server ends its hold after the lease.
+    let silent = std::time::Instant::now();
+    let deadline = silent + Duration::from_secs(10);
+    while !second.try_lead().await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = silent.elapsed();
+    assert!(took >= Duration::from_millis(1_800), "taken after {took:?}");
+    // Back from its pause: it leads no more and its writes are refused.
+    assert!(!first.still_leading().await.unwrap());
+    let refused = first
+        .commit_transitions(step(
+            "acme/widgets#2",
+            None,
+            IssueState::Ready,
+            "paused leader",
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Fenced { .. }), "{refused}");
+    second
+        .commit_transitions(step(
+            "acme/widgets#2",
+            None,
+            IssueState::Ready,
+            "new leader",
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_lease_shorter_than_two_seconds_is_refused() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let options = PostgresOptions {
+        leader_lease: Duration::from_millis(1_500),
+        ..schema.options()
+    };
+    let err = PostgresStore::connect(&server_url(), options)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at least 2 s"), "{err}");
+}

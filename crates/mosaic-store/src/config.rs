@@ -37,6 +37,10 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Connections to PostgreSQL kept at most (PostgreSQL only).
     pub pool_size: usize,
+    /// How long, in milliseconds, a leader that stops answering (paused, hung, cut off) keeps
+    /// the leadership before another coordinator may take it; its writes are refused from then
+    /// on (PostgreSQL only; at least 2,000).
+    pub leader_lease_ms: u64,
     /// The PostgreSQL schema the tables live in, created when missing; unset: the server's
     /// default (`public`). Lets several coordinator installations share one database.
     pub schema: Option<String>,
@@ -68,6 +72,7 @@ impl Default for StoreConfig {
             busy_timeout_ms: 5_000,
             max_batch: 256,
             pool_size: 16,
+            leader_lease_ms: 5_000,
             schema: None,
             read_connections: 4,
             group_window_us: 500,

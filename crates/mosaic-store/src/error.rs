@@ -63,6 +63,17 @@ pub enum StoreError {
     /// The database cannot be reached (a connection of its own, such as the leadership's).
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A write of a coordinator that led, refused because it leads no more: another holds a
+    /// newer epoch, or its own hold on the leadership ended (a lease that ran out while it was
+    /// paused). Nothing of the write took effect; the coordinator must stop deciding.
+    #[error(
+        "fenced: this coordinator led epoch {held}, but {}; the write was refused",
+        match current {
+            Some(current) if current != held => format!("epoch {current} is the current one"),
+            _ => "its hold on the leadership has ended".to_owned(),
+        }
+    )]
+    Fenced { held: i64, current: Option<i64> },
 }
 
 impl StoreError {
