@@ -325,7 +325,14 @@ async fn past_85_percent_the_real_cli_is_rotated_after_its_turn_and_the_next_ses
 
     let sessions = s.store.sessions_for_issue(&issue).await.unwrap();
     assert_eq!(sessions.len(), 2, "{sessions:#?}");
-    let rotations = s.store.recent_rotations(None, 10).await.unwrap();
+    let rotations: Vec<_> = s
+        .store
+        .recent_rotations(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|stored| stored.rotation)
+        .collect();
     assert_eq!(rotations.len(), 1, "{rotations:#?}");
     assert!(rotations[0].success, "{rotations:#?}");
     assert!(

@@ -559,7 +559,14 @@ async fn an_assigned_issue_is_queued_run_compacted_or_rotated_and_done() {
         Some(SessionOutcome::Succeeded)
     );
     assert!(sessions.iter().all(|session| session.agent == "sonnet"));
-    let rotations = s.store.recent_rotations(None, 100).await.unwrap();
+    let rotations: Vec<_> = s
+        .store
+        .recent_rotations(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|stored| stored.rotation)
+        .collect();
     let rotation = rotations
         .iter()
         .find(|r| r.issue == rotating && r.old_session_id == sessions[0].id)

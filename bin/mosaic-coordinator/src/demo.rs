@@ -453,7 +453,10 @@ async fn summary(store: &dyn Store, issues: &[IssueRef]) -> anyhow::Result<Strin
             .filter(|session| session.outcome == Some(mosaic_store::SessionOutcome::Succeeded))
             .count();
         let sent_back = succeeded.saturating_sub(1);
-        let rotated = rotations.iter().filter(|r| &r.issue == issue).count();
+        let rotated = rotations
+            .iter()
+            .filter(|r| &r.rotation.issue == issue)
+            .count();
         writeln!(
             out,
             "{:<14} {:<8} {:>10} {:>12} {:>11} {:>9} {:>9}  {}",

@@ -897,8 +897,8 @@ async fn a_full_context_rotates_the_session_and_the_issue_continues() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(rotations.len(), 1);
-    assert!(rotations[0].success);
-    assert_eq!(rotations[0].next_issue, Some(issue(1)));
+    assert!(rotations[0].rotation.success);
+    assert_eq!(rotations[0].rotation.next_issue, Some(issue(1)));
     let second = h.runtime.sessions()[1].clone();
     assert_eq!(second.issue, issue(1));
     for _ in 0..200 {

@@ -134,11 +134,12 @@ impl LimitQuery {
     }
 }
 
-/// The query of `/api/v1/rotations`: its cursor is the `at` of the last rotation seen.
+/// The query of `/api/v1/queue`: its cursor names the last issue seen (`owner/repo#n`, the
+/// `#` written `%23`); the page starts after it.
 #[derive(Debug, Deserialize)]
-pub(crate) struct RotationsQuery {
+pub(crate) struct QueueQuery {
     limit: Option<u32>,
-    before: Option<chrono::DateTime<chrono::Utc>>,
+    before: Option<String>,
 }
 
 /// The limit in force, and a note when the one asked for was clamped.
@@ -247,11 +248,58 @@ pub(crate) async fn issue(
     ))
 }
 
-/// `GET /api/v1/queue`: unfinished issues in order (in progress, ready in dispatch order,
-/// blocked, pending) with agent, estimate and open blockers.
-pub(crate) async fn queue(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// `GET /api/v1/queue?limit=N&before=ISSUE`: unfinished issues in order (in progress, ready in
+/// dispatch order, blocked, pending) with agent, estimate and open blockers. `next_before` (the
+/// page's last issue) is the cursor of the next page, absent on the last one. The queue is live:
+/// an issue that moved since the last page is shown where it is now, and a cursor naming an
+/// issue no longer queued is refused (400), as there is no place to resume from.
+pub(crate) async fn queue(
+    State(state): State<AppState>,
+    Query(query): Query<QueueQuery>,
+) -> Result<Json<Value>, ApiError> {
     let engine = state.require_engine()?;
-    Ok(Json(json!({ "queue": engine.queue().await })))
+    let (limit, clamped) = limit_in_force(query.limit);
+    let after = query.before.as_deref().map(queue_cursor).transpose()?;
+    let queue = engine.queue().await;
+    let start = match &after {
+        None => 0,
+        Some(cursor) => queue
+            .iter()
+            .position(|item| &item.issue == cursor)
+            .map(|at| at + 1)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "`before`: {cursor} is not queued (any more): list again without `before`"
+                ))
+            })?,
+    };
+    let page = queue.get(start..).unwrap_or_default();
+    let page = page.get(..limit as usize).unwrap_or(page);
+    let next_before = (start + page.len() < queue.len())
+        .then(|| page.last().map(|item| item.issue.to_string()))
+        .flatten();
+    let mut answer = json!({ "queue": page, "total": queue.len(), "limit": limit });
+    if let Some(next) = next_before {
+        answer["next_before"] = json!(next);
+    }
+    if let Some(note) = clamped {
+        answer["limit_clamped"] = json!(note);
+    }
+    Ok(Json(answer))
+}
+
+/// The issue a queue cursor names; `#` must reach the server percent-encoded.
+fn queue_cursor(text: &str) -> Result<IssueRef, ApiError> {
+    text.parse().map_err(|err| {
+        let hint = if text.contains('#') {
+            ""
+        } else {
+            " (an unencoded `#` ends the URL: write it `%23`)"
+        };
+        ApiError::BadRequest(format!(
+            "`before`: `{text}` is not an issue `owner/repo#number`{hint}: {err}"
+        ))
+    })
 }
 
 /// `GET /api/v1/sessions`: live sessions with agent, issue, context use and start time.
@@ -260,13 +308,13 @@ pub(crate) async fn sessions(State(state): State<AppState>) -> Result<Json<Value
     Ok(Json(json!({ "sessions": engine.live_sessions() })))
 }
 
-/// `GET /api/v1/rotations?limit=N&before=TIME`: recorded session rotations, newest first;
-/// `next_before` (the last one's time) is the cursor of the next page.
+/// `GET /api/v1/rotations?limit=N&before=ID`: recorded session rotations, newest first;
+/// `next_before` (the last one's `id`) is the cursor of the next page.
 pub(crate) async fn rotations(
     State(state): State<AppState>,
-    Query(query): Query<RotationsQuery>,
+    Query(query): Query<LimitQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (limit, clamped) = limit_in_force(query.limit);
+    let (limit, clamped) = query.limit();
     // Stored: any coordinator sharing the store answers, leading or not.
     let rotations = state
         .store()?
@@ -274,7 +322,7 @@ pub(crate) async fn rotations(
         .await
         .map_err(|err| ApiError::Internal(err.to_string()))?;
     let next_before = (rotations.len() == limit as usize)
-        .then(|| rotations.last().map(|rotation| rotation.at))
+        .then(|| rotations.last().map(|rotation| rotation.id))
         .flatten();
     let mut answer = json!({ "rotations": rotations, "limit": limit });
     if let Some(next) = next_before {

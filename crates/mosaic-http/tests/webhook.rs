@@ -209,9 +209,9 @@ impl Store for SpyStore {
     }
     async fn recent_rotations(
         &self,
-        before: Option<chrono::DateTime<chrono::Utc>>,
+        before: Option<RotationRowId>,
         limit: u32,
-    ) -> Result<Vec<RotationRecord>, StoreError> {
+    ) -> Result<Vec<StoredRotation>, StoreError> {
         self.inner.recent_rotations(before, limit).await
     }
     async fn record_compaction(&self, compaction: CompactionRecord) -> Result<(), StoreError> {

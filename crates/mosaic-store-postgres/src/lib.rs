@@ -506,9 +506,9 @@ impl Store for PostgresStore {
 
     async fn recent_rotations(
         &self,
-        before: Option<DateTime<Utc>>,
+        before: Option<RotationRowId>,
         limit: u32,
-    ) -> Result<Vec<RotationRecord>, StoreError> {
+    ) -> Result<Vec<StoredRotation>, StoreError> {
         read!(self, |client| ops::recent_rotations(client, before, limit))
     }
 

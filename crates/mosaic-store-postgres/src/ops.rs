@@ -1367,18 +1367,18 @@ pub(crate) async fn record_rotation(
 
 pub(crate) async fn recent_rotations(
     client: &impl GenericClient,
-    before: Option<DateTime<Utc>>,
+    before: Option<RotationRowId>,
     limit: u32,
-) -> OpResult<Vec<RotationRecord>> {
+) -> OpResult<Vec<StoredRotation>> {
     collect(
         client,
-        "SELECT old_session_id, new_session_id, agent_type, repository, number, next_issue,
+        "SELECT id, old_session_id, new_session_id, agent_type, repository, number, next_issue,
              context_before_tokens, context_before_percent, success, error_message, at
-         FROM session_rotations WHERE $2::TIMESTAMPTZ IS NULL OR at < $2
+         FROM session_rotations WHERE $2::BIGINT IS NULL OR id < $2
          ORDER BY id DESC LIMIT $1",
         &[&i64::from(limit), &before],
         |row| {
-            Ok(RotationRecord {
+            let rotation = RotationRecord {
                 old_session_id: get(row, "old_session_id")?,
                 new_session_id: get(row, "new_session_id")?,
                 agent_type: get(row, "agent_type")?,
@@ -1401,6 +1401,10 @@ pub(crate) async fn recent_rotations(
                 success: get(row, "success")?,
                 error_message: get(row, "error_message")?,
                 at: get(row, "at")?,
+            };
+            Ok(StoredRotation {
+                id: get(row, "id")?,
+                rotation,
             })
         },
     )

@@ -703,9 +703,9 @@ impl Store for SqliteStore {
 
     async fn recent_rotations(
         &self,
-        before: Option<DateTime<Utc>>,
+        before: Option<RotationRowId>,
         limit: u32,
-    ) -> Result<Vec<RotationRecord>, StoreError> {
+    ) -> Result<Vec<StoredRotation>, StoreError> {
         self.read(move |conn| ops::recent_rotations(conn, before, limit))
             .await
     }

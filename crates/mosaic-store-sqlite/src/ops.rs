@@ -1261,19 +1261,19 @@ pub(crate) fn record_rotation(conn: &Connection, rotation: &RotationRecord) -> R
 
 pub(crate) fn recent_rotations(
     conn: &Connection,
-    before: Option<DateTime<Utc>>,
+    before: Option<RotationRowId>,
     limit: u32,
-) -> Result<Vec<RotationRecord>, Failure> {
+) -> Result<Vec<StoredRotation>, Failure> {
     collect(
         conn,
         "SELECT old_session_id, new_session_id, agent_type, repository, number, next_issue,
-             context_before_tokens, context_before_percent, success, error_message, at
-         FROM session_rotations WHERE ?2 IS NULL OR at < ?2 ORDER BY id DESC LIMIT ?1",
-        params![limit, before.map(micros)],
+             context_before_tokens, context_before_percent, success, error_message, at, id
+         FROM session_rotations WHERE ?2 IS NULL OR id < ?2 ORDER BY id DESC LIMIT ?1",
+        params![limit, before],
         |row| {
             let repository: String = row.get(3)?;
             let next_issue: Option<String> = row.get(5)?;
-            Ok(RotationRecord {
+            let rotation = RotationRecord {
                 old_session_id: row.get(0)?,
                 new_session_id: row.get(1)?,
                 agent_type: row.get(2)?,
@@ -1293,6 +1293,10 @@ pub(crate) fn recent_rotations(
                 success: row.get(8)?,
                 error_message: row.get(9)?,
                 at: time_from("session_rotations.at", row.get(10)?)?,
+            };
+            Ok(StoredRotation {
+                id: row.get(11)?,
+                rotation,
             })
         },
     )

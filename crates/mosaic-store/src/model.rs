@@ -10,6 +10,8 @@ use serde::Serialize;
 pub type DeliveryRowId = i64;
 /// Identifier of an outbox item; increases with every enqueued write.
 pub type OutboxId = i64;
+/// Identifier of a recorded rotation; increases with every rotation recorded.
+pub type RotationRowId = i64;
 
 /// The status a delivery is recorded with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -445,6 +447,15 @@ pub struct RotationRecord {
     pub success: bool,
     pub error_message: Option<String>,
     pub at: DateTime<Utc>,
+}
+
+/// A rotation as read back, with its row id: the cursor of [`crate::Store::recent_rotations`]
+/// (times repeat, ids do not). Serialised flat: `id` beside the rotation's fields.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredRotation {
+    pub id: RotationRowId,
+    #[serde(flatten)]
+    pub rotation: RotationRecord,
 }
 
 /// A compaction (the sessions issue's `CompactionResult`).

@@ -158,13 +158,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn record_rotation(&self, rotation: RotationRecord) -> Result<(), StoreError>;
 
-    /// Newest first; with `before`, only rotations recorded before that time (the cursor of the
-    /// next page: the `at` of the last one seen).
+    /// Newest first; with `before`, only rotations recorded before that row (the cursor of the
+    /// next page: the `id` of the last one seen).
     async fn recent_rotations(
         &self,
-        before: Option<DateTime<Utc>>,
+        before: Option<RotationRowId>,
         limit: u32,
-    ) -> Result<Vec<RotationRecord>, StoreError>;
+    ) -> Result<Vec<StoredRotation>, StoreError>;
 
     async fn record_compaction(&self, compaction: CompactionRecord) -> Result<(), StoreError>;
 

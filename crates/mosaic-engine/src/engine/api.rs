@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use chrono::{DateTime, Utc};
 use mosaic_domain::{IssueRef, IssueState};
 use mosaic_store::{
-    GateRunRecord, IssueRecord, IssueSnapshot, OutboxItem, RotationRecord, SessionRecord, Store,
-    TransitionRecord, WorkspaceRecord,
+    GateRunRecord, IssueRecord, IssueSnapshot, OutboxItem, RotationRowId, SessionRecord, Store,
+    StoredRotation, TransitionRecord, WorkspaceRecord,
 };
 use serde::Serialize;
 
@@ -45,7 +45,7 @@ pub struct IssueDetail {
     pub dependents: Vec<IssueRef>,
     pub history: Vec<TransitionRecord>,
     pub sessions: Vec<SessionRecord>,
-    pub rotations: Vec<RotationRecord>,
+    pub rotations: Vec<StoredRotation>,
     pub snapshot: Option<IssueSnapshot>,
     pub live: Option<LiveSessionView>,
     /// The issue's git worktree (also after it was removed: `removed_at`).
@@ -220,12 +220,13 @@ impl Engine {
             .collect()
     }
 
-    /// Newest first; with `before`, only those recorded earlier (the next page).
+    /// Newest first; with `before` (the `id` of the last one seen), only those recorded
+    /// earlier (the next page).
     pub async fn rotations(
         &self,
-        before: Option<chrono::DateTime<chrono::Utc>>,
+        before: Option<RotationRowId>,
         limit: u32,
-    ) -> Result<Vec<RotationRecord>, EngineError> {
+    ) -> Result<Vec<StoredRotation>, EngineError> {
         Ok(self.inner.store.recent_rotations(before, limit).await?)
     }
 
@@ -386,7 +387,7 @@ async fn stored_detail(
         .recent_rotations(None, DETAIL_ROTATIONS)
         .await?
         .into_iter()
-        .filter(|r| &r.issue == issue || r.next_issue.as_ref() == Some(issue))
+        .filter(|r| &r.rotation.issue == issue || r.rotation.next_issue.as_ref() == Some(issue))
         .collect();
     let stored_workspace = store.get_workspace(issue).await?;
     let pull_request = store

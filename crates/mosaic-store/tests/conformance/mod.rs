@@ -964,18 +964,34 @@ pub async fn rotations_and_compactions_round_trip(store: &dyn Store) {
         at: at(6),
         ..rotation.clone()
     };
+    // Recorded in the same microsecond as `failed`: a time cursor would skip one of them.
+    let same_time = RotationRecord {
+        old_session_id: "s7".to_owned(),
+        issue: issue("o/r#7"),
+        ..failed.clone()
+    };
     store.record_rotation(rotation.clone()).await.unwrap();
     store.record_rotation(failed.clone()).await.unwrap();
-    assert_eq!(
-        store.recent_rotations(None, 10).await.unwrap(),
-        vec![failed, rotation.clone()]
+    store.record_rotation(same_time.clone()).await.unwrap();
+    let all = store.recent_rotations(None, 10).await.unwrap();
+    let read: Vec<RotationRecord> = all.iter().map(|r| r.rotation.clone()).collect();
+    assert_eq!(read, vec![same_time, failed, rotation.clone()]);
+    assert!(
+        all.windows(2).all(|pair| pair[0].id > pair[1].id),
+        "newest first, ids decreasing: {all:?}"
     );
-    assert_eq!(store.recent_rotations(None, 1).await.unwrap().len(), 1);
-    // The next page: rotations recorded before the last one seen.
-    assert_eq!(
-        store.recent_rotations(Some(at(6)), 10).await.unwrap(),
-        vec![rotation.clone()]
-    );
+    // One at a time, each page after the last row seen: every rotation exactly once.
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.recent_rotations(before, 1).await.unwrap();
+        assert!(page.len() <= 1, "{page:?}");
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        paged.extend(page);
+        assert!(paged.len() <= all.len(), "paging never ends: {paged:?}");
+    }
+    assert_eq!(paged, all);
 
     let compaction = CompactionRecord {
         session_id: "s1".to_owned(),
