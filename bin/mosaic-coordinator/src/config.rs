@@ -1047,6 +1047,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error by design
 mod profiles_in_force_tests {
     use super::*;
 
@@ -1163,6 +1164,102 @@ mod profiles_in_force_tests {
                 .describe()
                 .contains("No profile can be assigned: deliveries are recorded")
         );
+    }
+
+    /// Profiles from `[[agents]]` replace the built-in ones, and check-config says where they
+    /// came from.
+    #[test]
+    fn check_config_says_configured_profiles_come_from_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "agents.toml",
+                "[[agents]]\nname = \"local\"\ncontext_window = 64000\ncost_input_per_mtok = 0.0\n\
+                 cost_output_per_mtok = 0.0\nmax_difficulty = \"medium\"\nself_hosted = true\nenabled = true\n\n\
+                 [[agents]]\nname = \"cloud\"\ncontext_window = 200000\ncost_input_per_mtok = 3.0\n\
+                 cost_output_per_mtok = 15.0\nmax_difficulty = \"high\"\nself_hosted = false\nenabled = true\n\n\
+                 [runner]\nwork_root = \"/tmp/w\"\n\n[runner.agents.local]\nprogram = \"sample-agent\"\n",
+            )?;
+            let sources = Sources {
+                file: Some(jail.directory().join("agents.toml")),
+                env: Vec::new(),
+                working_dir: PathBuf::from("/nonexistent-dir-for-tests"),
+            };
+            let (config, _) = load(&sources).unwrap();
+            validate(&config).unwrap();
+            let in_force = ProfilesInForce::from_config(&config).unwrap();
+            assert!(!in_force.built_in);
+            let names: Vec<&str> = in_force.all.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(names, ["local", "cloud"]);
+            assert_eq!(in_force.without_command, ["cloud"]);
+            let described = in_force.describe();
+            let lines: Vec<&str> = described
+                .lines()
+                .filter(|line| line.starts_with("# local") || line.starts_with("# cloud"))
+                .collect();
+            assert_eq!(lines.len(), 2, "{described}");
+            for line in &lines {
+                assert!(
+                    line.ends_with(
+                        "# [[agents]] in the configuration (the built-in profiles are replaced)"
+                    ),
+                    "{described}"
+                );
+            }
+            assert!(lines[0].contains(": assignable"), "{described}");
+            assert!(
+                lines[1].contains("NOT assignable: no command (add [runner.agents.cloud])"),
+                "{described}"
+            );
+            assert!(!described.contains("built-in default"), "{described}");
+            assert!(!described.contains("sonnet"), "{described}");
+            Ok(())
+        });
+    }
+
+    /// The README's "minimal configuration", with the variables its next step exports, passes
+    /// what `serve` and `check-config` check, and its one profile can be assigned.
+    #[test]
+    fn the_readme_minimal_configuration_is_valid_and_assigns_its_profile() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .find("## Real use: a minimal configuration")
+            .map(|start| &readme[start..])
+            .unwrap();
+        let block = section
+            .split_once("```toml\n")
+            .and_then(|(_, rest)| rest.split_once("\n```"))
+            .map(|(block, _)| block)
+            .unwrap();
+        assert!(block.contains("[runner.agents.sonnet]"), "{block}");
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("mosaic.toml", block)?;
+            let sources = Sources {
+                file: None,
+                env: [
+                    ("GITEA_WEBHOOK_SECRET", "webhook-secret"),
+                    ("GITEA_BOT_TOKEN", "bot-token"),
+                    ("ANTHROPIC_API_KEY", "sk-ant-agent-key"),
+                ]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+                working_dir: jail.directory().to_owned(),
+            };
+            let (config, figment) = load(&sources).unwrap_or_else(|err| panic!("{err}\n{block}"));
+            validate_for_serve(&config).unwrap_or_else(|err| panic!("{err}\n{block}"));
+            assert_eq!(
+                config.gitea.as_ref().map(|gitea| gitea.url.as_str()),
+                Some("https://git.example.com/")
+            );
+            let in_force = ProfilesInForce::from_config(&config).unwrap();
+            let assignable = in_force.assignable().unwrap();
+            let enabled: Vec<&str> = assignable.enabled().map(|p| p.name.as_str()).collect();
+            assert_eq!(enabled, ["sonnet"]);
+            // check-config shows it (what it prints for the file's values).
+            let rendered = render(&config, &figment);
+            assert!(rendered.contains("sonnet"), "{rendered}");
+            Ok(())
+        });
     }
 }
 

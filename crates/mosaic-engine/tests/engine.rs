@@ -1898,3 +1898,79 @@ async fn a_crash_keeps_what_the_interrupted_session_had_spent() {
     assert_eq!((record.input_tokens, record.output_tokens), (700, 70));
     assert!((record.cost_usd - 1.75).abs() < 1e-9, "{}", record.cost_usd);
 }
+
+/// A session killed because its issue was unassigned keeps the last figures its agent
+/// reported (not the reading stored while it ran), and the cancelled issue counts them.
+#[tokio::test]
+async fn a_session_ended_by_an_unassignment_keeps_its_last_spend() {
+    let spend = |n: u32| mosaic_context::AgentSpend {
+        input_tokens: 100 * u64::from(n),
+        output_tokens: 10 * u64::from(n),
+        cache_read_tokens: 1_000 * u64::from(n),
+        cache_creation_tokens: 50 * u64::from(n),
+        cost_usd: 0.25 * f64::from(n),
+    };
+    let mut config = EngineConfig::default();
+    config.monitor.poll_interval_ms = 50;
+    let h = harness_with(config).await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+    let session = h.runtime.sessions()[0].clone();
+    // A reading while it runs is stored...
+    session.state.send_modify(|snapshot| {
+        snapshot.spend = spend(1);
+        snapshot.usage = Some(ContextUsage::new(20_000, 128_000).unwrap());
+        snapshot.usage_seq += 1;
+    });
+    let mut stored = false;
+    for _ in 0..200 {
+        let open = h.store.open_sessions().await.unwrap();
+        if open.first().is_some_and(|s| s.output_tokens == 10) {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stored, "the spend so far was never stored");
+    // ...then the agent reports more, and the issue is unassigned before another reading.
+    session
+        .state
+        .send_modify(|snapshot| snapshot.spend = spend(3));
+    h.deliver(&unassigned(1)).await;
+    assert_eq!(h.state(1).await, Some(IssueState::Cancelled));
+    assert!(
+        session.closed.lock().unwrap().is_some(),
+        "the session was closed"
+    );
+    for _ in 0..200 {
+        if h.store.open_sessions().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sessions = h.store.sessions_for_issue(&issue(1)).await.unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let row = &sessions[0];
+    assert_eq!(row.outcome, Some(Stored::Killed), "{row:?}");
+    let expected = spend(3);
+    assert_eq!(
+        (
+            row.input_tokens,
+            row.output_tokens,
+            row.cache_read_tokens,
+            row.cache_creation_tokens
+        ),
+        (
+            expected.input_tokens,
+            expected.output_tokens,
+            expected.cache_read_tokens,
+            expected.cache_creation_tokens
+        ),
+        "{row:?}"
+    );
+    assert!((row.cost_usd - expected.cost_usd).abs() < 1e-9, "{row:?}");
+    let record = h.store.get_issue(&issue(1)).await.unwrap().unwrap();
+    assert_eq!(record.state, IssueState::Cancelled);
+    assert_eq!((record.input_tokens, record.output_tokens), (300, 30));
+    assert!((record.cost_usd - 0.75).abs() < 1e-9, "{}", record.cost_usd);
+}
