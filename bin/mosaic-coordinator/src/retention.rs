@@ -294,32 +294,40 @@ impl Retention {
     ) -> (Volume, Option<Volume>) {
         let before = now - chrono::Duration::days(i64::from(self.config.work_dirs_days));
         let engine = self.engine.get().cloned();
-        let (worktrees, removable) = match &engine {
+        let work_root = self.work_root.clone();
+        let (worktrees, runner_dirs) = match &engine {
             Some(engine) => {
                 let worktrees = engine.remove_expired_worktrees(before).await;
-                let finished = engine.finished_issues(before).await;
-                // Two issues whose names clean up to the same directory: it stays while
-                // either needs it.
-                let needed: HashSet<PathBuf> =
-                    finished.kept.iter().map(issue_relative_dir).collect();
-                let removable: HashSet<PathBuf> = finished
-                    .expired
-                    .iter()
-                    .map(issue_relative_dir)
-                    .filter(|dir| !needed.contains(dir))
-                    .collect();
-                (worktrees, removable)
+                // Under the engine's lock: an issue reopened now waits for its directory's fate.
+                let runner_dirs = engine
+                    .while_finished_issues_stay_finished(before, move |finished| {
+                        // Two issues whose names clean up to the same directory: it stays
+                        // while either needs it.
+                        let needed: HashSet<PathBuf> =
+                            finished.kept.iter().map(issue_relative_dir).collect();
+                        let removable: HashSet<PathBuf> = finished
+                            .expired
+                            .iter()
+                            .map(issue_relative_dir)
+                            .filter(|dir| !needed.contains(dir))
+                            .collect();
+                        mosaic_runner::retention::prune_issue_work_dirs(&work_root, |relative| {
+                            removable.contains(relative)
+                        })
+                    })
+                    .await;
+                (worktrees, runner_dirs)
             }
-            None => (RemovedWorktrees::default(), HashSet::new()),
+            // A standby runs no agent: it only counts.
+            None => (
+                RemovedWorktrees::default(),
+                tokio::task::spawn_blocking(move || {
+                    mosaic_runner::retention::prune_issue_work_dirs(&work_root, |_| false)
+                })
+                .await,
+            ),
         };
-        let work_root = self.work_root.clone();
-        let runner_dirs = match tokio::task::spawn_blocking(move || {
-            mosaic_runner::retention::prune_issue_work_dirs(&work_root, |relative| {
-                removable.contains(relative)
-            })
-        })
-        .await
-        {
+        let runner_dirs = match runner_dirs {
             Ok(Ok(volumes)) => Some(volumes),
             Ok(Err(err)) => {
                 errors.push(format!(

@@ -1974,3 +1974,46 @@ async fn a_session_ended_by_an_unassignment_keeps_its_last_spend() {
     assert_eq!((record.input_tokens, record.output_tokens), (300, 30));
     assert!((record.cost_usd - 0.75).abs() < 1e-9, "{}", record.cost_usd);
 }
+
+#[tokio::test]
+async fn an_issue_cannot_be_reopened_and_dispatched_while_its_work_directory_is_removed() {
+    let h = harness().await;
+    h.deliver(&Event::assigned(1, SMALL)).await;
+    h.complete(1).await;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let engine = h.engine.clone();
+    let cleanup = tokio::spawn(async move {
+        engine
+            .while_finished_issues_stay_finished(
+                Utc::now() + chrono::Duration::seconds(1),
+                move |finished| {
+                    let _ = started_tx.send(());
+                    // Removing directories takes a while.
+                    release_rx.recv().unwrap();
+                    finished.expired
+                },
+            )
+            .await
+            .unwrap()
+    });
+    started_rx.await.unwrap();
+    let reopened = Event {
+        action: "reopened",
+        ..Event::assigned(1, SMALL)
+    };
+    // Reopened and dispatched meanwhile: it waits until the removal is over.
+    let raced = tokio::time::timeout(Duration::from_millis(300), async {
+        h.deliver(&reopened).await;
+        h.engine.dispatch_once().await
+    })
+    .await;
+    assert!(
+        raced.is_err(),
+        "dispatched while its directory was being removed"
+    );
+    release_tx.send(()).unwrap();
+    assert_eq!(cleanup.await.unwrap(), [issue(1)]);
+    h.deliver(&reopened).await;
+    assert_eq!(h.engine.dispatch_once().await, 1);
+}

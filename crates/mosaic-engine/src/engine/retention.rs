@@ -42,34 +42,66 @@ fn expired(
         && updated_at < before
 }
 
+fn split_finished(
+    core: &super::work::Core,
+    watched: &HashSet<IssueRef>,
+    before: DateTime<Utc>,
+) -> FinishedIssues {
+    let mut split = FinishedIssues::default();
+    for (issue, record) in &core.records {
+        let running = core.running.contains_key(issue) || watched.contains(issue);
+        if expired(
+            record.state,
+            core.queue.state(issue),
+            record.updated_at,
+            running,
+            before,
+        ) {
+            split.expired.push(issue.clone());
+        } else {
+            split.kept.push(issue.clone());
+        }
+    }
+    split
+}
+
 impl Engine {
     /// Splits the known issues into those whose work directories may go (finished and
     /// unchanged since `before`) and the rest.
     pub async fn finished_issues(&self, before: DateTime<Utc>) -> FinishedIssues {
-        let watched: HashSet<IssueRef> = self
-            .inner
+        let watched = self.watched_issues();
+        let core = self.inner.core.lock().await;
+        split_finished(&core, &watched, before)
+    }
+
+    /// Runs `remove` (blocking work, such as deleting directories) on [`Self::finished_issues`]
+    /// while no issue can be dispatched: the engine's lock is held until `remove` returns, so
+    /// an issue reopened meanwhile cannot start a session in a directory being removed.
+    pub async fn while_finished_issues_stay_finished<T, F>(
+        &self,
+        before: DateTime<Utc>,
+        remove: F,
+    ) -> Result<T, tokio::task::JoinError>
+    where
+        F: FnOnce(FinishedIssues) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let watched = self.watched_issues();
+        let core = self.inner.core.lock().await;
+        let split = split_finished(&core, &watched, before);
+        let outcome = tokio::task::spawn_blocking(move || remove(split)).await;
+        drop(core);
+        outcome
+    }
+
+    /// Issues a live session is watched for.
+    fn watched_issues(&self) -> HashSet<IssueRef> {
+        self.inner
             .monitor
             .live_sessions()
             .into_iter()
             .map(|live| live.issue)
-            .collect();
-        let core = self.inner.core.lock().await;
-        let mut split = FinishedIssues::default();
-        for (issue, record) in &core.records {
-            let running = core.running.contains_key(issue) || watched.contains(issue);
-            if expired(
-                record.state,
-                core.queue.state(issue),
-                record.updated_at,
-                running,
-                before,
-            ) {
-                split.expired.push(issue.clone());
-            } else {
-                split.kept.push(issue.clone());
-            }
-        }
-        split
+            .collect()
     }
 
     /// Removes the git worktrees (and local branches; the pushed branch stays) of issues
