@@ -7,6 +7,7 @@ mod glue;
 mod healthcheck;
 mod logging;
 mod metrics;
+mod peers;
 mod probes;
 mod repeats;
 mod retention;

@@ -190,6 +190,7 @@ pub struct StoreGauges {
     llm_cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
     store_commits: Counter,
     store_writes: Counter,
+    coordinators_alive: Gauge,
 }
 
 fn as_i64(n: u64) -> i64 {
@@ -210,6 +211,11 @@ impl StoreGauges {
                 .get_or_create(&StatusLabels { status })
                 .set(as_i64(n));
         }
+        let since = chrono::Utc::now()
+            - chrono::Duration::from_std(crate::peers::ALIVE_WITHIN)
+                .unwrap_or_else(|_| chrono::Duration::zero());
+        self.coordinators_alive
+            .set(i64::try_from(store.peers_alive(since).await?.len()).unwrap_or(i64::MAX));
         let backlog = store.outbox_backlog().await?;
         self.outbox
             .get_or_create(&StatusLabels { status: "pending" })
@@ -352,6 +358,11 @@ impl CoordinatorMetrics {
         let s = &self.store;
         registry.register("deliveries", "Inbox rows by status", s.deliveries.clone());
         registry.register("outbox_backlog", "Outbox items by status", s.outbox.clone());
+        registry.register(
+            "coordinators_alive",
+            "Coordinators sharing the store that said they were alive in the last 5 s",
+            s.coordinators_alive.clone(),
+        );
         registry.register(
             "llm_calls",
             "LLM calls by provider and model",

@@ -292,6 +292,11 @@ impl Leadership {
         self.state.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Whether this coordinator leads now.
+    pub fn leads(&self) -> bool {
+        self.get() == Self::LEADER
+    }
+
     fn failure(&self) -> Option<String> {
         self.failure
             .lock()

@@ -323,8 +323,17 @@ pub async fn run_on(
         }))
         .with_probe(Arc::new(LeadershipProbe {
             leadership: Arc::clone(&leadership),
+        }))
+        .with_probe(Arc::new(crate::peers::PeersProbe {
+            store: Arc::clone(&store),
         }));
     let app = mosaic_http::router(state);
+    tokio::spawn(crate::peers::beat(
+        Arc::clone(&store),
+        crate::peers::ThisPeer::new(bound.port()),
+        Arc::clone(&leadership),
+        cancel.clone(),
+    ));
 
     tokio::spawn(metrics.clone().refresh_loop(
         Arc::clone(&store),

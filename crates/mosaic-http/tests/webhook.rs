@@ -229,6 +229,15 @@ impl Store for SpyStore {
     async fn still_leading(&self) -> Result<bool, StoreError> {
         self.inner.still_leading().await
     }
+    async fn beat_peer(&self, beat: mosaic_store::PeerBeat) -> Result<(), StoreError> {
+        self.inner.beat_peer(beat).await
+    }
+    async fn peers_alive(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<mosaic_store::PeerBeat>, StoreError> {
+        self.inner.peers_alive(since).await
+    }
     async fn record_session_spend(
         &self,
         session_id: &str,

@@ -679,6 +679,14 @@ impl Store for PostgresStore {
         read!(self, |client| ops::llm_usage_totals(client))
     }
 
+    async fn beat_peer(&self, beat: PeerBeat) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::beat_peer(&tx, &beat))
+    }
+
+    async fn peers_alive(&self, since: DateTime<Utc>) -> Result<Vec<PeerBeat>, StoreError> {
+        read!(self, |client| ops::peers_alive(client, since))
+    }
+
     async fn agent_spend_totals(&self) -> Result<Vec<AgentSpendTotal>, StoreError> {
         read!(self, |client| ops::agent_spend_totals(client))
     }

@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "leader_epoch",
         sql: include_str!("../migrations/0006_leader_epoch.sql"),
     },
+    Migration {
+        version: 7,
+        name: "peers",
+        sql: include_str!("../migrations/0007_peers.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (also the version a fresh database gets).

@@ -1712,6 +1712,39 @@ pub(crate) async fn record_llm_usage(
     Ok(())
 }
 
+pub(crate) async fn beat_peer(client: &impl GenericClient, beat: &PeerBeat) -> OpResult<()> {
+    execute(
+        client,
+        "INSERT INTO peers (id, name, is_leader, at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, is_leader = excluded.is_leader,
+             at = excluded.at",
+        &[&beat.id, &beat.name, &beat.leading, &beat.at],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn peers_alive(
+    client: &impl GenericClient,
+    since: DateTime<Utc>,
+) -> OpResult<Vec<PeerBeat>> {
+    collect(
+        client,
+        "SELECT id, name, is_leader, at FROM peers WHERE at >= $1
+         ORDER BY name COLLATE \"C\", id COLLATE \"C\"",
+        &[&since],
+        |row| {
+            Ok(PeerBeat {
+                id: get(row, "id")?,
+                name: get(row, "name")?,
+                leading: get(row, "is_leader")?,
+                at: get(row, "at")?,
+            })
+        },
+    )
+    .await
+}
+
 pub(crate) async fn llm_usage_totals(client: &impl GenericClient) -> OpResult<Vec<LlmUsageTotal>> {
     // SUM of BIGINT is NUMERIC in PostgreSQL: cast back (a total beyond i64 fails loudly).
     collect(

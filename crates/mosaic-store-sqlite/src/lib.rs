@@ -833,6 +833,14 @@ impl Store for SqliteStore {
         self.read(ops::llm_usage_totals).await
     }
 
+    async fn beat_peer(&self, beat: PeerBeat) -> Result<(), StoreError> {
+        self.write(move |conn| ops::beat_peer(conn, &beat)).await
+    }
+
+    async fn peers_alive(&self, since: DateTime<Utc>) -> Result<Vec<PeerBeat>, StoreError> {
+        self.read(move |conn| ops::peers_alive(conn, since)).await
+    }
+
     async fn agent_spend_totals(&self) -> Result<Vec<AgentSpendTotal>, StoreError> {
         self.read(ops::agent_spend_totals).await
     }

@@ -49,6 +49,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "gate_runs",
         sql: include_str!("../migrations/0007_gate_runs.sql"),
     },
+    Migration {
+        version: 8,
+        name: "peers",
+        sql: include_str!("../migrations/0008_peers.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (also the version a fresh database gets).

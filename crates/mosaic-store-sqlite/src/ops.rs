@@ -1568,6 +1568,35 @@ pub(crate) fn record_llm_usage(conn: &Connection, usage: &LlmUsageRecord) -> Res
     Ok(())
 }
 
+pub(crate) fn beat_peer(conn: &Connection, beat: &PeerBeat) -> Result<(), Failure> {
+    conn.prepare_cached(
+        "INSERT INTO peers (id, name, is_leader, at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, is_leader = excluded.is_leader,
+             at = excluded.at",
+    )?
+    .execute(params![beat.id, beat.name, beat.leading, micros(beat.at)])?;
+    Ok(())
+}
+
+pub(crate) fn peers_alive(
+    conn: &Connection,
+    since: DateTime<Utc>,
+) -> Result<Vec<PeerBeat>, Failure> {
+    collect(
+        conn,
+        "SELECT id, name, is_leader, at FROM peers WHERE at >= ?1 ORDER BY name, id",
+        [micros(since)],
+        |row| {
+            Ok(PeerBeat {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                leading: row.get(2)?,
+                at: time_from("peers.at", row.get(3)?)?,
+            })
+        },
+    )
+}
+
 pub(crate) fn llm_usage_totals(conn: &Connection) -> Result<Vec<LlmUsageTotal>, Failure> {
     collect(
         conn,

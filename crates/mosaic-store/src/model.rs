@@ -550,6 +550,17 @@ pub struct AgentSpendTotal {
     pub cost_usd: f64,
 }
 
+/// A coordinator sharing the store, as it last said it was alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerBeat {
+    /// Unique per process (made at start), so a restarted coordinator is a new peer.
+    pub id: String,
+    /// What an operator recognises it by: host and listening address.
+    pub name: String,
+    pub leading: bool,
+    pub at: DateTime<Utc>,
+}
+
 /// Usage summed per provider and model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LlmUsageTotal {

@@ -187,6 +187,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// must stop deciding.
     async fn still_leading(&self) -> Result<bool, StoreError>;
 
+    /// Records that a coordinator sharing the store is alive now (replacing its earlier beat).
+    async fn beat_peer(&self, beat: PeerBeat) -> Result<(), StoreError>;
+
+    /// The coordinators whose last beat is at or after `since`, in name order.
+    async fn peers_alive(&self, since: DateTime<Utc>) -> Result<Vec<PeerBeat>, StoreError>;
+
     // ----- workspaces and pull requests -----
 
     /// Records (or replaces) the workspace. The pull request recorded for it stays when

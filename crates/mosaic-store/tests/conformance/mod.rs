@@ -1204,6 +1204,42 @@ pub async fn llm_usage_is_summed_per_provider_and_model(store: &dyn Store) {
     );
 }
 
+pub async fn peers_are_alive_while_they_beat(store: &dyn Store) {
+    let beat = |id: &str, name: &str, leading: bool, seconds: i64| PeerBeat {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        leading,
+        at: at(seconds),
+    };
+    assert!(store.peers_alive(at(0)).await.unwrap().is_empty());
+    store
+        .beat_peer(beat("p1", "b-host:8000", true, 10))
+        .await
+        .unwrap();
+    store
+        .beat_peer(beat("p2", "a-host:8000", false, 11))
+        .await
+        .unwrap();
+    // A newer beat replaces the older one of the same peer.
+    store
+        .beat_peer(beat("p1", "b-host:8000", false, 20))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.peers_alive(at(5)).await.unwrap(),
+        vec![
+            beat("p2", "a-host:8000", false, 11),
+            beat("p1", "b-host:8000", false, 20),
+        ]
+    );
+    // Only those that beat at or after `since`.
+    assert_eq!(
+        store.peers_alive(at(12)).await.unwrap(),
+        vec![beat("p1", "b-host:8000", false, 20)]
+    );
+    assert!(store.peers_alive(at(21)).await.unwrap().is_empty());
+}
+
 pub async fn health_check_writes(store: &dyn Store) {
     let before = store.stats();
     store.health_check().await.unwrap();

@@ -1,0 +1,127 @@
+//! The coordinators sharing a store say every second that they are alive (`Store::beat_peer`),
+//! so `/health` and `/metrics` on any of them show how many are up and which one leads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use mosaic_http::{ComponentHealth, HealthProbe};
+use mosaic_store::{PeerBeat, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::probes::Leadership;
+
+/// How often each coordinator says it is alive.
+pub const BEAT_EVERY: Duration = Duration::from_secs(1);
+/// A coordinator whose last beat is older than this is not counted alive.
+pub const ALIVE_WITHIN: Duration = Duration::from_secs(5);
+
+/// This process as its peers see it.
+#[derive(Debug, Clone)]
+pub struct ThisPeer {
+    /// New at every start: a restarted coordinator is a new peer.
+    pub id: String,
+    /// Host name and listening port.
+    pub name: String,
+}
+
+impl ThisPeer {
+    pub fn new(port: u16) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|host| host.trim().to_owned())
+            .filter(|host| !host.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: format!("{host}:{port}"),
+        }
+    }
+}
+
+/// Beats every [`BEAT_EVERY`] until cancelled. A failed beat is only logged: the coordinator
+/// works on, and its peers stop counting it until the store answers again.
+pub async fn beat(
+    store: Arc<dyn Store>,
+    this: ThisPeer,
+    leadership: Arc<Leadership>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let beat = PeerBeat {
+            id: this.id.clone(),
+            name: this.name.clone(),
+            leading: leadership.leads(),
+            at: Utc::now(),
+        };
+        if let Err(err) = store.beat_peer(beat).await {
+            tracing::warn!(error = %err, "cannot tell the other coordinators this one is alive");
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(BEAT_EVERY) => {}
+        }
+    }
+}
+
+/// The coordinators alive now, as `/health` says it: "2 alive: a:8000 (leader), b:8000".
+pub fn describe(alive: &[PeerBeat]) -> String {
+    let names: Vec<String> = alive
+        .iter()
+        .map(|peer| {
+            if peer.leading {
+                format!("{} (leader)", peer.name)
+            } else {
+                peer.name.clone()
+            }
+        })
+        .collect();
+    format!("{} alive: {}", alive.len(), names.join(", "))
+}
+
+/// `peers` in `/health`: how many coordinators share the store and which one leads.
+#[derive(Debug)]
+pub struct PeersProbe {
+    pub store: Arc<dyn Store>,
+}
+
+#[async_trait]
+impl HealthProbe for PeersProbe {
+    fn name(&self) -> &str {
+        "peers"
+    }
+
+    fn critical(&self) -> bool {
+        false
+    }
+
+    async fn check(&self) -> ComponentHealth {
+        let since = Utc::now()
+            - chrono::Duration::from_std(ALIVE_WITHIN).unwrap_or_else(|_| chrono::Duration::zero());
+        match self.store.peers_alive(since).await {
+            Ok(alive) => ComponentHealth::up().with_detail(describe(&alive)),
+            Err(err) => ComponentHealth::down(format!("cannot read the coordinators alive: {err}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_is_named_among_the_peers_alive() {
+        let peer = |name: &str, leading: bool| PeerBeat {
+            id: name.to_owned(),
+            name: name.to_owned(),
+            leading,
+            at: Utc::now(),
+        };
+        assert_eq!(
+            describe(&[peer("a:8000", false), peer("b:8000", true)]),
+            "2 alive: a:8000, b:8000 (leader)"
+        );
+        assert_eq!(describe(&[]), "0 alive: ");
+    }
+}
