@@ -139,7 +139,14 @@ impl Engine {
     /// Issues not yet finished: in progress, ready (in dispatch order), blocked, pending.
     pub async fn queue(&self) -> Vec<QueueItem> {
         let core = self.inner.core.lock().await;
-        let ready: Vec<IssueRef> = core.queue.ready_in_order().collect();
+        // Each ready issue's place in dispatch order, looked up once per item (a search inside
+        // the comparator made large queues quadratic).
+        let ready: std::collections::HashMap<IssueRef, usize> = core
+            .queue
+            .ready_in_order()
+            .enumerate()
+            .map(|(place, issue)| (issue, place))
+            .collect();
         let mut items: Vec<QueueItem> = core
             .queue
             .iter()
@@ -159,7 +166,7 @@ impl Engine {
             .collect();
         items.sort_by(|a, b| {
             state_rank(a.state).cmp(&state_rank(b.state)).then_with(|| {
-                let position = |issue: &IssueRef| ready.iter().position(|r| r == issue);
+                let position = |issue: &IssueRef| ready.get(issue).copied();
                 position(&a.issue)
                     .cmp(&position(&b.issue))
                     .then_with(|| a.queued_at.cmp(&b.queued_at))
