@@ -672,7 +672,8 @@ impl OutboxWorker {
         refresh: bool,
     ) -> Result<Vec<Label>, GiteaError> {
         let id = self.label_id(&issue.repo, name, refresh).await?;
-        self.gitea.add_label_ids(issue, &[id]).await
+        // Its answer (the issue's labels) decides the next step.
+        self.gitea.add_label_ids(issue, &[id]).await.map_err(midway)
     }
 
     /// The id of the repository's label `name`: remembered, or from listing the repository's
@@ -715,7 +716,12 @@ impl OutboxWorker {
                 }
                 // Someone created it since the listing: list again.
                 Err(err) if matches!(err.status(), Some(409 | 422)) => {}
-                Err(err) => return Err(err),
+                Err(err) => {
+                    // It may have been created all the same (a lost answer; Gitea allows two
+                    // labels of one name): list before creating it again.
+                    self.known().label_ids.remove(repo);
+                    return Err(midway(err));
+                }
             }
         }
         let listed = self.gitea.list_labels(repo).await?;
@@ -726,7 +732,13 @@ impl OutboxWorker {
             .collect();
         let id = match found {
             Some(id) => id,
-            None => self.gitea.create_managed_label(repo, name).await?.id,
+            None => {
+                self.gitea
+                    .create_managed_label(repo, name)
+                    .await
+                    .map_err(midway)?
+                    .id
+            }
         };
         ids.insert(name.to_owned(), id);
         self.known().label_ids.insert(repo.clone(), ids);
@@ -921,6 +933,19 @@ impl OutboxWorker {
                 () = tokio::time::sleep(pause) => {}
             }
         }
+    }
+}
+
+/// An error of a call whose answer a later step of the same write needs: a write Gitea did but
+/// whose answer is unreadable leaves that step undone, so the write is retried (the call is
+/// safe to repeat) instead of being counted delivered.
+fn midway(err: GiteaError) -> GiteaError {
+    match err {
+        GiteaError::WrittenUnreadable { operation, message } => GiteaError::Transport {
+            operation,
+            message: format!("done, but its answer is needed and could not be read: {message}"),
+        },
+        other => other,
     }
 }
 

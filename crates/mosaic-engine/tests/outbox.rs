@@ -135,6 +135,18 @@ struct Flaky {
     after_post: AfterPost,
     posts: AtomicU32,
     posted: Notify,
+    /// Label writes (creating a label, adding one to an issue) still to fail after Gitea did
+    /// them, as `after_post` says; comments and pull requests always do.
+    label_writes_to_fail: AtomicU32,
+}
+
+impl Flaky {
+    /// Whether this label write is one to fail after it was done.
+    fn fails_label_write(&self) -> bool {
+        self.label_writes_to_fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
 }
 
 impl Flaky {
@@ -201,10 +213,18 @@ impl GiteaApi for Flaky {
         self.inner.list_labels(repo).await
     }
     async fn create_managed_label(&self, repo: &RepoName, name: &str) -> Result<Label, GiteaError> {
-        self.inner.create_managed_label(repo, name).await
+        let label = self.inner.create_managed_label(repo, name).await?;
+        if self.fails_label_write() {
+            return Err(self.after_write("repo.labels.create").await);
+        }
+        Ok(label)
     }
     async fn add_label_ids(&self, issue: &IssueRef, ids: &[i64]) -> Result<Vec<Label>, GiteaError> {
-        self.inner.add_label_ids(issue, ids).await
+        let labels = self.inner.add_label_ids(issue, ids).await?;
+        if self.fails_label_write() {
+            return Err(self.after_write("issue.labels.add").await);
+        }
+        Ok(labels)
     }
     async fn replace_labels(
         &self,
@@ -274,6 +294,7 @@ fn flaky(h: &Harness, after_post: AfterPost) -> Arc<Flaky> {
         after_post,
         posts: AtomicU32::new(0),
         posted: Notify::new(),
+        label_writes_to_fail: AtomicU32::new(0),
     })
 }
 
@@ -1281,4 +1302,53 @@ async fn one_call_sets_the_state_label_once_the_issues_labels_are_known() {
         .await;
     drain(&worker).await;
     assert!(h.gitea.requests().is_empty(), "{:?}", h.gitea.requests());
+}
+
+#[tokio::test]
+async fn a_label_created_with_a_lost_answer_is_not_created_twice() {
+    let h = harness().await;
+    let first = h.issue(&[]);
+    let second = h.issue(&[]);
+    let gitea = flaky(&h, AfterPost::LoseAnswer);
+    let worker = h.worker_with(gitea.clone(), fast());
+    // The repository's labels are listed once, with the first state label.
+    h.enqueue(&first, &[("l1", state_label("mosaic:queued"))])
+        .await;
+    drain(&worker).await;
+    // A new state label: created, but the answer is lost.
+    gitea.label_writes_to_fail.store(1, Ordering::SeqCst);
+    h.enqueue(&second, &[("l2", state_label("mosaic:in-progress"))])
+        .await;
+    drain(&worker).await;
+    after_backoff().await;
+    drain(&worker).await;
+    let named = h
+        .gitea
+        .repo_labels(&h.repo)
+        .iter()
+        .filter(|label| label.name == "mosaic:in-progress")
+        .count();
+    assert_eq!(named, 1, "{:#?}", h.gitea.repo_labels(&h.repo));
+    assert_eq!(h.gitea.issue_labels(&second), vec!["mosaic:in-progress"]);
+}
+
+#[tokio::test]
+async fn a_state_label_whose_first_call_answered_unreadably_still_ends_alone() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    h.enqueue(&issue, &[("l1", state_label("mosaic:queued"))])
+        .await;
+    drain(&h.worker(fast())).await;
+    // A worker that does not know the issue's labels: it adds the new label (Gitea does it, but
+    // its answer, the issue's labels, is unreadable), then must still take the old one off.
+    let gitea = flaky(&h, AfterPost::Unreadable);
+    gitea.label_writes_to_fail.store(1, Ordering::SeqCst);
+    let worker = h.worker_with(gitea, fast());
+    h.enqueue(&issue, &[("l2", state_label("mosaic:in-progress"))])
+        .await;
+    drain(&worker).await;
+    after_backoff().await;
+    drain(&worker).await;
+    assert_eq!(h.gitea.issue_labels(&issue), vec!["mosaic:in-progress"]);
+    assert_eq!(h.store.outbox_backlog().await.unwrap().failed, 0);
 }
