@@ -85,15 +85,35 @@ async fn metrics_are_prometheus_text_with_every_family() {
         .unwrap()
         .to_owned();
     assert!(content_type.contains("text"), "{content_type}");
-    let text = response.text().await.unwrap();
+    let mut text = response.text().await.unwrap();
     // Families with samples from the start (the engine's appear once it runs; see
-    // coordinator.rs).
-    for family in [
+    // coordinator.rs). The store's are read by a refresh that runs at start, beside the first
+    // request.
+    let families = [
         "mosaic_webhook_intake_seconds",
         "mosaic_deliveries",
         "mosaic_outbox_backlog",
         "mosaic_store_commits",
-    ] {
+        "mosaic_coordinators_alive",
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !families
+        .iter()
+        .all(|family| text.contains(&format!("# TYPE {family}")))
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        text = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    }
+    for family in families {
         assert!(
             text.contains(&format!("# TYPE {family}")),
             "{family} missing:\n{text}"

@@ -211,11 +211,6 @@ impl StoreGauges {
                 .get_or_create(&StatusLabels { status })
                 .set(as_i64(n));
         }
-        let since = chrono::Utc::now()
-            - chrono::Duration::from_std(crate::peers::ALIVE_WITHIN)
-                .unwrap_or_else(|_| chrono::Duration::zero());
-        self.coordinators_alive
-            .set(i64::try_from(store.peers_alive(since).await?.len()).unwrap_or(i64::MAX));
         let backlog = store.outbox_backlog().await?;
         self.outbox
             .get_or_create(&StatusLabels { status: "pending" })
@@ -261,6 +256,11 @@ impl StoreGauges {
         let stats = store.stats();
         advance(&self.store_commits, stats.commits);
         advance(&self.store_writes, stats.writes);
+        let since = chrono::Utc::now()
+            - chrono::Duration::from_std(crate::peers::ALIVE_WITHIN)
+                .unwrap_or_else(|_| chrono::Duration::zero());
+        self.coordinators_alive
+            .set(i64::try_from(store.peers_alive(since).await?.len()).unwrap_or(i64::MAX));
         Ok(())
     }
 }

@@ -305,6 +305,53 @@ impl Leadership {
     }
 }
 
+/// When this coordinator last confirmed it still leads, on the monotonic clock, which runs on
+/// while the process is paused: its actions outside the store (Gitea writes, deleting
+/// directories) stop once its lease may have passed to another coordinator, even before it
+/// learns it lost the lead (the store refuses its writes by then: fencing).
+#[derive(Debug)]
+pub struct LeaseClock {
+    origin: std::time::Instant,
+    /// Milliseconds since `origin` at the last confirmation, plus one; 0: never confirmed.
+    confirmed: std::sync::atomic::AtomicU64,
+    /// How long after a confirmation this coordinator may still act: the lease minus a margin
+    /// for the time the confirmation itself took.
+    valid_for: std::time::Duration,
+}
+
+impl LeaseClock {
+    pub fn new(lease: std::time::Duration) -> Self {
+        Self {
+            origin: std::time::Instant::now(),
+            confirmed: std::sync::atomic::AtomicU64::new(0),
+            valid_for: lease.saturating_sub(std::time::Duration::from_millis(500)),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The store said this coordinator still leads.
+    pub fn confirm(&self) {
+        self.confirmed.store(
+            self.now_ms().saturating_add(1),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// Whether this coordinator may still act as the leader.
+    pub fn holds(&self) -> bool {
+        match self.confirmed.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => false,
+            confirmed => {
+                let since = self.now_ms().saturating_sub(confirmed - 1);
+                u128::from(since) < self.valid_for.as_millis()
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct LeadershipProbe {
     pub leadership: Arc<Leadership>,
@@ -534,5 +581,24 @@ mod tests {
         outside.execute_batch("DROP TRIGGER inbox_broken").unwrap();
         assert!(probe.check().await.is_up());
         store.record_delivery(delivery).await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::LeaseClock;
+    use std::time::Duration;
+
+    #[test]
+    fn the_lease_holds_only_for_a_while_after_each_confirmation() {
+        let lease = LeaseClock::new(Duration::from_millis(1_500));
+        assert!(!lease.holds(), "never confirmed");
+        lease.confirm();
+        assert!(lease.holds());
+        // Paused (or not confirmed) past the lease minus its margin: it no longer holds.
+        std::thread::sleep(Duration::from_millis(1_100));
+        assert!(!lease.holds());
+        lease.confirm();
+        assert!(lease.holds());
     }
 }

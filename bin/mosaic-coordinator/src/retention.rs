@@ -143,6 +143,9 @@ pub struct Retention {
     /// Set while this coordinator leads: only the engine knows which issues are finished, so a
     /// standby removes no work directory.
     pub engine: Arc<OnceLock<Engine>>,
+    /// Whether this coordinator may still act as the leader: a leader paused past its lease
+    /// removes nothing (another may be using the directories by then).
+    pub lease: Arc<crate::probes::LeaseClock>,
     pub config: RetentionConfig,
     pub metrics: RetentionMetrics,
     pub status: SharedRetention,
@@ -293,7 +296,8 @@ impl Retention {
         errors: &mut Vec<String>,
     ) -> (Volume, Option<Volume>) {
         let before = now - chrono::Duration::days(i64::from(self.config.work_dirs_days));
-        let engine = self.engine.get().cloned();
+        // Only a leader that still holds its lease removes anything; otherwise only count.
+        let engine = self.engine.get().cloned().filter(|_| self.lease.holds());
         let work_root = self.work_root.clone();
         let (worktrees, runner_dirs) = match &engine {
             Some(engine) => {
@@ -436,6 +440,7 @@ mod tests {
             log_dir: logs.clone(),
             work_root: dir.path().join("work"),
             engine: Arc::default(),
+            lease: Arc::new(crate::probes::LeaseClock::new(Duration::from_secs(5))),
             config: RetentionConfig::default(),
             metrics: RetentionMetrics::default(),
             status: SharedRetention::default(),

@@ -25,7 +25,7 @@ use crate::glue::StoreParseCache;
 use crate::metrics::CoordinatorMetrics;
 use crate::probes::{
     CoordinationProbe, GiteaProbe, GiteaStatus, LastGiteaCall, Leadership, LeadershipProbe,
-    ObservedGiteaCalls, OutboxProbe, ParserProbe, StoreProbe, WorkspacesProbe,
+    LeaseClock, ObservedGiteaCalls, OutboxProbe, ParserProbe, StoreProbe, WorkspacesProbe,
 };
 
 pub fn run(config: Config) -> Result<(), Failure> {
@@ -296,12 +296,16 @@ pub async fn run_on(
     let retention_status = mosaic_http::SharedRetention::default();
     let state = state.with_retention(Arc::clone(&retention_status));
     let engine_slot = state.engine_slot();
+    let lease = Arc::new(LeaseClock::new(Duration::from_millis(
+        config.store.leader_lease_ms,
+    )));
     tokio::spawn(
         crate::retention::Retention {
             store: Arc::clone(&store),
             log_dir: session_log_dir,
             work_root: runner_work_root,
             engine: Arc::clone(&engine_slot),
+            lease: Arc::clone(&lease),
             config: config.retention.clone(),
             metrics: metrics.retention.clone(),
             status: retention_status,
@@ -355,6 +359,7 @@ pub async fn run_on(
         outbox: config.outbox.clone(),
         reconcile: config.gitea.as_ref().map(ReconcileConfig::from_gitea),
         metrics: metrics.clone(),
+        lease: Arc::clone(&lease),
         notify,
         configured_login: config
             .gitea
@@ -373,6 +378,7 @@ pub async fn run_on(
         idle_because,
         Leading {
             leadership,
+            lease: Arc::clone(&lease),
             lost: lost_tx,
         },
         cancel.clone(),
@@ -444,6 +450,8 @@ pub async fn run_on(
 /// How a coordinator takes and keeps the leadership of those sharing its store.
 struct Leading {
     leadership: Arc<Leadership>,
+    /// Renewed at every check that this coordinator still leads.
+    lease: Arc<LeaseClock>,
     /// Set when the leadership is lost: the process stops.
     lost: watch::Sender<bool>,
 }
@@ -479,9 +487,11 @@ impl Leading {
             }
         }
         self.leadership.lead();
+        self.lease.confirm();
         tracing::info!("leading: this coordinator decides and runs agents");
         let store = Arc::clone(store);
         let leadership = Arc::clone(&self.leadership);
+        let lease = Arc::clone(&self.lease);
         let lost = self.lost.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
@@ -490,7 +500,9 @@ impl Leading {
                     () = cancel.cancelled() => return,
                     () = tokio::time::sleep(LEADERSHIP_CHECK) => {}
                 }
-                if !matches!(store.still_leading().await, Ok(true)) {
+                if matches!(store.still_leading().await, Ok(true)) {
+                    lease.confirm();
+                } else {
                     tracing::error!(
                         "the leadership is lost (the database ended this coordinator's hold): stopping"
                     );
@@ -522,6 +534,8 @@ struct EngineInputs {
     outbox: mosaic_engine::outbox::OutboxConfig,
     reconcile: Option<ReconcileConfig>,
     metrics: CoordinatorMetrics,
+    /// Whether this coordinator may still act as the leader (Gitea writes).
+    lease: Arc<LeaseClock>,
     notify: Arc<Notify>,
     /// The login to act for when Gitea cannot tell (no token): `gitea.assignee` or
     /// `gitea.bot_username`.
@@ -635,7 +649,11 @@ async fn run_workers(
             Arc::new(Notify::new()),
             inputs.outbox,
         )
-        .with_bot_login(identity.login());
+        .with_bot_login(identity.login())
+        .with_write_gate({
+            let lease = Arc::clone(&inputs.lease);
+            Arc::new(move || lease.holds())
+        });
         inputs.metrics.watch_outbox(outbox.stats());
         tasks.push(tokio::spawn(outbox.run(cancel.clone())));
         if let Some(config) = inputs.reconcile {

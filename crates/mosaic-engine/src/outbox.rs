@@ -110,7 +110,13 @@ enum Taken {
     Handled,
     /// Left for later: it may still be superseded (see `coalesce_ms`); due at this time.
     Deferred(DateTime<Utc>),
+    /// Not sent: this coordinator may not write to Gitea now (see
+    /// [`OutboxWorker::with_write_gate`]).
+    Held,
 }
+
+/// Whether this coordinator may write to Gitea now.
+pub type WriteGate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// A plain copy of [`OutboxStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -167,6 +173,8 @@ pub struct OutboxWorker {
     /// Rows created before this moment may have been attempted by an earlier process whose
     /// record of the attempt was lost with it.
     started_at: DateTime<Utc>,
+    /// Closed while this coordinator may not act as the leader: nothing is sent.
+    write_gate: Option<WriteGate>,
 }
 
 /// Ids learnt from Gitea. Only a cache: a miss costs a look-up, a stale entry a 404/422 and a
@@ -213,6 +221,17 @@ impl OutboxWorker {
             known: Mutex::new(Known::default()),
             label_listing: tokio::sync::Mutex::new(()),
             started_at: Utc::now(),
+            write_gate: None,
+        }
+    }
+
+    /// Sends nothing while `gate` says no: a leader whose lease may have passed to another
+    /// coordinator (it was paused, or cannot confirm its hold) must not write to Gitea, where
+    /// fencing in the store cannot reach.
+    pub fn with_write_gate(self, gate: WriteGate) -> Self {
+        Self {
+            write_gate: Some(gate),
+            ..self
         }
     }
 
@@ -282,6 +301,7 @@ impl OutboxWorker {
                 Ok(Taken::Deferred(at)) => {
                     next_due = Some(next_due.map_or(at, |earliest| earliest.min(at)));
                 }
+                Ok(Taken::Held) => {}
                 Err(err) => {
                     taken += 1;
                     first_error.get_or_insert(err);
@@ -361,6 +381,10 @@ impl OutboxWorker {
         }
         if let Some(until) = self.coalescing_until(item) {
             return Ok(Taken::Deferred(until));
+        }
+        if self.write_gate.as_ref().is_some_and(|open| !open()) {
+            tracing::warn!("not sent: this coordinator cannot confirm it still leads");
+            return Ok(Taken::Held);
         }
         match self.apply(item).await {
             Ok(()) => {

@@ -1352,3 +1352,23 @@ async fn a_state_label_whose_first_call_answered_unreadably_still_ends_alone() {
     assert_eq!(h.gitea.issue_labels(&issue), vec!["mosaic:in-progress"]);
     assert_eq!(h.store.outbox_backlog().await.unwrap().failed, 0);
 }
+
+#[tokio::test]
+async fn nothing_is_sent_while_the_write_gate_is_closed() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = h.worker(fast()).with_write_gate({
+        let open = Arc::clone(&open);
+        Arc::new(move || open.load(Ordering::SeqCst))
+    });
+    h.enqueue(&issue, &[("c1", comment("Finished."))]).await;
+    // A leader that cannot confirm it still leads: nothing reaches Gitea, the row waits.
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+    assert!(h.gitea.requests().is_empty(), "{:?}", h.gitea.requests());
+    assert_eq!(h.statuses(&issue).await, vec![OutboxStatus::Pending]);
+    open.store(true, Ordering::SeqCst);
+    drain(&worker).await;
+    assert_eq!(h.gitea.comments(&issue).len(), 1);
+    assert_eq!(h.statuses(&issue).await, vec![OutboxStatus::Done]);
+}
