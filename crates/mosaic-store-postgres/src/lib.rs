@@ -143,14 +143,14 @@ fn add_option(config: &mut tokio_postgres::Config, option: &str) {
 }
 
 /// What a leader's writes prove in their transaction: its epoch is still the current one and
-/// its leadership connection (backend `pid`) still holds the advisory lock.
+/// its leadership connection still exists (backend `pid` started at `backend_start`: the
+/// session-level lock lives exactly as long as that session, and a reused pid has another
+/// start).
 #[derive(Debug, Clone, Copy)]
 struct Fence {
     epoch: i64,
     pid: i32,
-    /// The advisory lock's key as `pg_locks` shows a one-`bigint` lock: high and low 32 bits.
-    key_high: i64,
-    key_low: i64,
+    backend_start: DateTime<Utc>,
 }
 
 impl Fence {
@@ -161,19 +161,14 @@ impl Fence {
     async fn check(&self, tx: &impl deadpool_postgres::GenericClient) -> Result<(), Failure> {
         let row = tx
             .query_one(
+                // pg_stat_activity rather than pg_locks: reading pg_locks takes every lock
+                // manager partition, on every write.
                 "SELECT e.epoch,
-                        EXISTS (SELECT 1 FROM pg_locks l
-                                 WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $1
-                                   AND l.classid = $2::bigint::oid AND l.objid = $3::bigint::oid
-                                   AND l.objsubid = 1) AS held,
-                        set_config('mosaic.epoch', $4, true)
+                        EXISTS (SELECT 1 FROM pg_stat_activity a
+                                 WHERE a.pid = $1 AND a.backend_start = $2) AS held,
+                        set_config('mosaic.epoch', $3, true)
                    FROM leader_epoch e WHERE e.id = 1 FOR SHARE OF e",
-                &[
-                    &self.pid,
-                    &self.key_high,
-                    &self.key_low,
-                    &self.epoch.to_string(),
-                ],
+                &[&self.pid, &self.backend_start, &self.epoch.to_string()],
             )
             .await?;
         let current: i64 = row.try_get(0)?;
@@ -580,31 +575,38 @@ impl Store for PostgresStore {
         }
         // A new epoch begins: the previous leader's writes are refused from now on. This waits
         // for any of its transactions that passed their check to end (their row lock).
-        let begun = client
-            .query_one(
-                "UPDATE leader_epoch SET epoch = epoch + 1, since = now(),
-                        holder = current_setting('application_name') || ' (backend ' || pg_backend_pid() || ')'
-                  WHERE id = 1
-              RETURNING epoch, pg_backend_pid()",
-                &[],
-            )
-            .await;
-        let (epoch, pid): (i64, i32) =
-            match begun.and_then(|row| Ok((row.try_get(0)?, row.try_get(1)?))) {
-                Ok(begun) => begun,
-                Err(err) => {
-                    // Without a new epoch it must not lead: drop the connection and the lock.
-                    *leader = None;
-                    return Err(unavailable("leadership epoch", &err));
-                }
+        let begin = client.query_one(
+            "UPDATE leader_epoch SET epoch = epoch + 1, since = now(),
+                    holder = current_setting('application_name') || ' (backend ' || pg_backend_pid() || ')'
+              WHERE id = 1
+          RETURNING epoch, pg_backend_pid(),
+                    (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())",
+            &[],
+        );
+        // It waits for the previous leader's writes that passed their check; the server ends a
+        // paused leader's transactions after the lease, so wait no longer than about that.
+        let begun: Result<(i64, i32, DateTime<Utc>), StoreError> =
+            match tokio::time::timeout(self.leader_lease * 2, begin).await {
+                Ok(Ok(row)) => (|| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))()
+                    .map_err(|e: tokio_postgres::Error| unavailable("leadership epoch", &e)),
+                Ok(Err(err)) => Err(unavailable("leadership epoch", &err)),
+                Err(_) => Err(StoreError::Unavailable(
+                    "leadership epoch: the previous leader's writes did not end in time"
+                        .to_owned(),
+                )),
             };
-        // pg_locks shows a lock on one bigint as its high and low 32 bits (unsigned).
-        let key = self.leader_key as u64;
+        let (epoch, pid, backend_start) = match begun {
+            Ok(begun) => begun,
+            Err(err) => {
+                // Without a new epoch it must not lead: drop the connection and the lock.
+                *leader = None;
+                return Err(err);
+            }
+        };
         let fence = Fence {
             epoch,
             pid,
-            key_high: i64::from((key >> 32) as u32),
-            key_low: i64::from(key as u32),
+            backend_start,
         };
         *self
             .fence
