@@ -648,6 +648,19 @@ impl OutboxWorker {
         remove: &[String],
     ) -> Option<Vec<Label>> {
         let labels = self.known().issue_labels.get(issue).cloned()?;
+        // A webhook about the issue not handled yet may say its labels changed: not trusted
+        // until it is.
+        match self.store.has_pending_delivery(issue).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::debug!("a delivery about the issue is not handled yet; asking Gitea for its labels");
+                return None;
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "the inbox could not be read; asking Gitea for its labels");
+                return None;
+            }
+        }
         let snapshot = match self.store.get_issue_snapshot(issue).await {
             Ok(snapshot) => snapshot,
             Err(err) => {

@@ -208,6 +208,20 @@ impl Setup {
     /// Records a delivery of `action` on `issue` (sent by `sender`) and lets the inbox
     /// handle it.
     async fn deliver(&self, issue: &IssueRef, action: &str, sender: &str, id: &str) {
+        self.record(issue, action, sender, id).await;
+        InboxWorker::new(
+            Arc::clone(&self.store),
+            Arc::new(self.engine.clone()),
+            Arc::new(Notify::new()),
+            InboxConfig::default(),
+        )
+        .run_once()
+        .await
+        .unwrap();
+    }
+
+    /// Records a delivery of `action` on `issue`, not handled yet.
+    async fn record(&self, issue: &IssueRef, action: &str, sender: &str, id: &str) {
         let event = self.gitea.issue_event(issue, action, sender).unwrap();
         let body = serde_json::to_vec(&event).unwrap();
         self.store
@@ -225,15 +239,6 @@ impl Setup {
             })
             .await
             .unwrap();
-        InboxWorker::new(
-            Arc::clone(&self.store),
-            Arc::new(self.engine.clone()),
-            Arc::new(Notify::new()),
-            InboxConfig::default(),
-        )
-        .run_once()
-        .await
-        .unwrap();
     }
 
     /// Assigns a new issue and dispatches it; with prompt delivery, returns once Gitea shows
@@ -429,6 +434,20 @@ async fn a_label_someone_added_meanwhile_is_kept_when_the_state_label_changes() 
     assert!(s.gitea.add_issue_label(&issue, "priority:high"));
     s.deliver(&issue, "label_updated", "alice", "hook-label")
         .await;
+    let calls = s.finish(&issue, &session).await;
+    let mut labels = s.gitea.issue_labels(&issue);
+    labels.sort();
+    assert_eq!(labels, vec!["mosaic:done", "priority:high"], "{calls:#?}");
+}
+
+#[tokio::test]
+async fn a_label_someone_added_is_kept_while_its_webhook_waits_to_be_handled() {
+    let s = setup(Delivery::Prompt).await;
+    let (issue, session) = s.start(1).await;
+    // Someone labels the issue; the webhook is recorded but not handled yet (the stored
+    // snapshot still shows the old labels) when the issue is done.
+    assert!(s.gitea.add_issue_label(&issue, "priority:high"));
+    s.record(&issue, "label_updated", "alice", "hook-label").await;
     let calls = s.finish(&issue, &session).await;
     let mut labels = s.gitea.issue_labels(&issue);
     labels.sort();

@@ -146,6 +146,9 @@ impl Store for SpyStore {
     async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError> {
         self.inner.delivery_counts().await
     }
+    async fn has_pending_delivery(&self, issue: &IssueRef) -> Result<bool, StoreError> {
+        self.inner.has_pending_delivery(issue).await
+    }
     async fn complete_delivery(
         &self,
         id: DeliveryRowId,

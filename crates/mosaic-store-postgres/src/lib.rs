@@ -414,6 +414,10 @@ impl Store for PostgresStore {
         read!(self, |client| ops::delivery_counts(client))
     }
 
+    async fn has_pending_delivery(&self, issue: &IssueRef) -> Result<bool, StoreError> {
+        read!(self, |client| ops::has_pending_delivery(client, issue))
+    }
+
     async fn complete_delivery(
         &self,
         id: DeliveryRowId,

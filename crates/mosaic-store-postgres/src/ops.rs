@@ -572,6 +572,24 @@ pub(crate) async fn recent_deliveries(
     .await
 }
 
+pub(crate) async fn has_pending_delivery(
+    client: &impl GenericClient,
+    issue: &IssueRef,
+) -> OpResult<bool> {
+    // The partial index of pending rows finds the few there are; the issue filters them.
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM inbox WHERE status = 'pending' AND repository = $1
+                 AND issue_number = $2)",
+            &[
+                &issue.repo.to_string(),
+                &to_i64("issue number", issue.number)?,
+            ],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
 pub(crate) async fn delivery_counts(client: &impl GenericClient) -> OpResult<DeliveryCounts> {
     let rows = collect(
         client,

@@ -600,6 +600,12 @@ impl Store for SqliteStore {
         self.read(ops::delivery_counts).await
     }
 
+    async fn has_pending_delivery(&self, issue: &IssueRef) -> Result<bool, StoreError> {
+        let issue = issue.clone();
+        self.read(move |conn| ops::has_pending_delivery(conn, &issue))
+            .await
+    }
+
     async fn complete_delivery(
         &self,
         id: DeliveryRowId,

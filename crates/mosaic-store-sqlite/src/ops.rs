@@ -487,6 +487,20 @@ pub(crate) fn recent_deliveries(
     )
 }
 
+pub(crate) fn has_pending_delivery(conn: &Connection, issue: &IssueRef) -> Result<bool, Failure> {
+    // The pending rows are few: the status index finds them, then the issue filters.
+    let found: i64 = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM inbox WHERE status = 'pending' AND repository = ?1
+                 AND issue_number = ?2)",
+        )?
+        .query_row(
+            params![issue.repo.to_string(), to_i64("issue number", issue.number)?],
+            |row| row.get(0),
+        )?;
+    Ok(found != 0)
+}
+
 pub(crate) fn delivery_counts(conn: &Connection) -> Result<DeliveryCounts, Failure> {
     let rows = collect(
         conn,

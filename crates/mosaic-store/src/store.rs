@@ -52,6 +52,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError>;
 
+    /// Whether a delivery about `issue` is recorded and not handled yet: what the tracker says
+    /// of the issue may be newer than its stored snapshot.
+    async fn has_pending_delivery(&self, issue: &IssueRef) -> Result<bool, StoreError>;
+
     /// Writes a delivery's effects and marks it processed in one transaction. A row that is
     /// already processed is left alone and nothing is written ([`CompletionOutcome::AlreadyProcessed`]).
     async fn complete_delivery(

@@ -1204,6 +1204,17 @@ pub async fn llm_usage_is_summed_per_provider_and_model(store: &dyn Store) {
     );
 }
 
+pub async fn a_pending_delivery_is_known_per_issue(store: &dyn Store) {
+    let seven = issue("mosaic/coordinator#7");
+    let eight = issue("mosaic/coordinator#8");
+    assert!(!store.has_pending_delivery(&seven).await.unwrap());
+    let id = record(store, delivery(Some("p-1"), "pending one", at(0))).await;
+    assert!(store.has_pending_delivery(&seven).await.unwrap());
+    assert!(!store.has_pending_delivery(&eight).await.unwrap());
+    store.mark_processed(id).await.unwrap();
+    assert!(!store.has_pending_delivery(&seven).await.unwrap());
+}
+
 pub async fn peers_are_alive_while_they_beat(store: &dyn Store) {
     let beat = |id: &str, name: &str, leading: bool, seconds: i64| PeerBeat {
         id: id.to_owned(),
