@@ -299,11 +299,13 @@ impl Retention {
         // Only a leader that still holds its lease removes anything; otherwise only count.
         let engine = self.engine.get().cloned().filter(|_| self.lease.holds());
         let work_root = self.work_root.clone();
-        let (worktrees, runner_dirs) = match &engine {
+        let (worktrees, set_aside) = match &engine {
             Some(engine) => {
                 let worktrees = engine.remove_expired_worktrees(before).await;
-                // Under the engine's lock: an issue reopened now waits for its directory's fate.
-                let runner_dirs = engine
+                // Under the engine's lock, so an issue reopened now waits for its directory's
+                // fate; only a quick rename happens there, measuring and deleting come after.
+                let work_root = work_root.clone();
+                let set_aside = engine
                     .while_finished_issues_stay_finished(before, move |finished| {
                         // Two issues whose names clean up to the same directory: it stays
                         // while either needs it.
@@ -315,22 +317,39 @@ impl Retention {
                             .map(issue_relative_dir)
                             .filter(|dir| !needed.contains(dir))
                             .collect();
-                        mosaic_runner::retention::prune_issue_work_dirs(&work_root, |relative| {
-                            removable.contains(relative)
-                        })
+                        mosaic_runner::retention::set_aside_issue_work_dirs(
+                            &work_root,
+                            |relative| removable.contains(relative),
+                        )
                     })
                     .await;
-                (worktrees, runner_dirs)
+                (worktrees, Some(set_aside))
             }
-            // A standby runs no agent: it only counts.
-            None => (
-                RemovedWorktrees::default(),
-                tokio::task::spawn_blocking(move || {
-                    mosaic_runner::retention::prune_issue_work_dirs(&work_root, |_| false)
-                })
-                .await,
-            ),
+            // A standby (or a leader that cannot confirm its lease) removes nothing: it counts.
+            None => (RemovedWorktrees::default(), None),
         };
+        let failed_to_set_aside = match &set_aside {
+            Some(Ok(Err(err))) => Some(err.to_string()),
+            Some(Err(err)) => Some(err.to_string()),
+            _ => None,
+        };
+        if let Some(err) = failed_to_set_aside {
+            errors.push(format!(
+                "work directories in {}: {err}",
+                self.work_root.display()
+            ));
+        }
+        let deleting = engine.is_some();
+        let runner_dirs = tokio::task::spawn_blocking(move || {
+            let removed = if deleting {
+                mosaic_runner::retention::delete_set_aside(&work_root)?
+            } else {
+                mosaic_runner::retention::Volume::default()
+            };
+            let kept = mosaic_runner::retention::issue_work_dirs_volume(&work_root)?;
+            Ok::<_, std::io::Error>((kept, removed))
+        })
+        .await;
         let runner_dirs = match runner_dirs {
             Ok(Ok(volumes)) => Some(volumes),
             Ok(Err(err)) => {

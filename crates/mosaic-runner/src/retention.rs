@@ -60,42 +60,93 @@ fn walk(dir: &Path, remove: impl Fn(SystemTime) -> bool) -> std::io::Result<(Vol
     Ok((found, removed))
 }
 
+/// Where directories set aside for deletion wait, under the work root: renaming is quick, so
+/// it can happen while nothing may start in them; deleting (and measuring) comes later.
+const SET_ASIDE: &str = ".removed";
+
+static SET_ASIDE_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The per-issue working directories under `root` (`<owner>/<repo>/issue-<n>`, as
-/// [`crate::workdir::issue_relative_dir`] makes them); `remove(relative path)` says which to
-/// delete. Returns (kept, removed). Only real directories count: a symbolic link on the way is
-/// neither followed nor removed.
-pub fn prune_issue_work_dirs(
-    root: &Path,
-    remove: impl Fn(&Path) -> bool,
-) -> std::io::Result<(Volume, Volume)> {
-    let mut kept = Volume::default();
-    let mut removed = Volume::default();
+/// [`crate::workdir::issue_relative_dir`] makes them), relative to it. Only real directories
+/// count: a symbolic link on the way is neither followed nor listed.
+fn issue_work_dirs(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
     for owner in subdirectories(root)? {
+        // The set-aside folder is not an owner (Gitea's names never start with a dot).
+        if owner.to_string_lossy().starts_with('.') {
+            continue;
+        }
         for repo in subdirectories(&root.join(&owner))? {
             for issue in subdirectories(&root.join(&owner).join(&repo))? {
-                if !issue.to_string_lossy().starts_with("issue-") {
-                    continue;
-                }
-                let relative: PathBuf = [&owner, &repo, &issue].iter().collect();
-                let path = root.join(&relative);
-                let bytes = tree_bytes(&path)?;
-                if remove(&relative) {
-                    match std::fs::remove_dir_all(&path) {
-                        Ok(()) => {
-                            removed.count += 1;
-                            removed.bytes += bytes;
-                        }
-                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(err) => return Err(err),
-                    }
-                } else {
-                    kept.count += 1;
-                    kept.bytes += bytes;
+                if issue.to_string_lossy().starts_with("issue-") {
+                    found.push([&owner, &repo, &issue].iter().collect());
                 }
             }
         }
     }
-    Ok((kept, removed))
+    Ok(found)
+}
+
+/// Sets aside the per-issue working directories `remove(relative path)` chooses: each is
+/// renamed into `<root>/.removed`, a quick step that touches none of its files; returns how
+/// many. [`delete_set_aside`] deletes them afterwards.
+pub fn set_aside_issue_work_dirs(
+    root: &Path,
+    remove: impl Fn(&Path) -> bool,
+) -> std::io::Result<u64> {
+    let mut set_aside = 0;
+    let dirs = issue_work_dirs(root)?;
+    if !dirs.iter().any(|relative| remove(relative)) {
+        return Ok(0);
+    }
+    let aside = root.join(SET_ASIDE);
+    std::fs::create_dir_all(&aside)?;
+    for relative in dirs.iter().filter(|relative| remove(relative)) {
+        // Unique without a random source: this process, the time, and a counter.
+        let target = aside.join(format!(
+            "{}-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros(),
+            SET_ASIDE_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        match std::fs::rename(root.join(relative), &target) {
+            Ok(()) => set_aside += 1,
+            // Gone meanwhile: nothing left to remove.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(set_aside)
+}
+
+/// Deletes what [`set_aside_issue_work_dirs`] set aside (also what a run cut short left);
+/// returns what it held.
+pub fn delete_set_aside(root: &Path) -> std::io::Result<Volume> {
+    let aside = root.join(SET_ASIDE);
+    let mut removed = Volume::default();
+    for name in subdirectories(&aside)? {
+        let path = aside.join(name);
+        let bytes = tree_bytes(&path)?;
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                removed.count += 1;
+                removed.bytes += bytes;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(removed)
+}
+
+/// The per-issue working directories under `root` and the bytes they hold.
+pub fn issue_work_dirs_volume(root: &Path) -> std::io::Result<Volume> {
+    let mut kept = Volume::default();
+    for relative in issue_work_dirs(root)? {
+        kept.count += 1;
+        kept.bytes += tree_bytes(&root.join(relative))?;
+    }
+    Ok(kept)
 }
 
 /// The names of the real directories in `dir` (none when it does not exist).
@@ -217,18 +268,25 @@ mod tests {
         // A linked "issue directory" is never entered or removed.
         std::os::unix::fs::symlink(outside.path(), root.path().join("acme/widgets/issue-3"))
             .unwrap();
-        let (kept, removed) = prune_issue_work_dirs(root.path(), |relative| {
+        let set_aside = set_aside_issue_work_dirs(root.path(), |relative| {
             relative != Path::new("acme/widgets/issue-2")
         })
         .unwrap();
+        assert_eq!(set_aside, 1);
+        // Set aside: gone from its place at once, deleted (and measured) afterwards.
+        assert!(!finished.exists());
         assert_eq!(
-            removed,
+            issue_work_dirs_volume(root.path()).unwrap(),
+            Volume { count: 1, bytes: 7 }
+        );
+        assert_eq!(
+            delete_set_aside(root.path()).unwrap(),
             Volume {
                 count: 1,
                 bytes: 100
             }
         );
-        assert_eq!(kept, Volume { count: 1, bytes: 7 });
+        assert_eq!(delete_set_aside(root.path()).unwrap(), Volume::default());
         assert!(!finished.exists());
         assert!(running.join("b.rs").is_file());
         assert!(outside.path().join("precious").is_file());
@@ -236,9 +294,9 @@ mod tests {
             std::fs::symlink_metadata(root.path().join("acme/widgets/issue-3")).is_ok(),
             "a link is left alone"
         );
-        assert_eq!(
-            prune_issue_work_dirs(&root.path().join("missing"), |_| true).unwrap(),
-            (Volume::default(), Volume::default())
-        );
+        let missing = root.path().join("missing");
+        assert_eq!(set_aside_issue_work_dirs(&missing, |_| true).unwrap(), 0);
+        assert_eq!(issue_work_dirs_volume(&missing).unwrap(), Volume::default());
+        assert_eq!(delete_set_aside(&missing).unwrap(), Volume::default());
     }
 }
