@@ -653,7 +653,9 @@ impl OutboxWorker {
         match self.store.has_pending_delivery(issue).await {
             Ok(false) => {}
             Ok(true) => {
-                tracing::debug!("a delivery about the issue is not handled yet; asking Gitea for its labels");
+                tracing::debug!(
+                    "a delivery about the issue is not handled yet; asking Gitea for its labels"
+                );
                 return None;
             }
             Err(err) => {

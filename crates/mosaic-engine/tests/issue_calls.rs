@@ -447,7 +447,8 @@ async fn a_label_someone_added_is_kept_while_its_webhook_waits_to_be_handled() {
     // Someone labels the issue; the webhook is recorded but not handled yet (the stored
     // snapshot still shows the old labels) when the issue is done.
     assert!(s.gitea.add_issue_label(&issue, "priority:high"));
-    s.record(&issue, "label_updated", "alice", "hook-label").await;
+    s.record(&issue, "label_updated", "alice", "hook-label")
+        .await;
     let calls = s.finish(&issue, &session).await;
     let mut labels = s.gitea.issue_labels(&issue);
     labels.sort();

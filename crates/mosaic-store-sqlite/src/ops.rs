@@ -495,7 +495,10 @@ pub(crate) fn has_pending_delivery(conn: &Connection, issue: &IssueRef) -> Resul
                  AND issue_number = ?2)",
         )?
         .query_row(
-            params![issue.repo.to_string(), to_i64("issue number", issue.number)?],
+            params![
+                issue.repo.to_string(),
+                to_i64("issue number", issue.number)?
+            ],
             |row| row.get(0),
         )?;
     Ok(found != 0)
