@@ -454,7 +454,7 @@ fn marked_processes(repo: &str) -> Vec<MarkedProcess> {
 
 /// Samples `/proc` in a loop while the test runs and records every moment at which one issue
 /// had live processes of two sessions.
-struct Sampler {
+pub(crate) struct Sampler {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     violations: Arc<Mutex<Vec<String>>>,
@@ -464,7 +464,7 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn start(repo: &str) -> Self {
+    pub(crate) fn start(repo: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let violations = Arc::new(Mutex::new(Vec::new()));
         let samples = Arc::new(Mutex::new(0));
@@ -521,7 +521,7 @@ impl Sampler {
         }
     }
 
-    fn violations(&self) -> Vec<String> {
+    pub(crate) fn violations(&self) -> Vec<String> {
         self.violations.lock().unwrap().clone()
     }
 

@@ -725,3 +725,228 @@ async fn a_leader_killed_while_its_agent_works_is_followed_by_the_next_dispatch_
         let _ = kill(Pid::from_raw(-agent), Signal::SIGKILL);
     }
 }
+
+/// Three coordinators on one database (issue "PostgreSQL and several coordinators"): deliveries
+/// spread over them, the leader SIGKILLed mid-stream. Every acknowledged delivery is handled
+/// once, another coordinator leads within the lease plus one renewal, every issue ends done with
+/// one finished comment, and at no moment does an issue have two open sessions in the database
+/// or two sessions' agent processes alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_coordinators_lose_their_leader_mid_stream_and_handle_every_delivery_once() {
+    use mosaic_gitea::mock::{MockGitea, NewIssue};
+
+    let url = database_url();
+    if skip_without_postgres(&url) {
+        return;
+    }
+    let schema = format!("blackbox_{}", uuid::Uuid::new_v4().simple());
+    let _drop = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let (gitea, gitea_url) = MockGitea::start().await.unwrap();
+    let repo: mosaic_domain::RepoName = "trio/app".parse().unwrap();
+    gitea.create_repo(&repo);
+    gitea.create_repo(&"trio/elsewhere".parse().unwrap());
+    // Each agent works about a second, so sessions are running when the leader dies.
+    let program = crate::helpers::binary("mosaic-coordinator");
+    let mut config = format!(
+        "[gitea]\nurl = {}\ntoken = {}\nreconcile_interval_secs = 3600\nrepositories = [\"trio/elsewhere\"]\n\n\
+         [inbox]\nidle_poll_ms = 100\n\n[engine]\ndispatch_poll_ms = 100\n\n\
+         [engine.monitor]\npoll_interval_ms = 200\n\n[runner]\nwork_root = \"work\"\nkill_grace_secs = 1\n",
+        crate::helpers::toml_string(gitea_url.as_str()),
+        crate::helpers::toml_string(MockGitea::BOT_TOKEN),
+    );
+    for name in ["opus", "sonnet", "haiku", "glm", "minimax"] {
+        config.push_str(&format!(
+            "\n[runner.agents.{name}]\nprogram = {}\nargs = [\"sample-agent\", \"--steps\", \"10\", \"--tokens-per-step\", \"10\", \"--start-tokens\", \"5000\", \"--step-delay-ms\", \"100\"]\ninput = \"json_lines\"\n",
+            crate::helpers::toml_string(&program.display().to_string()),
+        ));
+    }
+    let env = vec![
+        ("MOSAIC_DATABASE_URL".to_owned(), url.clone()),
+        ("MOSAIC_STORE__SCHEMA".to_owned(), schema.clone()),
+        (
+            "MOSAIC_STORE__LEADER_LEASE_MS".to_owned(),
+            "2000".to_owned(),
+        ),
+    ];
+    let start = |config: String, env: Vec<(String, String)>| {
+        move || {
+            let data = tempfile::tempdir().unwrap();
+            let path = data.path().join("mosaic.toml");
+            std::fs::write(&path, config).unwrap();
+            let refs: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Running::start_configured(data, &path, &refs)
+        }
+    };
+    let leader = tokio::task::spawn_blocking(start(config.clone(), env.clone()))
+        .await
+        .unwrap();
+    wait_leadership(&leader, "leader").await;
+    let mut standbys = Vec::new();
+    for _ in 0..2 {
+        let standby = tokio::task::spawn_blocking(start(config.clone(), env.clone()))
+            .await
+            .unwrap();
+        wait_leadership(&standby, "standby").await;
+        standbys.push(standby);
+    }
+
+    // Watch the invariant all along: in the processes and in the database.
+    let processes = crate::agent_processes::Sampler::start(&repo.to_string());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let database = {
+        let (url, schema, stop) = (url.clone(), schema.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let twice = sql(
+                    &url,
+                    &schema,
+                    "SELECT repository || '#' || number FROM sessions WHERE ended_at IS NULL \
+                     GROUP BY repository, number HAVING count(*) > 1",
+                );
+                if !twice.is_empty() {
+                    seen.push(twice);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        })
+    };
+
+    // Nine issues assigned, the deliveries spread over the three; the leader dies after four.
+    let issues: Vec<_> = (0..9)
+        .map(|n| {
+            gitea.create_issue(
+                &repo,
+                NewIssue::titled(&format!("Task {n}"))
+                    .body("## Context Estimate\n- Total estimated: 20,000 tokens\n\n## Difficulty\nlow\n")
+                    .by("alice")
+                    .assigned_to(MockGitea::BOT_LOGIN),
+            )
+        })
+        .collect();
+    let mut leader = Some(leader);
+    let mut acknowledged = Vec::new();
+    let mut killed_at = None;
+    for (n, issue) in issues.iter().enumerate() {
+        if n == 4 {
+            let _ = leader.take().unwrap().crash();
+            killed_at = Some(Instant::now());
+        }
+        let alive: Vec<&Running> = leader.iter().chain(standbys.iter()).collect();
+        let to = alive[n % alive.len()];
+        let body =
+            serde_json::to_vec(&gitea.issue_event(issue, "assigned", "alice").unwrap()).unwrap();
+        let id = format!("trio-{n}");
+        let response = to
+            .client
+            .post(to.url("/webhook/gitea"))
+            .header("content-type", "application/json")
+            .header("x-gitea-event", "issues")
+            .header("x-gitea-event-type", "issue_assign")
+            .header("x-gitea-delivery", &id)
+            .header("x-gitea-signature", sign(&body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "delivery {id}");
+        acknowledged.push(id);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+
+    // Another leads within the lease plus one renewal (a killed client's lock goes at once).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new_leader = loop {
+        let mut leading = None;
+        for (i, standby) in standbys.iter().enumerate() {
+            let health = standby.get_json("/health").await;
+            if health["components"]["leadership"]["detail"] == "leader" {
+                leading = Some(i);
+            }
+        }
+        if let Some(i) = leading {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "nobody took over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = killed_at.unwrap().elapsed();
+    assert!(took < Duration::from_secs(4), "led after {took:?}");
+    eprintln!("three coordinators: leader SIGKILL to a new leader in {took:?}");
+
+    // Every issue ends done, each with its one finished comment.
+    let done = "SELECT count(*) FROM issues WHERE state IN ('completed', 'no_changes') \
+                HAVING count(*) = 9";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sql(&url, &schema, done).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "not all done: {}",
+            sql(
+                &url,
+                &schema,
+                "SELECT number, state FROM issues ORDER BY number"
+            )
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let finished = |issue| {
+        gitea
+            .comments(issue)
+            .iter()
+            .filter(|c| {
+                c.body.contains(" finished this issue") || c.body.contains("without a change")
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while issues.iter().any(|issue| finished(issue) == 0) {
+        assert!(Instant::now() < deadline, "finished comments missing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let anything still queued arrive: a second comment would show now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for issue in &issues {
+        assert_eq!(finished(issue), 1, "{issue}: {:#?}", gitea.comments(issue));
+    }
+    // Each acknowledged delivery: one row, handled.
+    for id in &acknowledged {
+        assert_eq!(
+            sql(
+                &url,
+                &schema,
+                &format!("SELECT status FROM inbox WHERE delivery_id = '{id}'")
+            ),
+            "processed",
+            "{id}"
+        );
+    }
+    // The leader died with sessions running: they were ended as interrupted and run again.
+    let outcomes = sql(
+        &url,
+        &schema,
+        "SELECT outcome || ':' || count(*) FROM sessions GROUP BY outcome ORDER BY outcome",
+    );
+    eprintln!("three coordinators: sessions by outcome: {outcomes:?}");
+    assert!(outcomes.contains("interrupted:"), "{outcomes}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let twice = database.join().unwrap();
+    assert!(
+        twice.is_empty(),
+        "two open sessions of one issue: {twice:?}"
+    );
+    assert!(
+        processes.violations().is_empty(),
+        "{:#?}",
+        processes.violations()
+    );
+    assert_eq!(
+        standbys[new_leader].get_json("/health").await["components"]["leadership"]["detail"],
+        "leader"
+    );
+}
