@@ -391,6 +391,123 @@ async fn sql_until(url: &str, schema: &str, query: &str) -> String {
     }
 }
 
+/// Coordinators to be started on one fresh schema, with a mock Gitea holding the repository
+/// `<owner>/app` they work on; every agent profile runs the sample agent for `steps` steps of
+/// 100 ms, reporting its use as it goes. The schema is dropped with it.
+struct SharedSchema {
+    url: String,
+    schema: String,
+    gitea: mosaic_gitea::mock::MockGitea,
+    repo: mosaic_domain::RepoName,
+    config: String,
+    env: Vec<(String, String)>,
+    _drop: DropSchema,
+}
+
+impl SharedSchema {
+    /// `None` when there is no PostgreSQL (the test says so and passes).
+    async fn new(owner: &str, steps: u32, lease_ms: &str) -> Option<Self> {
+        use mosaic_gitea::mock::MockGitea;
+
+        let url = database_url();
+        if skip_without_postgres(&url) {
+            return None;
+        }
+        let schema = format!("blackbox_{}", uuid::Uuid::new_v4().simple());
+        let _drop = DropSchema {
+            url: url.clone(),
+            schema: schema.clone(),
+        };
+        let (gitea, gitea_url) = MockGitea::start().await.unwrap();
+        let repo: mosaic_domain::RepoName = format!("{owner}/app").parse().unwrap();
+        gitea.create_repo(&repo);
+        // Reconciliation looks at an empty repository of its own: only deliveries count.
+        gitea.create_repo(&format!("{owner}/elsewhere").parse().unwrap());
+        let program = crate::helpers::binary("mosaic-coordinator");
+        let mut config = format!(
+            "[gitea]\nurl = {}\ntoken = {}\nreconcile_interval_secs = 3600\nrepositories = [\"{owner}/elsewhere\"]\n\n\
+             [inbox]\nidle_poll_ms = 100\n\n[engine]\ndispatch_poll_ms = 100\n\n\
+             [engine.monitor]\npoll_interval_ms = 200\n\n[runner]\nwork_root = \"work\"\nkill_grace_secs = 1\n",
+            crate::helpers::toml_string(gitea_url.as_str()),
+            crate::helpers::toml_string(MockGitea::BOT_TOKEN),
+        );
+        for name in ["opus", "sonnet", "haiku", "glm", "minimax"] {
+            config.push_str(&format!(
+                "\n[runner.agents.{name}]\nprogram = {}\nargs = [\"sample-agent\", \"--steps\", \"{steps}\", \"--tokens-per-step\", \"10\", \"--start-tokens\", \"5000\", \"--step-delay-ms\", \"100\"]\ninput = \"json_lines\"\n",
+                crate::helpers::toml_string(&program.display().to_string()),
+            ));
+        }
+        let env = vec![
+            ("MOSAIC_DATABASE_URL".to_owned(), url.clone()),
+            ("MOSAIC_STORE__SCHEMA".to_owned(), schema.clone()),
+            (
+                "MOSAIC_STORE__LEADER_LEASE_MS".to_owned(),
+                lease_ms.to_owned(),
+            ),
+        ];
+        Some(Self {
+            url,
+            schema,
+            gitea,
+            repo,
+            config,
+            env,
+            _drop,
+        })
+    }
+
+    /// Starts one more coordinator on the schema (in a data folder of its own).
+    async fn start(&self) -> Running {
+        let (config, env) = (self.config.clone(), self.env.clone());
+        tokio::task::spawn_blocking(move || {
+            let data = tempfile::tempdir().unwrap();
+            let path = data.path().join("mosaic.toml");
+            std::fs::write(&path, config).unwrap();
+            let refs: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Running::start_configured(data, &path, &refs)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A new issue of the repository, assigned to the bot, small and easy.
+    fn issue(&self, title: &str) -> mosaic_domain::IssueRef {
+        self.gitea.create_issue(
+            &self.repo,
+            mosaic_gitea::mock::NewIssue::titled(title)
+                .body(
+                    "## Context Estimate\n- Total estimated: 20,000 tokens\n\n## Difficulty\nlow\n",
+                )
+                .by("alice")
+                .assigned_to(mosaic_gitea::mock::MockGitea::BOT_LOGIN),
+        )
+    }
+
+    /// Sends the issue's signed "assigned" delivery to `to` under `id`; it must be accepted.
+    async fn assign(&self, to: &Running, issue: &mosaic_domain::IssueRef, id: &str) {
+        let body = serde_json::to_vec(&self.gitea.issue_event(issue, "assigned", "alice").unwrap())
+            .unwrap();
+        let response = to
+            .client
+            .post(to.url("/webhook/gitea"))
+            .header("content-type", "application/json")
+            .header("x-gitea-event", "issues")
+            .header("x-gitea-event-type", "issue_assign")
+            .header("x-gitea-delivery", id)
+            .header("x-gitea-signature", sign(&body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "delivery {id}");
+    }
+
+    async fn sql_until(&self, query: &str) -> String {
+        sql_until(&self.url, &self.schema, query).await
+    }
+}
+
 /// Two coordinators on one schema with a mock Gitea, every agent profile the sample agent
 /// working slowly (about 30 s); an issue assigned (through the standby) and the leader's agent
 /// running it. `None` when there is no PostgreSQL (the test says so and passes).
@@ -404,96 +521,24 @@ struct LeaderRunningAnAgent {
     pid: i32,
     epoch: i64,
     // Kept until the end of the test: the schema outlives both coordinators.
-    _gitea: mosaic_gitea::mock::MockGitea,
-    _drop: DropSchema,
+    _shared: SharedSchema,
 }
 
 async fn leader_running_an_agent(lease_ms: &str) -> Option<LeaderRunningAnAgent> {
-    use mosaic_gitea::mock::{MockGitea, NewIssue};
-
-    let url = database_url();
-    if skip_without_postgres(&url) {
-        return None;
-    }
-    let schema = format!("blackbox_{}", uuid::Uuid::new_v4().simple());
-    let _drop = DropSchema {
-        url: url.clone(),
-        schema: schema.clone(),
-    };
-    let (gitea, gitea_url) = MockGitea::start().await.unwrap();
-    let repo: mosaic_domain::RepoName = "ha/app".parse().unwrap();
-    gitea.create_repo(&repo);
-    gitea.create_repo(&"ha/elsewhere".parse().unwrap());
-    // Every profile runs the sample agent slowly (about 30 s), reporting its use as it goes.
-    let program = crate::helpers::binary("mosaic-coordinator");
-    let mut config = format!(
-        "[gitea]\nurl = {}\ntoken = {}\nreconcile_interval_secs = 3600\nrepositories = [\"ha/elsewhere\"]\n\n\
-         [inbox]\nidle_poll_ms = 100\n\n[engine]\ndispatch_poll_ms = 100\n\n\
-         [engine.monitor]\npoll_interval_ms = 200\n\n[runner]\nwork_root = \"work\"\nkill_grace_secs = 1\n",
-        crate::helpers::toml_string(gitea_url.as_str()),
-        crate::helpers::toml_string(MockGitea::BOT_TOKEN),
-    );
-    for name in ["opus", "sonnet", "haiku", "glm", "minimax"] {
-        config.push_str(&format!(
-            "\n[runner.agents.{name}]\nprogram = {}\nargs = [\"sample-agent\", \"--steps\", \"300\", \"--tokens-per-step\", \"10\", \"--start-tokens\", \"5000\", \"--step-delay-ms\", \"100\"]\ninput = \"json_lines\"\n",
-            crate::helpers::toml_string(&program.display().to_string()),
-        ));
-    }
-    let env = vec![
-        ("MOSAIC_DATABASE_URL".to_owned(), url.clone()),
-        ("MOSAIC_STORE__SCHEMA".to_owned(), schema.clone()),
-        (
-            "MOSAIC_STORE__LEADER_LEASE_MS".to_owned(),
-            lease_ms.to_owned(),
-        ),
-    ];
-    let start = |config_text: String, env: Vec<(String, String)>| {
-        move || {
-            let data = tempfile::tempdir().unwrap();
-            let path = data.path().join("mosaic.toml");
-            std::fs::write(&path, config_text).unwrap();
-            let refs: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            Running::start_configured(data, &path, &refs)
-        }
-    };
-    let first = tokio::task::spawn_blocking(start(config.clone(), env.clone()))
-        .await
-        .unwrap();
+    let shared = SharedSchema::new("ha", 300, lease_ms).await?;
+    let first = shared.start().await;
     assert_eq!(
         wait_leadership(&first, "leader").await["components"]["leadership"]["detail"],
         "leader"
     );
-    let second = tokio::task::spawn_blocking(start(config, env))
-        .await
-        .unwrap();
+    let second = shared.start().await;
     wait_leadership(&second, "standby").await;
 
     // Assigned (the delivery goes to the standby): the leader runs the agent.
-    let issue = gitea.create_issue(
-        &repo,
-        NewIssue::titled("Add caching")
-            .body("## Context Estimate\n- Total estimated: 20,000 tokens\n\n## Difficulty\nlow\n")
-            .by("alice")
-            .assigned_to(MockGitea::BOT_LOGIN),
-    );
-    let body =
-        serde_json::to_vec(&gitea.issue_event(&issue, "assigned", "alice").unwrap()).unwrap();
-    let response = second
-        .client
-        .post(second.url("/webhook/gitea"))
-        .header("content-type", "application/json")
-        .header("x-gitea-event", "issues")
-        .header("x-gitea-event-type", "issue_assign")
-        .header("x-gitea-delivery", "pause-1")
-        .header("x-gitea-signature", sign(&body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let issue = shared.issue("Add caching");
+    shared.assign(&second, &issue, "pause-1").await;
     let open = "SELECT id || '|' || pid || '|' || epoch FROM sessions WHERE ended_at IS NULL AND pid IS NOT NULL";
-    let first_session = sql_until(&url, &schema, open).await;
+    let first_session = shared.sql_until(open).await;
     let mut parts = first_session.split('|');
     let (session, pid, epoch): (String, i32, i64) = (
         parts.next().unwrap().to_owned(),
@@ -502,15 +547,14 @@ async fn leader_running_an_agent(lease_ms: &str) -> Option<LeaderRunningAnAgent>
     );
     assert!(crate::agent_processes::is_running(pid));
     Some(LeaderRunningAnAgent {
-        url,
-        schema,
+        url: shared.url.clone(),
+        schema: shared.schema.clone(),
         first,
         second,
         session,
         pid,
         epoch,
-        _gitea: gitea,
-        _drop,
+        _shared: shared,
     })
 }
 
@@ -733,63 +777,20 @@ async fn a_leader_killed_while_its_agent_works_is_followed_by_the_next_dispatch_
 /// or two sessions' agent processes alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_coordinators_lose_their_leader_mid_stream_and_handle_every_delivery_once() {
-    use mosaic_gitea::mock::{MockGitea, NewIssue};
-
-    let url = database_url();
-    if skip_without_postgres(&url) {
+    let Some(shared) = SharedSchema::new("trio", 10, "2000").await else {
         return;
-    }
-    let schema = format!("blackbox_{}", uuid::Uuid::new_v4().simple());
-    let _drop = DropSchema {
-        url: url.clone(),
-        schema: schema.clone(),
     };
-    let (gitea, gitea_url) = MockGitea::start().await.unwrap();
-    let repo: mosaic_domain::RepoName = "trio/app".parse().unwrap();
-    gitea.create_repo(&repo);
-    gitea.create_repo(&"trio/elsewhere".parse().unwrap());
-    // Each agent works about a second, so sessions are running when the leader dies.
-    let program = crate::helpers::binary("mosaic-coordinator");
-    let mut config = format!(
-        "[gitea]\nurl = {}\ntoken = {}\nreconcile_interval_secs = 3600\nrepositories = [\"trio/elsewhere\"]\n\n\
-         [inbox]\nidle_poll_ms = 100\n\n[engine]\ndispatch_poll_ms = 100\n\n\
-         [engine.monitor]\npoll_interval_ms = 200\n\n[runner]\nwork_root = \"work\"\nkill_grace_secs = 1\n",
-        crate::helpers::toml_string(gitea_url.as_str()),
-        crate::helpers::toml_string(MockGitea::BOT_TOKEN),
+    let (url, schema, gitea, repo) = (
+        shared.url.as_str(),
+        shared.schema.as_str(),
+        &shared.gitea,
+        &shared.repo,
     );
-    for name in ["opus", "sonnet", "haiku", "glm", "minimax"] {
-        config.push_str(&format!(
-            "\n[runner.agents.{name}]\nprogram = {}\nargs = [\"sample-agent\", \"--steps\", \"10\", \"--tokens-per-step\", \"10\", \"--start-tokens\", \"5000\", \"--step-delay-ms\", \"100\"]\ninput = \"json_lines\"\n",
-            crate::helpers::toml_string(&program.display().to_string()),
-        ));
-    }
-    let env = vec![
-        ("MOSAIC_DATABASE_URL".to_owned(), url.clone()),
-        ("MOSAIC_STORE__SCHEMA".to_owned(), schema.clone()),
-        (
-            "MOSAIC_STORE__LEADER_LEASE_MS".to_owned(),
-            "2000".to_owned(),
-        ),
-    ];
-    let start = |config: String, env: Vec<(String, String)>| {
-        move || {
-            let data = tempfile::tempdir().unwrap();
-            let path = data.path().join("mosaic.toml");
-            std::fs::write(&path, config).unwrap();
-            let refs: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            Running::start_configured(data, &path, &refs)
-        }
-    };
-    let leader = tokio::task::spawn_blocking(start(config.clone(), env.clone()))
-        .await
-        .unwrap();
+    let leader = shared.start().await;
     wait_leadership(&leader, "leader").await;
     let mut standbys = Vec::new();
     for _ in 0..2 {
-        let standby = tokio::task::spawn_blocking(start(config.clone(), env.clone()))
-            .await
-            .unwrap();
+        let standby = shared.start().await;
         wait_leadership(&standby, "standby").await;
         standbys.push(standby);
     }
@@ -798,7 +799,11 @@ async fn three_coordinators_lose_their_leader_mid_stream_and_handle_every_delive
     let processes = crate::agent_processes::Sampler::start(&repo.to_string());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let database = {
-        let (url, schema, stop) = (url.clone(), schema.clone(), std::sync::Arc::clone(&stop));
+        let (url, schema, stop) = (
+            url.to_owned(),
+            schema.to_owned(),
+            std::sync::Arc::clone(&stop),
+        );
         std::thread::spawn(move || {
             let mut seen = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -818,17 +823,7 @@ async fn three_coordinators_lose_their_leader_mid_stream_and_handle_every_delive
     };
 
     // Nine issues assigned, the deliveries spread over the three; the leader dies after four.
-    let issues: Vec<_> = (0..9)
-        .map(|n| {
-            gitea.create_issue(
-                &repo,
-                NewIssue::titled(&format!("Task {n}"))
-                    .body("## Context Estimate\n- Total estimated: 20,000 tokens\n\n## Difficulty\nlow\n")
-                    .by("alice")
-                    .assigned_to(MockGitea::BOT_LOGIN),
-            )
-        })
-        .collect();
+    let issues: Vec<_> = (0..9).map(|n| shared.issue(&format!("Task {n}"))).collect();
     let mut leader = Some(leader);
     let mut acknowledged = Vec::new();
     let mut killed_at = None;
@@ -838,23 +833,8 @@ async fn three_coordinators_lose_their_leader_mid_stream_and_handle_every_delive
             killed_at = Some(Instant::now());
         }
         let alive: Vec<&Running> = leader.iter().chain(standbys.iter()).collect();
-        let to = alive[n % alive.len()];
-        let body =
-            serde_json::to_vec(&gitea.issue_event(issue, "assigned", "alice").unwrap()).unwrap();
         let id = format!("trio-{n}");
-        let response = to
-            .client
-            .post(to.url("/webhook/gitea"))
-            .header("content-type", "application/json")
-            .header("x-gitea-event", "issues")
-            .header("x-gitea-event-type", "issue_assign")
-            .header("x-gitea-delivery", &id)
-            .header("x-gitea-signature", sign(&body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "delivery {id}");
+        shared.assign(alive[n % alive.len()], issue, &id).await;
         acknowledged.push(id);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -883,13 +863,13 @@ async fn three_coordinators_lose_their_leader_mid_stream_and_handle_every_delive
     let done = "SELECT count(*) FROM issues WHERE state IN ('completed', 'no_changes') \
                 HAVING count(*) = 9";
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sql(&url, &schema, done).is_empty() {
+    while sql(url, schema, done).is_empty() {
         assert!(
             Instant::now() < deadline,
             "not all done: {}",
             sql(
-                &url,
-                &schema,
+                url,
+                schema,
                 "SELECT number, state FROM issues ORDER BY number"
             )
         );
@@ -918,8 +898,8 @@ async fn three_coordinators_lose_their_leader_mid_stream_and_handle_every_delive
     for id in &acknowledged {
         assert_eq!(
             sql(
-                &url,
-                &schema,
+                url,
+                schema,
                 &format!("SELECT status FROM inbox WHERE delivery_id = '{id}'")
             ),
             "processed",
@@ -928,8 +908,8 @@ async fn three_coordinators_lose_their_leader_mid_stream_and_handle_every_delive
     }
     // The leader died with sessions running: they were ended as interrupted and run again.
     let outcomes = sql(
-        &url,
-        &schema,
+        url,
+        schema,
         "SELECT outcome || ':' || count(*) FROM sessions GROUP BY outcome ORDER BY outcome",
     );
     eprintln!("three coordinators: sessions by outcome: {outcomes:?}");
