@@ -256,11 +256,9 @@ impl StoreGauges {
         let stats = store.stats();
         advance(&self.store_commits, stats.commits);
         advance(&self.store_writes, stats.writes);
-        let since = chrono::Utc::now()
-            - chrono::Duration::from_std(crate::peers::ALIVE_WITHIN)
-                .unwrap_or_else(|_| chrono::Duration::zero());
+        let alive = store.peers_alive(crate::peers::ALIVE_WITHIN).await?;
         self.coordinators_alive
-            .set(i64::try_from(store.peers_alive(since).await?.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(alive.len()).unwrap_or(i64::MAX));
         Ok(())
     }
 }

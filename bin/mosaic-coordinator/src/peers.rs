@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
+
 use mosaic_http::{ComponentHealth, HealthProbe};
-use mosaic_store::{PeerBeat, Store};
+use mosaic_store::{Peer, PeerBeat, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::probes::Leadership;
@@ -49,13 +49,12 @@ pub async fn beat(
     cancel: CancellationToken,
 ) {
     loop {
-        let beat = PeerBeat {
+        let peer = Peer {
             id: this.id.clone(),
             name: this.name.clone(),
             leading: leadership.leads(),
-            at: Utc::now(),
         };
-        if let Err(err) = store.beat_peer(beat).await {
+        if let Err(err) = store.beat_peer(&peer).await {
             tracing::warn!(error = %err, "cannot tell the other coordinators this one is alive");
         }
         tokio::select! {
@@ -69,11 +68,11 @@ pub async fn beat(
 pub fn describe(alive: &[PeerBeat]) -> String {
     let names: Vec<String> = alive
         .iter()
-        .map(|peer| {
-            if peer.leading {
-                format!("{} (leader)", peer.name)
+        .map(|beat| {
+            if beat.peer.leading {
+                format!("{} (leader)", beat.peer.name)
             } else {
-                peer.name.clone()
+                beat.peer.name.clone()
             }
         })
         .collect();
@@ -97,9 +96,7 @@ impl HealthProbe for PeersProbe {
     }
 
     async fn check(&self) -> ComponentHealth {
-        let since = Utc::now()
-            - chrono::Duration::from_std(ALIVE_WITHIN).unwrap_or_else(|_| chrono::Duration::zero());
-        match self.store.peers_alive(since).await {
+        match self.store.peers_alive(ALIVE_WITHIN).await {
             Ok(alive) => ComponentHealth::up().with_detail(describe(&alive)),
             Err(err) => ComponentHealth::down(format!("cannot read the coordinators alive: {err}")),
         }
@@ -109,13 +106,16 @@ impl HealthProbe for PeersProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
 
     #[test]
     fn the_leader_is_named_among_the_peers_alive() {
         let peer = |name: &str, leading: bool| PeerBeat {
-            id: name.to_owned(),
-            name: name.to_owned(),
-            leading,
+            peer: Peer {
+                id: name.to_owned(),
+                name: name.to_owned(),
+                leading,
+            },
             at: Utc::now(),
         };
         assert_eq!(

@@ -232,14 +232,14 @@ impl Store for SpyStore {
     async fn still_leading(&self) -> Result<bool, StoreError> {
         self.inner.still_leading().await
     }
-    async fn beat_peer(&self, beat: mosaic_store::PeerBeat) -> Result<(), StoreError> {
-        self.inner.beat_peer(beat).await
+    async fn beat_peer(&self, peer: &mosaic_store::Peer) -> Result<(), StoreError> {
+        self.inner.beat_peer(peer).await
     }
     async fn peers_alive(
         &self,
-        since: chrono::DateTime<chrono::Utc>,
+        within: std::time::Duration,
     ) -> Result<Vec<mosaic_store::PeerBeat>, StoreError> {
-        self.inner.peers_alive(since).await
+        self.inner.peers_alive(within).await
     }
     async fn record_session_spend(
         &self,

@@ -685,12 +685,12 @@ impl Store for PostgresStore {
         read!(self, |client| ops::llm_usage_totals(client))
     }
 
-    async fn beat_peer(&self, beat: PeerBeat) -> Result<(), StoreError> {
-        write_in_transaction!(self, |tx| ops::beat_peer(&tx, &beat))
+    async fn beat_peer(&self, peer: &Peer) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::beat_peer(&tx, peer))
     }
 
-    async fn peers_alive(&self, since: DateTime<Utc>) -> Result<Vec<PeerBeat>, StoreError> {
-        read!(self, |client| ops::peers_alive(client, since))
+    async fn peers_alive(&self, within: std::time::Duration) -> Result<Vec<PeerBeat>, StoreError> {
+        read!(self, |client| ops::peers_alive(client, within))
     }
 
     async fn agent_spend_totals(&self) -> Result<Vec<AgentSpendTotal>, StoreError> {

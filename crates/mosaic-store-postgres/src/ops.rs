@@ -1730,13 +1730,21 @@ pub(crate) async fn record_llm_usage(
     Ok(())
 }
 
-pub(crate) async fn beat_peer(client: &impl GenericClient, beat: &PeerBeat) -> OpResult<()> {
+/// By the database's clock: coordinators on several hosts agree on who is alive.
+pub(crate) async fn beat_peer(client: &impl GenericClient, peer: &Peer) -> OpResult<()> {
     execute(
         client,
-        "INSERT INTO peers (id, name, is_leader, at) VALUES ($1, $2, $3, $4)
+        "INSERT INTO peers (id, name, is_leader, at) VALUES ($1, $2, $3, now())
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, is_leader = excluded.is_leader,
              at = excluded.at",
-        &[&beat.id, &beat.name, &beat.leading, &beat.at],
+        &[&peer.id, &peer.name, &peer.leading],
+    )
+    .await?;
+    // Every start is a new peer: forget those not heard from for a day.
+    execute(
+        client,
+        "DELETE FROM peers WHERE at < now() - interval '1 day'",
+        &[],
     )
     .await?;
     Ok(())
@@ -1744,18 +1752,21 @@ pub(crate) async fn beat_peer(client: &impl GenericClient, beat: &PeerBeat) -> O
 
 pub(crate) async fn peers_alive(
     client: &impl GenericClient,
-    since: DateTime<Utc>,
+    within: std::time::Duration,
 ) -> OpResult<Vec<PeerBeat>> {
     collect(
         client,
-        "SELECT id, name, is_leader, at FROM peers WHERE at >= $1
-         ORDER BY name COLLATE \"C\", id COLLATE \"C\"",
-        &[&since],
+        "SELECT id, name, is_leader, at FROM peers
+          WHERE at >= now() - make_interval(secs => $1)
+          ORDER BY name COLLATE \"C\", id COLLATE \"C\"",
+        &[&within.as_secs_f64()],
         |row| {
             Ok(PeerBeat {
-                id: get(row, "id")?,
-                name: get(row, "name")?,
-                leading: get(row, "is_leader")?,
+                peer: Peer {
+                    id: get(row, "id")?,
+                    name: get(row, "name")?,
+                    leading: get(row, "is_leader")?,
+                },
                 at: get(row, "at")?,
             })
         },

@@ -839,11 +839,17 @@ impl Store for SqliteStore {
         self.read(ops::llm_usage_totals).await
     }
 
-    async fn beat_peer(&self, beat: PeerBeat) -> Result<(), StoreError> {
-        self.write(move |conn| ops::beat_peer(conn, &beat)).await
+    async fn beat_peer(&self, peer: &Peer) -> Result<(), StoreError> {
+        // One host shares an SQLite file: its clock is the store's.
+        let (peer, now) = (peer.clone(), Utc::now());
+        self.write(move |conn| ops::beat_peer(conn, &peer, now))
+            .await
     }
 
-    async fn peers_alive(&self, since: DateTime<Utc>) -> Result<Vec<PeerBeat>, StoreError> {
+    async fn peers_alive(&self, within: std::time::Duration) -> Result<Vec<PeerBeat>, StoreError> {
+        let since = Utc::now()
+            - chrono::Duration::from_std(within)
+                .map_err(|e| StoreError::InvalidInput(e.to_string()))?;
         self.read(move |conn| ops::peers_alive(conn, since)).await
     }
 

@@ -1585,13 +1585,16 @@ pub(crate) fn record_llm_usage(conn: &Connection, usage: &LlmUsageRecord) -> Res
     Ok(())
 }
 
-pub(crate) fn beat_peer(conn: &Connection, beat: &PeerBeat) -> Result<(), Failure> {
+pub(crate) fn beat_peer(conn: &Connection, peer: &Peer, now: DateTime<Utc>) -> Result<(), Failure> {
     conn.prepare_cached(
         "INSERT INTO peers (id, name, is_leader, at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, is_leader = excluded.is_leader,
              at = excluded.at",
     )?
-    .execute(params![beat.id, beat.name, beat.leading, micros(beat.at)])?;
+    .execute(params![peer.id, peer.name, peer.leading, micros(now)])?;
+    // Every start is a new peer: forget those not heard from for a day.
+    conn.prepare_cached("DELETE FROM peers WHERE at < ?1")?
+        .execute(params![micros(now - chrono::Duration::days(1))])?;
     Ok(())
 }
 
@@ -1605,9 +1608,11 @@ pub(crate) fn peers_alive(
         [micros(since)],
         |row| {
             Ok(PeerBeat {
-                id: row.get(0)?,
-                name: row.get(1)?,
-                leading: row.get(2)?,
+                peer: Peer {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                    leading: row.get(2)?,
+                },
                 at: time_from("peers.at", row.get(3)?)?,
             })
         },

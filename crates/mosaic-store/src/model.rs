@@ -550,14 +550,22 @@ pub struct AgentSpendTotal {
     pub cost_usd: f64,
 }
 
-/// A coordinator sharing the store, as it last said it was alive.
+/// A coordinator sharing the store, as it says it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PeerBeat {
+pub struct Peer {
     /// Unique per process (made at start), so a restarted coordinator is a new peer.
     pub id: String,
     /// What an operator recognises it by: host and listening address.
     pub name: String,
     pub leading: bool,
+}
+
+/// A peer and when the store last heard from it, by the store's clock (so coordinators whose
+/// clocks differ still agree on who is alive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerBeat {
+    #[serde(flatten)]
+    pub peer: Peer,
     pub at: DateTime<Utc>,
 }
 

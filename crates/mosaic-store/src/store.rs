@@ -191,11 +191,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// must stop deciding.
     async fn still_leading(&self) -> Result<bool, StoreError>;
 
-    /// Records that a coordinator sharing the store is alive now (replacing its earlier beat).
-    async fn beat_peer(&self, beat: PeerBeat) -> Result<(), StoreError>;
+    /// Records that a coordinator sharing the store is alive now, by the store's clock
+    /// (replacing its earlier beat); beats older than a day are forgotten.
+    async fn beat_peer(&self, peer: &Peer) -> Result<(), StoreError>;
 
-    /// The coordinators whose last beat is at or after `since`, in name order.
-    async fn peers_alive(&self, since: DateTime<Utc>) -> Result<Vec<PeerBeat>, StoreError>;
+    /// The coordinators heard from within `within` of now (the store's clock), in name order.
+    async fn peers_alive(&self, within: std::time::Duration) -> Result<Vec<PeerBeat>, StoreError>;
 
     // ----- workspaces and pull requests -----
 

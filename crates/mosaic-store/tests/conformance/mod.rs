@@ -1216,39 +1216,56 @@ pub async fn a_pending_delivery_is_known_per_issue(store: &dyn Store) {
 }
 
 pub async fn peers_are_alive_while_they_beat(store: &dyn Store) {
-    let beat = |id: &str, name: &str, leading: bool, seconds: i64| PeerBeat {
+    let peer = |id: &str, name: &str, leading: bool| Peer {
         id: id.to_owned(),
         name: name.to_owned(),
         leading,
-        at: at(seconds),
     };
-    assert!(store.peers_alive(at(0)).await.unwrap().is_empty());
+    let named = |beats: Vec<PeerBeat>| -> Vec<Peer> { beats.into_iter().map(|b| b.peer).collect() };
+    let minute = std::time::Duration::from_secs(60);
+    assert!(store.peers_alive(minute).await.unwrap().is_empty());
     store
-        .beat_peer(beat("p1", "b-host:8000", true, 10))
+        .beat_peer(&peer("p1", "b-host:8000", true))
         .await
         .unwrap();
     store
-        .beat_peer(beat("p2", "a-host:8000", false, 11))
+        .beat_peer(&peer("p2", "a-host:8000", false))
         .await
         .unwrap();
     // A newer beat replaces the older one of the same peer.
     store
-        .beat_peer(beat("p1", "b-host:8000", false, 20))
+        .beat_peer(&peer("p1", "b-host:8000", false))
+        .await
+        .unwrap();
+    let alive = store.peers_alive(minute).await.unwrap();
+    assert_eq!(
+        named(alive.clone()),
+        vec![
+            peer("p2", "a-host:8000", false),
+            peer("p1", "b-host:8000", false)
+        ]
+    );
+    // Stamped by the store's clock, now.
+    assert!(
+        alive
+            .iter()
+            .all(|beat| (Utc::now() - beat.at).num_seconds().abs() < 60)
+    );
+    // Only those heard from within the window.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    store
+        .beat_peer(&peer("p2", "a-host:8000", true))
         .await
         .unwrap();
     assert_eq!(
-        store.peers_alive(at(5)).await.unwrap(),
-        vec![
-            beat("p2", "a-host:8000", false, 11),
-            beat("p1", "b-host:8000", false, 20),
-        ]
+        named(
+            store
+                .peers_alive(std::time::Duration::from_secs(1))
+                .await
+                .unwrap()
+        ),
+        vec![peer("p2", "a-host:8000", true)]
     );
-    // Only those that beat at or after `since`.
-    assert_eq!(
-        store.peers_alive(at(12)).await.unwrap(),
-        vec![beat("p1", "b-host:8000", false, 20)]
-    );
-    assert!(store.peers_alive(at(21)).await.unwrap().is_empty());
 }
 
 pub async fn health_check_writes(store: &dyn Store) {
