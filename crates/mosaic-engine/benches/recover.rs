@@ -1,10 +1,17 @@
-//! Recovery at scale: `Engine::recover` over a SQLite store holding 100,000 coordinated issues
-//! and 300,000 blocked-by edges (issue 4: rebuilding graph and queue from the store, ≤ 1 s).
+//! Recovery at scale: `Engine::recover` over a store holding 100,000 coordinated issues and
+//! 300,000 blocked-by edges (issue 4: rebuilding graph and queue from the store, ≤ 1 s on SQLite;
+//! issue 17: ≤ 2 s on PostgreSQL), SQLite and PostgreSQL side by side in one run.
 //!
-//! `cargo bench -p mosaic-engine --bench recover`. The store is filled once through the public
-//! `Store` API and `SqliteStore::upsert_issue_snapshot` (outside the timed loop); with no open sessions recovery is repeatable on the
-//! same store, so every iteration (a fresh engine, as at start-up) measures the same work: read
-//! everything, rebuild graph and queue, find nothing to requeue or settle.
+//! `cargo bench -p mosaic-engine --bench recover`. Each store is filled once with the same data
+//! through the public `Store` API and the backend's `upsert_issue_snapshot` (outside the timed
+//! loop); with no open sessions recovery is repeatable on the same store, so every iteration (a
+//! fresh engine, as at start-up) measures the same work: read everything, rebuild graph and
+//! queue, find nothing to requeue or settle.
+//!
+//! PostgreSQL: `MOSAIC_TEST_POSTGRES_URL` (default
+//! `postgres://mosaic:mosaic@127.0.0.1:5432/mosaic_test`), a fresh schema dropped at the end
+//! (kept with `BENCH_KEEP_SCHEMA=1`, to `EXPLAIN` the recovery queries); when the server cannot be
+//! reached the benchmark says so and measures SQLite only.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::BTreeSet;
@@ -26,6 +33,7 @@ use mosaic_parser::{InMemoryParseCache, ParserConfig, ProviderKind, build_parser
 use mosaic_store::{
     IssueRecord, IssueSnapshot, StateTransition, Store, StoreConfig, Synchronous, TransitionBatch,
 };
+use mosaic_store_postgres::{PostgresOptions, PostgresStore};
 use mosaic_store_sqlite::SqliteStore;
 use tokio::runtime::Runtime;
 
@@ -40,6 +48,35 @@ const CLOSED_FRACTION: f64 = 0.7;
 const EXTERNAL_EVERY: u64 = 100;
 /// Issues written per `commit_transitions` call while filling the store.
 const FILL_BATCH: usize = 2_000;
+/// `commit_transitions` calls in flight while filling: PostgreSQL runs each on a connection of
+/// its own (one round trip per statement, so one batch at a time would take minutes); SQLite's
+/// single writer takes them in turn.
+const FILL_CONCURRENCY: usize = 8;
+const DEFAULT_POSTGRES_URL: &str = "postgres://mosaic:mosaic@127.0.0.1:5432/mosaic_test";
+
+/// The store being filled: the trait for everything but snapshots, which only the backends
+/// write outside a delivery (their inherent `upsert_issue_snapshot`).
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PostgresStore>),
+}
+
+impl Backend {
+    fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite(store) => Arc::clone(store) as Arc<dyn Store>,
+            Self::Postgres(store) => Arc::clone(store) as Arc<dyn Store>,
+        }
+    }
+
+    async fn upsert_issue_snapshot(&self, snapshot: IssueSnapshot) {
+        match self {
+            Self::Sqlite(store) => store.upsert_issue_snapshot(snapshot).await.unwrap(),
+            Self::Postgres(store) => store.upsert_issue_snapshot(snapshot).await.unwrap(),
+        };
+    }
+}
 
 /// Deterministic xorshift, so every run measures the same data.
 struct Rng(u64);
@@ -126,7 +163,9 @@ fn snapshot(issue: IssueRef, i: u64, open: bool) -> IssueSnapshot {
     }
 }
 
-async fn fill(store: &Arc<SqliteStore>) {
+async fn fill(backend: &Backend) {
+    let store = backend.store();
+    let mut writes = tokio::task::JoinSet::new();
     let closed_below = (ISSUES as f64 * CLOSED_FRACTION) as u64;
     let blockers = edges();
     let mut batches = Vec::with_capacity(FILL_BATCH);
@@ -159,14 +198,20 @@ async fn fill(store: &Arc<SqliteStore>) {
             ..TransitionBatch::update(record)
         });
         if batches.len() == FILL_BATCH {
-            store
-                .commit_transitions(std::mem::take(&mut batches))
-                .await
-                .unwrap();
+            // Batches name disjoint issues, so they commit in any order.
+            let store = Arc::clone(&store);
+            let batch = std::mem::take(&mut batches);
+            writes.spawn(async move { store.commit_transitions(batch).await });
+            if writes.len() >= FILL_CONCURRENCY {
+                writes.join_next().await.unwrap().unwrap().unwrap();
+            }
         }
     }
     if !batches.is_empty() {
         store.commit_transitions(batches).await.unwrap();
+    }
+    while let Some(done) = writes.join_next().await {
+        done.unwrap().unwrap();
     }
 
     // Snapshots, many requests in flight so the writer commits them in groups.
@@ -180,14 +225,14 @@ async fn fill(store: &Arc<SqliteStore>) {
         );
     let mut tasks = tokio::task::JoinSet::new();
     for snapshot in snapshots {
-        let store = Arc::clone(store);
-        tasks.spawn(async move { store.upsert_issue_snapshot(snapshot).await });
+        let backend = backend.clone();
+        tasks.spawn(async move { backend.upsert_issue_snapshot(snapshot).await });
         if tasks.len() >= 1_024 {
-            tasks.join_next().await.unwrap().unwrap().unwrap();
+            tasks.join_next().await.unwrap().unwrap();
         }
     }
     while let Some(done) = tasks.join_next().await {
-        done.unwrap().unwrap();
+        done.unwrap();
     }
 }
 
@@ -240,17 +285,11 @@ fn engine(store: Arc<dyn Store>) -> Engine {
     .unwrap()
 }
 
-fn bench(c: &mut Criterion) {
-    let runtime = Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        synchronous: Synchronous::Normal,
-        ..StoreConfig::sqlite(dir.path().join("recover.db"))
-    };
-    let sqlite = Arc::new(SqliteStore::open(&config).unwrap());
+/// Fills `backend`, checks what a recovery finds, and times each store read recovery makes.
+fn prepare(runtime: &Runtime, name: &str, backend: &Backend) -> Arc<dyn Store> {
     let started = Instant::now();
-    runtime.block_on(fill(&sqlite));
-    let store: Arc<dyn Store> = sqlite;
+    runtime.block_on(fill(backend));
+    let store = backend.store();
     let filled = started.elapsed();
 
     let engine = engine(Arc::clone(&store));
@@ -259,7 +298,7 @@ fn bench(c: &mut Criterion) {
     let first_took = started.elapsed();
     let again = runtime.block_on(engine.recover()).unwrap();
     println!(
-        "store filled in {filled:.1?}: {} issues, {} edges; first recovery settled {} waiting issues in {first_took:.1?}",
+        "{name}: store filled in {filled:.1?}: {} issues, {} edges; first recovery settled {} waiting issues in {first_took:.1?}",
         again.issues, again.edges, first.settled
     );
     assert_eq!(again.issues as u64, ISSUES);
@@ -270,7 +309,8 @@ fn bench(c: &mut Criterion) {
     assert!(again.requeued.is_empty());
 
     // Where the time goes: the store reads recovery makes, each alone.
-    let time = |what: &str, started: Instant| println!("  {what}: {:.1?}", started.elapsed());
+    let time =
+        |what: &str, started: Instant| println!("  {name} {what}: {:.1?}", started.elapsed());
     runtime.block_on(async {
         let started = Instant::now();
         let records = store.list_issues(&[]).await.unwrap();
@@ -278,26 +318,98 @@ fn bench(c: &mut Criterion) {
         let started = Instant::now();
         black_box(store.dependency_edges().await.unwrap());
         time("dependency_edges", started);
+        let started = Instant::now();
+        black_box(store.open_sessions().await.unwrap());
+        time("open_sessions", started);
         let issues: Vec<IssueRef> = records.into_iter().map(|r| r.issue).collect();
         let started = Instant::now();
         black_box(store.issue_snapshot_summaries(issues).await.unwrap());
         time("issue_snapshot_summaries", started);
     });
+    store
+}
+
+/// A PostgreSQL store in a fresh schema, or `None` (after saying why) when the server cannot
+/// be reached.
+fn postgres(runtime: &Runtime, url: &str, schema: &str) -> Option<Arc<PostgresStore>> {
+    let options = PostgresOptions {
+        pool_size: FILL_CONCURRENCY * 2,
+        schema: Some(schema.to_owned()),
+        ..PostgresOptions::default()
+    };
+    match runtime.block_on(PostgresStore::connect(url, options)) {
+        Ok(store) => Some(Arc::new(store)),
+        Err(error) => {
+            println!(
+                "PostgreSQL is not reachable at MOSAIC_TEST_POSTGRES_URL (default {DEFAULT_POSTGRES_URL}): {error}; measuring SQLite only (start it with `pg_ctlcluster 15 main start`)"
+            );
+            None
+        }
+    }
+}
+
+fn drop_schema(runtime: &Runtime, url: &str, schema: &str) {
+    if std::env::var("BENCH_KEEP_SCHEMA").is_ok_and(|keep| keep == "1") {
+        println!("kept PostgreSQL schema {schema}");
+        return;
+    }
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await
+            .unwrap();
+    });
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        synchronous: Synchronous::Normal,
+        ..StoreConfig::sqlite(dir.path().join("recover.db"))
+    };
+    let sqlite = Backend::Sqlite(Arc::new(SqliteStore::open(&config).unwrap()));
+    let mut stores = vec![("sqlite", prepare(&runtime, "sqlite", &sqlite))];
+
+    let url = std::env::var("MOSAIC_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+    let schema = format!("mosaic_bench_{:016x}", rand::random::<u64>());
+    let postgres = postgres(&runtime, &url, &schema);
+    if let Some(store) = &postgres {
+        let backend = Backend::Postgres(Arc::clone(store));
+        stores.push(("postgres", prepare(&runtime, "postgres", &backend)));
+    }
 
     let mut group = c.benchmark_group("recover");
     group.sample_size(10);
-    group.bench_function("engine_recover_100k_issues_300k_edges", |b| {
-        // A fresh engine each time, as at start-up; the previous one is dropped untimed.
-        b.iter_batched(
-            || self::engine(Arc::clone(&store)),
-            |engine| {
-                black_box(runtime.block_on(engine.recover()).unwrap());
-                engine
+    // Both backends in one run, one after the other: this machine's speed drifts within minutes.
+    for (name, store) in &stores {
+        group.bench_function(
+            format!("engine_recover_100k_issues_300k_edges/{name}"),
+            |b| {
+                // A fresh engine each time, as at start-up; the previous one is dropped untimed.
+                b.iter_batched(
+                    || self::engine(Arc::clone(store)),
+                    |engine| {
+                        black_box(runtime.block_on(engine.recover()).unwrap());
+                        engine
+                    },
+                    BatchSize::PerIteration,
+                );
             },
-            BatchSize::PerIteration,
         );
-    });
+    }
     group.finish();
+
+    drop(stores);
+    if let Some(store) = postgres {
+        drop(store);
+        drop_schema(&runtime, &url, &schema);
+    }
 }
 
 criterion_group!(benches, bench);

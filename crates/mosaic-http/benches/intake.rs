@@ -1,10 +1,15 @@
-//! Load benchmark of webhook intake: durable (SQLite, synchronous=FULL, group commit) against a
-//! bare route that only reads the body and answers 200, over real HTTP on loopback.
+//! Load benchmark of webhook intake over real HTTP on loopback: durable on SQLite
+//! (synchronous=FULL, group commit) and durable on PostgreSQL (`synchronous_commit = on`, a pool
+//! of as many connections as the load has), against a bare route that only reads the body and
+//! answers 200, all in one run.
 //!
 //! `cargo bench -p mosaic-http --bench intake` (env: `BENCH_SECONDS`, default 10;
-//! `BENCH_CONNECTIONS`, default 32; `BENCH_ROUNDS`, default 1, to alternate both routes several
+//! `BENCH_CONNECTIONS`, default 32; `BENCH_ROUNDS`, default 1, to alternate the routes several
 //! times and print the median ratio; `BENCH_SYNCHRONOUS=normal` to compare with the durable
-//! default). Prints req/s, p50, p99 for both, their ratio, and how the store grouped commits.
+//! default). Prints req/s, p50, p99 for each, the ratio to the bare route, and how the SQLite
+//! store grouped commits. PostgreSQL: `MOSAIC_TEST_POSTGRES_URL` (default
+//! `postgres://mosaic:mosaic@127.0.0.1:5432/mosaic_test`), a fresh schema dropped at the end;
+//! when the server cannot be reached the benchmark says so and measures SQLite only.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -18,10 +23,15 @@ use mosaic_http::{AppState, Intake, router};
 use mosaic_security::{Secret, WebhookVerifier, sign_hex};
 use mosaic_store::Store;
 use mosaic_store::{StoreConfig, Synchronous};
+use mosaic_store_postgres::{PostgresOptions, PostgresStore};
 use mosaic_store_sqlite::SqliteStore;
 use tokio::net::TcpListener;
 
 const SECRET: &str = "bench-secret";
+const DEFAULT_POSTGRES_URL: &str = "postgres://mosaic:mosaic@127.0.0.1:5432/mosaic_test";
+/// Numbers bodies and delivery ids across every load of the run: a body or id sent twice
+/// would be a duplicate or a possible replay, a cheaper path than a new delivery.
+static NEXT: AtomicU64 = AtomicU64::new(0);
 const FIXTURE: &str = include_str!("../../../tests/fixtures/gitea/issue-assign-event.json");
 
 struct Measurement {
@@ -60,14 +70,12 @@ async fn spawn(app: Router) -> String {
 }
 
 async fn load(url: &str, connections: u64, duration: Duration) -> Measurement {
-    let counter = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let url = url.to_owned();
-        let counter = Arc::clone(&counter);
         let errors = Arc::clone(&errors);
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::builder()
@@ -76,7 +84,7 @@ async fn load(url: &str, connections: u64, duration: Duration) -> Measurement {
                 .unwrap();
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
-                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let n = NEXT.fetch_add(1, Ordering::Relaxed);
                 let body = body_for(n);
                 let signature = sign(&body);
                 let sent = Instant::now();
@@ -135,6 +143,56 @@ fn report(name: &str, m: &Measurement) -> f64 {
     rate
 }
 
+/// A router whose webhook route records into `store`.
+fn durable_router(store: Arc<dyn Store>) -> Router {
+    let verifier = WebhookVerifier::new(vec![Secret::new(SECRET.to_owned())]).unwrap();
+    router(AppState::new("bench").with_intake(Intake {
+        verifier,
+        store,
+        max_body_bytes: 1024 * 1024,
+        notify: Arc::new(tokio::sync::Notify::new()),
+    }))
+}
+
+/// A PostgreSQL store in `schema` (created), or `None` after saying why it cannot be reached.
+async fn postgres(url: &str, schema: &str, pool_size: usize) -> Option<Arc<PostgresStore>> {
+    let options = PostgresOptions {
+        pool_size,
+        schema: Some(schema.to_owned()),
+        connect_timeout: Duration::from_secs(5),
+        ..PostgresOptions::default()
+    };
+    match PostgresStore::connect(url, options).await {
+        Ok(store) => Some(Arc::new(store)),
+        Err(error) => {
+            println!(
+                "PostgreSQL is not reachable at MOSAIC_TEST_POSTGRES_URL (default {DEFAULT_POSTGRES_URL}): {error}; measuring SQLite only (start it with `pg_ctlcluster 15 main start`)"
+            );
+            None
+        }
+    }
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
+}
+
 fn main() {
     let seconds = env_or("BENCH_SECONDS", 10);
     let connections = env_or("BENCH_CONNECTIONS", 32);
@@ -161,27 +219,37 @@ fn main() {
             ..defaults
         };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config).unwrap());
-        let verifier = WebhookVerifier::new(vec![Secret::new(SECRET.to_owned())]).unwrap();
-        let state = AppState::new("bench").with_intake(Intake {
-            verifier,
-            store: Arc::clone(&store),
-            max_body_bytes: 1024 * 1024,
-            notify: Arc::new(tokio::sync::Notify::new()),
-        });
-        let durable = spawn(router(state)).await;
+        let durable = spawn(durable_router(Arc::clone(&store))).await;
         let bare =
             spawn(Router::new().route("/webhook/gitea", post(|_body: Bytes| async { "ok" }))).await;
 
+        // PostgreSQL beside it: one pooled connection per load connection, so no request waits
+        // for a connection.
+        let postgres_url = std::env::var("MOSAIC_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+        let schema = format!("mosaic_bench_{}", uuid::Uuid::new_v4().simple());
+        let postgres_store = postgres(&postgres_url, &schema, connections as usize).await;
+        let postgres_route = match &postgres_store {
+            Some(store) => Some(spawn(durable_router(Arc::clone(store) as Arc<dyn Store>)).await),
+            None => None,
+        };
+
         let rounds = env_or("BENCH_ROUNDS", 1).max(1);
         println!(
-            "intake benchmark: {connections} connections, {seconds} s per route, {rounds} round(s), synchronous={synchronous:?}"
+            "intake benchmark: {connections} connections, {seconds} s per route, {rounds} round(s), SQLite synchronous={synchronous:?}, PostgreSQL {}",
+            if postgres_route.is_some() { "pool of one connection per load connection" } else { "not reachable" }
         );
         let duration = Duration::from_secs(seconds);
-        // Warm both paths so connection set-up is not measured.
+        // Warm every path so connection set-up is not measured.
         let _ = load(&bare, connections, Duration::from_millis(500)).await;
-        // Each round measures both routes back to back: this machine's speed drifts by tens of
-        // percent within minutes, so only a ratio from one round is a fair comparison.
+        let _ = load(&durable, connections, Duration::from_millis(500)).await;
+        if let Some(route) = &postgres_route {
+            let _ = load(route, connections, Duration::from_millis(500)).await;
+        }
+        // Each round measures the routes back to back: this machine's speed drifts by tens of
+        // percent within minutes, so only figures from one round compare fairly.
         let mut ratios = Vec::new();
+        let mut postgres_ratios = Vec::new();
         for round in 1..=rounds {
             if rounds > 1 {
                 println!("round {round}:");
@@ -190,29 +258,53 @@ fn main() {
             let before = store.stats();
             let durable_m = load(&durable, connections, duration).await;
             let after = store.stats();
+            let postgres_m = match &postgres_route {
+                Some(route) => Some(load(route, connections, duration).await),
+                None => None,
+            };
             let bare_rate = report("bare route (read + 200)", &bare_m);
-            let durable_rate = report("durable intake", &durable_m);
+            let durable_rate = report("durable intake, SQLite", &durable_m);
+            let postgres_rate = postgres_m
+                .as_ref()
+                .map(|m| report("durable intake, PostgreSQL", m));
             let ratio = durable_rate / bare_rate;
-            println!("ratio durable / bare: {ratio:.2}");
             ratios.push(ratio);
+            match postgres_rate {
+                Some(rate) => {
+                    postgres_ratios.push(rate / bare_rate);
+                    println!(
+                        "ratio to bare: SQLite {ratio:.2}, PostgreSQL {:.2}; PostgreSQL / SQLite {:.2}",
+                        rate / bare_rate,
+                        rate / durable_rate
+                    );
+                }
+                None => println!("ratio durable / bare: {ratio:.2}"),
+            }
             // How the writer grouped the durable run's requests: commits per second bound the
             // rate (one sync each), the group size shows how much concurrency each sync absorbed.
             let commits = after.commits - before.commits;
             let writes = after.writes - before.writes;
             println!(
-                "store writer: {commits} commits for {writes} writes, average group {:.1}, {:.0} commits/s",
+                "SQLite writer: {commits} commits for {writes} writes, average group {:.1}, {:.0} commits/s",
                 writes as f64 / commits.max(1) as f64,
                 commits as f64 / durable_m.elapsed.as_secs_f64()
             );
         }
         if rounds > 1 {
-            ratios.sort_by(f64::total_cmp);
+            let (mid, low, high) = median(ratios);
             println!(
-                "median ratio over {rounds} rounds: {:.2} (from {:.2} to {:.2})",
-                ratios[ratios.len() / 2],
-                ratios[0],
-                ratios[ratios.len() - 1]
+                "median ratio SQLite / bare over {rounds} rounds: {mid:.2} (from {low:.2} to {high:.2})"
             );
+            if !postgres_ratios.is_empty() {
+                let (mid, low, high) = median(postgres_ratios);
+                println!(
+                    "median ratio PostgreSQL / bare over {rounds} rounds: {mid:.2} (from {low:.2} to {high:.2})"
+                );
+            }
+        }
+        if let Some(store) = postgres_store {
+            drop(store);
+            drop_schema(&postgres_url, &schema).await;
         }
     });
 }

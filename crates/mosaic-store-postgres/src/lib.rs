@@ -316,6 +316,16 @@ impl PostgresStore {
         self.fence().map(|fence| fence.epoch)
     }
 
+    /// Stores `snapshot` unless the stored one has a newer `updated_at`, outside any delivery:
+    /// for tests and benchmarks that seed a store, as `SqliteStore::upsert_issue_snapshot`
+    /// (the coordinator writes snapshots with their delivery, [`Store::complete_delivery`]).
+    pub async fn upsert_issue_snapshot(
+        &self,
+        snapshot: IssueSnapshot,
+    ) -> Result<SnapshotOutcome, StoreError> {
+        write_in_transaction!(self, |tx| ops::upsert_issue_snapshot(&tx, &snapshot))
+    }
+
     /// Counts a write and notes how it went; a database failure (not a caller's conflict or
     /// bad input) is what [`Store::write_outcomes`] reports.
     fn noted<T>(&self, result: Result<T, Failure>) -> Result<T, StoreError> {
@@ -595,8 +605,7 @@ impl Store for PostgresStore {
                     .map_err(|e: tokio_postgres::Error| unavailable("leadership epoch", &e)),
                 Ok(Err(err)) => Err(unavailable("leadership epoch", &err)),
                 Err(_) => Err(StoreError::Unavailable(
-                    "leadership epoch: the previous leader's writes did not end in time"
-                        .to_owned(),
+                    "leadership epoch: the previous leader's writes did not end in time".to_owned(),
                 )),
             };
         let (epoch, pid, backend_start) = match begun {

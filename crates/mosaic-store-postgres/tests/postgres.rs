@@ -445,6 +445,41 @@ async fn concurrent_transitions_of_one_issue_do_not_lose_updates() {
     assert_eq!(store.issue_history(&key).await.unwrap().len(), 2);
 }
 
+/// A recovery settles every waiting issue in one transaction (25,500 in the recovery benchmark):
+/// a batch of more issues than PostgreSQL's lock table holds (`max_locks_per_transaction` ×
+/// connections, 6,400 by default, plus spare shared memory: 12,000 advisory locks fit on the
+/// test server, 15,000 did not; one lock per issue ran out of it, "out of shared memory")
+/// commits, and a small writer racing it for one of its issues still cannot interleave with it
+/// (exactly one of the two wins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_more_issues_than_the_lock_table_holds_commits() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    let large: Vec<TransitionBatch> = (1..=20_000)
+        .flat_map(|n| step(&format!("o/r#{n}"), None, IssueState::Pending, "large"))
+        .collect();
+    let racing = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .commit_transitions(step("o/r#10000", None, IssueState::Pending, "small"))
+                .await
+        })
+    };
+    let large = store.commit_transitions(large).await;
+    let small = racing.await.unwrap();
+    assert!(
+        large.is_ok() != small.is_ok(),
+        "large: {large:?}, small: {small:?}"
+    );
+    let large_won = large.is_ok();
+    let failed = if large_won { small } else { large };
+    assert!(matches!(failed, Err(StoreError::Conflict(_))), "{failed:?}");
+    let stored = store.list_issues(&[]).await.unwrap().len();
+    assert_eq!(stored, if large_won { 20_000 } else { 1 });
+}
+
 /// An inbox that refuses inserts (as a damaged table would) while the rest still works: the
 /// failure is a storage failure, shows in the write outcomes and fails the health check, which
 /// passes again once writes do.
