@@ -173,6 +173,10 @@ pub struct OutboxWorker {
     /// Rows created before this moment may have been attempted by an earlier process whose
     /// record of the attempt was lost with it.
     started_at: DateTime<Utc>,
+    /// Set by [`Self::run`] at its start: the newest row then. Only rows after it are certainly
+    /// new — a rule without clocks, where `started_at` compares this host's clock with that of
+    /// the coordinator that wrote the row (on PostgreSQL, another host).
+    newest_at_start: std::sync::OnceLock<Option<i64>>,
     /// Closed while this coordinator may not act as the leader: nothing is sent.
     write_gate: Option<WriteGate>,
 }
@@ -221,6 +225,7 @@ impl OutboxWorker {
             known: Mutex::new(Known::default()),
             label_listing: tokio::sync::Mutex::new(()),
             started_at: Utc::now(),
+            newest_at_start: std::sync::OnceLock::new(),
             write_gate: None,
         }
     }
@@ -520,7 +525,7 @@ impl OutboxWorker {
     /// created after it started (an earlier process may have posted and died before recording
     /// it, leaving `attempts` at 0). Only then may a comment be posted without a search.
     fn first_attempt(&self, item: &OutboxItem) -> bool {
-        let fresh = item.attempts == 0 && item.created_at >= self.started_at;
+        let fresh = item.attempts == 0 && self.created_since_start(item);
         // Recorded before the post: a lost answer or a failed store write must not make the
         // next try skip the search.
         let first = self.known().attempted.insert(item.id);
@@ -531,8 +536,17 @@ impl OutboxWorker {
     /// never attempted by it.
     fn never_sent(&self, item: &OutboxItem) -> bool {
         item.attempts == 0
-            && item.created_at >= self.started_at
+            && self.created_since_start(item)
             && !self.known().attempted.contains(&item.id)
+    }
+
+    /// Whether the row was written after this worker started, so no earlier process can have
+    /// sent it: by row id once [`Self::run`] noted the newest row, else by the row's time.
+    fn created_since_start(&self, item: &OutboxItem) -> bool {
+        match self.newest_at_start.get() {
+            Some(newest) => newest.is_none_or(|newest| item.id > newest),
+            None => item.created_at >= self.started_at,
+        }
     }
 
     /// Whether the issue certainly has no status comment from the bot: this is the first
@@ -934,6 +948,14 @@ impl OutboxWorker {
     /// Works until `cancel` fires: at start (items left by a crash), whenever woken, and every
     /// `idle_poll_ms` for new items and retries that fell due.
     pub async fn run(self, cancel: CancellationToken) {
+        match self.store.latest_outbox_id().await {
+            Ok(newest) => {
+                let _ = self.newest_at_start.set(newest);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the newest outbox row could not be read; rows are told new by their time");
+            }
+        }
         let idle = Duration::from_millis(self.config.idle_poll_ms);
         let mut failures: u32 = 0;
         loop {

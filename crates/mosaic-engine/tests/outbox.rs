@@ -1372,3 +1372,36 @@ async fn nothing_is_sent_while_the_write_gate_is_closed() {
     assert_eq!(h.gitea.comments(&issue).len(), 1);
     assert_eq!(h.statuses(&issue).await, vec![OutboxStatus::Done]);
 }
+
+#[tokio::test]
+async fn a_row_a_crashed_leader_wrote_with_a_clock_ahead_is_searched_for_before_posting() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    // The next leader's worker, made while the old leader still worked: by the rows' times
+    // (the old leader's clock, ahead of this one's) everything after this looks new to it.
+    let next = h.worker(fast());
+    h.enqueue(&issue, &[("skewed-done", comment("Done: merged."))])
+        .await;
+    // The old leader posted the comment and died before the store heard of it.
+    let api = flaky(&h, AfterPost::Hang);
+    let dying = h.worker_with(api.clone(), fast());
+    let task = tokio::spawn(async move { dying.run_once().await });
+    tokio::time::timeout(Duration::from_secs(5), api.posted.notified())
+        .await
+        .expect("the first attempt reaches Gitea");
+    task.abort();
+    assert_eq!(h.gitea.comments(&issue).len(), 1);
+
+    // The next leader's worker starts: the row is older than its start, whatever its time says.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(next.run(cancel.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while h.statuses(&issue).await != vec![OutboxStatus::Done] {
+        assert!(std::time::Instant::now() < deadline, "never delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    running.await.unwrap();
+    let comments = h.gitea.comments(&issue);
+    assert_eq!(comments.len(), 1, "posted twice: {comments:#?}");
+}

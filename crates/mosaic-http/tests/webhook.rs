@@ -198,6 +198,9 @@ impl Store for SpyStore {
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
         self.inner.outbox_backlog().await
     }
+    async fn latest_outbox_id(&self) -> Result<Option<mosaic_store::OutboxId>, StoreError> {
+        self.inner.latest_outbox_id().await
+    }
     async fn outbox_for_issue(&self, issue: &IssueRef) -> Result<Vec<OutboxItem>, StoreError> {
         self.inner.outbox_for_issue(issue).await
     }

@@ -497,6 +497,10 @@ impl Store for PostgresStore {
         read!(self, |client| ops::outbox_backlog(client))
     }
 
+    async fn latest_outbox_id(&self) -> Result<Option<OutboxId>, StoreError> {
+        read!(self, |client| ops::latest_outbox_id(client))
+    }
+
     async fn outbox_for_issue(&self, issue: &IssueRef) -> Result<Vec<OutboxItem>, StoreError> {
         read!(self, |client| ops::outbox_for_issue(client, issue))
     }

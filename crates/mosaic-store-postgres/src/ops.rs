@@ -590,6 +590,11 @@ pub(crate) async fn has_pending_delivery(
     Ok(row.try_get(0)?)
 }
 
+pub(crate) async fn latest_outbox_id(client: &impl GenericClient) -> OpResult<Option<OutboxId>> {
+    let row = client.query_one("SELECT max(id) FROM outbox", &[]).await?;
+    Ok(row.try_get(0)?)
+}
+
 pub(crate) async fn delivery_counts(client: &impl GenericClient) -> OpResult<DeliveryCounts> {
     let rows = collect(
         client,

@@ -686,6 +686,10 @@ impl Store for SqliteStore {
         self.read(ops::outbox_backlog).await
     }
 
+    async fn latest_outbox_id(&self) -> Result<Option<OutboxId>, StoreError> {
+        self.read(ops::latest_outbox_id).await
+    }
+
     async fn outbox_for_issue(&self, issue: &IssueRef) -> Result<Vec<OutboxItem>, StoreError> {
         let issue = issue.clone();
         self.read(move |conn| ops::outbox_for_issue(conn, &issue))

@@ -504,6 +504,12 @@ pub(crate) fn has_pending_delivery(conn: &Connection, issue: &IssueRef) -> Resul
     Ok(found != 0)
 }
 
+pub(crate) fn latest_outbox_id(conn: &Connection) -> Result<Option<OutboxId>, Failure> {
+    Ok(conn
+        .prepare_cached("SELECT max(id) FROM outbox")?
+        .query_row([], |row| row.get(0))?)
+}
+
 pub(crate) fn delivery_counts(conn: &Connection) -> Result<DeliveryCounts, Failure> {
     let rows = collect(
         conn,

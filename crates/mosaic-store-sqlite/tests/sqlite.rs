@@ -40,6 +40,7 @@ conformance_tests!(fresh();
     gate_runs_are_kept_per_issue_in_order,
     parse_cache_stores_json_by_key,
     llm_usage_is_summed_per_provider_and_model,
+    the_latest_outbox_id_is_the_newest_items,
     a_pending_delivery_is_known_per_issue,
     peers_are_alive_while_they_beat,
     health_check_writes,

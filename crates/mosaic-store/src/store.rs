@@ -145,6 +145,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// All items of one issue, in order (for the API and tests).
     async fn outbox_for_issue(&self, issue: &IssueRef) -> Result<Vec<OutboxItem>, StoreError>;
 
+    /// The newest outbox item's id (`None`: none yet). A worker starting reads it: every item
+    /// after it is certainly new, whatever the clocks of the coordinators that wrote them.
+    async fn latest_outbox_id(&self) -> Result<Option<OutboxId>, StoreError>;
+
     // ----- sessions, rotations, compactions -----
 
     /// Sessions without an end (running, or interrupted by a crash), oldest first.

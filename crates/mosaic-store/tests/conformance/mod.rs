@@ -1204,6 +1204,24 @@ pub async fn llm_usage_is_summed_per_provider_and_model(store: &dyn Store) {
     );
 }
 
+pub async fn the_latest_outbox_id_is_the_newest_items(store: &dyn Store) {
+    assert_eq!(store.latest_outbox_id().await.unwrap(), None);
+    let mut batch = transition("acme/widgets#1", None, IssueState::Ready, 1);
+    batch.outbox = vec![
+        outbox_item("acme/widgets#1", "first"),
+        outbox_item("acme/widgets#1", "second"),
+    ];
+    store.commit_transitions(vec![batch]).await.unwrap();
+    let items = store
+        .outbox_for_issue(&issue("acme/widgets#1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.latest_outbox_id().await.unwrap(),
+        items.iter().map(|item| item.id).max()
+    );
+}
+
 pub async fn a_pending_delivery_is_known_per_issue(store: &dyn Store) {
     let seven = issue("mosaic/coordinator#7");
     let eight = issue("mosaic/coordinator#8");
