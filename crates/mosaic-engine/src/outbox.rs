@@ -970,8 +970,9 @@ impl OutboxWorker {
                 Ok((_, coalescing)) => {
                     failures = 0;
                     // Back when the first write left to coalesce falls due, not a poll later.
+                    // (A time already past cannot be a `Duration`: that one is due at once.)
                     coalescing
-                        .and_then(|at| (at - Utc::now()).to_std().ok())
+                        .map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
                         .map_or(idle, |wait| wait.min(idle).max(Duration::from_millis(1)))
                 }
                 Err(err) => {
