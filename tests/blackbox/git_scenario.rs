@@ -291,15 +291,7 @@ impl Scenario {
     }
 
     pub(crate) async fn metrics(&self) -> String {
-        self.app
-            .client
-            .get(self.app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.app.get_text("/metrics").await
     }
 
     pub(crate) fn pull_requests(&self) -> Vec<PullRequest> {

@@ -130,6 +130,18 @@ impl Running {
             .unwrap()
     }
 
+    /// `GET path` as text (whatever the status), e.g. `/metrics`.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.path().join("coordinator.log")).unwrap_or_default()
     }

@@ -103,15 +103,7 @@ async fn metrics_are_prometheus_text_with_every_family() {
         && std::time::Instant::now() < deadline
     {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        text = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        text = app.get_text("/metrics").await;
     }
     for family in families {
         assert!(
@@ -131,15 +123,7 @@ async fn metrics_are_prometheus_text_with_every_family() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get_text("/metrics").await;
     assert!(
         text.contains(
             "mosaic_webhook_requests_total{event=\"unknown\",outcome=\"rejected_signature\"} 1"

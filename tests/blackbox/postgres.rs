@@ -267,15 +267,7 @@ async fn one_of_two_coordinators_leads_and_the_other_takes_over_when_it_dies() {
     // /metrics is refreshed every 5 s.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let metrics = second
-            .client
-            .get(second.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = second.get_text("/metrics").await;
         if metrics
             .lines()
             .any(|line| line == "mosaic_coordinators_alive 2")

@@ -39,15 +39,7 @@ async fn what_is_kept_shows_in_the_api_and_the_metrics() {
     assert_eq!(body["work_dirs"]["count"], 0, "{body}");
     assert_eq!(body["removed_work_dirs"]["count"], 0, "{body}");
     assert!(body["last_error"].is_null(), "{body}");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text("/metrics").await;
     for family in [
         "mosaic_retained_delivery_bodies ",
         "mosaic_retained_delivery_body_bytes ",
