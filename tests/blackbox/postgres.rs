@@ -688,6 +688,16 @@ async fn a_leader_killed_while_its_agent_works_is_followed_by_the_next_dispatch_
         ..
     } = pair;
 
+    // The standby answers the queue and the sessions from the shared store, saying it does.
+    let queue = second.get_json("/api/v1/queue").await;
+    assert_eq!(queue["queue"][0]["state"], "in_progress", "{queue}");
+    assert_eq!(queue["total"], 1, "{queue}");
+    assert!(queue["partial"].is_string(), "{queue}");
+    let sessions = second.get_json("/api/v1/sessions").await;
+    assert_eq!(sessions["sessions"][0]["session_id"], session, "{sessions}");
+    assert_eq!(sessions["sessions"][0]["process_id"], pid, "{sessions}");
+    assert!(sessions["partial"].is_string(), "{sessions}");
+
     let killed_at = std::time::SystemTime::now();
     let killed = Instant::now();
     let _ = first.crash();

@@ -257,10 +257,18 @@ pub(crate) async fn queue(
     State(state): State<AppState>,
     Query(query): Query<QueueQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let engine = state.require_engine()?;
     let (limit, clamped) = limit_in_force(query.limit);
     let after = query.before.as_deref().map(queue_cursor).transpose()?;
-    let queue = engine.queue().await;
+    let (queue, partial) = match state.engine() {
+        Some(engine) => (engine.queue().await, false),
+        // A coordinator that does not lead answers from the shared store.
+        None => (
+            mosaic_engine::engine::stored_queue(state.store()?.as_ref())
+                .await
+                .map_err(engine_error)?,
+            true,
+        ),
+    };
     let start = match &after {
         None => 0,
         Some(cursor) => queue
@@ -279,6 +287,9 @@ pub(crate) async fn queue(
         .then(|| page.last().map(|item| item.issue.to_string()))
         .flatten();
     let mut answer = json!({ "queue": page, "total": queue.len(), "limit": limit });
+    if partial {
+        answer["partial"] = json!(STANDBY_QUEUE);
+    }
     if let Some(next) = next_before {
         answer["next_before"] = json!(next);
     }
@@ -304,9 +315,20 @@ fn queue_cursor(text: &str) -> Result<IssueRef, ApiError> {
 
 /// `GET /api/v1/sessions`: live sessions with agent, issue, context use and start time.
 pub(crate) async fn sessions(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let engine = state.require_engine()?;
-    Ok(Json(json!({ "sessions": engine.live_sessions() })))
+    if let Some(engine) = state.engine() {
+        return Ok(Json(json!({ "sessions": engine.live_sessions() })));
+    }
+    let sessions = mosaic_engine::engine::stored_sessions(state.store()?.as_ref())
+        .await
+        .map_err(engine_error)?;
+    Ok(Json(
+        json!({ "sessions": sessions, "partial": STANDBY_SESSIONS }),
+    ))
 }
+
+/// What a coordinator without a running engine cannot say about the queue and the sessions.
+const STANDBY_QUEUE: &str = "answered from the store, without a running engine here (this coordinator stands by, or waits for the Gitea identity): blockers and the exact dispatch order are the leader's";
+const STANDBY_SESSIONS: &str = "answered from the store, without a running engine here (this coordinator stands by, or waits for the Gitea identity): the live sessions' context use, compactions and rotations are the leader's";
 
 /// `GET /api/v1/rotations?limit=N&before=ID`: recorded session rotations, newest first;
 /// `next_before` (the last one's `id`) is the cursor of the next page.

@@ -375,6 +375,69 @@ fn latest_round(runs: &[GateRunRecord]) -> Vec<GateRunRecord> {
 /// has no engine) can answer too: everything but its place in the dependency graph, the live
 /// session and the worktree's size, which only the leader knows (left empty). `None`: the issue
 /// is not coordinated.
+/// The unfinished issues as the shared store has them, for a coordinator that does not lead:
+/// in progress, ready, blocked, pending; ready ones by priority, then by when they were queued.
+/// Blockers (the dependency graph) and the leader's exact dispatch order are the leader's: not
+/// given here.
+pub async fn stored_queue(store: &dyn Store) -> Result<Vec<QueueItem>, EngineError> {
+    let waiting = [
+        IssueState::InProgress,
+        IssueState::Ready,
+        IssueState::Blocked,
+        IssueState::Pending,
+    ];
+    let mut items: Vec<(i32, QueueItem)> = store
+        .list_issues(&waiting)
+        .await?
+        .into_iter()
+        .map(|record| {
+            (
+                record.priority,
+                QueueItem {
+                    issue: record.issue,
+                    state: record.state,
+                    agent: record.assigned_agent,
+                    estimate: record.estimate,
+                    blockers: Vec::new(),
+                    attempts: record.attempts,
+                    queued_at: record.queued_at,
+                },
+            )
+        })
+        .collect();
+    items.sort_by(|(a_priority, a), (b_priority, b)| {
+        state_rank(a.state)
+            .cmp(&state_rank(b.state))
+            // A higher priority runs first.
+            .then_with(|| b_priority.cmp(a_priority))
+            .then_with(|| a.queued_at.cmp(&b.queued_at))
+            .then_with(|| a.issue.cmp(&b.issue))
+    });
+    Ok(items.into_iter().map(|(_, item)| item).collect())
+}
+
+/// The sessions the shared store has open, for a coordinator that does not lead: agent, issue,
+/// process and start; their context use is known to the leader only.
+pub async fn stored_sessions(store: &dyn Store) -> Result<Vec<LiveSessionView>, EngineError> {
+    Ok(store
+        .open_sessions()
+        .await?
+        .into_iter()
+        .map(|session| LiveSessionView {
+            session_id: session.id,
+            agent: session.agent,
+            issue: session.issue,
+            process_id: session.pid,
+            started_at: session.started_at,
+            context_percent: None,
+            context_tokens: None,
+            context_window: None,
+            compactions: 0,
+            rotations: 0,
+        })
+        .collect())
+}
+
 pub async fn stored_issue_detail(
     store: &dyn Store,
     issue: &IssueRef,

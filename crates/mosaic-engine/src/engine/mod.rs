@@ -36,6 +36,7 @@ use tokio::sync::{Mutex, Notify};
 
 pub use api::{
     EngineStats, IssueDetail, LiveSessionView, PullRequestView, QueueItem, stored_issue_detail,
+    stored_queue, stored_sessions,
 };
 pub use attempt::{WorkspaceParts, WorkspaceUsage};
 pub use config::{EngineConfig, EngineConfigError, MonitorSettings};
