@@ -321,6 +321,9 @@ pub struct Issue {
     pub url: String,
     #[serde(default)]
     pub pull_request: Option<PullRequestMeta>,
+    /// How many comments the issue has (Gitea sends it; older trackers may not).
+    #[serde(default)]
+    pub comments: Option<u64>,
     #[serde(default)]
     pub repository: Option<IssueRepository>,
 }

@@ -159,6 +159,7 @@ fn snapshot(issue: IssueRef, i: u64, open: bool) -> IssueSnapshot {
             "https://git.example/{}/issues/{}",
             issue.repo, issue.number
         )),
+        comments: Some(0),
         issue,
     }
 }

@@ -76,6 +76,7 @@ pub fn snapshot_of(payload: &WebhookPayload) -> Result<IssueSnapshot, HandlerErr
         state: issue.state,
         updated_at: issue.updated_at,
         html_url: (!issue.html_url.is_empty()).then(|| issue.html_url.clone()),
+        comments: issue.comments,
     })
 }
 

@@ -550,11 +550,21 @@ impl OutboxWorker {
     }
 
     /// Whether the issue certainly has no status comment from the bot: this is the first
-    /// attempt of its status row, and every earlier status row of the issue is one this worker
-    /// marked superseded before anything could send it. Then the comment is created without
-    /// listing the issue's comments first.
+    /// attempt of its status row, every earlier status row of the issue is one this worker
+    /// marked superseded before anything could send it, and the latest webhook showed the issue
+    /// without any comment (the store's rows say nothing of what an earlier store, wiped or
+    /// replaced, had the bot post). Then the comment is created without listing the issue's
+    /// comments first.
     async fn certainly_no_status_comment(&self, item: &OutboxItem) -> Result<bool, StoreError> {
         if !self.first_attempt(item) {
+            return Ok(false);
+        }
+        let uncommented = self
+            .store
+            .get_issue_snapshot(&item.issue)
+            .await?
+            .is_some_and(|snapshot| snapshot.comments == Some(0));
+        if !uncommented {
             return Ok(false);
         }
         let rows = self.store.outbox_for_issue(&item.issue).await?;

@@ -102,6 +102,45 @@ impl Harness {
         self.store.commit_transitions(vec![batch]).await.unwrap();
     }
 
+    /// Stores the issue's snapshot as a handled webhook would, saying it has `comments`.
+    async fn seen_with_comments(&self, issue: &IssueRef, comments: u64) {
+        let id = format!("seen-{issue}-{comments}");
+        let recorded = self
+            .store
+            .record_delivery(mosaic_store::NewDelivery {
+                delivery_id: Some(id.clone()),
+                event: "issues".into(),
+                event_type: Some("issue_assign".into()),
+                action: Some("assigned".into()),
+                repository: Some(issue.repo.to_string()),
+                issue_number: Some(issue.number),
+                body_sha256: <sha2::Sha256 as sha2::Digest>::digest(id.as_bytes()).into(),
+                body: b"{}".to_vec(),
+                status: mosaic_store::IntakeStatus::Pending,
+                received_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+        let mosaic_store::RecordOutcome::Recorded { id } = recorded else {
+            panic!("not recorded: {recorded:?}");
+        };
+        let snapshot = mosaic_store::IssueSnapshot {
+            issue: issue.clone(),
+            title: "Add caching".into(),
+            body: String::new(),
+            labels: Vec::new(),
+            assignees: vec![MockGitea::BOT_LOGIN.into()],
+            state: mosaic_domain::events::TrackerState::Open,
+            updated_at: Utc::now(),
+            html_url: None,
+            comments: Some(comments),
+        };
+        self.store
+            .process_delivery_with_snapshot(id, snapshot)
+            .await
+            .unwrap();
+    }
+
     async fn statuses(&self, issue: &IssueRef) -> Vec<OutboxStatus> {
         self.store
             .outbox_for_issue(issue)
@@ -1190,6 +1229,8 @@ async fn writes_of_different_issues_overlap_while_each_issues_stay_ordered() {
 async fn a_state_replaced_within_the_coalescing_window_is_never_sent() {
     let h = harness().await;
     let issue = h.issue(&[]);
+    // The webhook showed the issue without a comment.
+    h.seen_with_comments(&issue, 0).await;
     let worker = h.worker(OutboxConfig {
         coalesce_ms: 400,
         ..fast()
@@ -1404,4 +1445,29 @@ async fn a_row_a_crashed_leader_wrote_with_a_clock_ahead_is_searched_for_before_
     running.await.unwrap();
     let comments = h.gitea.comments(&issue);
     assert_eq!(comments.len(), 1, "posted twice: {comments:#?}");
+}
+
+#[tokio::test]
+async fn a_status_comment_an_earlier_store_had_posted_is_edited_not_posted_again() {
+    let h = harness().await;
+    let issue = h.issue(&[]);
+    // A store that was replaced had the bot post the issue's status comment; this store knows
+    // nothing of it, but the webhook says the issue has a comment.
+    let key = IdempotencyKey::new(mosaic_engine::outbox::STATUS_KEY).unwrap();
+    h.client
+        .create_comment(&issue, &key.mark("Queued (by the old store)"))
+        .await
+        .unwrap();
+    h.seen_with_comments(&issue, 1).await;
+    let worker = h.worker(OutboxConfig {
+        coalesce_ms: 300,
+        ..fast()
+    });
+    h.enqueue(&issue, &[("s1", status("Queued"))]).await;
+    h.enqueue(&issue, &[("s2", status("Running"))]).await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    drain(&worker).await;
+    let comments = h.gitea.comments(&issue);
+    assert_eq!(comments.len(), 1, "a second status comment: {comments:#?}");
+    assert!(comments[0].body.contains("Running"), "{comments:#?}");
 }

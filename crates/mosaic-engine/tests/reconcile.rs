@@ -561,6 +561,7 @@ async fn a_transferred_issue_is_repaired_as_deleted_from_the_stored_snapshot() {
             state: mosaic_domain::events::TrackerState::Open,
             updated_at: Utc::now(),
             html_url: None,
+            comments: None,
         })
         .await
         .unwrap();

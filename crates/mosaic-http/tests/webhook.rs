@@ -1282,6 +1282,7 @@ async fn with_one_delivery_and_snapshot(h: &Harness) {
             state: TrackerState::Open,
             updated_at: Utc::now(),
             html_url: None,
+            comments: None,
         })
         .await
         .unwrap();

@@ -48,6 +48,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "peers",
         sql: include_str!("../migrations/0007_peers.sql"),
     },
+    Migration {
+        version: 8,
+        name: "snapshot_comments",
+        sql: include_str!("../migrations/0008_snapshot_comments.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (also the version a fresh database gets).

@@ -648,13 +648,13 @@ pub(crate) async fn upsert_issue_snapshot(
     let changed = execute(
         client,
         "INSERT INTO issue_snapshots (repository, number, title, body, labels, assignees,
-             state, updated_at, html_url, stored_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             state, updated_at, html_url, stored_at, comments)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (repository, number) DO UPDATE SET
              title = excluded.title, body = excluded.body, labels = excluded.labels,
              assignees = excluded.assignees, state = excluded.state,
              updated_at = excluded.updated_at, html_url = excluded.html_url,
-             stored_at = excluded.stored_at
+             stored_at = excluded.stored_at, comments = excluded.comments
          WHERE excluded.updated_at >= issue_snapshots.updated_at",
         &[
             &repository,
@@ -667,6 +667,10 @@ pub(crate) async fn upsert_issue_snapshot(
             &snapshot.updated_at,
             &snapshot.html_url,
             &Utc::now(),
+            &snapshot
+                .comments
+                .map(|n| to_i64("comment count", n))
+                .transpose()?,
         ],
     )
     .await?;
@@ -684,7 +688,7 @@ pub(crate) async fn get_issue_snapshot(
     let (repository, number) = issue_key(issue)?;
     let Some(row) = query_opt(
         client,
-        "SELECT title, body, labels, assignees, state, updated_at, html_url
+        "SELECT title, body, labels, assignees, state, updated_at, html_url, comments
          FROM issue_snapshots WHERE repository = $1 AND number = $2",
         &[&repository, &number],
     )
@@ -701,6 +705,9 @@ pub(crate) async fn get_issue_snapshot(
         state: tracker_state_from(get(&row, "state")?)?,
         updated_at: get(&row, "updated_at")?,
         html_url: get(&row, "html_url")?,
+        comments: get::<Option<i64>>(&row, "comments")?
+            .map(|n| to_u64("issue_snapshots.comments", n))
+            .transpose()?,
     }))
 }
 

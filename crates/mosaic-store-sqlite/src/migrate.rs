@@ -54,6 +54,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "peers",
         sql: include_str!("../migrations/0008_peers.sql"),
     },
+    Migration {
+        version: 9,
+        name: "snapshot_comments",
+        sql: include_str!("../migrations/0009_snapshot_comments.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (also the version a fresh database gets).

@@ -563,13 +563,13 @@ pub(crate) fn upsert_issue_snapshot(
     let changed = conn
         .prepare_cached(
             "INSERT INTO issue_snapshots (repository, number, title, body, labels, assignees,
-                 state, updated_at, html_url, stored_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 state, updated_at, html_url, stored_at, comments)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (repository, number) DO UPDATE SET
                  title = excluded.title, body = excluded.body, labels = excluded.labels,
                  assignees = excluded.assignees, state = excluded.state,
                  updated_at = excluded.updated_at, html_url = excluded.html_url,
-                 stored_at = excluded.stored_at
+                 stored_at = excluded.stored_at, comments = excluded.comments
              WHERE excluded.updated_at >= issue_snapshots.updated_at",
         )?
         .execute(params![
@@ -583,6 +583,10 @@ pub(crate) fn upsert_issue_snapshot(
             micros(snapshot.updated_at),
             snapshot.html_url,
             micros(Utc::now()),
+            snapshot
+                .comments
+                .map(|n| to_i64("comment count", n))
+                .transpose()?,
         ])?;
     Ok(if changed > 0 {
         SnapshotOutcome::Stored
@@ -598,7 +602,7 @@ pub(crate) fn get_issue_snapshot(
     let (repository, number) = issue_key(issue)?;
     let mut found = collect(
         conn,
-        "SELECT title, body, labels, assignees, state, updated_at, html_url
+        "SELECT title, body, labels, assignees, state, updated_at, html_url, comments
          FROM issue_snapshots WHERE repository = ?1 AND number = ?2",
         params![repository, number],
         |row| {
@@ -614,6 +618,10 @@ pub(crate) fn get_issue_snapshot(
                 state: tracker_state_from(&state)?,
                 updated_at: time_from("issue_snapshots.updated_at", row.get(5)?)?,
                 html_url: row.get(6)?,
+                comments: row
+                    .get::<_, Option<i64>>(7)?
+                    .map(|n| to_u64("issue_snapshots.comments", n))
+                    .transpose()?,
             })
         },
     )?;

@@ -178,6 +178,8 @@ pub struct IssueSnapshot {
     /// The tracker's `updated_at`; an older snapshot never replaces a newer one.
     pub updated_at: DateTime<Utc>,
     pub html_url: Option<String>,
+    /// How many comments the issue had (Gitea's count; `None` when not known).
+    pub comments: Option<u64>,
 }
 
 /// What recovery needs of a stored snapshot: whether the tracker has the issue open, and its

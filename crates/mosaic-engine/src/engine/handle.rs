@@ -263,6 +263,7 @@ fn snapshot_from_gitea(issue: &IssueRef, current: &mosaic_gitea::Issue) -> Issue
         },
         updated_at: current.updated_at,
         html_url: (!current.html_url.is_empty()).then(|| current.html_url.clone()),
+        comments: Some(current.comments),
     }
 }
 

@@ -73,6 +73,7 @@ fn snapshot(issue_ref: &str, title: &str, updated: i64) -> IssueSnapshot {
         state: TrackerState::Open,
         updated_at: at(updated),
         html_url: Some(format!("https://gitea.example/{title}")),
+        comments: Some(2),
     }
 }
 
