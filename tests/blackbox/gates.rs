@@ -148,6 +148,12 @@ async fn a_continuation_that_is_rotated_hands_the_gates_findings_to_the_next_ses
         &[
             "--fix-on-continuation",
             "fixed.txt",
+            // The burst comes a step before the end, with time after it for the monitor to
+            // see it: a burst in the last step races the session's own success.
+            "--steps",
+            "3",
+            "--step-delay-ms",
+            "500",
             "--burst-at-step",
             "2",
             "--burst-tokens",

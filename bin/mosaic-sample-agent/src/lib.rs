@@ -24,7 +24,12 @@ enum Protocol {
 }
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Sample agent for Mosaic Coordinator tests and demos")]
+// A flag given again overrides the earlier one: a test adds its own flags after the defaults.
+#[command(
+    version,
+    about = "Sample agent for Mosaic Coordinator tests and demos",
+    args_override_self = true
+)]
 struct Args {
     /// Work steps until the task is done.
     #[arg(long, env = "SAMPLE_AGENT_STEPS", default_value_t = 10)]
@@ -492,4 +497,15 @@ where
     // and the caller exits right after this returns.
     std::mem::forget(runtime);
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flag_given_again_overrides_the_earlier_one() {
+        let args = Args::try_parse_from(["sample-agent", "--steps", "2", "--steps", "3"]).unwrap();
+        assert_eq!(args.steps, 3);
+    }
 }
