@@ -726,7 +726,29 @@ async fn a_leader_whose_hold_ended_writes_nothing_and_the_next_leads_in_a_newer_
         .unwrap()
         .get(0);
     assert_eq!(terminated, 1);
-    // Refused at once, before anyone else leads: its lock is gone.
+    // Terminating is a signal: the session (and its lock) ends a moment later. Until then the
+    // leader still holds the lock and may write; nobody else can lead meanwhile.
+    let outside = schema.outside().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let sessions: i64 = outside
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mosaic leader ' || $1",
+                &[&schema.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if sessions == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Refused once its session ended, before anyone else leads: its lock is gone.
     let refused = first
         .commit_transitions(step(
             "acme/widgets#1",
