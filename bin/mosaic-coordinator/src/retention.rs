@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
-use mosaic_engine::engine::{Engine, RemovedWorktrees};
+use mosaic_engine::engine::Engine;
 use mosaic_http::{RetentionStatus, SharedRetention, Volume};
 use mosaic_runner::workdir::issue_relative_dir;
 use mosaic_store::Store;
@@ -164,10 +164,7 @@ impl Retention {
             - chrono::Duration::from_std(days(self.config.delivery_bodies_days))
                 .unwrap_or_default();
         let removed_bodies = match self.store.prune_delivery_bodies(bodies_before).await {
-            Ok(volume) => Volume {
-                count: volume.rows,
-                bytes: volume.bytes,
-            },
+            Ok(volume) => volume,
             Err(err) => {
                 errors.push(format!("delivery bodies: {err}"));
                 Volume::default()
@@ -180,10 +177,7 @@ impl Retention {
         })
         .await
         {
-            Ok(Ok(volume)) => Volume {
-                count: volume.count,
-                bytes: volume.bytes,
-            },
+            Ok(Ok(volume)) => volume,
             Ok(Err(err)) => {
                 errors.push(format!("session logs in {}: {err}", self.log_dir.display()));
                 Volume::default()
@@ -212,10 +206,7 @@ impl Retention {
             .inc_by(removed_work_dirs.count);
 
         let kept_bodies = match self.store.retained_delivery_bodies().await {
-            Ok(volume) => Some(Volume {
-                count: volume.rows,
-                bytes: volume.bytes,
-            }),
+            Ok(volume) => Some(volume),
             Err(err) => {
                 errors.push(format!("counting delivery bodies: {err}"));
                 None
@@ -227,10 +218,7 @@ impl Retention {
         })
         .await
         {
-            Ok(Ok(volume)) => Some(Volume {
-                count: volume.count,
-                bytes: volume.bytes,
-            }),
+            Ok(Ok(volume)) => Some(volume),
             Ok(Err(err)) => {
                 errors.push(format!("counting session logs: {err}"));
                 None
@@ -267,18 +255,9 @@ impl Retention {
             delivery_bodies: kept_bodies.unwrap_or(status.delivery_bodies),
             session_logs: kept_logs.unwrap_or(status.session_logs),
             work_dirs: kept_work_dirs.unwrap_or(status.work_dirs),
-            removed_delivery_bodies: Volume {
-                count: removed_delivery_bodies.count + removed_bodies.count,
-                bytes: removed_delivery_bodies.bytes + removed_bodies.bytes,
-            },
-            removed_session_logs: Volume {
-                count: removed_session_logs.count + removed_logs.count,
-                bytes: removed_session_logs.bytes + removed_logs.bytes,
-            },
-            removed_work_dirs: Volume {
-                count: removed_work_dirs_before.count + removed_work_dirs.count,
-                bytes: removed_work_dirs_before.bytes + removed_work_dirs.bytes,
-            },
+            removed_delivery_bodies: removed_delivery_bodies.plus(removed_bodies),
+            removed_session_logs: removed_session_logs.plus(removed_logs),
+            removed_work_dirs: removed_work_dirs_before.plus(removed_work_dirs),
             keep_delivery_bodies_days: self.config.delivery_bodies_days,
             keep_session_logs_days: self.config.session_logs_days,
             keep_work_dirs_days: self.config.work_dirs_days,
@@ -326,7 +305,7 @@ impl Retention {
                 (worktrees, Some(set_aside))
             }
             // A standby (or a leader that cannot confirm its lease) removes nothing: it counts.
-            None => (RemovedWorktrees::default(), None),
+            None => (Volume::default(), None),
         };
         let failed_to_set_aside = match &set_aside {
             Some(Ok(Err(err))) => Some(err.to_string()),
@@ -344,7 +323,7 @@ impl Retention {
             let removed = if deleting {
                 mosaic_runner::retention::delete_set_aside(&work_root)?
             } else {
-                mosaic_runner::retention::Volume::default()
+                Volume::default()
             };
             let kept = mosaic_runner::retention::issue_work_dirs_volume(&work_root)?;
             Ok::<_, std::io::Error>((kept, removed))
@@ -366,10 +345,7 @@ impl Retention {
         };
         let (kept_runner, removed_runner) = runner_dirs.unzip();
         let removed_runner = removed_runner.unwrap_or_default();
-        let removed = Volume {
-            count: worktrees.count + removed_runner.count,
-            bytes: worktrees.bytes + removed_runner.bytes,
-        };
+        let removed = worktrees.plus(removed_runner);
         let kept_worktrees = match &engine {
             Some(engine) => engine.workspace_usage().await.map(|usage| Volume {
                 count: usage.workspaces,
@@ -378,10 +354,7 @@ impl Retention {
             None => None,
         }
         .unwrap_or_default();
-        let kept = kept_runner.map(|runner| Volume {
-            count: runner.count + kept_worktrees.count,
-            bytes: runner.bytes + kept_worktrees.bytes,
-        });
+        let kept = kept_runner.map(|runner| runner.plus(kept_worktrees));
         (removed, kept)
     }
 

@@ -13,6 +13,7 @@ pub mod issue;
 pub mod metadata;
 pub mod queue;
 pub mod state;
+mod volume;
 
 pub use agent::{AgentProfile, AgentProfiles, ProfileError, ThresholdError, Thresholds};
 pub use assignment::{
@@ -25,3 +26,4 @@ pub use issue::{IssueRef, IssueRefError, RepoName};
 pub use metadata::{Difficulty, IssueMetadata, MetadataSource};
 pub use queue::{IssueQueue, PriorityOrder, QueueEntry, QueueError, QueueSnapshot, Transition};
 pub use state::{InvalidTransition, IssueState};
+pub use volume::Volume;

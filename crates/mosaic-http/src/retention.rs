@@ -12,12 +12,7 @@ use serde::Serialize;
 use crate::error::ApiError;
 use crate::server::AppState;
 
-/// A number of items and the bytes they take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct Volume {
-    pub count: u64,
-    pub bytes: u64,
-}
+pub use mosaic_domain::Volume;
 
 /// The latest retention run and what is kept.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -137,10 +137,10 @@ impl Store for SpyStore {
     async fn prune_delivery_bodies(
         &self,
         before: chrono::DateTime<chrono::Utc>,
-    ) -> Result<BodyVolume, StoreError> {
+    ) -> Result<Volume, StoreError> {
         self.inner.prune_delivery_bodies(before).await
     }
-    async fn retained_delivery_bodies(&self) -> Result<BodyVolume, StoreError> {
+    async fn retained_delivery_bodies(&self) -> Result<Volume, StoreError> {
         self.inner.retained_delivery_bodies().await
     }
     async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError> {

@@ -6,12 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// Files or directories and their size: what is kept, or what a run removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct Volume {
-    pub count: u64,
-    pub bytes: u64,
-}
+pub use mosaic_domain::Volume;
 
 /// The session logs in `dir` (none when it does not exist).
 pub fn session_logs(dir: &Path) -> std::io::Result<Volume> {

@@ -404,11 +404,11 @@ impl Store for PostgresStore {
         write_in_transaction!(self, |tx| ops::mark_dead(&tx, id, error))
     }
 
-    async fn prune_delivery_bodies(&self, before: DateTime<Utc>) -> Result<BodyVolume, StoreError> {
+    async fn prune_delivery_bodies(&self, before: DateTime<Utc>) -> Result<Volume, StoreError> {
         write_in_transaction!(self, |tx| ops::prune_delivery_bodies(&tx, before))
     }
 
-    async fn retained_delivery_bodies(&self) -> Result<BodyVolume, StoreError> {
+    async fn retained_delivery_bodies(&self) -> Result<Volume, StoreError> {
         read!(self, |client| ops::retained_delivery_bodies(client))
     }
 

@@ -491,14 +491,14 @@ async fn body_volume(
     client: &impl GenericClient,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> OpResult<BodyVolume> {
+) -> OpResult<Volume> {
     let rows = collect(client, sql, params, |row| {
         Ok((get::<i64>(row, "rows")?, get::<i64>(row, "bytes")?))
     })
     .await?;
     let (rows, bytes) = rows.first().copied().unwrap_or_default();
-    Ok(BodyVolume {
-        rows: to_u64("inbox rows", rows)?,
+    Ok(Volume {
+        count: to_u64("inbox rows", rows)?,
         bytes: to_u64("inbox body bytes", bytes)?,
     })
 }
@@ -507,7 +507,7 @@ async fn body_volume(
 pub(crate) async fn prune_delivery_bodies(
     client: &impl GenericClient,
     before: DateTime<Utc>,
-) -> OpResult<BodyVolume> {
+) -> OpResult<Volume> {
     let pruned = body_volume(
         client,
         &format!(
@@ -526,7 +526,7 @@ pub(crate) async fn prune_delivery_bodies(
     Ok(pruned)
 }
 
-pub(crate) async fn retained_delivery_bodies(client: &impl GenericClient) -> OpResult<BodyVolume> {
+pub(crate) async fn retained_delivery_bodies(client: &impl GenericClient) -> OpResult<Volume> {
     body_volume(
         client,
         "SELECT COUNT(*)::BIGINT AS rows, COALESCE(SUM(LENGTH(body)), 0)::BIGINT AS bytes

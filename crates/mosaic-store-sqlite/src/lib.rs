@@ -578,12 +578,12 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn prune_delivery_bodies(&self, before: DateTime<Utc>) -> Result<BodyVolume, StoreError> {
+    async fn prune_delivery_bodies(&self, before: DateTime<Utc>) -> Result<Volume, StoreError> {
         self.write(move |conn| ops::prune_delivery_bodies(conn, before))
             .await
     }
 
-    async fn retained_delivery_bodies(&self) -> Result<BodyVolume, StoreError> {
+    async fn retained_delivery_bodies(&self) -> Result<Volume, StoreError> {
         self.read(ops::retained_delivery_bodies).await
     }
 

@@ -422,7 +422,7 @@ const PRUNABLE: &str = "status != 'pending' AND received_at < ?1 AND body IS NOT
 pub(crate) fn prune_delivery_bodies(
     conn: &Connection,
     before: DateTime<Utc>,
-) -> Result<BodyVolume, Failure> {
+) -> Result<Volume, Failure> {
     let before = micros(before);
     let (rows, bytes): (i64, i64) = conn.query_row(
         &format!("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM inbox WHERE {PRUNABLE}"),
@@ -433,20 +433,20 @@ pub(crate) fn prune_delivery_bodies(
         &format!("UPDATE inbox SET body = NULL WHERE {PRUNABLE}"),
         params![before],
     )?;
-    Ok(BodyVolume {
-        rows: to_u64("pruned rows", rows)?,
+    Ok(Volume {
+        count: to_u64("pruned rows", rows)?,
         bytes: to_u64("pruned bytes", bytes)?,
     })
 }
 
-pub(crate) fn retained_delivery_bodies(conn: &Connection) -> Result<BodyVolume, Failure> {
+pub(crate) fn retained_delivery_bodies(conn: &Connection) -> Result<Volume, Failure> {
     let (rows, bytes): (i64, i64) = conn.query_row(
         "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM inbox WHERE body IS NOT NULL",
         [],
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
-    Ok(BodyVolume {
-        rows: to_u64("retained rows", rows)?,
+    Ok(Volume {
+        count: to_u64("retained rows", rows)?,
         bytes: to_u64("retained bytes", bytes)?,
     })
 }

@@ -148,13 +148,9 @@ pub struct DeliverySummary {
     pub processed_at: Option<DateTime<Utc>>,
 }
 
-/// Delivery bodies: how many rows still hold theirs and how many bytes that takes (as stored,
-/// i.e. compressed), or how many a retention run removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct BodyVolume {
-    pub rows: u64,
-    pub bytes: u64,
-}
+/// How many delivery bodies (rows) are kept and the bytes they take as stored (compressed),
+/// or how many a retention run removed.
+pub use mosaic_domain::Volume;
 
 /// Inbox rows per status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

@@ -246,10 +246,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Retention: drops the bodies of deliveries received before `before` that are no longer
     /// pending (the row, its hash and status stay, so dedupe and history still work); returns
     /// what was removed.
-    async fn prune_delivery_bodies(&self, before: DateTime<Utc>) -> Result<BodyVolume, StoreError>;
+    async fn prune_delivery_bodies(&self, before: DateTime<Utc>) -> Result<Volume, StoreError>;
 
     /// The delivery bodies the store still holds.
-    async fn retained_delivery_bodies(&self) -> Result<BodyVolume, StoreError>;
+    async fn retained_delivery_bodies(&self) -> Result<Volume, StoreError>;
 
     /// Proves the store can write: a tiny write through the same path as every other write,
     /// including a delivery insert that is rolled back (so a broken inbox shows here too).

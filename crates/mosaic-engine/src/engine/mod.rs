@@ -41,7 +41,7 @@ pub use api::{
 pub use attempt::{WorkspaceParts, WorkspaceUsage};
 pub use config::{EngineConfig, EngineConfigError, MonitorSettings};
 pub use recover::RecoveryReport;
-pub use retention::{FinishedIssues, RemovedWorktrees};
+pub use retention::FinishedIssues;
 
 use work::Core;
 

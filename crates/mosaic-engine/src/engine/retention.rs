@@ -6,8 +6,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use mosaic_domain::{IssueRef, IssueState};
-use serde::Serialize;
+use mosaic_domain::{IssueRef, IssueState, Volume};
 
 use super::Engine;
 
@@ -18,13 +17,6 @@ pub struct FinishedIssues {
     pub expired: Vec<IssueRef>,
     /// Every other issue the engine knows: waiting, running, or finished more recently.
     pub kept: Vec<IssueRef>,
-}
-
-/// Worktrees a clean-up removed, and the bytes they held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct RemovedWorktrees {
-    pub count: u64,
-    pub bytes: u64,
 }
 
 /// Whether an issue's work directory may go: its work is over (`state` and the queue's state
@@ -107,10 +99,10 @@ impl Engine {
     /// Removes the git worktrees (and local branches; the pushed branch stays) of issues
     /// finished and unchanged since `before`, through the same path as closing an issue, so
     /// each workspace record gets its removal time.
-    pub async fn remove_expired_worktrees(&self, before: DateTime<Utc>) -> RemovedWorktrees {
+    pub async fn remove_expired_worktrees(&self, before: DateTime<Utc>) -> Volume {
         let inner = &self.inner;
         let Some(parts) = &inner.workspaces else {
-            return RemovedWorktrees::default();
+            return Volume::default();
         };
         let expired: HashSet<IssueRef> = self
             .finished_issues(before)
@@ -126,7 +118,7 @@ impl Engine {
             .filter(|(issue, _)| expired.contains(*issue))
             .map(|(issue, known)| (issue.clone(), known.workspace.clone()))
             .collect();
-        let mut removed = RemovedWorktrees::default();
+        let mut removed = Volume::default();
         for (issue, workspace) in candidates {
             // Measured first: afterwards there is nothing left to measure.
             let bytes = parts

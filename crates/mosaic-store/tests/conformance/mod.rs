@@ -235,14 +235,14 @@ pub async fn retention_drops_only_the_bodies_of_old_handled_deliveries(store: &d
     store.mark_processed(old_handled).await.unwrap();
     store.mark_processed(new_handled).await.unwrap();
     let before = store.retained_delivery_bodies().await.unwrap();
-    assert_eq!(before.rows, 3);
+    assert_eq!(before.count, 3);
     assert!(before.bytes > 0);
 
     let pruned = store.prune_delivery_bodies(at(100)).await.unwrap();
-    assert_eq!(pruned.rows, 1, "only the old handled body");
+    assert_eq!(pruned.count, 1, "only the old handled body");
     assert!(pruned.bytes > 0);
     let after = store.retained_delivery_bodies().await.unwrap();
-    assert_eq!(after.rows, 2);
+    assert_eq!(after.count, 2);
     assert_eq!(after.bytes, before.bytes - pruned.bytes);
     // The pending row keeps its body and is still handed out whole.
     let pending = store.pending_deliveries(at(1_000), 10).await.unwrap();
@@ -259,7 +259,7 @@ pub async fn retention_drops_only_the_bodies_of_old_handled_deliveries(store: &d
     ));
     assert_eq!(
         store.prune_delivery_bodies(at(100)).await.unwrap(),
-        BodyVolume::default()
+        Volume::default()
     );
     assert_eq!(store.recent_deliveries(None, 10).await.unwrap().len(), 4);
 }
