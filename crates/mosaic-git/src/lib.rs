@@ -171,11 +171,15 @@ impl GitWorkspaces {
         Ok(())
     }
 
-    /// Creates the mirror when missing and fetches every branch of the remote into
-    /// `refs/remotes/origin/*`. Call with the repository's lock held.
-    async fn fetch_mirror(&self, source: &RepoSource) -> Result<PathBuf, WorkspaceError> {
-        let (url, scope) = checked_clone_url(source.repo.as_str(), &source.clone_url)?;
-        let mirror = self.layout.mirror(&source.repo);
+    /// Creates the mirror of `repo` when missing and fetches every branch of the remote at
+    /// `clone_url` into `refs/remotes/origin/*`. Call with the repository's lock held.
+    async fn fetch_mirror(
+        &self,
+        repo: &RepoName,
+        clone_url: &str,
+    ) -> Result<PathBuf, WorkspaceError> {
+        let (url, scope) = checked_clone_url(repo.as_str(), clone_url)?;
+        let mirror = self.layout.mirror(repo);
         if !mirror.join("HEAD").is_file() {
             std::fs::create_dir_all(&mirror).map_err(|err| io_error(&mirror, err))?;
             // `init` + fetch rather than `clone --bare`: a bare clone would put the remote's
@@ -189,7 +193,7 @@ impl GitWorkspaces {
                     &["init", "--quiet", "--bare"],
                 ))
                 .await?;
-            info!(repo = %source.repo, mirror = %mirror.display(), "created mirror");
+            info!(repo = %repo, mirror = %mirror.display(), "created mirror");
         }
         self.reset_mirror_config(&mirror).await?;
         self.git
@@ -207,7 +211,7 @@ impl GitWorkspaces {
                 )
                 .arg(&url)
                 .arg("+refs/heads/*:refs/remotes/origin/*")
-                .remote(&scope, source.repo.as_str()),
+                .remote(&scope, repo.as_str()),
             )
             .await?;
         Ok(mirror)
@@ -441,7 +445,7 @@ impl Workspaces for GitWorkspaces {
         self.ensure_free_space()?;
         let lock = self.repo_lock(&issue.repo);
         let _held = lock.lock().await;
-        let mirror = self.fetch_mirror(source).await?;
+        let mirror = self.fetch_mirror(&source.repo, &source.clone_url).await?;
         let base_ref = format!("refs/remotes/origin/{base}");
         if self.resolve(&mirror, &base_ref).await?.is_none() {
             return Err(WorkspaceError::MissingBase {
@@ -625,6 +629,52 @@ impl Workspaces for GitWorkspaces {
             status_short: redactor.for_comment(status.trim_end(), MAX_STATE_TEXT_CHARS),
             diffstat: redactor.for_comment(diffstat.trim_end(), MAX_STATE_TEXT_CHARS),
         })
+    }
+
+    async fn follow_remote(&self, workspace: &Workspace) -> Result<bool, WorkspaceError> {
+        // Under the lock throughout: the reset moves the branch in the mirror's shared refs,
+        // which a push of the same repository reads.
+        let lock = self.repo_lock(&workspace.issue.repo);
+        let _held = lock.lock().await;
+        let path = self.checked_workspace(workspace).await?;
+        let mirror = self
+            .fetch_mirror(&workspace.issue.repo, &workspace.clone_url)
+            .await?;
+        let tracking_ref = format!("refs/remotes/origin/{}", workspace.branch);
+        let Some(remote) = self.resolve(&mirror, &tracking_ref).await? else {
+            return Ok(false);
+        };
+        let call = GitCall::local(
+            "merge-base --is-ancestor",
+            &path,
+            &["merge-base", "--is-ancestor"],
+        )
+        .arg(&remote)
+        .arg("HEAD");
+        let contained = self.git.output(&call).await?;
+        match contained.code {
+            Some(0) => return Ok(false),
+            Some(1) => {}
+            _ => return Err(self.git.failure(&call, &contained)),
+        }
+        let before = self.resolve(&path, "HEAD").await?.unwrap_or_default();
+        // The commit id, not the ref: what was checked above is what the worktree gets.
+        self.git
+            .run(&GitCall::local("reset", &path, &["reset", "--quiet", "--hard"]).arg(&remote))
+            .await?;
+        // Untracked files (and nested repositories: `-f` twice) are what an agent left here;
+        // they would otherwise be committed as leftovers on top of the remote's work. Ignored
+        // files (no `-x`) are build output and caches: keeping them only saves rebuilding.
+        // After the reset, so the remote's `.gitignore` decides what counts as ignored.
+        self.git
+            .run(&GitCall::local(
+                "clean",
+                &path,
+                &["clean", "--quiet", "-d", "-f", "-f"],
+            ))
+            .await?;
+        info!(issue = %workspace.issue, branch = %workspace.branch, from = %before, to = %remote, "followed the remote branch");
+        Ok(true)
     }
 
     async fn commit_leftovers(

@@ -29,6 +29,19 @@ struct Fixture {
     workspaces: Arc<GitWorkspaces>,
 }
 
+/// The settings every test starts from, with the workspace root under `dir`.
+fn test_config(dir: &Path) -> WorkspaceConfig {
+    WorkspaceConfig {
+        root: dir.join("ws"),
+        min_free_bytes: 1024,
+        committer_name: "Mosaic Bot".to_owned(),
+        committer_email: "bot@mosaic.invalid".to_owned(),
+        network_timeout_secs: 60,
+        command_timeout_secs: 60,
+        ..WorkspaceConfig::default()
+    }
+}
+
 fn repo() -> RepoName {
     RepoName::new("acme", "app").unwrap()
 }
@@ -53,15 +66,7 @@ impl Fixture {
             .await
             .unwrap();
         let root = tempfile::tempdir().unwrap();
-        let config = adjust(WorkspaceConfig {
-            root: root.path().join("ws"),
-            min_free_bytes: 1024,
-            committer_name: "Mosaic Bot".to_owned(),
-            committer_email: "bot@mosaic.invalid".to_owned(),
-            network_timeout_secs: 60,
-            command_timeout_secs: 60,
-            ..WorkspaceConfig::default()
-        });
+        let config = adjust(test_config(root.path()));
         let workspaces = Arc::new(GitWorkspaces::new(config, Secret::new(token)).unwrap());
         Self {
             served,
@@ -95,6 +100,22 @@ impl Fixture {
     fn mirror(&self) -> PathBuf {
         self.workspaces.mirror_path(&repo())
     }
+
+    /// Another coordinator, with a root of its own, sharing the same remote.
+    fn other_coordinator(&self) -> (tempfile::TempDir, GitWorkspaces) {
+        let root = tempfile::tempdir().unwrap();
+        let workspaces = GitWorkspaces::new(test_config(root.path()), Secret::new(TOKEN)).unwrap();
+        (root, workspaces)
+    }
+
+    /// The commit the remote's branch `branch` names.
+    fn remote_commit(&self, branch: &str) -> String {
+        git(&self.bare, &["rev-parse", &format!("refs/heads/{branch}")]).unwrap()
+    }
+}
+
+fn head(worktree: &Path) -> String {
+    git(worktree, &["rev-parse", "HEAD"]).unwrap()
 }
 
 /// An agent's commit, made with the test's own git identity.
@@ -785,4 +806,138 @@ async fn a_base_file_is_read_from_the_base_branch_never_from_the_agents_worktree
             .await,
         Err(mosaic_workspace::WorkspaceError::MissingBase { .. })
     ));
+}
+
+#[tokio::test]
+async fn follow_remote_takes_up_what_another_coordinator_pushed() {
+    let fx = Fixture::new().await;
+    let ws = fx.prepare(30, "Shared work").await;
+    agent_commit(&ws.path, ".gitignore", "target/\n", "Ignore build output");
+    fx.workspaces.push(&ws).await.unwrap();
+
+    // Coordinator B runs the next session of the issue and pushes.
+    let (_other_root, other) = fx.other_coordinator();
+    let theirs = other
+        .prepare(&fx.request(30, "Shared work"))
+        .await
+        .unwrap()
+        .workspace;
+    assert_eq!(theirs.branch, ws.branch);
+    agent_commit(&theirs.path, "b.txt", "from B\n", "Work on B");
+    let pushed = other.push(&theirs).await.unwrap();
+
+    // Here the worktree is stale, with what an agent left in it.
+    std::fs::write(ws.path.join("README.md"), "# changed here\n").unwrap();
+    std::fs::write(ws.path.join("stray.txt"), "left over").unwrap();
+    std::fs::create_dir_all(ws.path.join("notes/deep")).unwrap();
+    std::fs::write(ws.path.join("notes/deep/n.txt"), "left over").unwrap();
+    git(&ws.path, &["init", "--quiet", "nested"]).unwrap();
+    std::fs::create_dir_all(ws.path.join("target")).unwrap();
+    std::fs::write(ws.path.join("target/cache"), "ignored").unwrap();
+
+    assert!(fx.workspaces.follow_remote(&ws).await.unwrap());
+    assert_eq!(head(&ws.path), pushed.commit);
+    assert_eq!(
+        std::fs::read_to_string(ws.path.join("b.txt")).unwrap(),
+        "from B\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path.join("README.md")).unwrap(),
+        "# app\n"
+    );
+    for gone in ["stray.txt", "notes", "nested"] {
+        assert!(!ws.path.join(gone).exists(), "{gone} is still there");
+    }
+    // Ignored files are build output, not work: they stay.
+    assert!(ws.path.join("target/cache").is_file());
+    let state = fx.workspaces.state(&ws).await.unwrap();
+    assert!(state.status_short.is_empty(), "{}", state.status_short);
+    assert_eq!(state.head_commit, pushed.commit);
+
+    // Nothing more to take up.
+    assert!(!fx.workspaces.follow_remote(&ws).await.unwrap());
+    assert_eq!(head(&ws.path), pushed.commit);
+
+    // The next session's work is pushed on top of B's.
+    agent_commit(&ws.path, "a.txt", "from A\n", "Work on A");
+    let ours = fx.workspaces.push(&ws).await.unwrap();
+    assert_eq!(fx.remote_commit(&ws.branch), ours.commit);
+    assert_eq!(
+        git(&fx.bare, &["rev-parse", &format!("{}^", ours.commit)]).unwrap(),
+        pushed.commit
+    );
+}
+
+#[tokio::test]
+async fn follow_remote_without_a_remote_branch_changes_nothing() {
+    let fx = Fixture::new().await;
+    let ws = fx.prepare(31, "Never pushed").await;
+    agent_commit(&ws.path, "a.txt", "a\n", "Local work");
+    std::fs::write(ws.path.join("README.md"), "# changed here\n").unwrap();
+    std::fs::write(ws.path.join("stray.txt"), "keep").unwrap();
+    let before = head(&ws.path);
+
+    assert!(!fx.workspaces.follow_remote(&ws).await.unwrap());
+    assert_eq!(head(&ws.path), before);
+    assert_eq!(
+        std::fs::read_to_string(ws.path.join("README.md")).unwrap(),
+        "# changed here\n"
+    );
+    assert!(ws.path.join("stray.txt").is_file());
+    let branch = format!("refs/heads/{}", ws.branch);
+    assert!(git(&fx.bare, &["rev-parse", "--verify", "--quiet", &branch]).is_err());
+
+    // A record naming another branch than the worktree's is refused, untouched.
+    let forged = Workspace {
+        branch: "main".to_owned(),
+        ..ws.clone()
+    };
+    let err = fx.workspaces.follow_remote(&forged).await.unwrap_err();
+    assert!(matches!(err, WorkspaceError::WrongBranch { .. }), "{err}");
+    assert_eq!(head(&ws.path), before);
+    assert!(ws.path.join("stray.txt").is_file());
+}
+
+#[tokio::test]
+async fn follow_remote_keeps_local_commits_the_remote_lacks() {
+    let fx = Fixture::new().await;
+    let ws = fx.prepare(32, "Ahead here").await;
+    agent_commit(&ws.path, "a.txt", "a\n", "Pushed work");
+    let pushed = fx.workspaces.push(&ws).await.unwrap();
+    agent_commit(&ws.path, "b.txt", "b\n", "Not pushed yet");
+    std::fs::write(ws.path.join("stray.txt"), "keep").unwrap();
+    let before = head(&ws.path);
+
+    assert!(!fx.workspaces.follow_remote(&ws).await.unwrap());
+    assert_eq!(head(&ws.path), before);
+    assert!(ws.path.join("b.txt").is_file() && ws.path.join("stray.txt").is_file());
+    assert_eq!(fx.remote_commit(&ws.branch), pushed.commit);
+    // The push that follows is an ordinary fast-forward.
+    assert_eq!(fx.workspaces.push(&ws).await.unwrap().commit, before);
+    assert_eq!(fx.remote_commit(&ws.branch), before);
+}
+
+#[tokio::test]
+async fn follow_remote_lets_the_remote_win_when_both_moved() {
+    let fx = Fixture::new().await;
+    let ws = fx.prepare(33, "Diverged").await;
+    agent_commit(&ws.path, "a.txt", "a\n", "Shared start");
+    fx.workspaces.push(&ws).await.unwrap();
+    let theirs = commit_file(&fx.bare, &ws.branch, "b.txt", "b\n", "Pushed elsewhere").unwrap();
+    agent_commit(&ws.path, "c.txt", "c\n", "Only here");
+    let ours = head(&ws.path);
+
+    assert!(fx.workspaces.follow_remote(&ws).await.unwrap());
+    assert_eq!(head(&ws.path), theirs);
+    assert!(ws.path.join("b.txt").is_file() && !ws.path.join("c.txt").exists());
+    let local = format!("refs/heads/{}", ws.branch);
+    assert_eq!(git(&fx.mirror(), &["rev-parse", &local]).unwrap(), theirs);
+    assert!(
+        git(&ws.path, &["merge-base", "--is-ancestor", &ours, "HEAD"]).is_err(),
+        "the local-only commit is still on the branch"
+    );
+    // Publishing after the follow does not trip over the lease.
+    agent_commit(&ws.path, "d.txt", "d\n", "Next session");
+    let pushed = fx.workspaces.push(&ws).await.unwrap();
+    assert_eq!(fx.remote_commit(&ws.branch), pushed.commit);
 }

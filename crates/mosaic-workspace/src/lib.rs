@@ -35,6 +35,13 @@ pub trait Workspaces: Send + Sync {
     /// Branch, base, head, commits ahead with subjects, `git status --short`, diffstat.
     async fn state(&self, workspace: &Workspace) -> Result<WorkspaceState, WorkspaceError>;
 
+    /// Takes up the work another coordinator pushed: fetches, and when the remote's issue
+    /// branch has commits the worktree's branch lacks, resets the branch and the worktree to
+    /// the remote's commit (the latest session's work; what was only here is dropped — a
+    /// session always pushes before it ends). Returns whether the worktree moved. No remote
+    /// branch, or one the local branch already contains: nothing changes.
+    async fn follow_remote(&self, workspace: &Workspace) -> Result<bool, WorkspaceError>;
+
     /// Commits whatever the agent left uncommitted, as the bot, with a message saying so.
     /// Returns the new commit's id, or `None` when there was nothing to commit.
     async fn commit_leftovers(
