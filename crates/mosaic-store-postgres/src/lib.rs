@@ -710,6 +710,62 @@ impl Store for PostgresStore {
         read!(self, |client| ops::agent_spend_totals(client))
     }
 
+    async fn request_session(&self, request: &SessionRequest) -> Result<(), StoreError> {
+        write_in_transaction!(self, |tx| ops::request_session(&tx, request))
+    }
+
+    async fn claim_session(
+        &self,
+        claimant: &Peer,
+        agents: &[String],
+    ) -> Result<Option<SessionRequest>, StoreError> {
+        write_in_transaction!(self, |tx| ops::claim_session(&tx, claimant, agents))
+    }
+
+    async fn report_session(
+        &self,
+        report: &SessionReport,
+        after_seq: i64,
+    ) -> Result<SessionOrders, StoreError> {
+        write_in_transaction!(self, |tx| ops::report_session(&tx, report, after_seq))
+    }
+
+    async fn command_session(
+        &self,
+        session_id: &str,
+        command_json: &str,
+    ) -> Result<i64, StoreError> {
+        write_in_transaction!(self, |tx| ops::command_session(
+            &tx,
+            session_id,
+            command_json
+        ))
+    }
+
+    async fn cancel_session_requests(
+        &self,
+        session_ids: Option<&[String]>,
+    ) -> Result<u64, StoreError> {
+        write_in_transaction!(self, |tx| ops::cancel_session_requests(&tx, session_ids))
+    }
+
+    async fn session_requests(
+        &self,
+        session_ids: &[String],
+    ) -> Result<Vec<SessionRequestView>, StoreError> {
+        read!(self, |client| ops::session_requests(client, session_ids))
+    }
+
+    async fn sessions_left_by(
+        &self,
+        name: &str,
+        current_id: &str,
+    ) -> Result<Vec<SessionRequest>, StoreError> {
+        read!(self, |client| ops::sessions_left_by(
+            client, name, current_id
+        ))
+    }
+
     async fn health_check(&self) -> Result<(), StoreError> {
         let probe = mosaic_store::body::encode(b"{}".to_vec());
         write_in_transaction!(self, |tx| ops::heartbeat(&mut tx, &probe))

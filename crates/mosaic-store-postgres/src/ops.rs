@@ -1835,10 +1835,15 @@ pub(crate) async fn record_llm_usage(
 pub(crate) async fn beat_peer(client: &impl GenericClient, peer: &Peer) -> OpResult<()> {
     execute(
         client,
-        "INSERT INTO peers (id, name, is_leader, at) VALUES ($1, $2, $3, now())
+        "INSERT INTO peers (id, name, is_leader, capacity, at) VALUES ($1, $2, $3, $4, now())
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, is_leader = excluded.is_leader,
-             at = excluded.at",
-        &[&peer.id, &peer.name, &peer.leading],
+             capacity = excluded.capacity, at = excluded.at",
+        &[
+            &peer.id,
+            &peer.name,
+            &peer.leading,
+            &i64::from(peer.capacity),
+        ],
     )
     .await?;
     // Every start is a new peer: forget those not heard from for a day.
@@ -1857,7 +1862,7 @@ pub(crate) async fn peers_alive(
 ) -> OpResult<Vec<PeerBeat>> {
     collect(
         client,
-        "SELECT id, name, is_leader, at FROM peers
+        "SELECT id, name, is_leader, capacity, at FROM peers
           WHERE at >= now() - make_interval(secs => $1)
           ORDER BY name COLLATE \"C\", id COLLATE \"C\"",
         &[&within.as_secs_f64()],
@@ -1867,10 +1872,269 @@ pub(crate) async fn peers_alive(
                     id: get(row, "id")?,
                     name: get(row, "name")?,
                     leading: get(row, "is_leader")?,
+                    capacity: to_u32("peers.capacity", get(row, "capacity")?)?,
                 },
                 at: get(row, "at")?,
             })
         },
+    )
+    .await
+}
+
+// ----- sessions shared among coordinators -----
+// Times are the database's (now()): coordinators on several hosts agree on a session's silence.
+
+pub(crate) async fn request_session(
+    client: &impl GenericClient,
+    request: &SessionRequest,
+) -> OpResult<()> {
+    let (repository, number) = issue_key(&request.issue)?;
+    let inserted = execute(
+        client,
+        "INSERT INTO session_requests (session_id, repository, number, agent, task_json)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id) DO NOTHING",
+        &[
+            &request.session_id,
+            &repository,
+            &number,
+            &request.agent,
+            &request.task_json,
+        ],
+    )
+    .await?;
+    if inserted == 0 {
+        return Err(conflict(format!(
+            "session {} was already requested",
+            request.session_id
+        )));
+    }
+    Ok(())
+}
+
+const REQUEST_COLUMNS: &str = "session_id, repository, number, agent, task_json";
+
+fn request_from(row: &Row) -> OpResult<SessionRequest> {
+    let repository: String = get(row, "repository")?;
+    Ok(SessionRequest {
+        session_id: get(row, "session_id")?,
+        issue: issue_from(
+            "session_requests.repository",
+            &repository,
+            get(row, "number")?,
+        )?,
+        agent: get(row, "agent")?,
+        task_json: get(row, "task_json")?,
+    })
+}
+
+/// One transaction (the caller's). The claimant's own lock keeps two claims of one claimant
+/// from both counting the same free place; `SKIP LOCKED` lets claimants pass each other's
+/// rows instead of waiting for them (a skipped row is being claimed by someone else).
+pub(crate) async fn claim_session(
+    client: &impl GenericClient,
+    claimant: &Peer,
+    agents: &[String],
+) -> OpResult<Option<SessionRequest>> {
+    if agents.is_empty() || claimant.capacity == 0 {
+        return Ok(None);
+    }
+    execute(
+        client,
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&format!("mosaic-store claimant {}", claimant.id)],
+    )
+    .await?;
+    let open: i64 = query_opt(
+        client,
+        "SELECT COUNT(*) FROM session_requests WHERE claimant_id = $1 AND ended_at IS NULL",
+        &[&claimant.id],
+    )
+    .await?
+    .map_or(Ok(0), |row| get(&row, "count"))?;
+    if open >= i64::from(claimant.capacity) {
+        return Ok(None);
+    }
+    let Some(row) = query_opt(
+        client,
+        &format!(
+            "SELECT {REQUEST_COLUMNS} FROM session_requests
+              WHERE claimant_id IS NULL AND cancelled_at IS NULL AND agent = ANY($1)
+              ORDER BY request_seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+        ),
+        &[&agents],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let request = request_from(&row)?;
+    execute(
+        client,
+        "UPDATE session_requests SET claimant_id = $2, claimant_name = $3, claimed_at = now(),
+             reported_at = now()
+          WHERE session_id = $1",
+        &[&request.session_id, &claimant.id, &claimant.name],
+    )
+    .await?;
+    Ok(Some(request))
+}
+
+/// The row is locked first: a command left meanwhile is either before this report (and
+/// answered now) or after it (and answered next time), never skipped.
+pub(crate) async fn report_session(
+    client: &impl GenericClient,
+    report: &SessionReport,
+    after_seq: i64,
+) -> OpResult<SessionOrders> {
+    let Some(row) = query_opt(
+        client,
+        "SELECT claimant_id, cancelled_at IS NOT NULL AS cancelled FROM session_requests
+          WHERE session_id = $1 FOR UPDATE",
+        &[&report.session_id],
+    )
+    .await?
+    else {
+        return Ok(cancelled_orders());
+    };
+    let claimant: Option<String> = get(&row, "claimant_id")?;
+    if claimant.as_deref() != Some(report.claimant.as_str()) {
+        return Ok(cancelled_orders());
+    }
+    execute(
+        client,
+        "UPDATE session_requests SET state_json = $2, reported_at = now(),
+             ended_at = CASE WHEN $3 THEN now() END
+          WHERE session_id = $1 AND ended_at IS NULL",
+        &[&report.session_id, &report.state_json, &report.ended],
+    )
+    .await?;
+    let commands = collect(
+        client,
+        "SELECT seq, command_json FROM session_commands WHERE session_id = $1 AND seq > $2
+          ORDER BY seq",
+        &[&report.session_id, &after_seq],
+        |row| {
+            Ok(SessionCommand {
+                seq: get(row, "seq")?,
+                command_json: get(row, "command_json")?,
+            })
+        },
+    )
+    .await?;
+    Ok(SessionOrders {
+        cancelled: get(&row, "cancelled")?,
+        commands,
+    })
+}
+
+/// What a reporter that does not (or no longer) run the session is told: stop, no commands.
+fn cancelled_orders() -> SessionOrders {
+    SessionOrders {
+        cancelled: true,
+        commands: Vec::new(),
+    }
+}
+
+/// Holds the session's row while numbering the command: commands of one session commit in
+/// their order, so a claimant reading after the last one it saw misses none.
+pub(crate) async fn command_session(
+    client: &impl GenericClient,
+    session_id: &str,
+    command_json: &str,
+) -> OpResult<i64> {
+    let locked = query_opt(
+        client,
+        "SELECT 1 FROM session_requests WHERE session_id = $1 FOR UPDATE",
+        &[&session_id],
+    )
+    .await?;
+    if locked.is_none() {
+        return Err(not_found(format!("session request {session_id}")));
+    }
+    let row = query_opt(
+        client,
+        "INSERT INTO session_commands (session_id, command_json) VALUES ($1, $2) RETURNING seq",
+        &[&session_id, &command_json],
+    )
+    .await?
+    .ok_or_else(|| corrupt("session_commands.seq", "no sequence number returned"))?;
+    get(&row, "seq")
+}
+
+pub(crate) async fn cancel_session_requests(
+    client: &impl GenericClient,
+    session_ids: Option<&[String]>,
+) -> OpResult<u64> {
+    match session_ids {
+        None => {
+            execute(
+                client,
+                "UPDATE session_requests SET cancelled_at = now()
+                  WHERE cancelled_at IS NULL AND ended_at IS NULL",
+                &[],
+            )
+            .await
+        }
+        Some(ids) => {
+            execute(
+                client,
+                "UPDATE session_requests SET cancelled_at = now()
+                  WHERE cancelled_at IS NULL AND ended_at IS NULL AND session_id = ANY($1)",
+                &[&ids],
+            )
+            .await
+        }
+    }
+}
+
+pub(crate) async fn session_requests(
+    client: &impl GenericClient,
+    session_ids: &[String],
+) -> OpResult<Vec<SessionRequestView>> {
+    let mut views = collect(
+        client,
+        "SELECT session_id, claimant_id, state_json, ended_at IS NOT NULL AS ended,
+                cancelled_at IS NOT NULL AS cancelled,
+                CASE WHEN claimant_id IS NOT NULL THEN
+                    GREATEST(0, floor(extract(epoch FROM clock_timestamp() - reported_at) * 1000))::BIGINT
+                END AS silent_ms
+           FROM session_requests WHERE session_id = ANY($1)",
+        &[&session_ids],
+        |row| {
+            let silent_ms: Option<i64> = get(row, "silent_ms")?;
+            Ok(SessionRequestView {
+                session_id: get(row, "session_id")?,
+                claimant: get(row, "claimant_id")?,
+                state_json: get(row, "state_json")?,
+                ended: get(row, "ended")?,
+                cancelled: get(row, "cancelled")?,
+                silent_ms: silent_ms
+                    .map(|ms| to_u64("session_requests.reported_at", ms))
+                    .transpose()?,
+            })
+        },
+    )
+    .await?;
+    // In the order asked for.
+    views.sort_by_key(|view| session_ids.iter().position(|id| *id == view.session_id));
+    Ok(views)
+}
+
+pub(crate) async fn sessions_left_by(
+    client: &impl GenericClient,
+    name: &str,
+    current_id: &str,
+) -> OpResult<Vec<SessionRequest>> {
+    collect(
+        client,
+        &format!(
+            "SELECT {REQUEST_COLUMNS} FROM session_requests
+              WHERE claimant_name = $1 AND claimant_id IS NOT NULL AND claimant_id <> $2
+                AND ended_at IS NULL
+              ORDER BY request_seq"
+        ),
+        &[&name, &current_id],
+        request_from,
     )
     .await
 }

@@ -169,6 +169,12 @@ postgres_conformance_tests!(
     the_latest_outbox_id_is_the_newest_items,
     a_pending_delivery_is_known_per_issue,
     peers_are_alive_while_they_beat,
+    session_requests_are_claimed_oldest_first_among_the_claimants_agents,
+    a_claimant_holds_at_most_its_capacity_until_a_session_ends,
+    reports_answer_the_commands_after_the_last_seen_and_whether_to_stop,
+    cancelling_every_request_spares_the_ended_and_the_cancelled,
+    the_leader_sees_a_requests_claimant_state_and_silence,
+    a_restarted_claimant_finds_the_sessions_its_previous_process_left,
     health_check_writes,
     write_outcomes_follow_the_writes,
     time_survives_with_microsecond_precision,
@@ -617,6 +623,71 @@ async fn acknowledged_deliveries_survive_a_server_crash() {
     );
 }
 
+/// Two coordinators claiming at once from one schema, each from several tasks: no request is
+/// claimed twice, and neither holds more than its capacity; together they take them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claimants_never_share_a_request_nor_pass_their_capacity() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let leader = schema.open().await;
+    for n in 0..20 {
+        leader
+            .request_session(&SessionRequest {
+                session_id: format!("s{n:02}"),
+                issue: conformance::issue(&format!("acme/widgets#{}", n + 1)),
+                agent: "claude".to_owned(),
+                task_json: "{}".to_owned(),
+            })
+            .await
+            .unwrap();
+    }
+    let stores = [Arc::new(schema.open().await), Arc::new(schema.open().await)];
+    let claimants = ["a", "b"].map(|id| Peer {
+        id: id.to_owned(),
+        name: format!("host-{id}:8000"),
+        leading: false,
+        capacity: 10,
+    });
+    let agents = vec!["claude".to_owned()];
+    // Four tasks per claimant, each claiming until it gets nothing.
+    let tasks = (0..8).map(|n| {
+        let store = Arc::clone(&stores[n % 2]);
+        let claimant = claimants[n % 2].clone();
+        let agents = agents.clone();
+        tokio::spawn(async move {
+            let mut claimed = Vec::new();
+            while let Some(request) = store.claim_session(&claimant, &agents).await.unwrap() {
+                claimed.push((claimant.id.clone(), request.session_id));
+            }
+            claimed
+        })
+    });
+    let claims: Vec<(String, String)> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    let mut ids: Vec<&str> = claims.iter().map(|(_, id)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        claims.len(),
+        "a request claimed twice: {claims:?}"
+    );
+    for claimant in ["a", "b"] {
+        let held = claims.iter().filter(|(by, _)| by == claimant).count();
+        assert_eq!(held, 10, "{claimant} holds {held}: {claims:?}");
+    }
+    // The store agrees with what the claimants were told.
+    let all: Vec<String> = (0..20).map(|n| format!("s{n:02}")).collect();
+    for view in leader.session_requests(&all).await.unwrap() {
+        let told = claims.iter().find(|(_, id)| *id == view.session_id);
+        assert_eq!(view.claimant.as_deref(), told.map(|(by, _)| by.as_str()));
+    }
+}
+
 /// Two coordinators on one schema: only one leads; a standby asking again keeps its one
 /// connection; once the leader's connection is gone, the standby leads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -784,6 +855,30 @@ async fn a_leader_whose_hold_ended_writes_nothing_and_the_next_leads_in_a_newer_
         refused.to_string().contains("is the current one"),
         "{refused}"
     );
+    // The deposed leader cannot ask for sessions either; the new one's request carries its
+    // epoch.
+    let request = |id: &str| SessionRequest {
+        session_id: id.to_owned(),
+        issue: conformance::issue("acme/widgets#1"),
+        agent: "claude".to_owned(),
+        task_json: "{}".to_owned(),
+    };
+    let refused = first.request_session(&request("stale")).await.unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Fenced { held, .. } if held == first_epoch),
+        "{refused}"
+    );
+    second.request_session(&request("current")).await.unwrap();
+    let requests: Vec<(String, Option<i64>)> = schema
+        .outside()
+        .await
+        .query("SELECT session_id, epoch FROM session_requests", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(requests, vec![("current".to_owned(), Some(second_epoch))]);
     second
         .commit_transitions(step(
             "acme/widgets#1",

@@ -861,6 +861,74 @@ impl Store for SqliteStore {
         self.read(ops::agent_spend_totals).await
     }
 
+    // One host shares an SQLite file: its clock is the store's, for every time below.
+
+    async fn request_session(&self, request: &SessionRequest) -> Result<(), StoreError> {
+        let (request, now) = (request.clone(), Utc::now());
+        self.write(move |conn| ops::request_session(conn, &request, now))
+            .await
+    }
+
+    async fn claim_session(
+        &self,
+        claimant: &Peer,
+        agents: &[String],
+    ) -> Result<Option<SessionRequest>, StoreError> {
+        let (claimant, agents, now) = (claimant.clone(), agents.to_vec(), Utc::now());
+        self.write(move |conn| ops::claim_session(conn, &claimant, &agents, now))
+            .await
+    }
+
+    async fn report_session(
+        &self,
+        report: &SessionReport,
+        after_seq: i64,
+    ) -> Result<SessionOrders, StoreError> {
+        let (report, now) = (report.clone(), Utc::now());
+        self.write(move |conn| ops::report_session(conn, &report, after_seq, now))
+            .await
+    }
+
+    async fn command_session(
+        &self,
+        session_id: &str,
+        command_json: &str,
+    ) -> Result<i64, StoreError> {
+        let (session_id, command_json, now) =
+            (session_id.to_owned(), command_json.to_owned(), Utc::now());
+        self.write(move |conn| ops::command_session(conn, &session_id, &command_json, now))
+            .await
+    }
+
+    async fn cancel_session_requests(
+        &self,
+        session_ids: Option<&[String]>,
+    ) -> Result<u64, StoreError> {
+        let (session_ids, now) = (session_ids.map(<[String]>::to_vec), Utc::now());
+        self.write(move |conn| ops::cancel_session_requests(conn, session_ids.as_deref(), now))
+            .await
+    }
+
+    async fn session_requests(
+        &self,
+        session_ids: &[String],
+    ) -> Result<Vec<SessionRequestView>, StoreError> {
+        let session_ids = session_ids.to_vec();
+        // Read at the time of reading, not of asking (a read may wait for a connection).
+        self.read(move |conn| ops::session_requests(conn, &session_ids, Utc::now()))
+            .await
+    }
+
+    async fn sessions_left_by(
+        &self,
+        name: &str,
+        current_id: &str,
+    ) -> Result<Vec<SessionRequest>, StoreError> {
+        let (name, current_id) = (name.to_owned(), current_id.to_owned());
+        self.read(move |conn| ops::sessions_left_by(conn, &name, &current_id))
+            .await
+    }
+
     async fn health_check(&self) -> Result<(), StoreError> {
         let probe = body::encode(b"{}".to_vec());
         self.write(move |conn| ops::heartbeat(conn, &probe)).await

@@ -59,6 +59,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "snapshot_comments",
         sql: include_str!("../migrations/0009_snapshot_comments.sql"),
     },
+    Migration {
+        version: 10,
+        name: "session_requests",
+        sql: include_str!("../migrations/0010_session_requests.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (also the version a fresh database gets).

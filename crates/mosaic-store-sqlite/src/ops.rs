@@ -1601,11 +1601,17 @@ pub(crate) fn record_llm_usage(conn: &Connection, usage: &LlmUsageRecord) -> Res
 
 pub(crate) fn beat_peer(conn: &Connection, peer: &Peer, now: DateTime<Utc>) -> Result<(), Failure> {
     conn.prepare_cached(
-        "INSERT INTO peers (id, name, is_leader, at) VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO peers (id, name, is_leader, capacity, at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, is_leader = excluded.is_leader,
-             at = excluded.at",
+             capacity = excluded.capacity, at = excluded.at",
     )?
-    .execute(params![peer.id, peer.name, peer.leading, micros(now)])?;
+    .execute(params![
+        peer.id,
+        peer.name,
+        peer.leading,
+        i64::from(peer.capacity),
+        micros(now)
+    ])?;
     // Every start is a new peer: forget those not heard from for a day.
     conn.prepare_cached("DELETE FROM peers WHERE at < ?1")?
         .execute(params![micros(now - chrono::Duration::days(1))])?;
@@ -1618,7 +1624,7 @@ pub(crate) fn peers_alive(
 ) -> Result<Vec<PeerBeat>, Failure> {
     collect(
         conn,
-        "SELECT id, name, is_leader, at FROM peers WHERE at >= ?1 ORDER BY name, id",
+        "SELECT id, name, is_leader, capacity, at FROM peers WHERE at >= ?1 ORDER BY name, id",
         [micros(since)],
         |row| {
             Ok(PeerBeat {
@@ -1626,10 +1632,256 @@ pub(crate) fn peers_alive(
                     id: row.get(0)?,
                     name: row.get(1)?,
                     leading: row.get(2)?,
+                    capacity: to_u32("peers.capacity", row.get(3)?)?,
                 },
-                at: time_from("peers.at", row.get(3)?)?,
+                at: time_from("peers.at", row.get(4)?)?,
             })
         },
+    )
+}
+
+// ----- sessions shared among coordinators -----
+
+pub(crate) fn request_session(
+    conn: &Connection,
+    request: &SessionRequest,
+    now: DateTime<Utc>,
+) -> Result<(), Failure> {
+    let (repository, number) = issue_key(&request.issue)?;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO session_requests
+                 (session_id, repository, number, agent, task_json, requested_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (session_id) DO NOTHING",
+        )?
+        .execute(params![
+            request.session_id,
+            repository,
+            number,
+            request.agent,
+            request.task_json,
+            micros(now),
+        ])?;
+    if inserted == 0 {
+        return Err(StoreError::Conflict(format!(
+            "session {} was already requested",
+            request.session_id
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+const REQUEST_COLUMNS: &str = "session_id, repository, number, agent, task_json";
+
+fn request_from(row: &Row<'_>) -> Result<SessionRequest, Failure> {
+    let repository: String = row.get(1)?;
+    Ok(SessionRequest {
+        session_id: row.get(0)?,
+        issue: issue_from("session_requests.repository", &repository, row.get(2)?)?,
+        agent: row.get(3)?,
+        task_json: row.get(4)?,
+    })
+}
+
+/// Runs in the single writer: nobody else claims between the count and the claim.
+pub(crate) fn claim_session(
+    conn: &Connection,
+    claimant: &Peer,
+    agents: &[String],
+    now: DateTime<Utc>,
+) -> Result<Option<SessionRequest>, Failure> {
+    if agents.is_empty() {
+        return Ok(None);
+    }
+    let open: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM session_requests
+             WHERE claimant_id = ?1 AND ended_at IS NULL",
+        )?
+        .query_row([&claimant.id], |row| row.get(0))?;
+    if open >= i64::from(claimant.capacity) {
+        return Ok(None);
+    }
+    // The agents as a JSON array: one cached statement whatever their number.
+    let Some(request) = collect(
+        conn,
+        &format!(
+            "SELECT {REQUEST_COLUMNS} FROM session_requests
+             WHERE claimant_id IS NULL AND cancelled_at IS NULL
+               AND agent IN (SELECT value FROM json_each(?1))
+             ORDER BY request_seq LIMIT 1"
+        ),
+        [to_json("agents", &agents)?],
+        request_from,
+    )?
+    .pop() else {
+        return Ok(None);
+    };
+    conn.prepare_cached(
+        "UPDATE session_requests SET claimant_id = ?2, claimant_name = ?3, claimed_at = ?4,
+             reported_at = ?4
+         WHERE session_id = ?1",
+    )?
+    .execute(params![
+        request.session_id,
+        claimant.id,
+        claimant.name,
+        micros(now)
+    ])?;
+    Ok(Some(request))
+}
+
+pub(crate) fn report_session(
+    conn: &Connection,
+    report: &SessionReport,
+    after_seq: i64,
+    now: DateTime<Utc>,
+) -> Result<SessionOrders, Failure> {
+    let row: Option<(Option<String>, bool)> = conn
+        .prepare_cached(
+            "SELECT claimant_id, cancelled_at IS NOT NULL FROM session_requests
+             WHERE session_id = ?1",
+        )?
+        .query_row([&report.session_id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let Some((claimant, cancelled)) = row else {
+        return Ok(cancelled_orders());
+    };
+    if claimant.as_deref() != Some(report.claimant.as_str()) {
+        return Ok(cancelled_orders());
+    }
+    conn.prepare_cached(
+        "UPDATE session_requests SET state_json = ?2, reported_at = ?3,
+             ended_at = CASE WHEN ?4 THEN ?3 END
+         WHERE session_id = ?1 AND ended_at IS NULL",
+    )?
+    .execute(params![
+        report.session_id,
+        report.state_json,
+        micros(now),
+        report.ended
+    ])?;
+    let commands = collect(
+        conn,
+        "SELECT seq, command_json FROM session_commands WHERE session_id = ?1 AND seq > ?2
+         ORDER BY seq",
+        params![report.session_id, after_seq],
+        |row| {
+            Ok(SessionCommand {
+                seq: row.get(0)?,
+                command_json: row.get(1)?,
+            })
+        },
+    )?;
+    Ok(SessionOrders {
+        cancelled,
+        commands,
+    })
+}
+
+/// What a reporter that does not (or no longer) run the session is told: stop, no commands.
+fn cancelled_orders() -> SessionOrders {
+    SessionOrders {
+        cancelled: true,
+        commands: Vec::new(),
+    }
+}
+
+pub(crate) fn command_session(
+    conn: &Connection,
+    session_id: &str,
+    command_json: &str,
+    now: DateTime<Utc>,
+) -> Result<i64, Failure> {
+    let exists: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM session_requests WHERE session_id = ?1")?
+        .query_row([session_id], |row| row.get(0))
+        .optional()?;
+    if exists.is_none() {
+        return Err(StoreError::not_found(format!("session request {session_id}")).into());
+    }
+    conn.prepare_cached(
+        "INSERT INTO session_commands (session_id, command_json, created_at) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![session_id, command_json, micros(now)])?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub(crate) fn cancel_session_requests(
+    conn: &Connection,
+    session_ids: Option<&[String]>,
+    now: DateTime<Utc>,
+) -> Result<u64, Failure> {
+    let changed = match session_ids {
+        None => conn
+            .prepare_cached(
+                "UPDATE session_requests SET cancelled_at = ?1
+                 WHERE cancelled_at IS NULL AND ended_at IS NULL",
+            )?
+            .execute([micros(now)])?,
+        Some(ids) => conn
+            .prepare_cached(
+                "UPDATE session_requests SET cancelled_at = ?1
+                 WHERE cancelled_at IS NULL AND ended_at IS NULL
+                   AND session_id IN (SELECT value FROM json_each(?2))",
+            )?
+            .execute(params![micros(now), to_json("session ids", &ids)?])?,
+    };
+    Ok(changed as u64)
+}
+
+pub(crate) fn session_requests(
+    conn: &Connection,
+    session_ids: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<SessionRequestView>, Failure> {
+    let mut views = collect(
+        conn,
+        "SELECT session_id, claimant_id, state_json, ended_at IS NOT NULL,
+             cancelled_at IS NOT NULL, reported_at
+         FROM session_requests WHERE session_id IN (SELECT value FROM json_each(?1))",
+        [to_json("session ids", &session_ids)?],
+        |row| {
+            let claimant: Option<String> = row.get(1)?;
+            let reported_at: Option<i64> = row.get(5)?;
+            Ok(SessionRequestView {
+                session_id: row.get(0)?,
+                silent_ms: match (&claimant, reported_at) {
+                    // A clock set back reads as no silence, not as a negative one.
+                    (Some(_), Some(at)) => Some(to_u64(
+                        "session_requests.reported_at",
+                        (micros(now) - at).max(0) / 1_000,
+                    )?),
+                    _ => None,
+                },
+                claimant,
+                state_json: row.get(2)?,
+                ended: row.get(3)?,
+                cancelled: row.get(4)?,
+            })
+        },
+    )?;
+    // In the order asked for.
+    views.sort_by_key(|view| session_ids.iter().position(|id| *id == view.session_id));
+    Ok(views)
+}
+
+pub(crate) fn sessions_left_by(
+    conn: &Connection,
+    name: &str,
+    current_id: &str,
+) -> Result<Vec<SessionRequest>, Failure> {
+    collect(
+        conn,
+        &format!(
+            "SELECT {REQUEST_COLUMNS} FROM session_requests
+             WHERE claimant_name = ?1 AND claimant_id IS NOT NULL AND claimant_id <> ?2
+               AND ended_at IS NULL
+             ORDER BY request_seq"
+        ),
+        params![name, current_id],
+        request_from,
     )
 }
 

@@ -556,6 +556,8 @@ pub struct Peer {
     /// What an operator recognises it by: host and listening address.
     pub name: String,
     pub leading: bool,
+    /// Agent sessions it runs at most at once (its `max_concurrent_agents`); 0 runs none.
+    pub capacity: u32,
 }
 
 /// A peer and when the store last heard from it, by the store's clock (so coordinators whose
@@ -649,4 +651,59 @@ pub struct StoreStats {
     pub commits: u64,
     /// Write requests handled (succeeded or failed).
     pub writes: u64,
+}
+
+/// A session the leader asks for, to be run by whichever coordinator sharing the store claims it
+/// first (each within its own capacity). The task and the commands are the engine's JSON: the
+/// store keeps them as text and never reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRequest {
+    /// The session's id, also the id of its `sessions` row and of the process marker.
+    pub session_id: String,
+    pub issue: IssueRef,
+    pub agent: String,
+    pub task_json: String,
+}
+
+/// A claimant's latest word on a session it runs. Reporting is also its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionReport {
+    pub session_id: String,
+    /// The claimant's peer id ([`Peer::id`]).
+    pub claimant: String,
+    pub state_json: String,
+    /// The session has ended; `state_json` holds its outcome. Final: later reports are ignored.
+    pub ended: bool,
+}
+
+/// A command the leader left for the claimant of a session, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCommand {
+    pub seq: i64,
+    pub command_json: String,
+}
+
+/// What a claimant is told when it reports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionOrders {
+    /// The session is no longer wanted (cancelled by the leader, or claimed by someone else):
+    /// end it.
+    pub cancelled: bool,
+    /// Commands after the `after_seq` the claimant gave, oldest first.
+    pub commands: Vec<SessionCommand>,
+}
+
+/// The leader's view of a requested session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRequestView {
+    pub session_id: String,
+    /// The claimant's peer id, once claimed.
+    pub claimant: Option<String>,
+    /// The claimant's latest report.
+    pub state_json: Option<String>,
+    pub ended: bool,
+    pub cancelled: bool,
+    /// Milliseconds since the claim or the latest report, by the store's clock; `None` while
+    /// unclaimed.
+    pub silent_ms: Option<u64>,
 }

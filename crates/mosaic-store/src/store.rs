@@ -202,6 +202,57 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The coordinators heard from within `within` of now (the store's clock), in name order.
     async fn peers_alive(&self, within: std::time::Duration) -> Result<Vec<PeerBeat>, StoreError>;
 
+    // ----- sessions shared among coordinators -----
+
+    /// Asks for a session to be run by any coordinator sharing the store. Written by the
+    /// leader (fenced like its other writes); a repeated id is refused as `Conflict`.
+    async fn request_session(&self, request: &SessionRequest) -> Result<(), StoreError>;
+
+    /// Claims the oldest request that is unclaimed, not cancelled and of one of `agents`, when
+    /// `claimant` (by its id) has fewer than its `capacity` claimed sessions not ended; rows
+    /// another claimant is claiming are skipped, never waited for. Counting and claiming are
+    /// one transaction. The claimant's name is kept with the claim.
+    async fn claim_session(
+        &self,
+        claimant: &Peer,
+        agents: &[String],
+    ) -> Result<Option<SessionRequest>, StoreError>;
+
+    /// Stores the claimant's report (ignored when the session is claimed by another or has
+    /// ended) and answers with the commands after `after_seq` and whether the session is still
+    /// wanted.
+    async fn report_session(
+        &self,
+        report: &SessionReport,
+        after_seq: i64,
+    ) -> Result<SessionOrders, StoreError>;
+
+    /// Leaves a command for the session's claimant; returns its sequence number (increasing
+    /// per store). Written by the leader.
+    async fn command_session(&self, session_id: &str, command_json: &str)
+    -> Result<i64, StoreError>;
+
+    /// Cancels the listed requests, or every request not ended when `None` (a new leader
+    /// starting); returns how many were newly cancelled. Written by the leader.
+    async fn cancel_session_requests(
+        &self,
+        session_ids: Option<&[String]>,
+    ) -> Result<u64, StoreError>;
+
+    /// The listed requests as they stand (unknown ids are left out).
+    async fn session_requests(
+        &self,
+        session_ids: &[String],
+    ) -> Result<Vec<SessionRequestView>, StoreError>;
+
+    /// Claimed sessions not ended whose claimant has the given peer `name` but another id: a
+    /// coordinator restarted under its old name finds what its previous process ran.
+    async fn sessions_left_by(
+        &self,
+        name: &str,
+        current_id: &str,
+    ) -> Result<Vec<SessionRequest>, StoreError>;
+
     // ----- workspaces and pull requests -----
 
     /// Records (or replaces) the workspace. The pull request recorded for it stays when

@@ -1239,6 +1239,8 @@ pub async fn peers_are_alive_while_they_beat(store: &dyn Store) {
         id: id.to_owned(),
         name: name.to_owned(),
         leading,
+        // Distinct per peer and per beat, so a capacity that is not stored shows.
+        capacity: u32::from(leading) * 10 + if id == "p1" { 3 } else { 4 },
     };
     let named = |beats: Vec<PeerBeat>| -> Vec<Peer> { beats.into_iter().map(|b| b.peer).collect() };
     let minute = std::time::Duration::from_secs(60);
@@ -1284,6 +1286,431 @@ pub async fn peers_are_alive_while_they_beat(store: &dyn Store) {
                 .unwrap()
         ),
         vec![peer("p2", "a-host:8000", true)]
+    );
+}
+
+fn session_request(id: &str, agent: &str) -> SessionRequest {
+    SessionRequest {
+        session_id: id.to_owned(),
+        issue: issue(&format!("mosaic/coordinator#{}", id.len())),
+        agent: agent.to_owned(),
+        task_json: format!(r#"{{"task":"{id}"}}"#),
+    }
+}
+
+fn claimant(id: &str, name: &str, capacity: u32) -> Peer {
+    Peer {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        leading: false,
+        capacity,
+    }
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|name| (*name).to_owned()).collect()
+}
+
+fn report(session_id: &str, claimant: &str, state: &str, ended: bool) -> SessionReport {
+    SessionReport {
+        session_id: session_id.to_owned(),
+        claimant: claimant.to_owned(),
+        state_json: format!(r#"{{"state":"{state}"}}"#),
+        ended,
+    }
+}
+
+async fn claimed_id(store: &dyn Store, by: &Peer, agents: &[&str]) -> Option<String> {
+    store
+        .claim_session(by, &names(agents))
+        .await
+        .unwrap()
+        .map(|request| request.session_id)
+}
+
+async fn view(store: &dyn Store, session_id: &str) -> SessionRequestView {
+    let mut views = store.session_requests(&names(&[session_id])).await.unwrap();
+    assert_eq!(views.len(), 1, "{session_id} is requested");
+    views.remove(0)
+}
+
+pub async fn session_requests_are_claimed_oldest_first_among_the_claimants_agents(
+    store: &dyn Store,
+) {
+    for (id, agent) in [
+        ("s1", "claude"),
+        ("s2", "glm"),
+        ("s3", "claude"),
+        ("s4", "claude"),
+    ] {
+        store
+            .request_session(&session_request(id, agent))
+            .await
+            .unwrap();
+    }
+    // A repeated id is refused and changes nothing.
+    let repeated = store.request_session(&session_request("s1", "glm")).await;
+    assert!(
+        matches!(repeated, Err(StoreError::Conflict(_))),
+        "{repeated:?}"
+    );
+    store
+        .cancel_session_requests(Some(&names(&["s3"])))
+        .await
+        .unwrap();
+
+    let a = claimant("a", "host-a:8000", 10);
+    let b = claimant("b", "host-b:8000", 10);
+    // None of its agents asked for: nothing; no agents at all: nothing.
+    assert_eq!(claimed_id(store, &a, &["codex"]).await, None);
+    assert_eq!(claimed_id(store, &a, &[]).await, None);
+    // The whole request comes back, as it was asked for.
+    let first = store
+        .claim_session(&a, &names(&["claude"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, session_request("s1", "claude"));
+    // Claimed (s1) and cancelled (s3) requests are passed over.
+    assert_eq!(
+        claimed_id(store, &b, &["claude"]).await.as_deref(),
+        Some("s4")
+    );
+    assert_eq!(claimed_id(store, &b, &["claude"]).await, None);
+    assert_eq!(
+        claimed_id(store, &b, &["codex", "glm", "claude"])
+            .await
+            .as_deref(),
+        Some("s2")
+    );
+    assert_eq!(claimed_id(store, &a, &["claude", "glm"]).await, None);
+    assert_eq!(view(store, "s1").await.claimant.as_deref(), Some("a"));
+    assert_eq!(view(store, "s2").await.claimant.as_deref(), Some("b"));
+    assert_eq!(view(store, "s3").await.claimant, None);
+}
+
+pub async fn a_claimant_holds_at_most_its_capacity_until_a_session_ends(store: &dyn Store) {
+    for n in 0..5 {
+        store
+            .request_session(&session_request(&format!("s{n}"), "claude"))
+            .await
+            .unwrap();
+    }
+    let agents = ["claude"];
+    assert_eq!(
+        claimed_id(store, &claimant("none", "host-n:8000", 0), &agents).await,
+        None,
+        "a capacity of 0 runs nothing"
+    );
+    let a = claimant("a", "host-a:8000", 2);
+    assert_eq!(claimed_id(store, &a, &agents).await.as_deref(), Some("s0"));
+    assert_eq!(claimed_id(store, &a, &agents).await.as_deref(), Some("s1"));
+    assert_eq!(claimed_id(store, &a, &agents).await, None, "a is full");
+    // Counted per claimant: b has room of its own.
+    let b = claimant("b", "host-b:8000", 1);
+    assert_eq!(claimed_id(store, &b, &agents).await.as_deref(), Some("s2"));
+    assert_eq!(claimed_id(store, &b, &agents).await, None);
+    // A report that is not the end frees nothing; a cancelled session not ended still counts.
+    store
+        .report_session(&report("s0", "a", "running", false), 0)
+        .await
+        .unwrap();
+    store
+        .cancel_session_requests(Some(&names(&["s1"])))
+        .await
+        .unwrap();
+    assert_eq!(claimed_id(store, &a, &agents).await, None);
+    // The end frees a place.
+    store
+        .report_session(&report("s1", "a", "cancelled", true), 0)
+        .await
+        .unwrap();
+    assert_eq!(claimed_id(store, &a, &agents).await.as_deref(), Some("s3"));
+    assert_eq!(claimed_id(store, &a, &agents).await, None);
+    // A larger capacity (the same id, reconfigured) has room again.
+    let a = claimant("a", "host-a:8000", 3);
+    assert_eq!(claimed_id(store, &a, &agents).await.as_deref(), Some("s4"));
+}
+
+pub async fn reports_answer_the_commands_after_the_last_seen_and_whether_to_stop(
+    store: &dyn Store,
+) {
+    store
+        .request_session(&session_request("s1", "claude"))
+        .await
+        .unwrap();
+    // A command may be left before the session is claimed.
+    let first = store
+        .command_session("s1", r#"{"prompt":"one"}"#)
+        .await
+        .unwrap();
+    let a = claimant("a", "host-a:8000", 1);
+    assert_eq!(
+        claimed_id(store, &a, &["claude"]).await.as_deref(),
+        Some("s1")
+    );
+    let second = store
+        .command_session("s1", r#"{"prompt":"two"}"#)
+        .await
+        .unwrap();
+    assert!(second > first);
+    let missing = store.command_session("nobody", "{}").await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
+
+    let orders = store
+        .report_session(&report("s1", "a", "started", false), 0)
+        .await
+        .unwrap();
+    assert!(!orders.cancelled);
+    assert_eq!(
+        orders.commands,
+        vec![
+            SessionCommand {
+                seq: first,
+                command_json: r#"{"prompt":"one"}"#.to_owned()
+            },
+            SessionCommand {
+                seq: second,
+                command_json: r#"{"prompt":"two"}"#.to_owned()
+            },
+        ]
+    );
+    let orders = store
+        .report_session(&report("s1", "a", "working", false), first)
+        .await
+        .unwrap();
+    assert_eq!(
+        orders.commands.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [second]
+    );
+    let orders = store
+        .report_session(&report("s1", "a", "working", false), second)
+        .await
+        .unwrap();
+    assert_eq!(orders, SessionOrders::default());
+    assert_eq!(
+        view(store, "s1").await.state_json.as_deref(),
+        Some(r#"{"state":"working"}"#)
+    );
+
+    // Another claimant's report is ignored, and it is told to stop; so is one of an unknown
+    // session.
+    let foreign = store
+        .report_session(&report("s1", "b", "hijacked", false), 0)
+        .await
+        .unwrap();
+    assert!(foreign.cancelled);
+    assert!(foreign.commands.is_empty(), "not its commands");
+    assert_eq!(
+        view(store, "s1").await.state_json.as_deref(),
+        Some(r#"{"state":"working"}"#)
+    );
+    let unknown = store
+        .report_session(&report("nobody", "a", "?", false), 0)
+        .await
+        .unwrap();
+    assert!(unknown.cancelled);
+
+    // Cancelled: the claimant is told, and its reports still count (its last word).
+    assert_eq!(
+        store
+            .cancel_session_requests(Some(&names(&["s1", "nobody"])))
+            .await
+            .unwrap(),
+        1
+    );
+    let third = store
+        .command_session("s1", r#"{"close":true}"#)
+        .await
+        .unwrap();
+    let orders = store
+        .report_session(&report("s1", "a", "stopping", false), second)
+        .await
+        .unwrap();
+    assert!(orders.cancelled);
+    assert_eq!(
+        orders.commands.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [third]
+    );
+    store
+        .report_session(&report("s1", "a", "done", true), third)
+        .await
+        .unwrap();
+    // Ended is final: a later report changes nothing.
+    store
+        .report_session(&report("s1", "a", "revived", false), third)
+        .await
+        .unwrap();
+    let ended = view(store, "s1").await;
+    assert!(ended.ended && ended.cancelled);
+    assert_eq!(ended.state_json.as_deref(), Some(r#"{"state":"done"}"#));
+}
+
+pub async fn cancelling_every_request_spares_the_ended_and_the_cancelled(store: &dyn Store) {
+    for id in ["s1", "s2", "s3", "s4"] {
+        store
+            .request_session(&session_request(id, "claude"))
+            .await
+            .unwrap();
+    }
+    let a = claimant("a", "host-a:8000", 2);
+    assert_eq!(
+        claimed_id(store, &a, &["claude"]).await.as_deref(),
+        Some("s1")
+    );
+    assert_eq!(
+        claimed_id(store, &a, &["claude"]).await.as_deref(),
+        Some("s2")
+    );
+    store
+        .report_session(&report("s1", "a", "done", true), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .cancel_session_requests(Some(&names(&["s3"])))
+            .await
+            .unwrap(),
+        1
+    );
+    // s2 (claimed) and s4 (unclaimed); not s1 (ended) nor s3 (cancelled already).
+    assert_eq!(store.cancel_session_requests(None).await.unwrap(), 2);
+    assert_eq!(store.cancel_session_requests(None).await.unwrap(), 0);
+    let views = store
+        .session_requests(&names(&["s1", "s2", "s3", "s4"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        views
+            .iter()
+            .map(|v| (v.session_id.as_str(), v.ended, v.cancelled))
+            .collect::<Vec<_>>(),
+        [
+            ("s1", true, false),
+            ("s2", false, true),
+            ("s3", false, true),
+            ("s4", false, true)
+        ]
+    );
+    // Nothing cancelled is claimed.
+    let b = claimant("b", "host-b:8000", 5);
+    assert_eq!(claimed_id(store, &b, &["claude"]).await, None);
+}
+
+pub async fn the_leader_sees_a_requests_claimant_state_and_silence(store: &dyn Store) {
+    for id in ["s1", "s2"] {
+        store
+            .request_session(&session_request(id, "claude"))
+            .await
+            .unwrap();
+    }
+    // In the order asked for; unknown ids left out.
+    let views = store
+        .session_requests(&names(&["s2", "unknown", "s1"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        views,
+        vec![
+            SessionRequestView {
+                session_id: "s2".to_owned(),
+                claimant: None,
+                state_json: None,
+                ended: false,
+                cancelled: false,
+                silent_ms: None,
+            },
+            SessionRequestView {
+                session_id: "s1".to_owned(),
+                claimant: None,
+                state_json: None,
+                ended: false,
+                cancelled: false,
+                silent_ms: None,
+            },
+        ]
+    );
+    assert!(store.session_requests(&[]).await.unwrap().is_empty());
+
+    let a = claimant("a", "host-a:8000", 1);
+    assert_eq!(
+        claimed_id(store, &a, &["claude"]).await.as_deref(),
+        Some("s1")
+    );
+    let claimed = view(store, "s1").await;
+    assert_eq!(claimed.claimant.as_deref(), Some("a"));
+    assert_eq!(claimed.state_json, None);
+    let at_claim = claimed.silent_ms.expect("silence counts from the claim");
+    assert!(at_claim < 60_000, "{at_claim} ms");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let silent = view(store, "s1").await.silent_ms.unwrap();
+    assert!(silent >= at_claim + 250, "{silent} ms after {at_claim} ms");
+    // A report resets the silence.
+    store
+        .report_session(&report("s1", "a", "working", false), 0)
+        .await
+        .unwrap();
+    let reported = view(store, "s1").await;
+    assert!(reported.silent_ms.unwrap() < silent, "{reported:?}");
+    assert_eq!(
+        reported.state_json.as_deref(),
+        Some(r#"{"state":"working"}"#)
+    );
+}
+
+pub async fn a_restarted_claimant_finds_the_sessions_its_previous_process_left(store: &dyn Store) {
+    for id in ["s1", "s2", "s3", "s4", "s5"] {
+        store
+            .request_session(&session_request(id, "claude"))
+            .await
+            .unwrap();
+    }
+    let old = claimant("old", "host-a:8000", 3);
+    let other = claimant("other", "host-b:8000", 1);
+    assert_eq!(
+        claimed_id(store, &old, &["claude"]).await.as_deref(),
+        Some("s1")
+    );
+    assert_eq!(
+        claimed_id(store, &other, &["claude"]).await.as_deref(),
+        Some("s2")
+    );
+    assert_eq!(
+        claimed_id(store, &old, &["claude"]).await.as_deref(),
+        Some("s3")
+    );
+    assert_eq!(
+        claimed_id(store, &old, &["claude"]).await.as_deref(),
+        Some("s4")
+    );
+    store
+        .report_session(&report("s3", "old", "done", true), 0)
+        .await
+        .unwrap();
+    // The new process, under the same name, claims one of its own.
+    let new = claimant("new", "host-a:8000", 3);
+    assert_eq!(
+        claimed_id(store, &new, &["claude"]).await.as_deref(),
+        Some("s5")
+    );
+
+    let left = store.sessions_left_by("host-a:8000", "new").await.unwrap();
+    assert_eq!(
+        left,
+        vec![
+            session_request("s1", "claude"),
+            session_request("s4", "claude")
+        ]
+    );
+    assert!(
+        store
+            .sessions_left_by("host-c:8000", "new")
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 

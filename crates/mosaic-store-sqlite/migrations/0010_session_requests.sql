@@ -1,0 +1,42 @@
+-- Mosaic Coordinator store (SQLite), schema 10: sessions shared among the coordinators of this
+-- store. The leader asks for a session (a request); a coordinator with free capacity claims it,
+-- runs it and reports its state (also its heartbeat); the leader leaves it commands. Task,
+-- state and commands are the engine's JSON, kept as text.
+CREATE TABLE session_requests (
+    -- Request order: claims take the oldest first.
+    request_seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id    TEXT    NOT NULL UNIQUE,
+    repository    TEXT    NOT NULL,
+    number        INTEGER NOT NULL,
+    agent         TEXT    NOT NULL,
+    task_json     TEXT    NOT NULL,
+    requested_at  INTEGER NOT NULL,
+    -- The claimant's peer id and name (a restarted coordinator keeps its name, not its id).
+    claimant_id   TEXT,
+    claimant_name TEXT,
+    claimed_at    INTEGER,
+    -- The latest report, or the claim: how long the claimant has been silent.
+    reported_at   INTEGER,
+    state_json    TEXT,
+    ended_at      INTEGER,
+    cancelled_at  INTEGER
+);
+-- What a claim looks for, oldest first.
+CREATE INDEX session_requests_unclaimed ON session_requests (request_seq)
+    WHERE claimant_id IS NULL AND cancelled_at IS NULL;
+-- A claimant's open claims (its capacity), also by name (what a restarted one left).
+CREATE INDEX session_requests_open_by_claimant ON session_requests (claimant_id)
+    WHERE claimant_id IS NOT NULL AND ended_at IS NULL;
+CREATE INDEX session_requests_open_by_name ON session_requests (claimant_name)
+    WHERE claimant_id IS NOT NULL AND ended_at IS NULL;
+
+CREATE TABLE session_commands (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id   TEXT    NOT NULL REFERENCES session_requests (session_id),
+    command_json TEXT    NOT NULL,
+    created_at   INTEGER NOT NULL
+);
+CREATE INDEX session_commands_by_session ON session_commands (session_id, seq);
+
+-- How many sessions each coordinator runs at most at once.
+ALTER TABLE peers ADD COLUMN capacity INTEGER NOT NULL DEFAULT 0;
