@@ -452,6 +452,14 @@ fn marked_processes(repo: &str) -> Vec<MarkedProcess> {
     found
 }
 
+/// The sessions of `repo`'s issues with an agent process alive now.
+pub(crate) fn live_sessions(repo: &str) -> BTreeSet<String> {
+    marked_processes(repo)
+        .into_iter()
+        .map(|process| process.session)
+        .collect()
+}
+
 /// Samples `/proc` in a loop while the test runs and records every moment at which one issue
 /// had live processes of two sessions.
 pub(crate) struct Sampler {

@@ -932,3 +932,101 @@ async fn three_coordinators_lose_their_leader_mid_stream_and_handle_every_delive
         "leader"
     );
 }
+
+/// Agent capacity beyond one machine: three coordinators on one database, each with
+/// `max_concurrent_agents = 2`, run six issues at once — two sessions claimed by each, six
+/// agents' processes alive together — and every issue ends done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_coordinators_with_two_agents_each_run_six_issues_at_once() {
+    // Sessions of about 8 s: long enough for all six to overlap.
+    let Some(mut shared) = SharedSchema::new("capacity", 80, "5000").await else {
+        return;
+    };
+    shared.config = shared
+        .config
+        .replace("[engine]\n", "[engine]\nmax_concurrent_agents = 2\n");
+    let leader = shared.start().await;
+    wait_leadership(&leader, "leader").await;
+    let mut coordinators = vec![leader];
+    for _ in 0..2 {
+        let standby = shared.start().await;
+        wait_leadership(&standby, "standby").await;
+        coordinators.push(standby);
+    }
+    // The leader counts the capacity its peers say they have.
+    wait_peers(&coordinators[0], "3 alive", coordinators[0].port).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let issues: Vec<_> = (0..6).map(|n| shared.issue(&format!("Job {n}"))).collect();
+    for (n, issue) in issues.iter().enumerate() {
+        shared
+            .assign(&coordinators[n % 3], issue, &format!("capacity-{n}"))
+            .await;
+    }
+
+    // Sampled until six run at once, in the database and in the processes.
+    let repo = shared.repo.to_string();
+    let open_claims = "SELECT claimant_id || ' ' || count(*) FROM session_requests \
+                       WHERE ended_at IS NULL AND cancelled_at IS NULL AND claimant_id IS NOT NULL \
+                       GROUP BY claimant_id ORDER BY claimant_id";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (claims, processes) = loop {
+        let claims = sql(&shared.url, &shared.schema, open_claims);
+        let open: usize = sql(
+            &shared.url,
+            &shared.schema,
+            "SELECT count(*) FROM sessions WHERE ended_at IS NULL",
+        )
+        .parse()
+        .unwrap();
+        let processes = crate::agent_processes::live_sessions(&repo);
+        if open == 6 && processes.len() == 6 {
+            break (claims, processes);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never six at once: {open} open sessions, {} agents alive, claims {claims:?}",
+            processes.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("capacity: six sessions at once, claims per coordinator: {claims:?}");
+    let per_claimant: Vec<&str> = claims
+        .lines()
+        .map(|line| line.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(per_claimant, ["2", "2", "2"], "{claims}");
+    // The agents' processes are the sessions the database lists as open.
+    let open_ids: std::collections::BTreeSet<String> = sql(
+        &shared.url,
+        &shared.schema,
+        "SELECT id FROM sessions WHERE ended_at IS NULL",
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(open_ids, processes);
+
+    let done = "SELECT count(*) FROM issues WHERE state IN ('completed', 'no_changes') \
+                HAVING count(*) = 6";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sql(&shared.url, &shared.schema, done).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "not all done: {}",
+            sql(
+                &shared.url,
+                &shared.schema,
+                "SELECT number, state FROM issues ORDER BY number"
+            )
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Each coordinator ran two of them, and every session ended as it should.
+    let outcomes = sql(
+        &shared.url,
+        &shared.schema,
+        "SELECT outcome || ':' || count(*) FROM sessions GROUP BY outcome",
+    );
+    assert_eq!(outcomes, "succeeded:6");
+}

@@ -24,10 +24,12 @@ pub struct ThisPeer {
     pub id: String,
     /// Host name and listening port.
     pub name: String,
+    /// Agent sessions it runs at once (`engine.max_concurrent_agents`).
+    pub capacity: u32,
 }
 
 impl ThisPeer {
-    pub fn new(port: u16) -> Self {
+    pub fn new(port: u16, capacity: u32) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .map(|host| host.trim().to_owned())
@@ -36,8 +38,62 @@ impl ThisPeer {
         Self {
             id: uuid::Uuid::new_v4().to_string(),
             name: format!("{host}:{port}"),
+            capacity,
         }
     }
+}
+
+impl ThisPeer {
+    /// This coordinator as the store records it.
+    pub fn peer(&self, leading: bool) -> Peer {
+        Peer {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            leading,
+            capacity: self.capacity,
+        }
+    }
+}
+
+/// While this coordinator leads and sessions are shared, keeps the engine's global limit at
+/// the capacity the live coordinators offer (checked every [`BEAT_EVERY`]): a coordinator
+/// joining adds its agents, one that stops takes them away.
+pub async fn follow_capacity(
+    store: Arc<dyn Store>,
+    engine: Arc<std::sync::OnceLock<mosaic_engine::engine::Engine>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        if let Some(engine) = engine.get() {
+            match store.peers_alive(ALIVE_WITHIN).await {
+                Ok(alive) => {
+                    let capacity = offered_capacity(&alive);
+                    if capacity != engine.agent_capacity() {
+                        tracing::info!(
+                            capacity,
+                            coordinators = alive.len(),
+                            "agent capacity across the coordinators changed"
+                        );
+                    }
+                    engine.set_agent_capacity(capacity);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the coordinators' capacity; keeping the last")
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(BEAT_EVERY) => {}
+        }
+    }
+}
+
+/// The sessions the live coordinators run at once, together.
+pub fn offered_capacity(alive: &[PeerBeat]) -> u32 {
+    alive
+        .iter()
+        .fold(0u32, |sum, beat| sum.saturating_add(beat.peer.capacity))
 }
 
 /// Beats every [`BEAT_EVERY`] until cancelled. A failed beat is only logged: the coordinator
@@ -49,11 +105,7 @@ pub async fn beat(
     cancel: CancellationToken,
 ) {
     loop {
-        let peer = Peer {
-            id: this.id.clone(),
-            name: this.name.clone(),
-            leading: leadership.leads(),
-        };
+        let peer = this.peer(leadership.leads());
         if let Err(err) = store.beat_peer(&peer).await {
             tracing::warn!(error = %err, "cannot tell the other coordinators this one is alive");
         }
@@ -115,6 +167,7 @@ mod tests {
                 id: name.to_owned(),
                 name: name.to_owned(),
                 leading,
+                capacity: 2,
             },
             at: Utc::now(),
         };
@@ -123,5 +176,9 @@ mod tests {
             "2 alive: a:8000, b:8000 (leader)"
         );
         assert_eq!(describe(&[]), "0 alive: ");
+        assert_eq!(
+            offered_capacity(&[peer("a:8000", false), peer("b:8000", true)]),
+            4
+        );
     }
 }

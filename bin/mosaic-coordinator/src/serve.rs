@@ -237,6 +237,9 @@ pub async fn run_on(
     let mut process_runtime = mosaic_runner::ProcessRuntime::new(runner.clone())
         .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?
         .with_redactor(redactor.clone());
+    // On PostgreSQL several coordinators may share the store, and every one of them runs
+    // agents: the leader requests sessions and whichever coordinator has room claims them.
+    let shared_sessions = mosaic_store_postgres::is_postgres_url(&config.store.url);
     // One git worktree per issue needs the bot token (clone and push) and Gitea to say where a
     // repository lives; without them sessions run in empty directories and nothing is pushed.
     let workspaces = match config.gitea.as_ref().and_then(|gitea| gitea.token.clone()) {
@@ -252,13 +255,26 @@ pub async fn run_on(
                 min_free_bytes: config.workspace.min_free_bytes,
                 gates: config.gates.clone(),
                 gate_env,
+                follow_remote: shared_sessions,
             })
         }
         None => None,
     };
     let session_log_dir = process_runtime.log_dir().to_path_buf();
     let runner_work_root = process_runtime.work_root().to_path_buf();
-    let runtime: Arc<dyn AgentRuntime> = Arc::new(process_runtime);
+    let local_runtime: Arc<dyn AgentRuntime> = Arc::new(process_runtime);
+    let runtime: Arc<dyn AgentRuntime> = if shared_sessions {
+        Arc::new(mosaic_engine::cluster::RemoteRuntime::new(
+            Arc::clone(&store),
+            Arc::clone(&local_runtime),
+            mosaic_engine::cluster::RemoteConfig {
+                lost_after: Duration::from_millis(config.store.leader_lease_ms),
+                ..mosaic_engine::cluster::RemoteConfig::default()
+            },
+        ))
+    } else {
+        Arc::clone(&local_runtime)
+    };
     crate::logging::spawn_repeat_reporter();
     let notify = Arc::new(Notify::new());
     let cancel = CancellationToken::new();
@@ -332,12 +348,38 @@ pub async fn run_on(
             store: Arc::clone(&store),
         }));
     let app = mosaic_http::router(state);
+    let this_peer = crate::peers::ThisPeer::new(bound.port(), config.engine.max_concurrent_agents);
     tokio::spawn(crate::peers::beat(
         Arc::clone(&store),
-        crate::peers::ThisPeer::new(bound.port()),
+        this_peer.clone(),
         Arc::clone(&leadership),
         cancel.clone(),
     ));
+    // Every coordinator sharing the store runs agents, leading or not.
+    let session_worker = match (&profiles, shared_sessions) {
+        (Some(profiles), true) => {
+            let worker =
+                mosaic_engine::cluster::SessionWorker::new(mosaic_engine::cluster::WorkerParts {
+                    store: Arc::clone(&store),
+                    runtime: Arc::clone(&local_runtime),
+                    profiles: profiles.clone(),
+                    gitea: gitea.api.clone(),
+                    workspaces: workspaces
+                        .as_ref()
+                        .map(|parts| Arc::clone(&parts.workspaces)),
+                    peer: this_peer.peer(false),
+                    config: mosaic_engine::cluster::WorkerConfig::default(),
+                });
+            tokio::spawn(crate::peers::follow_capacity(
+                Arc::clone(&store),
+                Arc::clone(&engine_slot),
+                cancel.clone(),
+            ));
+            let cancel = cancel.clone();
+            Some(tokio::spawn(async move { worker.run(cancel).await }))
+        }
+        _ => None,
+    };
 
     tokio::spawn(metrics.clone().refresh_loop(
         Arc::clone(&store),
@@ -368,6 +410,7 @@ pub async fn run_on(
         configured_bot: config.gitea.as_ref().and_then(|g| g.bot_username.clone()),
         redactor,
         workspaces,
+        shared_sessions,
     };
     // Rows left pending by a crash are handled first, in order, as soon as the engine runs.
     let workers = tokio::spawn(run_workers(
@@ -428,7 +471,14 @@ pub async fn run_on(
 
     cancel.cancel();
     // Sessions are closed and their issues requeued; their processes get the kill grace.
-    if tokio::time::timeout(Duration::from_secs(30), workers)
+    // The sessions this coordinator ran for the leader end too: pushed and reported.
+    let stopped = async move {
+        let _ = workers.await;
+        if let Some(session_worker) = session_worker {
+            let _ = session_worker.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), stopped)
         .await
         .is_err()
     {
@@ -544,6 +594,8 @@ struct EngineInputs {
     configured_bot: Option<String>,
     redactor: Redactor,
     workspaces: Option<mosaic_engine::engine::WorkspaceParts>,
+    /// Sessions are requested through the store and run by any coordinator sharing it.
+    shared_sessions: bool,
 }
 
 /// Starts the engine (dispatch, monitoring) and the inbox worker once the bot's login is known,
@@ -604,6 +656,20 @@ async fn run_workers(
         .map(|id| id.login().to_owned())
         .or_else(|| inputs.configured_bot.clone())
         .unwrap_or_else(|| login.clone());
+    if inputs.shared_sessions {
+        // Recovery records every session left open as interrupted: their claimants are told to
+        // stop (and push what their agents did) before the issues are requested again.
+        match inputs.store.cancel_session_requests(None).await {
+            Ok(0) => {}
+            Ok(cancelled) => tracing::info!(
+                cancelled,
+                "cancelled the sessions the previous leader had requested"
+            ),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot cancel the previous leader's session requests")
+            }
+        }
+    }
     reap_orphans(inputs.store.as_ref(), &inputs.runner).await;
     let parts = EngineParts {
         store: Arc::clone(&inputs.store),
@@ -685,14 +751,46 @@ async fn reap_orphans(store: &dyn Store, runner: &mosaic_runner::RunnerConfig) {
             return;
         }
     };
+    // A session run for the leader by a coordinator sharing the store has its process named in
+    // its claimant's reports (on that claimant's machine: found here only when it is this one).
+    let without_pid: Vec<String> = sessions
+        .iter()
+        .filter(|session| session.pid.is_none())
+        .map(|session| session.id.clone())
+        .collect();
+    let reported: std::collections::HashMap<String, (u32, chrono::DateTime<chrono::Utc>)> =
+        if without_pid.is_empty() {
+            std::collections::HashMap::new()
+        } else {
+            match store.session_requests(&without_pid).await {
+                Ok(views) => views
+                    .into_iter()
+                    .filter_map(|view| {
+                        let process = view
+                            .state_json
+                            .as_deref()
+                            .and_then(mosaic_engine::cluster::reported_process)?;
+                        Some((view.session_id, process))
+                    })
+                    .collect(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the requested sessions' processes");
+                    std::collections::HashMap::new()
+                }
+            }
+        };
     let recorded: Vec<mosaic_runner::orphans::RecordedSession> = sessions
         .into_iter()
         .filter_map(|session| {
+            let (pid, started_at) = match session.pid {
+                Some(pid) => (pid, session.started_at),
+                None => *reported.get(&session.id)?,
+            };
             Some(mosaic_runner::orphans::RecordedSession {
-                pid: session.pid?,
+                pid,
                 session_id: session.id,
                 agent: session.agent,
-                started_at: session.started_at,
+                started_at,
             })
         })
         .collect();

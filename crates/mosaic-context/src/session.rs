@@ -95,6 +95,9 @@ pub enum KillReason {
     Closed { reason: String },
     /// The process died from a signal nobody here sent.
     Signal { signal: i32 },
+    /// The coordinator running the session stopped, or stopped answering: not the agent's
+    /// doing, so the attempt does not count and the issue runs again.
+    Interrupted { reason: String },
 }
 
 impl fmt::Display for KillReason {
@@ -106,6 +109,7 @@ impl fmt::Display for KillReason {
             Self::TimeLimit { limit_secs } => write!(f, "time limit of {limit_secs} s reached"),
             Self::Closed { reason } => write!(f, "closed: {reason}"),
             Self::Signal { signal } => write!(f, "killed by signal {signal}"),
+            Self::Interrupted { reason } => write!(f, "interrupted: {reason}"),
         }
     }
 }
@@ -276,6 +280,19 @@ pub trait AgentRuntime: Send + Sync + fmt::Debug {
         profile: &AgentProfile,
         task: &SessionTask,
     ) -> Result<Arc<dyn AgentSession>, RuntimeError>;
+
+    /// Starts a session under a given id: a session run for another coordinator keeps the id
+    /// it was requested under (its records and its processes' marker). A runtime that cannot
+    /// choose ids starts it under its own, which the caller can read from the session.
+    async fn spawn_with_id(
+        &self,
+        id: SessionId,
+        profile: &AgentProfile,
+        task: &SessionTask,
+    ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
+        let _ = id;
+        self.spawn(profile, task).await
+    }
 
     /// Whether sessions of this profile can be asked to compact; when not, the monitor rotates
     /// where it would have compacted.

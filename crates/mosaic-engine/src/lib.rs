@@ -4,6 +4,7 @@
 //! concrete adapter; the binary wires the real ones.
 
 pub mod backoff;
+pub mod cluster;
 mod declared;
 pub mod effects;
 pub mod engine;

@@ -133,6 +133,18 @@ impl ProcessRuntime {
         profile: &AgentProfile,
         task: &SessionTask,
     ) -> Result<ProcessSession, RuntimeError> {
+        self.spawn_process_as(SessionId::generate(), profile, task)
+            .await
+    }
+
+    /// [`ProcessRuntime::spawn_process`] under a given session id (the marker its processes
+    /// carry and the name of its log).
+    pub async fn spawn_process_as(
+        &self,
+        id: SessionId,
+        profile: &AgentProfile,
+        task: &SessionTask,
+    ) -> Result<ProcessSession, RuntimeError> {
         let command = self.command_for(profile)?;
         ContextUsage::new(0, profile.context_window).map_err(|err| RuntimeError::Config {
             agent: profile.name.clone(),
@@ -142,7 +154,6 @@ impl ProcessRuntime {
             Some(dir) => self.task_work_dir(&task.issue, dir)?,
             None => self.work_dir_for(&task.issue)?,
         };
-        let id = SessionId::generate();
         let log_path = self.log_dir.join(format!("{id}.log"));
         let log = SessionLog::create(
             log_path.clone(),
@@ -204,6 +215,16 @@ impl AgentRuntime for ProcessRuntime {
         task: &SessionTask,
     ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
         let session = self.spawn_process(profile, task).await?;
+        Ok(Arc::new(session))
+    }
+
+    async fn spawn_with_id(
+        &self,
+        id: SessionId,
+        profile: &AgentProfile,
+        task: &SessionTask,
+    ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
+        let session = self.spawn_process_as(id, profile, task).await?;
         Ok(Arc::new(session))
     }
 

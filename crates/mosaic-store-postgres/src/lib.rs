@@ -548,6 +548,10 @@ impl Store for PostgresStore {
         ))
     }
 
+    async fn record_session_process(&self, session_id: &str, pid: u32) -> Result<bool, StoreError> {
+        write_in_transaction!(self, |tx| ops::record_session_process(&tx, session_id, pid))
+    }
+
     async fn try_lead(&self) -> Result<bool, StoreError> {
         let unavailable = |what: &str, e: &tokio_postgres::Error| {
             StoreError::Unavailable(format!("{what}: {}", failure::describe(e)))

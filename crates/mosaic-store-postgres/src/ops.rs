@@ -1609,6 +1609,20 @@ pub(crate) async fn record_session_spend(
     Ok(())
 }
 
+pub(crate) async fn record_session_process(
+    client: &impl GenericClient,
+    session_id: &str,
+    pid: u32,
+) -> OpResult<bool> {
+    let updated = execute(
+        client,
+        "UPDATE sessions SET pid = $2 WHERE id = $1 AND ended_at IS NULL AND pid IS NULL",
+        &[&session_id, &i64::from(pid)],
+    )
+    .await?;
+    Ok(updated > 0)
+}
+
 // ----- workspaces and pull requests -----
 
 pub(crate) async fn put_workspace(

@@ -161,6 +161,7 @@ postgres_conformance_tests!(
     outbox_delivers_in_order_per_issue,
     outbox_idempotency_keys_enqueue_once,
     sessions_start_and_end_with_their_issue,
+    a_sessions_process_is_recorded_once_when_it_was_unknown,
     rotations_and_compactions_round_trip,
     workspaces_keep_their_pull_request_while_the_branch_stays,
     gate_runs_are_kept_per_issue_in_order,

@@ -785,6 +785,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn record_session_process(&self, session_id: &str, pid: u32) -> Result<bool, StoreError> {
+        let session_id = session_id.to_owned();
+        self.write(move |conn| ops::record_session_process(conn, &session_id, pid))
+            .await
+    }
+
     async fn put_workspace(&self, workspace: WorkspaceRecord) -> Result<(), StoreError> {
         self.write(move |conn| ops::put_workspace(conn, &workspace))
             .await

@@ -1404,6 +1404,19 @@ pub(crate) fn record_session_spend(
     Ok(())
 }
 
+pub(crate) fn record_session_process(
+    conn: &Connection,
+    session_id: &str,
+    pid: u32,
+) -> Result<bool, Failure> {
+    let updated = conn
+        .prepare_cached(
+            "UPDATE sessions SET pid = ?2 WHERE id = ?1 AND ended_at IS NULL AND pid IS NULL",
+        )?
+        .execute(params![session_id, pid])?;
+    Ok(updated > 0)
+}
+
 // ----- workspaces and pull requests -----
 
 pub(crate) fn put_workspace(conn: &Connection, record: &WorkspaceRecord) -> Result<(), Failure> {

@@ -164,6 +164,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         spend: SessionSpend,
     ) -> Result<(), StoreError>;
 
+    /// Records the process of a session started without one known (a session another
+    /// coordinator claimed, once it says which process runs it); returns whether a session
+    /// row not ended and without a process took it.
+    async fn record_session_process(&self, session_id: &str, pid: u32) -> Result<bool, StoreError>;
+
     async fn record_rotation(&self, rotation: RotationRecord) -> Result<(), StoreError>;
 
     /// Newest first; with `before`, only rotations recorded before that row (the cursor of the
@@ -229,8 +234,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Leaves a command for the session's claimant; returns its sequence number (increasing
     /// per store). Written by the leader.
-    async fn command_session(&self, session_id: &str, command_json: &str)
-    -> Result<i64, StoreError>;
+    async fn command_session(
+        &self,
+        session_id: &str,
+        command_json: &str,
+    ) -> Result<i64, StoreError>;
 
     /// Cancels the listed requests, or every request not ended when `None` (a new leader
     /// starting); returns how many were newly cancelled. Written by the leader.

@@ -29,7 +29,7 @@ use mosaic_gates::{
     Gate, GateOutcome, GateResult, GatesConfig, OnGateFailure, REPOSITORY_FILE, RepositoryFileUse,
     all_required_passed, continuation_prompt, report_markdown, run_gates,
 };
-use mosaic_gitea::CommitStatusState;
+use mosaic_gitea::{CommitStatusState, GiteaApi};
 use mosaic_store::{
     GateRunRecord, SessionOutcome as StoredOutcome, SessionRecord, WorkspaceRecord,
 };
@@ -54,6 +54,29 @@ pub struct WorkspaceParts {
     pub gates: GatesConfig,
     /// The environment gates start from. They run the agent's code, so no secret belongs here.
     pub gate_env: Vec<(OsString, OsString)>,
+    /// Sessions run on other coordinators too (several share the store): they push their work,
+    /// so the worktree here takes it up (`Workspaces::follow_remote`) before it is read,
+    /// verified or published.
+    pub follow_remote: bool,
+}
+
+impl WorkspaceParts {
+    /// Takes up what a session elsewhere pushed, when sessions run elsewhere. A failure is
+    /// logged and the worktree used as it is: publishing then finds what it finds.
+    pub(crate) async fn take_up_pushed_work(&self, workspace: &Workspace) {
+        if !self.follow_remote {
+            return;
+        }
+        match self.workspaces.follow_remote(workspace).await {
+            Ok(true) => {
+                tracing::info!(issue = %workspace.issue, branch = %workspace.branch, "took up the work pushed by another coordinator")
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(issue = %workspace.issue, error = %err, "could not take up the pushed work; using the worktree as it is")
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for WorkspaceParts {
@@ -63,6 +86,35 @@ impl std::fmt::Debug for WorkspaceParts {
             .field("gates", &self.gates.gates.len())
             .finish_non_exhaustive()
     }
+}
+
+/// What preparing the issue's workspace needs from Gitea (its `clone_url` and
+/// `default_branch`); `None` when the repository has nothing to clone (the session runs in the
+/// runtime's own directory).
+pub(crate) async fn workspace_request(
+    gitea: &dyn GiteaApi,
+    issue: &IssueRef,
+    title: &str,
+) -> Result<Option<PrepareRequest>, String> {
+    let repository = gitea
+        .repository(&issue.repo)
+        .await
+        .map_err(|err| format!("the repository could not be read from Gitea: {err}"))?;
+    if repository.clone_url.is_empty() {
+        return Ok(None);
+    }
+    if repository.default_branch.is_empty() {
+        return Err("Gitea shows no default branch for the repository".to_owned());
+    }
+    Ok(Some(PrepareRequest {
+        issue: issue.clone(),
+        title: title.to_owned(),
+        source: RepoSource {
+            repo: issue.repo.clone(),
+            clone_url: repository.clone_url,
+            default_branch: repository.default_branch,
+        },
+    }))
 }
 
 /// Disk use under the workspace root, for /metrics, /health and the API.
@@ -474,25 +526,8 @@ impl Inner {
         let (Some(parts), Some(gitea)) = (&self.workspaces, &self.gitea) else {
             return Ok(None);
         };
-        let repository = gitea
-            .repository(&issue.repo)
-            .await
-            .map_err(|err| format!("the repository could not be read from Gitea: {err}"))?;
-        if repository.clone_url.is_empty() {
-            // Nothing to clone: the session runs in the runtime's own directory.
+        let Some(request) = workspace_request(gitea.as_ref(), issue, title).await? else {
             return Ok(None);
-        }
-        if repository.default_branch.is_empty() {
-            return Err("Gitea shows no default branch for the repository".to_owned());
-        }
-        let request = PrepareRequest {
-            issue: issue.clone(),
-            title: title.to_owned(),
-            source: RepoSource {
-                repo: issue.repo.clone(),
-                clone_url: repository.clone_url,
-                default_branch: repository.default_branch,
-            },
         };
         let prepared = parts
             .workspaces
@@ -585,6 +620,7 @@ impl Inner {
                 }
             }
         };
+        parts.take_up_pushed_work(&known).await;
         let workspaces = &parts.workspaces;
         if let Some(commit) = workspaces
             .commit_leftovers(&known)
@@ -781,6 +817,7 @@ impl Inner {
             }
         }
         let workspace = &known.workspace;
+        parts.take_up_pushed_work(workspace).await;
         match parts.workspaces.commit_leftovers(workspace).await {
             Ok(Some(commit)) => {
                 tracing::info!(%issue, %commit, "committed what the agent left uncommitted")

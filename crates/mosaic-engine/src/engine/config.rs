@@ -124,13 +124,12 @@ impl EngineConfig {
         })
     }
 
-    /// The cap for `agent`: its own limit, never above the global one.
-    pub(crate) fn limit_for(&self, agent: &str) -> u32 {
+    /// The cap for `agent`: its own limit, never above the global one (`capacity`: the
+    /// configured `max_concurrent_agents`, or what the coordinators sharing the store offer).
+    pub(crate) fn limit_for(&self, agent: &str, capacity: u32) -> u32 {
         self.per_agent_limits
             .iter()
             .find(|(name, _)| name.eq_ignore_ascii_case(agent))
-            .map_or(self.max_concurrent_agents, |(_, limit)| {
-                (*limit).min(self.max_concurrent_agents)
-            })
+            .map_or(capacity, |(_, limit)| (*limit).min(capacity))
     }
 }

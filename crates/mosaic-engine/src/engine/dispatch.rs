@@ -134,8 +134,9 @@ impl Inner {
     ) -> Result<Option<Claim>, EngineError> {
         let mut core = self.core.lock().await;
         let total = u32::try_from(core.running.len()).unwrap_or(u32::MAX);
+        let capacity = self.capacity.load(Ordering::SeqCst);
         // A rotation hands its slot over, so it is not limited by capacity.
-        if agent.is_none() && total >= self.config.max_concurrent_agents {
+        if agent.is_none() && total >= capacity {
             return Ok(None);
         }
         let mut chosen = None;
@@ -147,7 +148,7 @@ impl Inner {
                 if !name.eq_ignore_ascii_case(wanted) {
                     continue;
                 }
-            } else if core.running_for(&name) >= self.config.limit_for(&name) {
+            } else if core.running_for(&name) >= self.config.limit_for(&name, capacity) {
                 continue;
             }
             match self.profiles.get(&name).filter(|profile| profile.enabled) {

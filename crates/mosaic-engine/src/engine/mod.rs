@@ -38,6 +38,7 @@ pub use api::{
     EngineStats, IssueDetail, LiveSessionView, PullRequestView, QueueItem, stored_issue_detail,
     stored_queue, stored_sessions,
 };
+pub(crate) use attempt::workspace_request;
 pub use attempt::{WorkspaceParts, WorkspaceUsage};
 pub use config::{EngineConfig, EngineConfigError, MonitorSettings};
 pub use recover::RecoveryReport;
@@ -156,6 +157,9 @@ pub(crate) struct Inner {
     withdrawals: handle::Withdrawals,
     /// Orders open/closed states learnt by deliveries handled concurrently.
     tracker_clock: handle::TrackerClock,
+    /// Sessions run at most at once: `max_concurrent_agents`, or, when coordinators sharing
+    /// the store run them, the sum of the live ones' capacities ([`Engine::set_agent_capacity`]).
+    capacity: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Inner {
@@ -200,7 +204,6 @@ impl Engine {
                 redactor: parts.redactor,
                 profiles: parts.profiles,
                 policy: parts.policy,
-                config: parts.config,
                 core: Mutex::new(Core {
                     queue: mosaic_domain::IssueQueue::new(parts.priorities),
                     ..Core::default()
@@ -220,6 +223,8 @@ impl Engine {
                 gate_stats: attempt::GateStats::default(),
                 withdrawals: handle::Withdrawals::default(),
                 tracker_clock: handle::TrackerClock::default(),
+                capacity: std::sync::atomic::AtomicU32::new(parts.config.max_concurrent_agents),
+                config: parts.config,
             }
         });
         Ok(Self { inner })
@@ -244,6 +249,26 @@ impl Engine {
     /// The bot's own login.
     pub fn bot_login(&self) -> &str {
         &self.inner.bot_login
+    }
+
+    /// Sets how many sessions may run at once across the coordinators that run them (the sum
+    /// of their capacities, as they report it); wakes the dispatcher when it grew. At least 1.
+    pub fn set_agent_capacity(&self, capacity: u32) {
+        let capacity = capacity.max(1);
+        let before = self
+            .inner
+            .capacity
+            .swap(capacity, std::sync::atomic::Ordering::SeqCst);
+        if capacity > before {
+            self.inner.wake.notify_one();
+        }
+    }
+
+    /// How many sessions may run at once now.
+    pub fn agent_capacity(&self) -> u32 {
+        self.inner
+            .capacity
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The context monitor watching the engine's sessions.

@@ -198,6 +198,7 @@ impl Inner {
                 None => rejection.clone(),
             });
         }
+        parts.take_up_pushed_work(&known.workspace).await;
         match parts.workspaces.state(&known.workspace).await {
             Ok(state) => {
                 let workspace = mosaic_workspace::handover_text(&state);
@@ -224,6 +225,9 @@ impl Inner {
                 (StoredOutcome::Succeeded, Some(summary.clone()))
             }
             SessionOutcome::Failed { reason } => (StoredOutcome::Failed, Some(reason.clone())),
+            SessionOutcome::Killed {
+                reason: reason @ mosaic_context::KillReason::Interrupted { .. },
+            } => (StoredOutcome::Interrupted, Some(reason.to_string())),
             SessionOutcome::Killed { reason } => (StoredOutcome::Killed, Some(reason.to_string())),
         };
         // What the agent last reported, whatever ended the session. A runtime that reports no

@@ -944,6 +944,25 @@ pub async fn sessions_start_and_end_with_their_issue(store: &dyn Store) {
     ));
 }
 
+pub async fn a_sessions_process_is_recorded_once_when_it_was_unknown(store: &dyn Store) {
+    let mut start = transition("o/r#7", None, IssueState::InProgress, 1);
+    start.session_started = Some(NewSession {
+        id: "remote".to_owned(),
+        agent: "glm".to_owned(),
+        issue: issue("o/r#7"),
+        pid: None,
+        started_at: at(1),
+    });
+    store.commit_transitions(vec![start]).await.unwrap();
+    assert!(!store.record_session_process("unknown", 7).await.unwrap());
+    assert!(store.record_session_process("remote", 4243).await.unwrap());
+    // Known once: a later word does not replace it.
+    assert!(!store.record_session_process("remote", 99).await.unwrap());
+    let open = store.open_sessions().await.unwrap();
+    let remote = open.iter().find(|session| session.id == "remote").unwrap();
+    assert_eq!(remote.pid, Some(4243));
+}
+
 pub async fn rotations_and_compactions_round_trip(store: &dyn Store) {
     let rotation = RotationRecord {
         old_session_id: "s1".to_owned(),

@@ -1,0 +1,141 @@
+//! What leader and claimant say to each other through the store (JSON the store keeps as text).
+
+use chrono::{DateTime, Utc};
+use mosaic_context::{
+    AgentSpend, ApiRetry, ContextUsage, SessionOutcome, SessionSnapshot, TurnResult,
+};
+use serde::{Deserialize, Serialize};
+
+/// The latest answers kept in a report: commands are applied in order, and a waiter reads its
+/// own answer within a few reports, so a few suffice.
+pub(crate) const ANSWERS_KEPT: usize = 16;
+
+/// The handover summary travels bounded (it is also bounded where it is used).
+pub(crate) const MAX_SUMMARY_BYTES: usize = 64 * 1024;
+
+/// A command from the leader's monitor to the session's claimant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Command {
+    Send { prompt: String },
+    Compact { instructions: String },
+    Close { reason: String },
+    CloseAfterTurn { reason: String },
+    Finish,
+}
+
+/// How a command went: a compaction answers with the usage measured afterwards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CommandAnswer {
+    pub seq: i64,
+    pub result: Result<Option<ContextUsage>, String>,
+}
+
+/// The claimant's report of a session: its snapshot, and what the leader needs beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ReportedState {
+    /// The agent's process (group leader) on the claimant's machine, and when it started.
+    pub pid: Option<u32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub usage: Option<ContextUsage>,
+    pub usage_seq: u64,
+    pub compactions: u32,
+    pub spend: AgentSpend,
+    pub api_retry: Option<ApiRetry>,
+    pub turns: u32,
+    pub waiting: Option<TurnResult>,
+    pub outcome: SessionOutcome,
+    pub last_activity: DateTime<Utc>,
+    pub latest_summary: Option<String>,
+    /// Answers to the latest commands, oldest first.
+    pub answers: Vec<CommandAnswer>,
+}
+
+impl ReportedState {
+    pub(crate) fn of(
+        snapshot: &SessionSnapshot,
+        pid: Option<u32>,
+        started_at: Option<DateTime<Utc>>,
+        latest_summary: Option<String>,
+        answers: Vec<CommandAnswer>,
+    ) -> Self {
+        Self {
+            pid,
+            started_at,
+            usage: snapshot.usage,
+            usage_seq: snapshot.usage_seq,
+            compactions: snapshot.compactions,
+            spend: snapshot.spend,
+            api_retry: snapshot.api_retry.clone(),
+            turns: snapshot.turns,
+            waiting: snapshot.waiting.clone(),
+            outcome: snapshot.outcome.clone(),
+            last_activity: snapshot.last_activity,
+            latest_summary: latest_summary.map(|summary| bounded(summary, MAX_SUMMARY_BYTES)),
+            answers,
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> SessionSnapshot {
+        SessionSnapshot {
+            usage: self.usage,
+            usage_seq: self.usage_seq,
+            compactions: self.compactions,
+            spend: self.spend,
+            api_retry: self.api_retry.clone(),
+            turns: self.turns,
+            waiting: self.waiting.clone(),
+            outcome: self.outcome.clone(),
+            last_activity: self.last_activity,
+        }
+    }
+}
+
+/// The pid and start of the agent's process a report names, for ending orphans: `None` when
+/// the text is no report or names no process.
+pub fn reported_process(state_json: &str) -> Option<(u32, DateTime<Utc>)> {
+    let state: ReportedState = serde_json::from_str(state_json).ok()?;
+    Some((state.pid?, state.started_at?))
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_round_trips_into_the_same_snapshot() {
+        let mut snapshot = SessionSnapshot::new(Utc::now());
+        snapshot.usage = Some(ContextUsage::new(500, 1000).unwrap());
+        snapshot.usage_seq = 3;
+        snapshot.compactions = 1;
+        snapshot.turns = 2;
+        snapshot.waiting = Some(TurnResult {
+            success: true,
+            summary: "done".to_owned(),
+        });
+        let state = ReportedState::of(&snapshot, Some(42), Some(Utc::now()), None, Vec::new());
+        let text = serde_json::to_string(&state).unwrap();
+        let back: ReportedState = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.snapshot(), snapshot);
+        assert_eq!(reported_process(&text).map(|(pid, _)| pid), Some(42));
+    }
+
+    #[test]
+    fn a_long_summary_is_cut_at_a_character_boundary() {
+        let text = "é".repeat(10);
+        let cut = bounded(text, 5);
+        assert_eq!(cut, "éé");
+    }
+}
