@@ -1,0 +1,458 @@
+//! Sessions shared among coordinators (the cluster module) on a real SQLite store: the leader's
+//! `RemoteRuntime` requests, a `SessionWorker` claims and runs with a scripted local runtime,
+//! and what the leader's session shows is what the claimant's session did.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use mosaic_context::{
+    AgentRuntime, AgentSession, ContextUsage, KillReason, RuntimeError, SessionError, SessionId,
+    SessionOutcome, SessionSnapshot, SessionTask,
+};
+use mosaic_domain::{AgentProfile, AgentProfiles, Difficulty, IssueRef};
+use mosaic_engine::cluster::{
+    RemoteConfig, RemoteRuntime, SessionWorker, WorkerConfig, WorkerParts,
+};
+use mosaic_store::{Peer, Store, StoreConfig};
+use mosaic_store_sqlite::SqliteStore;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+// ----- the claimant's scripted runtime -----
+
+#[derive(Debug)]
+struct LocalSession {
+    id: SessionId,
+    issue: IssueRef,
+    state: watch::Sender<SessionSnapshot>,
+    sent: Mutex<Vec<String>>,
+}
+
+impl LocalSession {
+    fn report_usage(&self, used: u64) {
+        self.state.send_modify(|snapshot| {
+            snapshot.usage = Some(ContextUsage::new(used, 100_000).unwrap());
+            snapshot.usage_seq += 1;
+        });
+    }
+
+    fn end(&self, outcome: SessionOutcome) {
+        self.state
+            .send_modify(|snapshot| snapshot.outcome = outcome);
+    }
+}
+
+#[async_trait]
+impl AgentSession for LocalSession {
+    fn id(&self) -> &SessionId {
+        &self.id
+    }
+    fn agent_type(&self) -> &str {
+        "glm"
+    }
+    fn issue(&self) -> &IssueRef {
+        &self.issue
+    }
+    fn process_id(&self) -> Option<u32> {
+        Some(4321)
+    }
+    async fn usage(&self) -> Result<Option<ContextUsage>, SessionError> {
+        Ok(self.state.borrow().usage)
+    }
+    async fn send(&self, prompt: &str) -> Result<(), SessionError> {
+        self.sent.lock().unwrap().push(prompt.to_owned());
+        Ok(())
+    }
+    async fn compact(&self, _instructions: &str) -> Result<ContextUsage, SessionError> {
+        let usage = ContextUsage::new(20_000, 100_000).unwrap();
+        self.state.send_modify(|snapshot| {
+            snapshot.compactions += 1;
+            snapshot.usage = Some(usage);
+            snapshot.usage_seq += 1;
+        });
+        Ok(usage)
+    }
+    async fn close(&self, reason: &str) -> Result<SessionOutcome, SessionError> {
+        let outcome = SessionOutcome::Killed {
+            reason: KillReason::Closed {
+                reason: reason.to_owned(),
+            },
+        };
+        self.end(outcome.clone());
+        Ok(outcome)
+    }
+    fn outcome(&self) -> SessionOutcome {
+        self.state.borrow().outcome.clone()
+    }
+    fn latest_summary(&self) -> Option<String> {
+        Some("half way there".to_owned())
+    }
+    fn subscribe(&self) -> watch::Receiver<SessionSnapshot> {
+        self.state.subscribe()
+    }
+}
+
+#[derive(Debug, Default)]
+struct LocalRuntime {
+    sessions: Mutex<Vec<Arc<LocalSession>>>,
+}
+
+impl LocalRuntime {
+    fn sessions(&self) -> Vec<Arc<LocalSession>> {
+        self.sessions.lock().unwrap().clone()
+    }
+
+    async fn wait_for_sessions(&self, count: usize) -> Vec<Arc<LocalSession>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let sessions = self.sessions();
+            if sessions.len() >= count {
+                return sessions;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} sessions started",
+                sessions.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl AgentRuntime for LocalRuntime {
+    async fn spawn(
+        &self,
+        profile: &AgentProfile,
+        task: &SessionTask,
+    ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
+        self.spawn_with_id(SessionId::generate(), profile, task)
+            .await
+    }
+    async fn spawn_with_id(
+        &self,
+        id: SessionId,
+        _profile: &AgentProfile,
+        task: &SessionTask,
+    ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
+        let session = Arc::new(LocalSession {
+            id,
+            issue: task.issue.clone(),
+            state: watch::Sender::new(SessionSnapshot::new(Utc::now())),
+            sent: Mutex::new(Vec::new()),
+        });
+        self.sessions.lock().unwrap().push(Arc::clone(&session));
+        Ok(session)
+    }
+    fn can_compact(&self, _profile: &AgentProfile) -> bool {
+        true
+    }
+}
+
+// ----- set-up -----
+
+fn profile() -> AgentProfile {
+    AgentProfile {
+        name: "glm".into(),
+        context_window: 100_000,
+        cost_input_per_mtok: 0.0,
+        cost_output_per_mtok: 0.0,
+        max_difficulty: Difficulty::High,
+        self_hosted: true,
+        enabled: true,
+        compact_threshold: None,
+        rotate_threshold: None,
+    }
+}
+
+fn task(number: u64) -> SessionTask {
+    let issue: IssueRef = format!("o/r#{number}").parse().unwrap();
+    SessionTask {
+        repository: issue.repo.clone(),
+        issue,
+        title: "Add caching".to_owned(),
+        body: "Cache it.".to_owned(),
+        acceptance_criteria: Vec::new(),
+        handover_summary: None,
+        work_dir: None,
+    }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    leader: RemoteRuntime,
+}
+
+const LOST_AFTER: Duration = Duration::from_millis(600);
+
+async fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&StoreConfig::sqlite(dir.path().join("mosaic.db"))).unwrap());
+    let leader = RemoteRuntime::new(
+        Arc::clone(&store),
+        Arc::new(LocalRuntime::default()),
+        RemoteConfig {
+            poll: Duration::from_millis(20),
+            lost_after: LOST_AFTER,
+        },
+    );
+    Cluster {
+        _dir: dir,
+        store,
+        leader,
+    }
+}
+
+/// A worker named `name` running at most `capacity` sessions on its own scripted runtime.
+fn worker(store: &Arc<dyn Store>, name: &str, capacity: u32) -> (Arc<LocalRuntime>, SessionWorker) {
+    let runtime = Arc::new(LocalRuntime::default());
+    let worker = SessionWorker::new(WorkerParts {
+        store: Arc::clone(store),
+        runtime: Arc::clone(&runtime) as Arc<dyn AgentRuntime>,
+        profiles: AgentProfiles::new(vec![profile()]).unwrap(),
+        gitea: None,
+        workspaces: None,
+        peer: Peer {
+            id: format!("{name}-id"),
+            name: name.to_owned(),
+            leading: false,
+            capacity,
+        },
+        config: WorkerConfig {
+            poll: Duration::from_millis(20),
+            report_every: Duration::from_millis(50),
+        },
+    });
+    (runtime, worker)
+}
+
+fn run(worker: SessionWorker) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let cancel = CancellationToken::new();
+    let handle = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move { worker.run(cancel).await })
+    };
+    (cancel, handle)
+}
+
+async fn wait_until(
+    session: &Arc<dyn AgentSession>,
+    what: &str,
+    done: impl Fn(&SessionSnapshot) -> bool,
+) -> SessionSnapshot {
+    let mut updates = session.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let snapshot = updates.borrow_and_update().clone();
+            if done(&snapshot) {
+                return snapshot;
+            }
+            updates.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"))
+}
+
+// ----- tests -----
+
+#[tokio::test]
+async fn a_claimed_session_reports_its_usage_and_outcome_to_the_leader() {
+    let cluster = cluster().await;
+    let (local, worker) = worker(&cluster.store, "b", 2);
+    let (cancel, handle) = run(worker);
+    let session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
+    let ran = local.wait_for_sessions(1).await;
+    // The claimant runs it under the id the leader requested.
+    assert_eq!(ran[0].id, *session.id());
+
+    ran[0].report_usage(42_000);
+    let seen = wait_until(&session, "usage", |s| s.usage.is_some()).await;
+    assert_eq!(seen.usage.unwrap().used_tokens, 42_000);
+    assert_eq!(session.process_id(), Some(4321));
+
+    ran[0].end(SessionOutcome::Succeeded {
+        summary: "done".to_owned(),
+        tokens: 50_000,
+        cost_usd: None,
+    });
+    let ended = wait_until(&session, "the end", |s| !s.outcome.is_running()).await;
+    assert!(
+        matches!(&ended.outcome, SessionOutcome::Succeeded { summary, .. } if summary == "done"),
+        "{:?}",
+        ended.outcome
+    );
+    assert_eq!(session.latest_summary().as_deref(), Some("half way there"));
+    cancel.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn compactions_and_prompts_travel_to_the_claimant_and_back() {
+    let cluster = cluster().await;
+    let (local, worker) = worker(&cluster.store, "b", 1);
+    let (cancel, handle) = run(worker);
+    let session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
+    let ran = local.wait_for_sessions(1).await;
+
+    let usage = tokio::time::timeout(Duration::from_secs(10), session.compact("keep it short"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(usage.used_tokens, 20_000);
+    let seen = wait_until(&session, "the compaction", |s| s.compactions == 1).await;
+    assert_eq!(seen.usage.unwrap().used_tokens, 20_000);
+
+    tokio::time::timeout(Duration::from_secs(10), session.send("go on"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*ran[0].sent.lock().unwrap(), ["go on"]);
+
+    let outcome = tokio::time::timeout(Duration::from_secs(10), session.close("rotated"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        outcome,
+        SessionOutcome::Killed {
+            reason: KillReason::Closed {
+                reason: "rotated".to_owned()
+            }
+        }
+    );
+    assert!(!ran[0].outcome().is_running());
+    cancel.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_claimant_runs_no_more_than_its_capacity_and_takes_the_next_when_one_ends() {
+    let cluster = cluster().await;
+    let (local, worker) = worker(&cluster.store, "b", 1);
+    let (cancel, handle) = run(worker);
+    let first = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
+    let second = cluster.leader.spawn(&profile(), &task(2)).await.unwrap();
+    let ran = local.wait_for_sessions(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(local.sessions().len(), 1, "claimed beyond its capacity");
+    assert_eq!(ran[0].id, *first.id(), "the oldest request first");
+
+    ran[0].end(SessionOutcome::Failed {
+        reason: "gave up".to_owned(),
+    });
+    let ran = local.wait_for_sessions(2).await;
+    assert_eq!(ran[1].id, *second.id());
+    let ended = wait_until(&first, "the first's end", |s| !s.outcome.is_running()).await;
+    assert_eq!(
+        ended.outcome,
+        SessionOutcome::Failed {
+            reason: "gave up".to_owned()
+        }
+    );
+    cancel.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_claimant_that_falls_silent_loses_its_session_as_interrupted() {
+    let cluster = cluster().await;
+    let session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
+    // Claimed by a coordinator that then never reports (it died).
+    let dead = Peer {
+        id: "dead-id".to_owned(),
+        name: "dead".to_owned(),
+        leading: false,
+        capacity: 1,
+    };
+    let claimed = cluster
+        .store
+        .claim_session(&dead, &["glm".to_owned()])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.session_id, session.id().as_str());
+    let started = Instant::now();
+    let ended = wait_until(&session, "the loss", |s| !s.outcome.is_running()).await;
+    assert!(
+        started.elapsed() >= LOST_AFTER / 2,
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            &ended.outcome,
+            SessionOutcome::Killed {
+                reason: KillReason::Interrupted { .. }
+            }
+        ),
+        "{:?}",
+        ended.outcome
+    );
+    // Its request is cancelled: the claimant, were it to come back, is told to stop.
+    let views = cluster
+        .store
+        .session_requests(&[session.id().to_string()])
+        .await
+        .unwrap();
+    assert!(views[0].cancelled, "{views:?}");
+}
+
+#[tokio::test]
+async fn closing_a_session_nobody_claimed_cancels_its_request() {
+    let cluster = cluster().await;
+    let session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), session.close("unassigned"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        outcome,
+        SessionOutcome::Killed {
+            reason: KillReason::Closed {
+                reason: "unassigned".to_owned()
+            }
+        }
+    );
+    // A worker starting now finds nothing to claim.
+    let (local, worker) = worker(&cluster.store, "late", 1);
+    let (cancel, handle) = run(worker);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(local.sessions().is_empty());
+    cancel.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_shutting_down_ends_its_sessions_as_interrupted() {
+    let cluster = cluster().await;
+    let (local, worker) = worker(&cluster.store, "b", 1);
+    let (cancel, handle) = run(worker);
+    let session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
+    let ran = local.wait_for_sessions(1).await;
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !ran[0].outcome().is_running(),
+        "the local session still runs"
+    );
+    let ended = wait_until(&session, "the end", |s| !s.outcome.is_running()).await;
+    assert!(
+        matches!(
+            &ended.outcome,
+            SessionOutcome::Killed {
+                reason: KillReason::Interrupted { .. }
+            }
+        ),
+        "{:?}",
+        ended.outcome
+    );
+}
