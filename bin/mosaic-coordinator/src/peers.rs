@@ -41,9 +41,7 @@ impl ThisPeer {
             capacity,
         }
     }
-}
 
-impl ThisPeer {
     /// This coordinator as the store records it.
     pub fn peer(&self, leading: bool) -> Peer {
         Peer {

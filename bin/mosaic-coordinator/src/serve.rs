@@ -260,6 +260,23 @@ pub async fn run_on(
         }
         None => None,
     };
+    // The sessions this coordinator claims work in worktrees of their own (`<root>/claimed`),
+    // apart from the leader's, which verify and publish: each side removes its own.
+    let claimed_workspaces: Option<Arc<dyn mosaic_workspace::Workspaces>> = match (
+        &workspaces,
+        config.gitea.as_ref().and_then(|gitea| gitea.token.clone()),
+    ) {
+        (Some(_), Some(token)) if shared_sessions => {
+            let claimed = mosaic_workspace::WorkspaceConfig {
+                root: config.workspace.root.join("claimed"),
+                ..config.workspace.clone()
+            };
+            let git = mosaic_git::GitWorkspaces::new(claimed, token)
+                .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+            Some(Arc::new(git))
+        }
+        _ => None,
+    };
     let session_log_dir = process_runtime.log_dir().to_path_buf();
     let runner_work_root = process_runtime.work_root().to_path_buf();
     let local_runtime: Arc<dyn AgentRuntime> = Arc::new(process_runtime);
@@ -364,9 +381,7 @@ pub async fn run_on(
                     runtime: Arc::clone(&local_runtime),
                     profiles: profiles.clone(),
                     gitea: gitea.api.clone(),
-                    workspaces: workspaces
-                        .as_ref()
-                        .map(|parts| Arc::clone(&parts.workspaces)),
+                    workspaces: claimed_workspaces,
                     peer: this_peer.peer(false),
                     config: mosaic_engine::cluster::WorkerConfig::default(),
                 });

@@ -12,12 +12,16 @@ use mosaic_context::{
     AgentRuntime, AgentSession, ContextUsage, KillReason, RuntimeError, SessionError, SessionId,
     SessionOutcome, SessionSnapshot, SessionTask,
 };
-use mosaic_domain::{AgentProfile, AgentProfiles, Difficulty, IssueRef};
+use mosaic_domain::{AgentProfile, AgentProfiles, Difficulty, IssueRef, IssueState};
 use mosaic_engine::cluster::{
     RemoteConfig, RemoteRuntime, SessionWorker, WorkerConfig, WorkerParts,
 };
-use mosaic_store::{Peer, Store, StoreConfig};
+use mosaic_store::{IssueRecord, Peer, StateTransition, Store, StoreConfig, TransitionBatch};
 use mosaic_store_sqlite::SqliteStore;
+use mosaic_workspace::{
+    PrepareRequest, Prepared, Pushed, Removed, Workspace, WorkspaceError, WorkspaceState,
+    Workspaces,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -152,6 +156,65 @@ impl AgentRuntime for LocalRuntime {
     }
 }
 
+// ----- the claimant's worktrees, as far as pruning goes -----
+
+/// Records every `prune_orphans` call; nothing else is used by these tests.
+#[derive(Debug, Default)]
+struct PruneLog {
+    calls: Mutex<Vec<Vec<IssueRef>>>,
+}
+
+fn unused() -> WorkspaceError {
+    WorkspaceError::Spawn {
+        program: "git".to_owned(),
+        message: "not used by these tests".to_owned(),
+    }
+}
+
+#[async_trait]
+impl Workspaces for PruneLog {
+    async fn prepare(&self, _: &PrepareRequest) -> Result<Prepared, WorkspaceError> {
+        Err(unused())
+    }
+    async fn state(&self, _: &Workspace) -> Result<WorkspaceState, WorkspaceError> {
+        Err(unused())
+    }
+    async fn follow_remote(&self, _: &Workspace) -> Result<bool, WorkspaceError> {
+        Err(unused())
+    }
+    async fn commit_leftovers(&self, _: &Workspace) -> Result<Option<String>, WorkspaceError> {
+        Err(unused())
+    }
+    async fn ahead_of_base(&self, _: &Workspace) -> Result<u64, WorkspaceError> {
+        Err(unused())
+    }
+    async fn read_base_file(
+        &self,
+        _: &Workspace,
+        _: &str,
+    ) -> Result<Option<String>, WorkspaceError> {
+        Err(unused())
+    }
+    async fn push(&self, _: &Workspace) -> Result<Pushed, WorkspaceError> {
+        Err(unused())
+    }
+    async fn cleanup(&self, _: &Workspace) -> Result<Removed, WorkspaceError> {
+        Err(unused())
+    }
+    async fn prune_orphans(&self, live: &[IssueRef]) -> Result<Vec<Removed>, WorkspaceError> {
+        let mut live = live.to_vec();
+        live.sort();
+        self.calls.lock().unwrap().push(live);
+        Ok(Vec::new())
+    }
+    async fn free_bytes(&self) -> Result<u64, WorkspaceError> {
+        Err(unused())
+    }
+    async fn disk_usage(&self, _: &Workspace) -> Result<u64, WorkspaceError> {
+        Err(unused())
+    }
+}
+
 // ----- set-up -----
 
 fn profile() -> AgentProfile {
@@ -226,6 +289,7 @@ fn worker(store: &Arc<dyn Store>, name: &str, capacity: u32) -> (Arc<LocalRuntim
         config: WorkerConfig {
             poll: Duration::from_millis(20),
             report_every: Duration::from_millis(50),
+            prune_every: Duration::from_secs(60),
         },
     });
     (runtime, worker)
@@ -455,4 +519,59 @@ async fn a_worker_shutting_down_ends_its_sessions_as_interrupted() {
         "{:?}",
         ended.outcome
     );
+}
+
+#[tokio::test]
+async fn a_worker_keeps_only_the_worktrees_of_issues_running_here_or_in_progress() {
+    let cluster = cluster().await;
+    // o/r#5 is in progress (its next session may come here); o/r#6 has finished.
+    for (number, state) in [(5, IssueState::InProgress), (6, IssueState::Completed)] {
+        let issue: IssueRef = format!("o/r#{number}").parse().unwrap();
+        let batch = TransitionBatch {
+            transition: Some(StateTransition {
+                from: None,
+                to: state,
+                cause: "seeded".to_owned(),
+                at: Utc::now(),
+            }),
+            ..TransitionBatch::update(IssueRecord::new(issue, state, Utc::now()))
+        };
+        cluster.store.commit_transitions(vec![batch]).await.unwrap();
+    }
+    let log = Arc::new(PruneLog::default());
+    let runtime = Arc::new(LocalRuntime::default());
+    let worker = SessionWorker::new(WorkerParts {
+        store: Arc::clone(&cluster.store),
+        runtime: Arc::clone(&runtime) as Arc<dyn AgentRuntime>,
+        profiles: AgentProfiles::new(vec![profile()]).unwrap(),
+        gitea: None,
+        workspaces: Some(Arc::clone(&log) as Arc<dyn Workspaces>),
+        peer: Peer {
+            id: "b-id".to_owned(),
+            name: "b".to_owned(),
+            leading: false,
+            capacity: 1,
+        },
+        config: WorkerConfig {
+            poll: Duration::from_millis(20),
+            report_every: Duration::from_millis(50),
+            prune_every: Duration::from_millis(100),
+        },
+    });
+    let (cancel, handle) = run(worker);
+    // o/r#1 runs here.
+    let _session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
+    runtime.wait_for_sessions(1).await;
+    let wanted: Vec<IssueRef> = vec!["o/r#1".parse().unwrap(), "o/r#5".parse().unwrap()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.calls.lock().unwrap().contains(&wanted) {
+        assert!(
+            Instant::now() < deadline,
+            "pruned with {:?}",
+            log.calls.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    handle.await.unwrap();
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use mosaic_context::{
     AgentRuntime, AgentSession, KillReason, SessionId, SessionOutcome, SessionSnapshot, SessionTask,
 };
-use mosaic_domain::AgentProfiles;
+use mosaic_domain::{AgentProfiles, IssueRef, IssueState};
 use mosaic_gitea::GiteaApi;
 use mosaic_store::{Peer, SessionReport, SessionRequest, Store};
 use mosaic_workspace::{Workspace, Workspaces};
@@ -26,6 +26,8 @@ pub struct WorkerConfig {
     /// The longest it stays silent about a running session: its heartbeat, and how soon it
     /// sees the leader's commands. Well under the leader's `lost_after`.
     pub report_every: Duration,
+    /// How often worktrees of issues no longer in progress are removed.
+    pub prune_every: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -33,6 +35,7 @@ impl Default for WorkerConfig {
         Self {
             poll: Duration::from_millis(250),
             report_every: Duration::from_millis(250),
+            prune_every: Duration::from_secs(60),
         }
     }
 }
@@ -46,7 +49,9 @@ pub struct WorkerParts {
     pub profiles: AgentProfiles,
     /// Where a repository lives (its clone URL and base branch), for the workspace.
     pub gitea: Option<Arc<dyn GiteaApi>>,
-    /// This machine's worktrees. Shared with the engine when this coordinator leads.
+    /// This machine's worktrees for the sessions it claims, under a root of their own (not
+    /// the engine's): the worker removes those of issues no longer in progress — their work is
+    /// on the remote branch, and the leader keeps its own copy for as long as retention says.
     pub workspaces: Option<Arc<dyn Workspaces>>,
     /// This coordinator as its peers know it; `capacity` is how many sessions it runs at once.
     pub peer: Peer,
@@ -88,8 +93,18 @@ impl SessionWorker {
         let capacity = usize::try_from(self.parts.peer.capacity).unwrap_or(usize::MAX);
         let mut running = JoinSet::new();
         let mut failures = 0u32;
+        let running_issues = Arc::new(Mutex::new(Vec::<IssueRef>::new()));
+        let mut last_prune: Option<tokio::time::Instant> = None;
         while !cancel.is_cancelled() {
             while running.try_join_next().is_some() {}
+            if last_prune.is_none_or(|at| at.elapsed() >= self.parts.config.prune_every) {
+                last_prune = Some(tokio::time::Instant::now());
+                let running_now = running_issues
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                self.prune(running_now).await;
+            }
             while running.len() < capacity && !cancel.is_cancelled() {
                 match self
                     .parts
@@ -100,11 +115,21 @@ impl SessionWorker {
                     Ok(Some(request)) => {
                         failures = 0;
                         tracing::info!(session = %request.session_id, issue = %request.issue, agent = %request.agent, "claimed a session");
-                        running.spawn(run_claimed(
-                            Arc::clone(&self.parts),
-                            request,
-                            cancel.child_token(),
-                        ));
+                        let issues = Arc::clone(&running_issues);
+                        let parts = Arc::clone(&self.parts);
+                        let cancel = cancel.child_token();
+                        issues
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(request.issue.clone());
+                        running.spawn(async move {
+                            let issue = request.issue.clone();
+                            run_claimed(parts, request, cancel).await;
+                            let mut issues = issues.lock().unwrap_or_else(PoisonError::into_inner);
+                            if let Some(at) = issues.iter().position(|held| *held == issue) {
+                                issues.swap_remove(at);
+                            }
+                        });
                     }
                     Ok(None) => break,
                     Err(err) => {
@@ -123,6 +148,38 @@ impl SessionWorker {
             }
         }
         while running.join_next().await.is_some() {}
+    }
+
+    /// Removes the worktrees of issues neither running here nor in progress anywhere (an
+    /// issue in progress may come back here at its next rotation, and keeps its build files).
+    async fn prune(&self, running_here: Vec<IssueRef>) {
+        let Some(workspaces) = &self.parts.workspaces else {
+            return;
+        };
+        let in_progress = match self
+            .parts
+            .store
+            .list_issues(&[IssueState::InProgress])
+            .await
+        {
+            Ok(records) => records,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list the issues in progress; no worktree removed");
+                return;
+            }
+        };
+        let mut live = running_here;
+        live.extend(in_progress.into_iter().map(|record| record.issue));
+        match workspaces.prune_orphans(&live).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    removed = removed.len(),
+                    "removed the worktrees of claimed sessions whose issues are no longer in progress"
+                )
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "could not remove finished worktrees"),
+        }
     }
 }
 
