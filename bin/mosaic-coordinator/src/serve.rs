@@ -383,7 +383,10 @@ pub async fn run_on(
                     gitea: gitea.api.clone(),
                     workspaces: claimed_workspaces,
                     peer: this_peer.peer(false),
-                    config: mosaic_engine::cluster::WorkerConfig::default(),
+                    config: mosaic_engine::cluster::WorkerConfig {
+                        lost_after: Duration::from_millis(config.store.leader_lease_ms),
+                        ..mosaic_engine::cluster::WorkerConfig::default()
+                    },
                 });
             tokio::spawn(crate::peers::follow_capacity(
                 Arc::clone(&store),

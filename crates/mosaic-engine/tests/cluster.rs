@@ -290,6 +290,7 @@ fn worker(store: &Arc<dyn Store>, name: &str, capacity: u32) -> (Arc<LocalRuntim
             poll: Duration::from_millis(20),
             report_every: Duration::from_millis(50),
             prune_every: Duration::from_secs(60),
+            lost_after: LOST_AFTER,
         },
     });
     (runtime, worker)
@@ -436,7 +437,7 @@ async fn a_claimant_that_falls_silent_loses_its_session_as_interrupted() {
     };
     let claimed = cluster
         .store
-        .claim_session(&dead, &["glm".to_owned()])
+        .claim_session(&dead, &["glm".to_owned()], LOST_AFTER)
         .await
         .unwrap()
         .unwrap();
@@ -556,6 +557,7 @@ async fn a_worker_keeps_only_the_worktrees_of_issues_running_here_or_in_progress
             poll: Duration::from_millis(20),
             report_every: Duration::from_millis(50),
             prune_every: Duration::from_millis(100),
+            lost_after: LOST_AFTER,
         },
     });
     let (cancel, handle) = run(worker);

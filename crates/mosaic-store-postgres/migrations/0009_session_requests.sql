@@ -30,6 +30,9 @@ CREATE INDEX session_requests_open_by_claimant ON session_requests (claimant_id)
     WHERE claimant_id IS NOT NULL AND ended_at IS NULL;
 CREATE INDEX session_requests_open_by_name ON session_requests (claimant_name)
     WHERE claimant_id IS NOT NULL AND ended_at IS NULL;
+-- An issue's sessions still claimed (a new one waits until they end or fall silent).
+CREATE INDEX session_requests_open_by_issue ON session_requests (repository, number)
+    WHERE claimant_id IS NOT NULL AND ended_at IS NULL;
 
 CREATE TABLE session_commands (
     seq          BIGINT      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

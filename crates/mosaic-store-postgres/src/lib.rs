@@ -722,8 +722,14 @@ impl Store for PostgresStore {
         &self,
         claimant: &Peer,
         agents: &[String],
+        busy_within: std::time::Duration,
     ) -> Result<Option<SessionRequest>, StoreError> {
-        write_in_transaction!(self, |tx| ops::claim_session(&tx, claimant, agents))
+        write_in_transaction!(self, |tx| ops::claim_session(
+            &tx,
+            claimant,
+            agents,
+            busy_within
+        ))
     }
 
     async fn report_session(

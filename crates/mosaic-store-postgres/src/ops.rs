@@ -1948,6 +1948,7 @@ pub(crate) async fn claim_session(
     client: &impl GenericClient,
     claimant: &Peer,
     agents: &[String],
+    busy_within: std::time::Duration,
 ) -> OpResult<Option<SessionRequest>> {
     if agents.is_empty() || claimant.capacity == 0 {
         return Ok(None);
@@ -1971,11 +1972,19 @@ pub(crate) async fn claim_session(
     let Some(row) = query_opt(
         client,
         &format!(
-            "SELECT {REQUEST_COLUMNS} FROM session_requests
-              WHERE claimant_id IS NULL AND cancelled_at IS NULL AND agent = ANY($1)
-              ORDER BY request_seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+            "SELECT {REQUEST_COLUMNS} FROM session_requests AS r
+              WHERE r.claimant_id IS NULL AND r.cancelled_at IS NULL AND r.agent = ANY($1)
+                AND NOT EXISTS (
+                    SELECT 1 FROM session_requests AS other
+                     WHERE other.repository = r.repository AND other.number = r.number
+                       AND other.claimant_id IS NOT NULL AND other.ended_at IS NULL
+                       AND other.reported_at > now() - $2::BIGINT * INTERVAL '1 millisecond')
+              ORDER BY r.request_seq LIMIT 1 FOR UPDATE OF r SKIP LOCKED"
         ),
-        &[&agents],
+        &[
+            &agents,
+            &i64::try_from(busy_within.as_millis()).unwrap_or(i64::MAX),
+        ],
     )
     .await?
     else {

@@ -172,6 +172,7 @@ postgres_conformance_tests!(
     peers_are_alive_while_they_beat,
     session_requests_are_claimed_oldest_first_among_the_claimants_agents,
     a_claimant_holds_at_most_its_capacity_until_a_session_ends,
+    an_issues_next_session_waits_until_its_previous_one_ended_or_fell_silent,
     reports_answer_the_commands_after_the_last_seen_and_whether_to_stop,
     cancelling_every_request_spares_the_ended_and_the_cancelled,
     the_leader_sees_a_requests_claimant_state_and_silence,
@@ -658,7 +659,11 @@ async fn concurrent_claimants_never_share_a_request_nor_pass_their_capacity() {
         let agents = agents.clone();
         tokio::spawn(async move {
             let mut claimed = Vec::new();
-            while let Some(request) = store.claim_session(&claimant, &agents).await.unwrap() {
+            while let Some(request) = store
+                .claim_session(&claimant, &agents, std::time::Duration::from_secs(5))
+                .await
+                .unwrap()
+            {
                 claimed.push((claimant.id.clone(), request.session_id));
             }
             claimed

@@ -879,9 +879,12 @@ impl Store for SqliteStore {
         &self,
         claimant: &Peer,
         agents: &[String],
+        busy_within: std::time::Duration,
     ) -> Result<Option<SessionRequest>, StoreError> {
         let (claimant, agents, now) = (claimant.clone(), agents.to_vec(), Utc::now());
-        self.write(move |conn| ops::claim_session(conn, &claimant, &agents, now))
+        let busy_since =
+            now - chrono::Duration::from_std(busy_within).unwrap_or(chrono::Duration::MAX);
+        self.write(move |conn| ops::claim_session(conn, &claimant, &agents, now, busy_since))
             .await
     }
 

@@ -1703,6 +1703,7 @@ pub(crate) fn claim_session(
     claimant: &Peer,
     agents: &[String],
     now: DateTime<Utc>,
+    busy_since: DateTime<Utc>,
 ) -> Result<Option<SessionRequest>, Failure> {
     if agents.is_empty() {
         return Ok(None);
@@ -1720,12 +1721,17 @@ pub(crate) fn claim_session(
     let Some(request) = collect(
         conn,
         &format!(
-            "SELECT {REQUEST_COLUMNS} FROM session_requests
-             WHERE claimant_id IS NULL AND cancelled_at IS NULL
-               AND agent IN (SELECT value FROM json_each(?1))
-             ORDER BY request_seq LIMIT 1"
+            "SELECT {REQUEST_COLUMNS} FROM session_requests AS r
+             WHERE r.claimant_id IS NULL AND r.cancelled_at IS NULL
+               AND r.agent IN (SELECT value FROM json_each(?1))
+               AND NOT EXISTS (
+                   SELECT 1 FROM session_requests AS other
+                    WHERE other.repository = r.repository AND other.number = r.number
+                      AND other.claimant_id IS NOT NULL AND other.ended_at IS NULL
+                      AND other.reported_at > ?2)
+             ORDER BY r.request_seq LIMIT 1"
         ),
-        [to_json("agents", &agents)?],
+        params![to_json("agents", &agents)?, micros(busy_since)],
         request_from,
     )?
     .pop() else {

@@ -216,11 +216,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Claims the oldest request that is unclaimed, not cancelled and of one of `agents`, when
     /// `claimant` (by its id) has fewer than its `capacity` claimed sessions not ended; rows
     /// another claimant is claiming are skipped, never waited for. Counting and claiming are
-    /// one transaction. The claimant's name is kept with the claim.
+    /// one transaction. The claimant's name is kept with the claim. A request whose issue has
+    /// another session claimed, not ended and heard from within `busy_within` is passed over:
+    /// that one is still running or winding down (pushing its work), and an issue never has two
+    /// live sessions; one silent for longer has lost its claimant.
     async fn claim_session(
         &self,
         claimant: &Peer,
         agents: &[String],
+        busy_within: std::time::Duration,
     ) -> Result<Option<SessionRequest>, StoreError>;
 
     /// Stores the claimant's report (ignored when the session is claimed by another or has

@@ -28,6 +28,10 @@ pub struct WorkerConfig {
     pub report_every: Duration,
     /// How often worktrees of issues no longer in progress are removed.
     pub prune_every: Duration,
+    /// A session silent this long has lost its claimant (the leader's `lost_after`, the
+    /// lease). Until then an issue's next session is not claimed while its previous one is
+    /// claimed and not ended (its claimant may still be pushing the work).
+    pub lost_after: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -36,6 +40,7 @@ impl Default for WorkerConfig {
             poll: Duration::from_millis(250),
             report_every: Duration::from_millis(250),
             prune_every: Duration::from_secs(60),
+            lost_after: Duration::from_secs(5),
         }
     }
 }
@@ -109,7 +114,7 @@ impl SessionWorker {
                 match self
                     .parts
                     .store
-                    .claim_session(&self.parts.peer, &agents)
+                    .claim_session(&self.parts.peer, &agents, self.parts.config.lost_after)
                     .await
                 {
                     Ok(Some(request)) => {

@@ -1308,10 +1308,17 @@ pub async fn peers_are_alive_while_they_beat(store: &dyn Store) {
     );
 }
 
+/// How long a claimed session counts as live without a report, in these tests.
+const BUSY_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn session_request(id: &str, agent: &str) -> SessionRequest {
     SessionRequest {
         session_id: id.to_owned(),
-        issue: issue(&format!("mosaic/coordinator#{}", id.len())),
+        // One issue per request: `s<n>` is issue n + 1.
+        issue: issue(&format!(
+            "mosaic/coordinator#{}",
+            id.trim_start_matches('s').parse::<u64>().unwrap_or(99) + 1
+        )),
         agent: agent.to_owned(),
         task_json: format!(r#"{{"task":"{id}"}}"#),
     }
@@ -1341,7 +1348,7 @@ fn report(session_id: &str, claimant: &str, state: &str, ended: bool) -> Session
 
 async fn claimed_id(store: &dyn Store, by: &Peer, agents: &[&str]) -> Option<String> {
     store
-        .claim_session(by, &names(agents))
+        .claim_session(by, &names(agents), BUSY_WITHIN)
         .await
         .unwrap()
         .map(|request| request.session_id)
@@ -1385,7 +1392,7 @@ pub async fn session_requests_are_claimed_oldest_first_among_the_claimants_agent
     assert_eq!(claimed_id(store, &a, &[]).await, None);
     // The whole request comes back, as it was asked for.
     let first = store
-        .claim_session(&a, &names(&["claude"]))
+        .claim_session(&a, &names(&["claude"]), BUSY_WITHIN)
         .await
         .unwrap()
         .unwrap();
@@ -1406,6 +1413,53 @@ pub async fn session_requests_are_claimed_oldest_first_among_the_claimants_agent
     assert_eq!(view(store, "s1").await.claimant.as_deref(), Some("a"));
     assert_eq!(view(store, "s2").await.claimant.as_deref(), Some("b"));
     assert_eq!(view(store, "s3").await.claimant, None);
+}
+
+pub async fn an_issues_next_session_waits_until_its_previous_one_ended_or_fell_silent(
+    store: &dyn Store,
+) {
+    let same_issue = |id: &str| SessionRequest {
+        issue: issue("mosaic/coordinator#7"),
+        ..session_request(id, "claude")
+    };
+    for id in ["s1", "s2", "s3"] {
+        store.request_session(&same_issue(id)).await.unwrap();
+    }
+    let a = claimant("a", "host-a:8000", 10);
+    let b = claimant("b", "host-b:8000", 10);
+    assert_eq!(
+        claimed_id(store, &a, &["claude"]).await.as_deref(),
+        Some("s1")
+    );
+    // Cancelled (the leader moved on) but still winding down: the issue's next one waits.
+    store
+        .cancel_session_requests(Some(&names(&["s1"])))
+        .await
+        .unwrap();
+    assert_eq!(claimed_id(store, &b, &["claude"]).await, None);
+    // Ended: the next one is claimed.
+    store
+        .report_session(&report("s1", "a", "done", true), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed_id(store, &b, &["claude"]).await.as_deref(),
+        Some("s2")
+    );
+    // Silent past the window: its claimant is lost, the next one is claimed.
+    let short = std::time::Duration::from_millis(300);
+    let waiting = store
+        .claim_session(&a, &names(&["claude"]), short)
+        .await
+        .unwrap();
+    assert_eq!(waiting, None, "s2 was just claimed");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let next = store
+        .claim_session(&a, &names(&["claude"]), short)
+        .await
+        .unwrap()
+        .map(|request| request.session_id);
+    assert_eq!(next.as_deref(), Some("s3"));
 }
 
 pub async fn a_claimant_holds_at_most_its_capacity_until_a_session_ends(store: &dyn Store) {
