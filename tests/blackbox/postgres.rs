@@ -938,8 +938,9 @@ async fn three_coordinators_lose_their_leader_mid_stream_and_handle_every_delive
 /// agents' processes alive together — and every issue ends done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_coordinators_with_two_agents_each_run_six_issues_at_once() {
-    // Sessions of about 8 s: long enough for all six to overlap.
-    let Some(mut shared) = SharedSchema::new("capacity", 80, "5000").await else {
+    // Sessions of about 15 s: long enough for all six to overlap, and for a standby's
+    // /metrics (refreshed every 5 s) to show them.
+    let Some(mut shared) = SharedSchema::new("capacity", 150, "5000").await else {
         return;
     };
     shared.config = shared
@@ -1006,6 +1007,22 @@ async fn three_coordinators_with_two_agents_each_run_six_issues_at_once() {
     .map(str::to_owned)
     .collect();
     assert_eq!(open_ids, processes);
+    // Any coordinator's /metrics shows the whole system: a standby reads it from the store.
+    let standby = &coordinators[2];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = standby.get_text("/metrics").await;
+        let running: u64 = metrics
+            .lines()
+            .filter(|line| line.starts_with("mosaic_running_sessions{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if metrics.contains("mosaic_queue_depth{state=\"in_progress\"} 6") && running == 6 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let done = "SELECT count(*) FROM issues WHERE state IN ('completed', 'no_changes') \
                 HAVING count(*) = 6";

@@ -2,6 +2,7 @@
 //! layer's registry. Values that live in the store are refreshed by a background task, so a
 //! scrape never waits on a query.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -133,6 +134,39 @@ impl EngineGauges {
             );
         }
         advance(&self.gate_continuations, stats.gate_continuations);
+        self.workspace_usage(engine).await;
+    }
+
+    /// On a coordinator that does not lead, the whole system's queue and running sessions
+    /// as the shared store has them (the leader's live figures — context use, gate runs,
+    /// its worktrees — are the leader's /metrics).
+    async fn refresh_from_store(&self, store: &dyn Store) -> Result<(), mosaic_store::StoreError> {
+        let counts = store.issue_state_counts().await?;
+        for state in mosaic_domain::IssueState::ALL {
+            let depth = counts
+                .iter()
+                .find(|(counted, _)| *counted == state)
+                .map_or(0, |(_, n)| *n);
+            self.queue_depth
+                .get_or_create(&StateLabels {
+                    state: state.as_str().to_owned(),
+                })
+                .set(as_i64(depth));
+        }
+        let mut running: BTreeMap<String, u64> = BTreeMap::new();
+        for session in store.open_sessions().await? {
+            *running.entry(session.agent).or_default() += 1;
+        }
+        self.running.clear();
+        for (agent, n) in running {
+            self.running
+                .get_or_create(&AgentLabels { agent })
+                .set(as_i64(n));
+        }
+        Ok(())
+    }
+
+    async fn workspace_usage(&self, engine: &Engine) {
         if let Some(usage) = engine.workspace_usage().await {
             self.workspaces.set(as_i64(usage.workspaces));
             self.workspace_bytes.set(as_i64(usage.bytes));
@@ -484,6 +518,8 @@ impl CoordinatorMetrics {
             }
             if let Some(engine) = engine.get() {
                 self.engine.refresh(engine).await;
+            } else if let Err(err) = self.engine.refresh_from_store(store.as_ref()).await {
+                tracing::warn!(error = %err, "metrics refresh from the store failed");
             }
             self.workers.refresh();
             tokio::select! {

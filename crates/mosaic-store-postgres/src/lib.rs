@@ -464,6 +464,10 @@ impl Store for PostgresStore {
         read!(self, |client| ops::list_issues(client, states))
     }
 
+    async fn issue_state_counts(&self) -> Result<Vec<(IssueState, u64)>, StoreError> {
+        read!(self, |client| ops::issue_state_counts(client))
+    }
+
     async fn issue_history(&self, issue: &IssueRef) -> Result<Vec<TransitionRecord>, StoreError> {
         read!(self, |client| ops::issue_history(client, issue))
     }

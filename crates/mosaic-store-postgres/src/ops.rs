@@ -1043,6 +1043,24 @@ pub(crate) async fn get_issue(
     .transpose()
 }
 
+pub(crate) async fn issue_state_counts(
+    client: &impl GenericClient,
+) -> OpResult<Vec<(IssueState, u64)>> {
+    collect(
+        client,
+        "SELECT state, COUNT(*) AS n FROM issues GROUP BY state ORDER BY state",
+        &[],
+        |row| {
+            let count: i64 = get(row, "n")?;
+            Ok((
+                state_from("issues.state", get(row, "state")?)?,
+                u64::try_from(count).unwrap_or_default(),
+            ))
+        },
+    )
+    .await
+}
+
 pub(crate) async fn list_issues(
     client: &impl GenericClient,
     states: &[IssueState],

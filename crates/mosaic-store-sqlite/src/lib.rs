@@ -647,6 +647,10 @@ impl Store for SqliteStore {
         self.read(move |conn| ops::list_issues(conn, &states)).await
     }
 
+    async fn issue_state_counts(&self) -> Result<Vec<(IssueState, u64)>, StoreError> {
+        self.read(ops::issue_state_counts).await
+    }
+
     async fn issue_history(&self, issue: &IssueRef) -> Result<Vec<TransitionRecord>, StoreError> {
         let issue = issue.clone();
         self.read(move |conn| ops::issue_history(conn, &issue))

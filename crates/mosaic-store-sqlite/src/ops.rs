@@ -884,6 +884,22 @@ pub(crate) fn get_issue(
     Ok(found.pop())
 }
 
+pub(crate) fn issue_state_counts(conn: &Connection) -> Result<Vec<(IssueState, u64)>, Failure> {
+    collect(
+        conn,
+        "SELECT state, COUNT(*) FROM issues GROUP BY state ORDER BY state",
+        [],
+        |row| {
+            let state: String = row.get(0)?;
+            let count: i64 = row.get(1)?;
+            Ok((
+                state_from("issues.state", &state)?,
+                u64::try_from(count).unwrap_or_default(),
+            ))
+        },
+    )
+}
+
 pub(crate) fn list_issues(
     conn: &Connection,
     states: &[IssueState],

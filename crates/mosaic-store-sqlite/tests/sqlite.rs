@@ -32,6 +32,7 @@ conformance_tests!(fresh();
     transitions_store_record_history_edges_and_outbox_atomically,
     several_batches_commit_all_or_nothing,
     updates_without_a_transition_keep_history_and_accumulate_nothing_implicitly,
+    issues_are_counted_by_state,
     outbox_delivers_in_order_per_issue,
     outbox_idempotency_keys_enqueue_once,
     sessions_start_and_end_with_their_issue,

@@ -115,6 +115,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list_issues(&self, states: &[IssueState]) -> Result<Vec<IssueRecord>, StoreError>;
 
     /// The issue's transitions, oldest first.
+    /// How many coordinated issues are in each state (states with none left out), for
+    /// `/metrics` on any coordinator: one query, not a read of every record.
+    async fn issue_state_counts(&self) -> Result<Vec<(IssueState, u64)>, StoreError>;
+
     async fn issue_history(&self, issue: &IssueRef) -> Result<Vec<TransitionRecord>, StoreError>;
 
     /// Every blocked-by edge (to rebuild the dependency graph at start).

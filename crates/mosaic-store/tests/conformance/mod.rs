@@ -732,6 +732,24 @@ pub async fn updates_without_a_transition_keep_history_and_accumulate_nothing_im
 
 // ----- outbox -----
 
+pub async fn issues_are_counted_by_state(store: &dyn Store) {
+    assert!(store.issue_state_counts().await.unwrap().is_empty());
+    store
+        .commit_transitions(vec![
+            transition("o/r#1", None, IssueState::Pending, 1),
+            transition("o/r#2", None, IssueState::Pending, 1),
+            transition("o/r#3", None, IssueState::Completed, 1),
+        ])
+        .await
+        .unwrap();
+    let mut counts = store.issue_state_counts().await.unwrap();
+    counts.sort_by_key(|(state, _)| state.as_str());
+    assert_eq!(
+        counts,
+        vec![(IssueState::Completed, 1), (IssueState::Pending, 2)]
+    );
+}
+
 pub async fn outbox_delivers_in_order_per_issue(store: &dyn Store) {
     let mut first = transition("o/r#1", None, IssueState::Pending, 1);
     first.outbox = vec![outbox_item("o/r#1", "1:a"), outbox_item("o/r#1", "1:b")];
