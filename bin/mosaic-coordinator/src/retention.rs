@@ -170,6 +170,13 @@ impl Retention {
                 Volume::default()
             }
         };
+        // A session's requests and commands (how it travelled between coordinators) go with
+        // its log.
+        let requests_before = now
+            - chrono::Duration::from_std(days(self.config.session_logs_days)).unwrap_or_default();
+        if let Err(err) = self.store.prune_session_requests(requests_before).await {
+            errors.push(format!("session requests: {err}"));
+        }
         let log_dir = self.log_dir.clone();
         let logs_before = SystemTime::now() - days(self.config.session_logs_days);
         let removed_logs = match tokio::task::spawn_blocking(move || {

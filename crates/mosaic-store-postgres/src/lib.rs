@@ -404,6 +404,10 @@ impl Store for PostgresStore {
         write_in_transaction!(self, |tx| ops::mark_dead(&tx, id, error))
     }
 
+    async fn prune_session_requests(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        write_in_transaction!(self, |tx| ops::prune_session_requests(&tx, before))
+    }
+
     async fn prune_delivery_bodies(&self, before: DateTime<Utc>) -> Result<Volume, StoreError> {
         write_in_transaction!(self, |tx| ops::prune_delivery_bodies(&tx, before))
     }

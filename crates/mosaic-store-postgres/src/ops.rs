@@ -1043,6 +1043,25 @@ pub(crate) async fn get_issue(
     .transpose()
 }
 
+pub(crate) async fn prune_session_requests(
+    client: &impl GenericClient,
+    before: DateTime<Utc>,
+) -> OpResult<u64> {
+    execute(
+        client,
+        "DELETE FROM session_commands WHERE session_id IN
+             (SELECT session_id FROM session_requests WHERE ended_at < $1)",
+        &[&before],
+    )
+    .await?;
+    execute(
+        client,
+        "DELETE FROM session_requests WHERE ended_at < $1",
+        &[&before],
+    )
+    .await
+}
+
 pub(crate) async fn issue_state_counts(
     client: &impl GenericClient,
 ) -> OpResult<Vec<(IssueState, u64)>> {

@@ -578,6 +578,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn prune_session_requests(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write(move |conn| ops::prune_session_requests(conn, before))
+            .await
+    }
+
     async fn prune_delivery_bodies(&self, before: DateTime<Utc>) -> Result<Volume, StoreError> {
         self.write(move |conn| ops::prune_delivery_bodies(conn, before))
             .await

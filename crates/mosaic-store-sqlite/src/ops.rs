@@ -884,6 +884,21 @@ pub(crate) fn get_issue(
     Ok(found.pop())
 }
 
+pub(crate) fn prune_session_requests(
+    conn: &Connection,
+    before: DateTime<Utc>,
+) -> Result<u64, Failure> {
+    conn.prepare_cached(
+        "DELETE FROM session_commands WHERE session_id IN
+             (SELECT session_id FROM session_requests WHERE ended_at < ?1)",
+    )?
+    .execute([micros(before)])?;
+    let removed = conn
+        .prepare_cached("DELETE FROM session_requests WHERE ended_at < ?1")?
+        .execute([micros(before)])?;
+    Ok(u64::try_from(removed).unwrap_or_default())
+}
+
 pub(crate) fn issue_state_counts(conn: &Connection) -> Result<Vec<(IssueState, u64)>, Failure> {
     collect(
         conn,

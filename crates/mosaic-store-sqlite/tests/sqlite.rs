@@ -47,6 +47,7 @@ conformance_tests!(fresh();
     peers_are_alive_while_they_beat,
     session_requests_are_claimed_oldest_first_among_the_claimants_agents,
     a_claimant_holds_at_most_its_capacity_until_a_session_ends,
+    retention_removes_only_the_session_requests_that_ended_before_the_cut,
     an_issues_next_session_waits_until_its_previous_one_ended_or_fell_silent,
     reports_answer_the_commands_after_the_last_seen_and_whether_to_stop,
     cancelling_every_request_spares_the_ended_and_the_cancelled,

@@ -315,6 +315,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// what was removed.
     async fn prune_delivery_bodies(&self, before: DateTime<Utc>) -> Result<Volume, StoreError>;
 
+    /// Retention: removes the session requests that ended before `before`, with their
+    /// commands (the sessions' own rows stay); returns how many requests went.
+    async fn prune_session_requests(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
     /// The delivery bodies the store still holds.
     async fn retained_delivery_bodies(&self) -> Result<Volume, StoreError>;
 

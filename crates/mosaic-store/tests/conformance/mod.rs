@@ -1480,6 +1480,58 @@ pub async fn an_issues_next_session_waits_until_its_previous_one_ended_or_fell_s
     assert_eq!(next.as_deref(), Some("s3"));
 }
 
+pub async fn retention_removes_only_the_session_requests_that_ended_before_the_cut(
+    store: &dyn Store,
+) {
+    for id in ["s1", "s2"] {
+        store
+            .request_session(&session_request(id, "claude"))
+            .await
+            .unwrap();
+    }
+    let a = claimant("a", "host-a:8000", 10);
+    assert_eq!(
+        claimed_id(store, &a, &["claude"]).await.as_deref(),
+        Some("s1")
+    );
+    assert_eq!(
+        claimed_id(store, &a, &["claude"]).await.as_deref(),
+        Some("s2")
+    );
+    store
+        .command_session("s1", r#"{"kind":"finish"}"#)
+        .await
+        .unwrap();
+    store
+        .report_session(&report("s1", "a", "done", true), 0)
+        .await
+        .unwrap();
+    let an_hour = chrono::Duration::hours(1);
+    assert_eq!(
+        store
+            .prune_session_requests(Utc::now() - an_hour)
+            .await
+            .unwrap(),
+        0,
+        "ended after the cut"
+    );
+    assert_eq!(
+        store
+            .prune_session_requests(Utc::now() + an_hour)
+            .await
+            .unwrap(),
+        1,
+        "the running one stays"
+    );
+    let left = store.session_requests(&names(&["s1", "s2"])).await.unwrap();
+    assert_eq!(
+        left.iter()
+            .map(|v| v.session_id.as_str())
+            .collect::<Vec<_>>(),
+        ["s2"]
+    );
+}
+
 pub async fn a_claimant_holds_at_most_its_capacity_until_a_session_ends(store: &dyn Store) {
     for n in 0..5 {
         store
