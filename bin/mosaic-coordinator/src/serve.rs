@@ -365,7 +365,13 @@ pub async fn run_on(
             store: Arc::clone(&store),
         }));
     let app = mosaic_http::router(state);
-    let this_peer = crate::peers::ThisPeer::new(bound.port(), config.engine.max_concurrent_agents);
+    // What this coordinator offers the others: nothing when it cannot run an agent.
+    let capacity = if shared_sessions && profiles.is_some() {
+        config.engine.max_concurrent_agents
+    } else {
+        0
+    };
+    let this_peer = crate::peers::ThisPeer::new(bound.port(), capacity);
     tokio::spawn(crate::peers::beat(
         Arc::clone(&store),
         this_peer.clone(),

@@ -262,6 +262,7 @@ async fn cluster() -> Cluster {
         RemoteConfig {
             poll: Duration::from_millis(20),
             lost_after: LOST_AFTER,
+            claim_timeout: Duration::from_secs(60),
         },
     );
     Cluster {
@@ -576,4 +577,33 @@ async fn a_worker_keeps_only_the_worktrees_of_issues_running_here_or_in_progress
     }
     cancel.cancel();
     handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_nobody_claims_fails_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&StoreConfig::sqlite(dir.path().join("mosaic.db"))).unwrap());
+    let leader = RemoteRuntime::new(
+        Arc::clone(&store),
+        Arc::new(LocalRuntime::default()),
+        RemoteConfig {
+            poll: Duration::from_millis(20),
+            lost_after: LOST_AFTER,
+            claim_timeout: Duration::from_millis(300),
+        },
+    );
+    let session = leader.spawn(&profile(), &task(1)).await.unwrap();
+    let ended = wait_until(&session, "the claim timeout", |s| !s.outcome.is_running()).await;
+    assert!(
+        matches!(&ended.outcome, SessionOutcome::Failed { reason } if reason.contains("no coordinator with room for agent `glm`")),
+        "{:?}",
+        ended.outcome
+    );
+    // Cancelled: a coordinator with room now does not start it.
+    let views = store
+        .session_requests(&[session.id().to_string()])
+        .await
+        .unwrap();
+    assert!(views[0].cancelled, "{views:?}");
 }

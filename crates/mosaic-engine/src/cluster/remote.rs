@@ -24,6 +24,10 @@ pub struct RemoteConfig {
     /// A claimant silent this long (by the store's clock) has lost its session: the leader's
     /// lease, since a coordinator that stops answering stops leading after it too.
     pub lost_after: Duration,
+    /// A request no coordinator claimed for this long fails (and says so): no coordinator
+    /// with room runs its agent. The leader dispatches only within the capacity its peers
+    /// report, so a request normally waits a poll or two.
+    pub claim_timeout: Duration,
 }
 
 impl Default for RemoteConfig {
@@ -31,6 +35,7 @@ impl Default for RemoteConfig {
         Self {
             poll: Duration::from_millis(200),
             lost_after: Duration::from_secs(5),
+            claim_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -144,7 +149,7 @@ async fn follow(shared: Weak<Shared>) {
                             .get(&view.session_id)
                             .cloned();
                         if let Some(session) = session
-                            && session.apply(&view, shared.config.lost_after).await
+                            && session.apply(&view, &shared.config).await
                         {
                             shared
                                 .followed
@@ -194,6 +199,8 @@ pub(crate) struct RemoteSession {
     issue: IssueRef,
     store: Arc<dyn Store>,
     snapshot: watch::Sender<SessionSnapshot>,
+    /// When it was requested, for the claim timeout.
+    requested: std::time::Instant,
     known: Mutex<Known>,
     /// Bumped whenever `known` changes (answers, end), for waiters.
     generation: watch::Sender<u64>,
@@ -207,6 +214,7 @@ impl RemoteSession {
             issue,
             store,
             snapshot: watch::Sender::new(SessionSnapshot::new(Utc::now())),
+            requested: std::time::Instant::now(),
             known: Mutex::new(Known::default()),
             generation: watch::Sender::new(0),
         }
@@ -217,7 +225,8 @@ impl RemoteSession {
     }
 
     /// Takes in the request as the store has it; returns whether the session has ended.
-    async fn apply(&self, view: &SessionRequestView, lost_after: Duration) -> bool {
+    async fn apply(&self, view: &SessionRequestView, config: &RemoteConfig) -> bool {
+        let lost_after = config.lost_after;
         let state = view
             .state_json
             .as_deref()
@@ -233,8 +242,13 @@ impl RemoteSession {
             .is_some_and(|ms| u128::from(ms) > lost_after.as_millis());
         let lost = !view.ended && view.claimant.is_some() && silent;
         let unclaimed_cancel = !view.ended && view.claimant.is_none() && view.cancelled;
-        if lost {
-            // Cancelled first, so a claimant that comes back stops rather than work on.
+        let unclaimed_too_long = !view.ended
+            && view.claimant.is_none()
+            && !view.cancelled
+            && self.requested.elapsed() > config.claim_timeout;
+        if lost || unclaimed_too_long {
+            // Cancelled first, so a claimant that comes back (or claims it right now) stops
+            // rather than works on.
             if let Err(err) = self
                 .store
                 .cancel_session_requests(Some(&[self.id.to_string()]))
@@ -300,6 +314,16 @@ impl RemoteSession {
                         "the coordinator running it stopped answering for {silent_for} s"
                     ),
                 },
+            };
+            true
+        } else if unclaimed_too_long {
+            let waited = config.claim_timeout.as_secs();
+            tracing::error!(session = %self.id, issue = %self.issue, agent = %self.agent, waited_secs = waited, "no coordinator claimed the session");
+            snapshot.outcome = SessionOutcome::Failed {
+                reason: format!(
+                    "no coordinator with room for agent `{}` claimed the session within {waited} s",
+                    self.agent
+                ),
             };
             true
         } else if unclaimed_cancel {
