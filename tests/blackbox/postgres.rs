@@ -1047,3 +1047,593 @@ async fn three_coordinators_with_two_agents_each_run_six_issues_at_once() {
     );
     assert_eq!(outcomes, "succeeded:6");
 }
+
+/// The sample agent's subject for its mid-way commit (`--checkpoint-at-step`).
+const CHECKPOINT_SUBJECT: &str = "Sample agent: checkpoint";
+
+/// Coordinators on one schema working on a real repository: `<owner>/app` is a bare repository
+/// served over git's smart HTTP, named by the mock Gitea as its `clone_url`. Each coordinator
+/// runs one agent at a time in worktrees of its own data folder; every agent works `steps`
+/// steps of 100 ms, commits `CHECKPOINT.md` at step 5 (unless the worktree already has it)
+/// and, on success, writes `NOTES.md` and commits it.
+struct SharedRepository {
+    shared: SharedSchema,
+    remote: std::path::PathBuf,
+    _git: mosaic_testkit::GitHttpServer,
+    _projects: tempfile::TempDir,
+}
+
+impl SharedRepository {
+    async fn new(owner: &str, steps: u32, lease_ms: &str) -> Option<Self> {
+        let mut shared = SharedSchema::new(owner, steps, lease_ms).await?;
+        let projects = tempfile::tempdir().unwrap();
+        let remote =
+            mosaic_testkit::repo::create_bare_repository(projects.path(), owner, "app", "main")
+                .unwrap();
+        // Every update of a branch is kept: what each push did can be read afterwards.
+        mosaic_testkit::repo::git(&remote, &["config", "core.logAllRefUpdates", "always"]).unwrap();
+        let git = mosaic_testkit::GitHttpServer::start(
+            projects.path(),
+            mosaic_gitea::mock::MockGitea::BOT_TOKEN,
+        )
+        .await
+        .unwrap();
+        shared
+            .gitea
+            .set_clone_url(&shared.repo, &git.clone_url(owner, "app"));
+        let agent_args = "\"--step-delay-ms\", \"100\"]";
+        assert!(shared.config.contains(agent_args), "{}", shared.config);
+        shared.config = shared
+            .config
+            .replace(
+                agent_args,
+                "\"--step-delay-ms\", \"100\", \"--checkpoint-at-step\", \"5\", \
+                 \"--write-file\", \"NOTES.md\", \"--commit\"]",
+            )
+            .replace("[engine]\n", "[engine]\nmax_concurrent_agents = 1\n");
+        // Relative to the coordinator's working directory, its own data folder.
+        shared
+            .config
+            .push_str("\n[workspace]\nroot = \"workspaces\"\nmin_free_bytes = 1024\n");
+        Some(Self {
+            shared,
+            remote,
+            _git: git,
+            _projects: projects,
+        })
+    }
+
+    /// The remote's branch of `issue` (`mosaic/<number>-…`) and its commit, once pushed.
+    fn branch(&self, issue: &mosaic_domain::IssueRef) -> Option<(String, String)> {
+        let prefix = format!("mosaic/{}-", issue.number);
+        mosaic_testkit::repo::git(
+            &self.remote,
+            &[
+                "for-each-ref",
+                "--format=%(refname:lstrip=2) %(objectname)",
+                "refs/heads/mosaic/",
+            ],
+        )
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .find(|(name, _)| name.starts_with(&prefix))
+        .map(|(name, id)| (name.to_owned(), id.to_owned()))
+    }
+
+    /// `git args` in the bare repository (its output, trimmed).
+    fn git(&self, args: &[&str]) -> String {
+        mosaic_testkit::repo::git(&self.remote, args)
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// The commits `branch` has pointed to on the remote, oldest first.
+    fn branch_history(&self, branch: &str) -> Vec<String> {
+        let mut history: Vec<String> = self
+            .git(&[
+                "reflog",
+                "show",
+                "--format=%H",
+                &format!("refs/heads/{branch}"),
+            ])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        history.reverse();
+        history
+    }
+
+    fn is_ancestor(&self, ancestor: &str, of: &str) -> bool {
+        mosaic_testkit::repo::git(&self.remote, &["merge-base", "--is-ancestor", ancestor, of])
+            .is_ok()
+    }
+
+    /// Waits until `issue` is in `state` (60 s at most).
+    async fn wait_state(&self, issue: &mosaic_domain::IssueRef, state: &str) {
+        let query = format!(
+            "SELECT state FROM issues WHERE repository = '{}' AND number = {}",
+            issue.repo, issue.number
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = sql(&self.shared.url, &self.shared.schema, &query);
+            if now == state {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{issue} is {now:?}, not {state}; sessions: {}",
+                sql(
+                    &self.shared.url,
+                    &self.shared.schema,
+                    "SELECT id, outcome, detail FROM sessions ORDER BY started_at"
+                )
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The id and the claimant's name of the next session requested for `issue` besides
+    /// `except`, once claimed.
+    async fn claimed(&self, issue: &mosaic_domain::IssueRef, except: &[&str]) -> (String, String) {
+        let except: Vec<String> = except.iter().map(|id| format!("'{id}'")).collect();
+        let query = format!(
+            "SELECT session_id || ' ' || claimant_name FROM session_requests \
+             WHERE repository = '{}' AND number = {} AND claimant_id IS NOT NULL \
+             AND session_id NOT IN ({}) ORDER BY request_seq LIMIT 1",
+            issue.repo,
+            issue.number,
+            if except.is_empty() {
+                "''".to_owned()
+            } else {
+                except.join(", ")
+            }
+        );
+        let row = self.shared.sql_until(&query).await;
+        let (id, claimant) = row.split_once(' ').unwrap();
+        (id.to_owned(), claimant.to_owned())
+    }
+}
+
+/// The last lines of `app`'s log.
+fn tail(app: &Running) -> String {
+    let log = app.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| {
+            !line.contains("\"level\":\"DEBUG\"") && !line.contains("\"level\":\"TRACE\"")
+        })
+        .collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+/// The worktree of the issue's session claimed by the coordinator `app` (claimed sessions work
+/// in worktrees of their own, under `<workspace.root>/claimed`).
+fn worktree_of(app: &Running, issue: &mosaic_domain::IssueRef) -> std::path::PathBuf {
+    app.data
+        .path()
+        .join("workspaces/claimed/worktrees")
+        .join(issue.repo.owner())
+        .join(issue.repo.name())
+        .join(format!("issue-{}", issue.number))
+}
+
+/// Waits until the issue's worktree on `app` has a commit with `subject` (20 s at most); its id.
+async fn wait_commit(app: &Running, issue: &mosaic_domain::IssueRef, subject: &str) -> String {
+    let worktree = worktree_of(app, issue);
+    let worktree = worktree.as_path();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log =
+            mosaic_testkit::repo::git(worktree, &["log", "--format=%H %s"]).unwrap_or_default();
+        if let Some((id, _)) = log
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .find(|(_, said)| *said == subject)
+        {
+            return id.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no commit `{subject}` in {}: {log}\n{}",
+            worktree.display(),
+            tail(app)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three coordinators; the leader busy with another issue (its one agent taken), so the issue
+/// under test is claimed by one of the two standbys.
+struct ClaimedByAStandby {
+    /// The leader first.
+    coordinators: Vec<Running>,
+    /// What keeps the leader busy.
+    filler: mosaic_domain::IssueRef,
+    issue: mosaic_domain::IssueRef,
+    /// The issue's first session.
+    session: String,
+    /// Its claimant, among `coordinators`.
+    claimant: usize,
+}
+
+async fn issue_claimed_by_a_standby(repository: &SharedRepository) -> ClaimedByAStandby {
+    let shared = &repository.shared;
+    let leader = shared.start().await;
+    wait_leadership(&leader, "leader").await;
+    // Only the leader runs: its worker claims this one and has no room left.
+    let filler = shared.issue("Keep the leader busy");
+    shared.assign(&leader, &filler, "move-filler").await;
+    let (_, filler_claimant) = repository.claimed(&filler, &[]).await;
+    assert!(
+        filler_claimant.ends_with(&format!(":{}", leader.port)),
+        "{filler_claimant}"
+    );
+    let mut coordinators = vec![leader];
+    for _ in 0..2 {
+        let standby = shared.start().await;
+        wait_leadership(&standby, "standby").await;
+        coordinators.push(standby);
+    }
+    // The leader counts the capacity its peers offer.
+    wait_peers(&coordinators[0], "3 alive", coordinators[0].port).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let issue = shared.issue("Write the notes");
+    shared.assign(&coordinators[0], &issue, "move-1").await;
+    let (session, claimant) = repository.claimed(&issue, &[]).await;
+    let index = coordinators
+        .iter()
+        .position(|app| claimant.ends_with(&format!(":{}", app.port)))
+        .unwrap_or_else(|| panic!("claimed by {claimant}, none of the three"));
+    assert_ne!(index, 0, "the busy leader claimed {session}");
+    ClaimedByAStandby {
+        coordinators,
+        filler,
+        issue,
+        session,
+        claimant: index,
+    }
+}
+
+/// A moved issue continues on its pushed branch: the standby running the issue's session is
+/// stopped (SIGTERM) after its agent committed a checkpoint; it pushes the branch and reports
+/// the session interrupted. The other standby claims the issue again, prepares a fresh worktree
+/// from the pushed branch and its agent finds the checkpoint there, so the pull request carries
+/// the first session's commit with the second's on top — and nothing pushed by anyone (the
+/// leader's own worktree of the issue was prepared before the first push) dropped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_issue_clones_again_and_continues_on_its_pushed_branch() {
+    // Sessions of 12 s: the leader's stays busy until the moved one runs elsewhere.
+    let Some(repository) = SharedRepository::new("moved", 120, "2000").await else {
+        return;
+    };
+    let ClaimedByAStandby {
+        mut coordinators,
+        filler,
+        issue,
+        session: first_session,
+        claimant: first,
+    } = issue_claimed_by_a_standby(&repository).await;
+
+    // Its agent commits the checkpoint at step 5; then its coordinator is told to stop.
+    let checkpoint = wait_commit(&coordinators[first], &issue, CHECKPOINT_SUBJECT).await;
+    // The leader prepared a worktree of its own for the issue at dispatch: still at the base.
+    let leader_tree = coordinators[0]
+        .data
+        .path()
+        .join("workspaces/worktrees")
+        .join(issue.repo.owner())
+        .join(issue.repo.name())
+        .join(format!("issue-{}", issue.number));
+    let base = repository.git(&["rev-parse", "main"]);
+    assert_eq!(
+        mosaic_testkit::repo::git(&leader_tree, &["rev-parse", "HEAD"])
+            .unwrap()
+            .trim(),
+        base
+    );
+    // No turn ended (the agent works in one go): nothing is pushed yet.
+    assert!(
+        repository.branch(&issue).is_none(),
+        "pushed before any turn ended or the session stopped"
+    );
+    coordinators[first].signal(nix::sys::signal::Signal::SIGTERM);
+    let mut stopped = coordinators.remove(first);
+    let (status, stopped) = tokio::task::spawn_blocking(move || {
+        let status = stopped.wait_exit(Duration::from_secs(30));
+        (status, stopped)
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status:?}\n{}", tail(&stopped));
+    // Left: the leader and the other standby.
+    let other = &coordinators[1];
+
+    // It pushed the checkpoint before it reported the session's end, as interrupted.
+    let (branch, pushed) = repository
+        .branch(&issue)
+        .unwrap_or_else(|| panic!("nothing pushed on shutdown\n{}", tail(&stopped)));
+    assert_eq!(pushed, checkpoint, "{}", tail(&stopped));
+    let ended = repository
+        .shared
+        .sql_until(&format!(
+            "SELECT outcome FROM sessions WHERE id = '{first_session}' AND ended_at IS NOT NULL"
+        ))
+        .await;
+    assert_eq!(ended, "interrupted");
+    // Its agent ended with it.
+    let first_pid: i32 = sql(
+        &repository.shared.url,
+        &repository.shared.schema,
+        &format!("SELECT pid FROM sessions WHERE id = '{first_session}'"),
+    )
+    .parse()
+    .unwrap();
+    assert!(
+        !crate::agent_processes::is_running(first_pid),
+        "the stopped coordinator's agent {first_pid} still runs"
+    );
+
+    // Claimed again by the other standby, which finishes it.
+    let (second_session, second_claimant) = repository.claimed(&issue, &[&first_session]).await;
+    assert!(
+        second_claimant.ends_with(&format!(":{}", other.port)),
+        "the second session {second_session} went to {second_claimant}"
+    );
+    repository.wait_state(&issue, "completed").await;
+
+    // The pull request's branch: the checkpoint, the second session's work on top.
+    let (_, head) = repository.branch(&issue).unwrap();
+    let subjects: Vec<String> = repository
+        .git(&["log", "--format=%s", &branch])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            "Sample agent: work on the issue",
+            CHECKPOINT_SUBJECT,
+            "Initial commit"
+        ],
+        "the second session did not start from the pushed checkpoint"
+    );
+    assert!(repository.is_ancestor(&checkpoint, &head));
+    // The checkpoint is the first session's own (its agent wrote it; the second found it).
+    assert_eq!(
+        repository.git(&["show", &format!("{branch}:CHECKPOINT.md")]),
+        format!("Checkpoint of sample-{first_pid} at step 5.")
+    );
+    assert!(
+        repository
+            .git(&["show", &format!("{branch}:NOTES.md")])
+            .starts_with("Written by mosaic-sample-agent")
+    );
+    // Every push kept what the branch had: no push from a stale worktree dropped a commit.
+    let history = repository.branch_history(&branch);
+    assert_eq!(history.first(), Some(&checkpoint), "{history:?}");
+    assert_eq!(history.last(), Some(&head), "{history:?}");
+    for pair in history.windows(2) {
+        assert!(
+            repository.is_ancestor(&pair[0], &pair[1]),
+            "{} replaced {} on the remote: {history:?}",
+            pair[1],
+            pair[0]
+        );
+    }
+
+    // One pull request, from that branch, and the issue's one finished comment (Gitea is
+    // written through the outbox, after the state).
+    let finished = |issue: &mosaic_domain::IssueRef| {
+        repository
+            .shared
+            .gitea
+            .comments(issue)
+            .iter()
+            .filter(|c| c.body.contains(" finished this issue"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while finished(&issue) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no finished comment: {:#?}",
+            repository.shared.gitea.comments(&issue)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pulls = repository
+        .shared
+        .gitea
+        .pull_requests(&repository.shared.repo);
+    let ours: Vec<_> = pulls.iter().filter(|pr| pr.head.name == branch).collect();
+    assert_eq!(ours.len(), 1, "{pulls:#?}");
+    assert_eq!(finished(&issue), 1);
+    // The interrupted session was no failed attempt: one attempt counted, two sessions.
+    let (url, schema) = (&repository.shared.url, &repository.shared.schema);
+    assert_eq!(
+        sql(
+            url,
+            schema,
+            &format!(
+                "SELECT attempts FROM issues WHERE repository = '{}' AND number = {}",
+                issue.repo, issue.number
+            )
+        ),
+        "1"
+    );
+    assert_eq!(
+        sql(
+            url,
+            schema,
+            &format!(
+                "SELECT id || ' ' || outcome FROM sessions WHERE repository = '{}' AND number = {} \
+                 ORDER BY started_at",
+                issue.repo, issue.number
+            )
+        ),
+        format!("{first_session} interrupted\n{second_session} succeeded")
+    );
+    let comments = repository.shared.gitea.comments(&issue);
+    assert!(
+        !comments.iter().any(|c| c.body.contains("could not finish")),
+        "{comments:#?}"
+    );
+    // The leader's other issue ends too (its agent is not left running).
+    repository.wait_state(&filler, "completed").await;
+    // The leader's own worktree of the issue, prepared from the base before anything was
+    // pushed, took up the pushed work before publishing: it holds what was published.
+    assert_eq!(
+        mosaic_testkit::repo::git(&leader_tree, &["rev-parse", "HEAD"])
+            .unwrap()
+            .trim(),
+        head
+    );
+}
+
+/// A moved issue after a hard stop: the standby running the issue's session is SIGKILLed after
+/// its agent committed a checkpoint, before anything was pushed. The leader finds it silent past
+/// the lease and ends the session as interrupted (no failed attempt); the other standby runs the
+/// issue from the base branch, and the issue completes there. What only the dead worktree held
+/// is lost: the published branch is the second session's work alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_issue_whose_claimant_was_killed_runs_again_elsewhere_without_its_unpushed_work() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let Some(repository) = SharedRepository::new("killed", 120, "2000").await else {
+        return;
+    };
+    let ClaimedByAStandby {
+        mut coordinators,
+        filler,
+        issue,
+        session: first_session,
+        claimant: first,
+    } = issue_claimed_by_a_standby(&repository).await;
+    let (url, schema) = (&repository.shared.url, &repository.shared.schema);
+
+    let lost = wait_commit(&coordinators[first], &issue, CHECKPOINT_SUBJECT).await;
+    let first_pid: i32 = repository
+        .shared
+        .sql_until(&format!(
+            "SELECT pid FROM sessions WHERE id = '{first_session}' AND pid IS NOT NULL"
+        ))
+        .await
+        .parse()
+        .unwrap();
+    let killed = coordinators.remove(first);
+    let _ = tokio::task::spawn_blocking(move || killed.crash())
+        .await
+        .unwrap();
+    // The dead coordinator's agent works on unseen; it is ended with the test (its own process
+    // group, led by the agent).
+    struct EndAgent(i32);
+    impl Drop for EndAgent {
+        fn drop(&mut self) {
+            let _ = kill(Pid::from_raw(-self.0), Signal::SIGKILL);
+        }
+    }
+    let _end_agent = EndAgent(first_pid);
+
+    // Silent past the lease: ended as interrupted by the leader, and run by the other standby.
+    let ended = repository
+        .shared
+        .sql_until(&format!(
+            "SELECT outcome || ': ' || detail FROM sessions WHERE id = '{first_session}' \
+             AND ended_at IS NOT NULL"
+        ))
+        .await;
+    assert!(
+        ended.starts_with("interrupted: ") && ended.contains("stopped answering"),
+        "{ended}"
+    );
+    let (second_session, second_claimant) = repository.claimed(&issue, &[&first_session]).await;
+    assert!(
+        second_claimant.ends_with(&format!(":{}", coordinators[1].port)),
+        "the second session {second_session} went to {second_claimant}"
+    );
+    repository.wait_state(&issue, "completed").await;
+
+    // The published branch is the second session's work from the base: the dead worktree's
+    // checkpoint never reached the remote.
+    let (branch, _) = repository.branch(&issue).unwrap();
+    assert_eq!(
+        repository.git(&["log", "--format=%s", &branch]),
+        format!("Sample agent: work on the issue\n{CHECKPOINT_SUBJECT}\nInitial commit")
+    );
+    assert!(
+        mosaic_testkit::repo::git(&repository.remote, &["cat-file", "-e", &lost]).is_err(),
+        "the unpushed checkpoint {lost} reached the remote"
+    );
+    let second_pid = sql(
+        url,
+        schema,
+        &format!("SELECT pid FROM sessions WHERE id = '{second_session}'"),
+    );
+    assert_eq!(
+        repository.git(&["show", &format!("{branch}:CHECKPOINT.md")]),
+        format!("Checkpoint of sample-{second_pid} at step 5.")
+    );
+    let history = repository.branch_history(&branch);
+    for pair in history.windows(2) {
+        assert!(
+            repository.is_ancestor(&pair[0], &pair[1]),
+            "{} replaced {} on the remote: {history:?}",
+            pair[1],
+            pair[0]
+        );
+    }
+
+    // Published once; the interrupted session was no failed attempt.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let finished = || {
+        repository
+            .shared
+            .gitea
+            .comments(&issue)
+            .iter()
+            .filter(|c| c.body.contains(" finished this issue"))
+            .count()
+    };
+    while finished() == 0 {
+        assert!(Instant::now() < deadline, "no finished comment");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pulls = repository
+        .shared
+        .gitea
+        .pull_requests(&repository.shared.repo);
+    assert_eq!(
+        pulls.iter().filter(|pr| pr.head.name == branch).count(),
+        1,
+        "{pulls:#?}"
+    );
+    assert_eq!(
+        sql(
+            url,
+            schema,
+            &format!(
+                "SELECT attempts FROM issues WHERE repository = '{}' AND number = {}",
+                issue.repo, issue.number
+            )
+        ),
+        "1"
+    );
+    assert_eq!(
+        sql(
+            url,
+            schema,
+            &format!(
+                "SELECT id || ' ' || outcome FROM sessions WHERE repository = '{}' AND number = {} \
+                 ORDER BY started_at",
+                issue.repo, issue.number
+            )
+        ),
+        format!("{first_session} interrupted\n{second_session} succeeded")
+    );
+    repository.wait_state(&filler, "completed").await;
+}

@@ -8,6 +8,7 @@
 //! Every knob has an environment variable so the coordinator's configuration can set it.
 
 use std::io::Write as _;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
@@ -83,7 +84,22 @@ struct Args {
     /// what a session was told).
     #[arg(long, env = "SAMPLE_AGENT_PROMPT_LOG")]
     prompt_log: Option<std::path::PathBuf>,
+    /// At this step write `checkpoint_file` and commit it with `git` (0: never): work committed
+    /// midway, as an agent does that commits as it goes. A checkpoint file already there (the
+    /// work of an earlier session on the issue, taken up) is left as it is.
+    #[arg(long, env = "SAMPLE_AGENT_CHECKPOINT_AT_STEP", default_value_t = 0)]
+    checkpoint_at_step: u32,
+    /// The file a checkpoint writes (relative to the working directory).
+    #[arg(
+        long,
+        env = "SAMPLE_AGENT_CHECKPOINT_FILE",
+        default_value = "CHECKPOINT.md"
+    )]
+    checkpoint_file: std::path::PathBuf,
 }
+
+/// The subject of a checkpoint's commit.
+const CHECKPOINT_SUBJECT: &str = "Sample agent: checkpoint";
 
 /// What a continuation prompt starts with (mosaic-gates' `continuation_prompt`).
 const GATES_REJECTED: &str = "REJECTED: quality gates failed";
@@ -104,6 +120,8 @@ struct Agent {
     resumed_from: Option<u32>,
     /// The prompt sends the agent back after failed quality gates.
     continuation: bool,
+    /// Why the checkpoint could not be written or committed.
+    checkpoint_failed: Option<String>,
 }
 
 fn emit(line: &Value) {
@@ -212,37 +230,7 @@ impl Agent {
             ));
         }
         if self.args.commit {
-            let git = |args: &[&str]| -> Result<(), String> {
-                let output = std::process::Command::new("git")
-                    .args([
-                        "-c",
-                        "user.name=Mosaic Sample Agent",
-                        "-c",
-                        "user.email=sample-agent@localhost",
-                        "-c",
-                        "commit.gpgsign=false",
-                    ])
-                    .args(args)
-                    .output()
-                    .map_err(|err| format!("cannot run git: {err}"))?;
-                if output.status.success() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "git {} failed: {}",
-                        args.join(" "),
-                        String::from_utf8_lossy(&output.stderr).trim()
-                    ))
-                }
-            };
-            git(&["add", "--all"])?;
-            git(&[
-                "commit",
-                "--quiet",
-                "--allow-empty",
-                "-m",
-                "Sample agent: work on the issue",
-            ])?;
+            commit_all(Path::new("."), "Sample agent: work on the issue")?;
             done.push_str(" Committed.");
         }
         Ok(done)
@@ -255,6 +243,8 @@ impl Agent {
             .unwrap_or_default();
         let changed = if self.args.fail {
             Ok(String::new())
+        } else if let Some(reason) = &self.checkpoint_failed {
+            Err(format!("checkpoint at step {}: {reason}", self.step))
         } else {
             self.change_files()
         };
@@ -293,6 +283,56 @@ impl Agent {
         }
         i32::from(failed)
     }
+}
+
+/// Stages every change under `dir` and commits it as the sample agent (an empty commit when
+/// nothing changed).
+fn commit_all(dir: &Path, message: &str) -> Result<(), String> {
+    let git = |args: &[&str]| -> Result<(), String> {
+        let output = std::process::Command::new("git")
+            .current_dir(dir)
+            .args([
+                "-c",
+                "user.name=Mosaic Sample Agent",
+                "-c",
+                "user.email=sample-agent@localhost",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .output()
+            .map_err(|err| format!("cannot run git: {err}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "git {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
+    };
+    git(&["add", "--all"])?;
+    git(&["commit", "--quiet", "--allow-empty", "-m", message])
+}
+
+/// Writes `file` (under `dir`) and commits it, unless it is there already. Says what it did.
+fn checkpoint(dir: &Path, file: &Path, session_id: &str, step: u32) -> Result<String, String> {
+    let path = dir.join(file);
+    if path.exists() {
+        return Ok(format!("Found {} already written.", file.display()));
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|err| format!("cannot create {}: {err}", parent.display()))?;
+    }
+    std::fs::write(
+        &path,
+        format!("Checkpoint of {session_id} at step {step}.\n"),
+    )
+    .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+    commit_all(dir, CHECKPOINT_SUBJECT)?;
+    Ok(format!("Committed {}.", file.display()))
 }
 
 /// The text of a stream-json `user` line: `message.content` as a string or as text blocks.
@@ -405,6 +445,7 @@ async fn run(args: Args) -> i32 {
         output_tokens: 0,
         resumed_from,
         continuation: prompt.contains(GATES_REJECTED),
+        checkpoint_failed: None,
         args,
     };
     if agent.args.protocol == Protocol::StreamJson {
@@ -459,7 +500,22 @@ async fn run(args: Args) -> i32 {
                 if agent.step == agent.args.burst_at_step {
                     agent.context += agent.args.burst_tokens;
                 }
-                let progress = agent.progress();
+                let mut progress = agent.progress();
+                if agent.args.checkpoint_at_step != 0 && agent.step == agent.args.checkpoint_at_step {
+                    match checkpoint(
+                        Path::new("."),
+                        &agent.args.checkpoint_file,
+                        &agent.session_id,
+                        agent.step,
+                    ) {
+                        Ok(done) => progress = format!("{done} {progress}"),
+                        Err(reason) => {
+                            // Finishes as a failure, the reason as its result.
+                            agent.checkpoint_failed = Some(reason);
+                            break;
+                        }
+                    }
+                }
                 agent.report(&format!("Worked on the task. {progress}"));
             }
         }
@@ -502,6 +558,53 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn git_log(dir: &Path) -> String {
+        let output = std::process::Command::new("git")
+            .current_dir(dir)
+            .args(["log", "--format=%s"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    #[test]
+    fn a_checkpoint_commits_its_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let init = std::process::Command::new("git")
+            .current_dir(dir.path())
+            .args(["init", "--quiet"])
+            .status()
+            .unwrap();
+        assert!(init.success());
+        let file = Path::new("notes/CHECKPOINT.md");
+
+        let done = checkpoint(dir.path(), file, "sample-1", 3).unwrap();
+        assert_eq!(done, "Committed notes/CHECKPOINT.md.");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(file)).unwrap(),
+            "Checkpoint of sample-1 at step 3.\n"
+        );
+        assert_eq!(git_log(dir.path()), format!("{CHECKPOINT_SUBJECT}\n"));
+
+        // A later session that finds the file leaves it and commits nothing.
+        let again = checkpoint(dir.path(), file, "sample-2", 3).unwrap();
+        assert_eq!(again, "Found notes/CHECKPOINT.md already written.");
+        assert!(
+            std::fs::read_to_string(dir.path().join(file))
+                .unwrap()
+                .contains("sample-1")
+        );
+        assert_eq!(git_log(dir.path()), format!("{CHECKPOINT_SUBJECT}\n"));
+    }
+
+    #[test]
+    fn a_checkpoint_outside_a_repository_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let failed = checkpoint(dir.path(), Path::new("CHECKPOINT.md"), "sample-1", 1);
+        assert!(failed.is_err(), "{failed:?}");
+    }
 
     #[test]
     fn a_flag_given_again_overrides_the_earlier_one() {
