@@ -238,6 +238,64 @@ impl Store for SpyStore {
     async fn beat_peer(&self, peer: &mosaic_store::Peer) -> Result<(), StoreError> {
         self.inner.beat_peer(peer).await
     }
+    async fn issue_state_counts(&self) -> Result<Vec<(IssueState, u64)>, StoreError> {
+        self.inner.issue_state_counts().await
+    }
+    async fn record_session_process(&self, session_id: &str, pid: u32) -> Result<bool, StoreError> {
+        self.inner.record_session_process(session_id, pid).await
+    }
+    async fn request_session(
+        &self,
+        request: &mosaic_store::SessionRequest,
+    ) -> Result<(), StoreError> {
+        self.inner.request_session(request).await
+    }
+    async fn claim_session(
+        &self,
+        claimant: &mosaic_store::Peer,
+        agents: &[String],
+        busy_within: std::time::Duration,
+    ) -> Result<Option<mosaic_store::SessionRequest>, StoreError> {
+        self.inner
+            .claim_session(claimant, agents, busy_within)
+            .await
+    }
+    async fn report_session(
+        &self,
+        report: &mosaic_store::SessionReport,
+        after_seq: i64,
+    ) -> Result<mosaic_store::SessionOrders, StoreError> {
+        self.inner.report_session(report, after_seq).await
+    }
+    async fn command_session(
+        &self,
+        session_id: &str,
+        command_json: &str,
+    ) -> Result<i64, StoreError> {
+        self.inner.command_session(session_id, command_json).await
+    }
+    async fn cancel_session_requests(
+        &self,
+        session_ids: Option<&[String]>,
+    ) -> Result<u64, StoreError> {
+        self.inner.cancel_session_requests(session_ids).await
+    }
+    async fn session_requests(
+        &self,
+        session_ids: &[String],
+    ) -> Result<Vec<mosaic_store::SessionRequestView>, StoreError> {
+        self.inner.session_requests(session_ids).await
+    }
+    async fn sessions_left_by(
+        &self,
+        name: &str,
+        current_id: &str,
+    ) -> Result<Vec<mosaic_store::SessionRequest>, StoreError> {
+        self.inner.sessions_left_by(name, current_id).await
+    }
+    async fn prune_session_requests(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.prune_session_requests(before).await
+    }
     async fn peers_alive(
         &self,
         within: std::time::Duration,
