@@ -102,6 +102,8 @@ impl AgentSession for LocalSession {
 #[derive(Debug, Default)]
 struct LocalRuntime {
     sessions: Mutex<Vec<Arc<LocalSession>>>,
+    /// How long starting a session takes (a first clone, a slow CLI).
+    spawn_delay: Duration,
 }
 
 impl LocalRuntime {
@@ -142,6 +144,7 @@ impl AgentRuntime for LocalRuntime {
         _profile: &AgentProfile,
         task: &SessionTask,
     ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
+        tokio::time::sleep(self.spawn_delay).await;
         let session = Arc::new(LocalSession {
             id,
             issue: task.issue.clone(),
@@ -245,7 +248,7 @@ fn task(number: u64) -> SessionTask {
 }
 
 struct Cluster {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     store: Arc<dyn Store>,
     leader: RemoteRuntime,
 }
@@ -265,16 +268,21 @@ async fn cluster() -> Cluster {
             claim_timeout: Duration::from_secs(60),
         },
     );
-    Cluster {
-        _dir: dir,
-        store,
-        leader,
-    }
+    Cluster { dir, store, leader }
 }
 
 /// A worker named `name` running at most `capacity` sessions on its own scripted runtime.
 fn worker(store: &Arc<dyn Store>, name: &str, capacity: u32) -> (Arc<LocalRuntime>, SessionWorker) {
-    let runtime = Arc::new(LocalRuntime::default());
+    worker_on(store, name, capacity, LocalRuntime::default())
+}
+
+fn worker_on(
+    store: &Arc<dyn Store>,
+    name: &str,
+    capacity: u32,
+    runtime: LocalRuntime,
+) -> (Arc<LocalRuntime>, SessionWorker) {
+    let runtime = Arc::new(runtime);
     let worker = SessionWorker::new(WorkerParts {
         store: Arc::clone(store),
         runtime: Arc::clone(&runtime) as Arc<dyn AgentRuntime>,
@@ -606,4 +614,65 @@ async fn a_request_nobody_claims_fails_saying_why() {
         .await
         .unwrap();
     assert!(views[0].cancelled, "{views:?}");
+}
+
+#[tokio::test]
+async fn a_session_whose_start_outlasts_the_lease_is_not_taken_for_lost() {
+    let cluster = cluster().await;
+    let slow = LocalRuntime {
+        spawn_delay: LOST_AFTER * 3,
+        ..LocalRuntime::default()
+    };
+    let (local, worker) = worker_on(&cluster.store, "b", 1, slow);
+    let (cancel, handle) = run(worker);
+    let session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
+    let ran = local.wait_for_sessions(1).await;
+    assert!(
+        session.outcome().is_running(),
+        "taken for lost while starting: {:?}",
+        session.outcome()
+    );
+    ran[0].report_usage(10_000);
+    let seen = wait_until(&session, "usage", |s| s.usage.is_some()).await;
+    assert!(seen.outcome.is_running(), "{:?}", seen.outcome);
+    cancel.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_reach_the_store_ends_its_session_before_the_lease_runs_out() {
+    let cluster = cluster().await;
+    let (local, worker) = worker(&cluster.store, "b", 1);
+    let (cancel, handle) = run(worker);
+    let _session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
+    let ran = local.wait_for_sessions(1).await;
+    // The store stops taking its reports (as a database out of reach would).
+    let database = rusqlite::Connection::open(cluster.dir.path().join("mosaic.db")).unwrap();
+    database
+        .execute_batch("ALTER TABLE session_requests RENAME TO session_requests_gone")
+        .unwrap();
+    let cut = Instant::now();
+    let deadline = cut + LOST_AFTER * 3;
+    while ran[0].outcome().is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the session ran on without the store"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Ended before the leader would count it lost, by this coordinator itself.
+    assert!(cut.elapsed() < LOST_AFTER * 2, "{:?}", cut.elapsed());
+    assert_eq!(
+        ran[0].outcome(),
+        SessionOutcome::Killed {
+            reason: KillReason::Closed {
+                reason: "this coordinator lost touch with the store".to_owned()
+            }
+        }
+    );
+    database
+        .execute_batch("ALTER TABLE session_requests_gone RENAME TO session_requests")
+        .unwrap();
+    cancel.cancel();
+    handle.await.unwrap();
 }

@@ -9,7 +9,7 @@ use mosaic_context::{
 };
 use mosaic_domain::{AgentProfiles, IssueRef, IssueState};
 use mosaic_gitea::GiteaApi;
-use mosaic_store::{Peer, SessionReport, SessionRequest, Store};
+use mosaic_store::{Peer, SessionCommand, SessionReport, SessionRequest, Store};
 use mosaic_workspace::{Workspace, Workspaces};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -96,12 +96,34 @@ impl SessionWorker {
             .map(|profile| profile.name.clone())
             .collect();
         let capacity = usize::try_from(self.parts.peer.capacity).unwrap_or(usize::MAX);
-        let mut running = JoinSet::new();
+        let mut running: JoinSet<Ran> = JoinSet::new();
         let mut failures = 0u32;
+        // Sessions this machine could not start in a row: claiming pauses after each.
+        let mut start_failures = 0u32;
+        let mut paused_until: Option<tokio::time::Instant> = None;
         let running_issues = Arc::new(Mutex::new(Vec::<IssueRef>::new()));
         let mut last_prune: Option<tokio::time::Instant> = None;
+        let mut note = |ran: Result<Ran, tokio::task::JoinError>,
+                        paused_until: &mut Option<tokio::time::Instant>| {
+            match ran {
+                Ok(Ran::Started) => start_failures = 0,
+                Ok(Ran::CouldNotStart) => {
+                    start_failures = start_failures.saturating_add(1);
+                    let pause = crate::backoff::jittered(1_000, 60_000, start_failures);
+                    tracing::warn!(
+                        pause_secs = pause.as_secs(),
+                        start_failures,
+                        "this coordinator could not start a claimed session; pausing its claims"
+                    );
+                    *paused_until = Some(tokio::time::Instant::now() + pause);
+                }
+                Err(err) => tracing::error!(error = %err, "a claimed session's task failed"),
+            }
+        };
         while !cancel.is_cancelled() {
-            while running.try_join_next().is_some() {}
+            while let Some(ran) = running.try_join_next() {
+                note(ran, &mut paused_until);
+            }
             if last_prune.is_none_or(|at| at.elapsed() >= self.parts.config.prune_every) {
                 last_prune = Some(tokio::time::Instant::now());
                 let running_now = running_issues
@@ -110,7 +132,8 @@ impl SessionWorker {
                     .clone();
                 self.prune(running_now).await;
             }
-            while running.len() < capacity && !cancel.is_cancelled() {
+            let paused = paused_until.is_some_and(|until| tokio::time::Instant::now() < until);
+            while !paused && running.len() < capacity && !cancel.is_cancelled() {
                 match self
                     .parts
                     .store
@@ -129,11 +152,12 @@ impl SessionWorker {
                             .push(request.issue.clone());
                         running.spawn(async move {
                             let issue = request.issue.clone();
-                            run_claimed(parts, request, cancel).await;
+                            let ran = run_claimed(parts, request, cancel).await;
                             let mut issues = issues.lock().unwrap_or_else(PoisonError::into_inner);
                             if let Some(at) = issues.iter().position(|held| *held == issue) {
                                 issues.swap_remove(at);
                             }
+                            ran
                         });
                     }
                     Ok(None) => break,
@@ -149,7 +173,9 @@ impl SessionWorker {
             tokio::select! {
                 () = cancel.cancelled() => {}
                 () = tokio::time::sleep(self.parts.config.poll) => {}
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                Some(ran) = running.join_next(), if !running.is_empty() => {
+                    note(ran, &mut paused_until);
+                }
             }
         }
         while running.join_next().await.is_some() {}
@@ -188,39 +214,87 @@ impl SessionWorker {
     }
 }
 
-/// Runs one claimed session to its end, reporting as it goes.
-async fn run_claimed(parts: Arc<WorkerParts>, request: SessionRequest, cancel: CancellationToken) {
-    let mut reporter = Reporter {
-        store: Arc::clone(&parts.store),
-        session_id: request.session_id.clone(),
-        claimant: parts.peer.id.clone(),
-        after_seq: 0,
-        report_every: parts.config.report_every,
+/// How a claimed session went, for the worker's claiming pace.
+enum Ran {
+    Started,
+    /// This machine could not start it (its configuration, Gitea, git, the agent's CLI): the
+    /// worker waits before it claims again, so a coordinator that cannot run sessions does
+    /// not keep winning them.
+    CouldNotStart,
+}
+
+/// Why a claimed session did not start.
+struct StartFailure {
+    reason: String,
+    /// Nothing to do with the task: another coordinator may well run it (reported as
+    /// interrupted, so the attempt does not count).
+    here_only: bool,
+}
+
+impl StartFailure {
+    fn task(reason: String) -> Self {
+        Self {
+            reason,
+            here_only: false,
+        }
+    }
+
+    fn here(reason: String) -> Self {
+        Self {
+            reason,
+            here_only: true,
+        }
+    }
+}
+
+/// Runs one claimed session to its end. A heartbeat reports it from the claim to the end —
+/// through the workspace's preparation and every push, which may outlast the lease — and
+/// brings back the leader's commands and its cancellation.
+async fn run_claimed(
+    parts: Arc<WorkerParts>,
+    request: SessionRequest,
+    cancel: CancellationToken,
+) -> Ran {
+    let heartbeat = Heartbeat::start(&parts, &request.session_id);
+    let started = tokio::select! {
+        started = start(&parts, &request) => started,
+        () = heartbeat.fenced.cancelled() => Err(StartFailure::here(
+            "this coordinator lost touch with the store while preparing the session".to_owned(),
+        )),
     };
-    let (session, workspace, started_at) = match start(&parts, &request).await {
+    let (session, workspace, started_at) = match started {
         Ok(started) => started,
-        Err(reason) => {
-            tracing::warn!(session = %request.session_id, issue = %request.issue, %reason, "the claimed session could not start");
-            let outcome = SessionOutcome::Failed { reason };
+        Err(failure) => {
+            tracing::warn!(session = %request.session_id, issue = %request.issue, reason = %failure.reason, "the claimed session could not start");
+            let outcome = if failure.here_only {
+                SessionOutcome::Killed {
+                    reason: KillReason::Interrupted {
+                        reason: failure.reason,
+                    },
+                }
+            } else {
+                SessionOutcome::Failed {
+                    reason: failure.reason,
+                }
+            };
             let mut snapshot = SessionSnapshot::new(Utc::now());
             snapshot.outcome = outcome;
             let state = ReportedState::of(&snapshot, None, None, None, Vec::new());
-            reporter.report_end(&state, &cancel).await;
-            return;
+            heartbeat.stop().await;
+            report_end(&parts, &request.session_id, &state, &cancel).await;
+            return Ran::CouldNotStart;
         }
     };
-    let answers = Arc::new(Mutex::new(Vec::<CommandAnswer>::new()));
-    let (commands, queued) = mpsc::unbounded_channel();
+    heartbeat.started(Arc::clone(&session), started_at);
     let applier = tokio::spawn(apply_commands(
         Arc::clone(&session),
-        queued,
-        Arc::clone(&answers),
+        heartbeat.take_commands(),
+        Arc::clone(&heartbeat.shared),
     ));
     let mut updates = session.subscribe();
     let mut pushed_turns = 0;
     let mut closing = false;
-    let mut shutting_down = false;
-    let pid = session.process_id();
+    let mut interrupted: Option<&'static str> = None;
     loop {
         let snapshot = updates.borrow_and_update().clone();
         if !snapshot.outcome.is_running() {
@@ -236,40 +310,22 @@ async fn run_claimed(parts: Arc<WorkerParts>, request: SessionRequest, cancel: C
             }
             pushed_turns = snapshot.turns;
         }
-        let state = ReportedState::of(
-            &snapshot,
-            pid,
-            Some(started_at),
-            session.latest_summary(),
-            answers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        );
-        if let Some(orders) = reporter.report(&state, false).await {
-            for command in orders.commands {
-                match serde_json::from_str::<Command>(&command.command_json) {
-                    Ok(parsed) => {
-                        let _ = commands.send((command.seq, parsed));
-                    }
-                    Err(err) => remember(
-                        &answers,
-                        CommandAnswer {
-                            seq: command.seq,
-                            result: Err(format!("unreadable command: {err}")),
-                        },
-                    ),
-                }
+        heartbeat.publish(snapshot);
+        tokio::select! {
+            () = cancel.cancelled(), if interrupted.is_none() => {
+                interrupted = Some("the coordinator running it shut down");
+                close_in_background(&session, "the coordinator running it is shutting down");
             }
-            if orders.cancelled && !closing {
+            () = heartbeat.fenced.cancelled(), if interrupted.is_none() => {
+                // The leader counts it lost by now or soon: it must not run on beside the
+                // session that replaces it.
+                tracing::error!(session = %request.session_id, "no report reached the store for most of the lease; ending the session");
+                interrupted = Some("the coordinator running it lost touch with the store");
+                close_in_background(&session, "this coordinator lost touch with the store");
+            }
+            () = heartbeat.cancelled.cancelled(), if !closing => {
                 closing = true;
                 close_in_background(&session, "the leader cancelled the session");
-            }
-        }
-        tokio::select! {
-            () = cancel.cancelled(), if !shutting_down => {
-                shutting_down = true;
-                close_in_background(&session, "the coordinator running it is shutting down");
             }
             changed = updates.changed() => {
                 if changed.is_err() {
@@ -278,7 +334,6 @@ async fn run_claimed(parts: Arc<WorkerParts>, request: SessionRequest, cancel: C
                 // Readings come in bursts: one report for the burst.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            () = tokio::time::sleep(reporter.report_every) => {}
         }
     }
     applier.abort();
@@ -288,14 +343,17 @@ async fn run_claimed(parts: Arc<WorkerParts>, request: SessionRequest, cancel: C
     } else {
         snapshot.outcome.clone()
     };
-    if shutting_down && !matches!(outcome, SessionOutcome::Succeeded { .. }) {
+    if let Some(why) = interrupted
+        && !matches!(outcome, SessionOutcome::Succeeded { .. })
+    {
         outcome = SessionOutcome::Killed {
             reason: KillReason::Interrupted {
-                reason: "the coordinator running it shut down".to_owned(),
+                reason: why.to_owned(),
             },
         };
     }
-    // The branch carries the work to whoever continues or publishes it.
+    // The branch carries the work to whoever continues or publishes it; the heartbeat goes on
+    // while it is pushed.
     if let Some(workspace) = &workspace
         && let Err(reason) = push_work(&parts, workspace).await
     {
@@ -308,49 +366,48 @@ async fn run_claimed(parts: Arc<WorkerParts>, request: SessionRequest, cancel: C
     }
     let mut last = snapshot;
     last.outcome = outcome;
-    let state = ReportedState::of(
-        &last,
-        pid,
-        Some(started_at),
-        session.latest_summary(),
-        answers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone(),
-    );
-    reporter.report_end(&state, &cancel).await;
+    let state = heartbeat.shared.state_with(last);
+    heartbeat.stop().await;
+    report_end(&parts, &request.session_id, &state, &cancel).await;
     tracing::info!(session = %request.session_id, issue = %request.issue, "claimed session ended");
+    Ran::Started
 }
 
 type Started = (Arc<dyn AgentSession>, Option<Workspace>, DateTime<Utc>);
 
 /// Prepares the session's workspace here (from the issue's branch as last pushed) and starts
 /// its agent under the requested id.
-async fn start(parts: &WorkerParts, request: &SessionRequest) -> Result<Started, String> {
-    let mut task: SessionTask = serde_json::from_str(&request.task_json)
-        .map_err(|err| format!("the session's task could not be read: {err}"))?;
+async fn start(parts: &WorkerParts, request: &SessionRequest) -> Result<Started, StartFailure> {
+    let mut task: SessionTask = serde_json::from_str(&request.task_json).map_err(|err| {
+        StartFailure::task(format!("the session's task could not be read: {err}"))
+    })?;
     let profile = parts
         .profiles
         .get(&request.agent)
         .filter(|profile| profile.enabled)
-        .ok_or_else(|| format!("agent `{}` is not configured here", request.agent))?;
+        .ok_or_else(|| {
+            StartFailure::here(format!("agent `{}` is not configured here", request.agent))
+        })?;
     // The leader's path means nothing here: a worktree is local to its machine.
     let wanted_workspace = task.work_dir.take().is_some();
     let workspace = if wanted_workspace {
         let (Some(gitea), Some(workspaces)) = (&parts.gitea, &parts.workspaces) else {
-            return Err("this coordinator has no [workspace] or no Gitea to clone from".to_owned());
+            return Err(StartFailure::here(
+                "this coordinator has no [workspace] or no Gitea to clone from".to_owned(),
+            ));
         };
-        match workspace_request(gitea.as_ref(), &task.issue, &task.title).await? {
+        match workspace_request(gitea.as_ref(), &task.issue, &task.title)
+            .await
+            .map_err(StartFailure::here)?
+        {
             Some(prepare) => {
-                let prepared = workspaces
-                    .prepare(&prepare)
-                    .await
-                    .map_err(|err| format!("the workspace could not be prepared: {err}"))?;
+                let prepared = workspaces.prepare(&prepare).await.map_err(|err| {
+                    StartFailure::here(format!("the workspace could not be prepared: {err}"))
+                })?;
                 let workspace = prepared.workspace;
-                workspaces
-                    .follow_remote(&workspace)
-                    .await
-                    .map_err(|err| format!("the pushed work could not be taken up: {err}"))?;
+                workspaces.follow_remote(&workspace).await.map_err(|err| {
+                    StartFailure::here(format!("the pushed work could not be taken up: {err}"))
+                })?;
                 Some(workspace)
             }
             None => None,
@@ -364,7 +421,7 @@ async fn start(parts: &WorkerParts, request: &SessionRequest) -> Result<Started,
         .runtime
         .spawn_with_id(SessionId::from(request.session_id.clone()), profile, &task)
         .await
-        .map_err(|err| format!("the session could not start: {err}"))?;
+        .map_err(|err| StartFailure::here(format!("the session could not start: {err}")))?;
     Ok((session, workspace, started_at))
 }
 
@@ -399,40 +456,71 @@ fn close_in_background(session: &Arc<dyn AgentSession>, reason: &'static str) {
     });
 }
 
-/// Applies the leader's commands to the session in order, keeping their answers.
+/// Applies the leader's commands to the session in order, keeping their answers. Ending the
+/// session (close, close after the turn, finish) does not wait behind a compaction.
 async fn apply_commands(
     session: Arc<dyn AgentSession>,
-    mut queued: mpsc::UnboundedReceiver<(i64, Command)>,
-    answers: Arc<Mutex<Vec<CommandAnswer>>>,
+    mut queued: mpsc::UnboundedReceiver<SessionCommand>,
+    shared: Arc<Shared>,
 ) {
-    while let Some((seq, command)) = queued.recv().await {
-        let result = match command {
-            Command::Send { prompt } => session
-                .send(&prompt)
-                .await
-                .map(|()| None)
-                .map_err(|err| err.to_string()),
-            Command::Compact { instructions } => session
-                .compact(&instructions)
-                .await
-                .map(Some)
-                .map_err(|err| err.to_string()),
-            Command::Close { reason } => {
+    let (ordered, mut in_order) = mpsc::unbounded_channel::<(i64, Command)>();
+    let ordered_session = Arc::clone(&session);
+    let ordered_shared = Arc::clone(&shared);
+    let sequential = tokio::spawn(async move {
+        while let Some((seq, command)) = in_order.recv().await {
+            let result = match command {
+                Command::Send { prompt } => ordered_session
+                    .send(&prompt)
+                    .await
+                    .map(|()| None)
+                    .map_err(|err| err.to_string()),
+                Command::Compact { instructions } => ordered_session
+                    .compact(&instructions)
+                    .await
+                    .map(Some)
+                    .map_err(|err| err.to_string()),
+                Command::Close { .. } | Command::CloseAfterTurn { .. } | Command::Finish => {
+                    Ok(None)
+                }
+            };
+            ordered_shared.answer(CommandAnswer { seq, result });
+        }
+    });
+    while let Some(command) = queued.recv().await {
+        let seq = command.seq;
+        match serde_json::from_str::<Command>(&command.command_json) {
+            Ok(Command::Close { reason }) => {
                 close_after(&session, reason, false);
-                Ok(None)
+                shared.answer(CommandAnswer {
+                    seq,
+                    result: Ok(None),
+                });
             }
-            Command::CloseAfterTurn { reason } => {
+            Ok(Command::CloseAfterTurn { reason }) => {
                 close_after(&session, reason, true);
-                Ok(None)
+                shared.answer(CommandAnswer {
+                    seq,
+                    result: Ok(None),
+                });
             }
-            Command::Finish => {
+            Ok(Command::Finish) => {
                 let session = Arc::clone(&session);
                 tokio::spawn(async move { session.finish().await });
-                Ok(None)
+                shared.answer(CommandAnswer {
+                    seq,
+                    result: Ok(None),
+                });
             }
-        };
-        remember(&answers, CommandAnswer { seq, result });
+            Ok(command) => {
+                let _ = ordered.send((seq, command));
+            }
+            Err(err) => shared.answer(CommandAnswer {
+                seq,
+                result: Err(format!("unreadable command: {err}")),
+            }),
+        }
     }
+    sequential.abort();
 }
 
 /// Closing waits for the session's end, so it runs beside the commands that may follow.
@@ -450,75 +538,230 @@ fn close_after(session: &Arc<dyn AgentSession>, reason: String, after_turn: bool
     });
 }
 
-fn remember(answers: &Mutex<Vec<CommandAnswer>>, answer: CommandAnswer) {
-    let mut answers = answers.lock().unwrap_or_else(PoisonError::into_inner);
-    answers.push(answer);
-    let excess = answers.len().saturating_sub(ANSWERS_KEPT);
-    answers.drain(..excess);
+/// What the heartbeat reports: the session's snapshot as the loop last published it (a
+/// waiting turn only once its work is pushed), the answers to the leader's commands, and what
+/// the agent last summarised.
+struct Shared {
+    inner: Mutex<SharedState>,
+    /// Something new to report: the heartbeat reports at once.
+    changed: tokio::sync::Notify,
 }
 
-/// Writes a session's reports for its claimant.
-struct Reporter {
-    store: Arc<dyn Store>,
-    session_id: String,
-    claimant: String,
-    after_seq: i64,
-    report_every: Duration,
+struct SharedState {
+    snapshot: SessionSnapshot,
+    answers: Vec<CommandAnswer>,
+    session: Option<Arc<dyn AgentSession>>,
+    started_at: Option<DateTime<Utc>>,
 }
 
-impl Reporter {
-    /// One report; the leader's orders in answer, or `None` when the store failed (logged;
-    /// the next report tries again).
-    async fn report(
-        &mut self,
-        state: &ReportedState,
-        ended: bool,
-    ) -> Option<mosaic_store::SessionOrders> {
-        let state_json = match serde_json::to_string(state) {
-            Ok(text) => text,
-            Err(err) => {
-                tracing::error!(session = %self.session_id, error = %err, "the session's report could not be written");
-                return None;
-            }
-        };
-        let report = SessionReport {
-            session_id: self.session_id.clone(),
-            claimant: self.claimant.clone(),
-            state_json,
-            ended,
-        };
-        match self.store.report_session(&report, self.after_seq).await {
-            Ok(orders) => {
-                if let Some(last) = orders.commands.last() {
-                    self.after_seq = last.seq;
-                }
-                Some(orders)
-            }
-            Err(err) => {
-                tracing::warn!(session = %self.session_id, error = %err, "could not report the session; trying again");
-                None
-            }
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedState> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn answer(&self, answer: CommandAnswer) {
+        {
+            let mut state = self.lock();
+            state.answers.push(answer);
+            let excess = state.answers.len().saturating_sub(ANSWERS_KEPT);
+            state.answers.drain(..excess);
+        }
+        self.changed.notify_one();
+    }
+
+    /// The report of `snapshot` with everything else as it stands.
+    fn state_with(&self, snapshot: SessionSnapshot) -> ReportedState {
+        let state = self.lock();
+        let session = state.session.clone();
+        let answers = state.answers.clone();
+        let started_at = state.started_at;
+        drop(state);
+        ReportedState::of(
+            &snapshot,
+            session.as_ref().and_then(|session| session.process_id()),
+            started_at,
+            session
+                .as_ref()
+                .and_then(|session| session.latest_summary()),
+            answers,
+        )
+    }
+
+    fn state(&self) -> ReportedState {
+        let snapshot = self.lock().snapshot.clone();
+        self.state_with(snapshot)
+    }
+}
+
+/// Reports a claimed session every `report_every` and at every change, from the claim until it
+/// is stopped: the session's heartbeat. Its answers bring the leader's commands (to
+/// `take_commands`) and the cancellation (`cancelled`); when no report has reached the store
+/// for three quarters of `lost_after` it fires `fenced`, since the leader is about to count the
+/// session lost and run the issue elsewhere.
+struct Heartbeat {
+    shared: Arc<Shared>,
+    commands: Mutex<Option<mpsc::UnboundedReceiver<SessionCommand>>>,
+    cancelled: CancellationToken,
+    fenced: CancellationToken,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn start(parts: &Arc<WorkerParts>, session_id: &str) -> Self {
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(SharedState {
+                snapshot: SessionSnapshot::new(Utc::now()),
+                answers: Vec::new(),
+                session: None,
+                started_at: None,
+            }),
+            changed: tokio::sync::Notify::new(),
+        });
+        let (commands, received) = mpsc::unbounded_channel();
+        let (cancelled, fenced, stop) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let task = tokio::spawn(beat(
+            Arc::clone(parts),
+            session_id.to_owned(),
+            Arc::clone(&shared),
+            commands,
+            (cancelled.clone(), fenced.clone(), stop.clone()),
+        ));
+        Self {
+            shared,
+            commands: Mutex::new(Some(received)),
+            cancelled,
+            fenced,
+            stop,
+            task,
         }
     }
 
-    /// The final report, tried until it is stored: the leader waits for it. Past the
-    /// leader's patience it treats the session as lost anyway, so a shutdown gives up after a
-    /// few tries.
-    async fn report_end(&mut self, state: &ReportedState, cancel: &CancellationToken) {
-        for attempt in 0u32.. {
-            if self.report(state, true).await.is_some() {
-                return;
-            }
-            if cancel.is_cancelled() && attempt >= 3 {
-                tracing::warn!(session = %self.session_id, "giving up reporting the session's end while shutting down; the leader will find it silent");
-                return;
-            }
-            tokio::time::sleep(crate::backoff::jittered(
-                self.report_every.as_millis().try_into().unwrap_or(250),
-                5_000,
-                attempt,
-            ))
-            .await;
+    fn started(&self, session: Arc<dyn AgentSession>, at: DateTime<Utc>) {
+        {
+            let mut state = self.shared.lock();
+            state.session = Some(session);
+            state.started_at = Some(at);
         }
+        self.shared.changed.notify_one();
+    }
+
+    fn take_commands(&self) -> mpsc::UnboundedReceiver<SessionCommand> {
+        self.commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_else(|| mpsc::unbounded_channel().1)
+    }
+
+    fn publish(&self, snapshot: SessionSnapshot) {
+        self.shared.lock().snapshot = snapshot;
+        self.shared.changed.notify_one();
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn beat(
+    parts: Arc<WorkerParts>,
+    session_id: String,
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<SessionCommand>,
+    (cancelled, fenced, stop): (CancellationToken, CancellationToken, CancellationToken),
+) {
+    let fence_after = parts.config.lost_after.mul_f64(0.75);
+    let mut last_stored = tokio::time::Instant::now();
+    let mut after_seq = 0;
+    let mut failures = 0u32;
+    loop {
+        let state = shared.state();
+        let state_json = match serde_json::to_string(&state) {
+            Ok(text) => text,
+            Err(err) => {
+                tracing::error!(session = %session_id, error = %err, "the session's report could not be written");
+                String::new()
+            }
+        };
+        let sent = tokio::time::Instant::now();
+        let report = SessionReport {
+            session_id: session_id.clone(),
+            claimant: parts.peer.id.clone(),
+            state_json,
+            ended: false,
+        };
+        match parts.store.report_session(&report, after_seq).await {
+            Ok(orders) => {
+                last_stored = sent;
+                failures = 0;
+                for command in orders.commands {
+                    after_seq = command.seq;
+                    let _ = commands.send(command);
+                }
+                if orders.cancelled {
+                    cancelled.cancel();
+                }
+            }
+            Err(err) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures.is_multiple_of(40) {
+                    tracing::warn!(session = %session_id, error = %err, failures, "could not report the session; trying again");
+                }
+                if last_stored.elapsed() >= fence_after {
+                    fenced.cancel();
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = shared.changed.notified() => {}
+            () = tokio::time::sleep(parts.config.report_every) => {}
+        }
+    }
+}
+
+/// The session's last report, tried until it is stored (the leader waits for it); while
+/// shutting down, a few tries only — past the lease the leader counts the session lost anyway.
+async fn report_end(
+    parts: &WorkerParts,
+    session_id: &str,
+    state: &ReportedState,
+    cancel: &CancellationToken,
+) {
+    let state_json = match serde_json::to_string(state) {
+        Ok(text) => text,
+        Err(err) => {
+            tracing::error!(session = %session_id, error = %err, "the session's last report could not be written");
+            return;
+        }
+    };
+    let report = SessionReport {
+        session_id: session_id.to_owned(),
+        claimant: parts.peer.id.clone(),
+        state_json,
+        ended: true,
+    };
+    for attempt in 0u32.. {
+        // No commands wanted any more: none after the last possible sequence number.
+        match parts.store.report_session(&report, i64::MAX).await {
+            Ok(_) => return,
+            Err(err) => {
+                if attempt == 0 || attempt.is_multiple_of(20) {
+                    tracing::warn!(session = %session_id, error = %err, "could not report the session's end; trying again");
+                }
+            }
+        }
+        if cancel.is_cancelled() && attempt >= 3 {
+            tracing::warn!(session = %session_id, "giving up reporting the session's end while shutting down; the leader will find it silent");
+            return;
+        }
+        let base = u64::try_from(parts.config.report_every.as_millis()).unwrap_or(250);
+        tokio::time::sleep(crate::backoff::jittered(base, 5_000, attempt)).await;
     }
 }
