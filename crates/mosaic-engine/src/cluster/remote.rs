@@ -99,7 +99,8 @@ impl AgentRuntime for RemoteRuntime {
             task.issue.clone(),
             Arc::clone(&self.shared.store),
         ));
-        self.shared
+        let requested = self
+            .shared
             .store
             .request_session(&SessionRequest {
                 session_id: id.to_string(),
@@ -107,8 +108,17 @@ impl AgentRuntime for RemoteRuntime {
                 agent: profile.name.clone(),
                 task_json,
             })
-            .await
-            .map_err(|err| spawn_error(format!("the session could not be requested: {err}")))?;
+            .await;
+        if let Err(err) = requested {
+            // It may have been stored all the same (an answer lost after the commit): it is
+            // cancelled, so nobody runs a session the leader does not follow.
+            if !session.cancel_request().await {
+                tracing::error!(session = %id, "a session request that failed could not be cancelled; if it was stored, its claimant stops when the next leader starts");
+            }
+            return Err(spawn_error(format!(
+                "the session could not be requested: {err}"
+            )));
+        }
         self.shared
             .followed
             .lock()
@@ -189,6 +199,7 @@ struct Known {
     /// tries found it had one already (the claim came before the row, which took it).
     pid_recorded: bool,
     pid_tries: u32,
+    unreadable_logged: bool,
 }
 
 /// A session requested from the coordinators sharing the store, as the leader sees it.
@@ -233,7 +244,11 @@ impl RemoteSession {
             .and_then(|text| match serde_json::from_str::<ReportedState>(text) {
                 Ok(state) => Some(state),
                 Err(err) => {
-                    tracing::warn!(session = %self.id, error = %err, "unreadable session report ignored");
+                    let mut known = self.known();
+                    if !known.unreadable_logged {
+                        known.unreadable_logged = true;
+                        tracing::warn!(session = %self.id, error = %err, "unreadable session report ignored (said once per session)");
+                    }
                     None
                 }
             });
@@ -246,16 +261,19 @@ impl RemoteSession {
             && view.claimant.is_none()
             && !view.cancelled
             && self.requested.elapsed() > config.claim_timeout;
-        if lost || unclaimed_too_long {
-            // Cancelled first, so a claimant that comes back (or claims it right now) stops
-            // rather than works on.
-            if let Err(err) = self
+        // Cancelled first (unless it is already), so a claimant that comes back (or claims it
+        // right now) stops rather than works on.
+        if (lost || unclaimed_too_long)
+            && !view.cancelled
+            && let Err(err) = self
                 .store
                 .cancel_session_requests(Some(&[self.id.to_string()]))
                 .await
-            {
-                tracing::warn!(session = %self.id, error = %err, "could not cancel a lost session's request");
-            }
+        {
+            // Until that is stored, the session is not ended here and stays followed (the next
+            // poll tries again).
+            tracing::warn!(session = %self.id, error = %err, "could not cancel a lost session's request; trying again");
+            return false;
         }
         let unrecorded_pid = {
             let known = self.known();
@@ -353,13 +371,53 @@ impl RemoteSession {
         ended
     }
 
-    /// Leaves `command` for the claimant; returns its sequence number.
+    /// Leaves `command` for the claimant; returns its sequence number. A store that fails is
+    /// tried again until it takes the command or the session has ended (a command lost would
+    /// leave the monitor waiting for an answer that never comes).
     async fn command(&self, command: &Command) -> Result<i64, SessionError> {
         let text = serde_json::to_string(command).map_err(|err| self.io(err.to_string()))?;
-        self.store
-            .command_session(self.id.as_str(), &text)
-            .await
-            .map_err(|err| self.io(format!("the command could not be stored: {err}")))
+        for attempt in 1u32.. {
+            match self.store.command_session(self.id.as_str(), &text).await {
+                Ok(seq) => return Ok(seq),
+                // This coordinator leads no more: nothing it writes will be stored, and the
+                // session ends anyway (its new leader cancels it; here it falls silent).
+                Err(err @ mosaic_store::StoreError::Fenced { .. }) => {
+                    return Err(self.io(format!("the command could not be stored: {err}")));
+                }
+                Err(err) => {
+                    if self.known().ended {
+                        return Err(SessionError::Ended(self.id.clone()));
+                    }
+                    if attempt == 1 || attempt.is_multiple_of(20) {
+                        tracing::warn!(session = %self.id, error = %err, attempt, "could not store a command for the session's claimant; trying again");
+                    }
+                    tokio::time::sleep(crate::backoff::jittered(200, 5_000, attempt)).await;
+                }
+            }
+        }
+        Err(self.io("the command could not be stored".to_owned()))
+    }
+
+    /// Cancels the session's request, trying a few times; returns whether it is stored.
+    async fn cancel_request(&self) -> bool {
+        for attempt in 1u32..=5 {
+            match self
+                .store
+                .cancel_session_requests(Some(&[self.id.to_string()]))
+                .await
+            {
+                Ok(_) => return true,
+                Err(err @ mosaic_store::StoreError::Fenced { .. }) => {
+                    tracing::warn!(session = %self.id, error = %err, "could not cancel the session's request: this coordinator leads no more");
+                    return false;
+                }
+                Err(err) => {
+                    tracing::warn!(session = %self.id, error = %err, attempt, "could not cancel the session's request");
+                    tokio::time::sleep(crate::backoff::jittered(200, 2_000, attempt)).await;
+                }
+            }
+        }
+        false
     }
 
     fn io(&self, message: String) -> SessionError {
@@ -403,8 +461,8 @@ impl RemoteSession {
     }
 
     /// Ends the session: a claimed one by its claimant (the command), an unclaimed one by
-    /// cancelling its request.
-    async fn end(&self, command: Command, reason: &str, cancel: bool) -> SessionOutcome {
+    /// cancelling its request (the follower then ends it here).
+    async fn end(&self, command: Command, reason: &str) -> SessionOutcome {
         {
             let mut known = self.known();
             if known.ended {
@@ -416,13 +474,9 @@ impl RemoteSession {
             tracing::warn!(session = %self.id, error = %err, "could not ask the claimant to end the session");
         }
         let unclaimed = self.known().claimant.is_none();
-        if (cancel || unclaimed)
-            && let Err(err) = self
-                .store
-                .cancel_session_requests(Some(&[self.id.to_string()]))
-                .await
-        {
-            tracing::warn!(session = %self.id, error = %err, "could not cancel the session's request");
+        if unclaimed {
+            // A claimant that claims it meanwhile is told to stop at its first report.
+            self.cancel_request().await;
         }
         self.ended().await
     }
@@ -474,14 +528,14 @@ impl AgentSession for RemoteSession {
         let command = Command::Close {
             reason: reason.to_owned(),
         };
-        Ok(self.end(command, reason, false).await)
+        Ok(self.end(command, reason).await)
     }
 
     async fn close_after_turn(&self, reason: &str) -> Result<SessionOutcome, SessionError> {
         let command = Command::CloseAfterTurn {
             reason: reason.to_owned(),
         };
-        Ok(self.end(command, reason, false).await)
+        Ok(self.end(command, reason).await)
     }
 
     async fn finish(&self) -> Result<SessionOutcome, SessionError> {

@@ -61,20 +61,22 @@ pub struct WorkspaceParts {
 }
 
 impl WorkspaceParts {
-    /// Takes up what a session elsewhere pushed, when sessions run elsewhere. A failure is
-    /// logged and the worktree used as it is: publishing then finds what it finds.
-    pub(crate) async fn take_up_pushed_work(&self, workspace: &Workspace) {
+    /// Takes up what a session elsewhere pushed, when sessions run elsewhere. On a failure
+    /// the worktree here is stale: nothing may be verified or published from it.
+    pub(crate) async fn take_up_pushed_work(&self, workspace: &Workspace) -> Result<(), String> {
         if !self.follow_remote {
-            return;
+            return Ok(());
         }
         match self.workspaces.follow_remote(workspace).await {
             Ok(true) => {
-                tracing::info!(issue = %workspace.issue, branch = %workspace.branch, "took up the work pushed by another coordinator")
+                tracing::info!(issue = %workspace.issue, branch = %workspace.branch, "took up the work pushed by another coordinator");
+                Ok(())
             }
-            Ok(false) => {}
-            Err(err) => {
-                tracing::warn!(issue = %workspace.issue, error = %err, "could not take up the pushed work; using the worktree as it is")
-            }
+            Ok(false) => Ok(()),
+            Err(err) => Err(format!(
+                "the work pushed to `{}` could not be taken up: {err}",
+                workspace.branch
+            )),
         }
     }
 }
@@ -620,7 +622,7 @@ impl Inner {
                 }
             }
         };
-        parts.take_up_pushed_work(&known).await;
+        parts.take_up_pushed_work(&known).await?;
         let workspaces = &parts.workspaces;
         if let Some(commit) = workspaces
             .commit_leftovers(&known)
@@ -817,7 +819,11 @@ impl Inner {
             }
         }
         let workspace = &known.workspace;
-        parts.take_up_pushed_work(workspace).await;
+        if let Err(reason) = parts.take_up_pushed_work(workspace).await {
+            // Publishing tries again and says why.
+            tracing::warn!(%issue, %reason, "finishing the session without verifying its turn");
+            return NextTurn::Finish;
+        }
         match parts.workspaces.commit_leftovers(workspace).await {
             Ok(Some(commit)) => {
                 tracing::info!(%issue, %commit, "committed what the agent left uncommitted")

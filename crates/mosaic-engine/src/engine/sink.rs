@@ -198,7 +198,9 @@ impl Inner {
                 None => rejection.clone(),
             });
         }
-        parts.take_up_pushed_work(&known.workspace).await;
+        if let Err(reason) = parts.take_up_pushed_work(&known.workspace).await {
+            tracing::warn!(issue = %task.issue, %reason, "the hand-over describes the worktree as it was");
+        }
         match parts.workspaces.state(&known.workspace).await {
             Ok(state) => {
                 let workspace = mosaic_workspace::handover_text(&state);
