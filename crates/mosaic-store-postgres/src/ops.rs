@@ -1050,13 +1050,14 @@ pub(crate) async fn prune_session_requests(
     execute(
         client,
         "DELETE FROM session_commands WHERE session_id IN
-             (SELECT session_id FROM session_requests WHERE ended_at < $1)",
+             (SELECT session_id FROM session_requests
+               WHERE COALESCE(ended_at, cancelled_at) < $1)",
         &[&before],
     )
     .await?;
     execute(
         client,
-        "DELETE FROM session_requests WHERE ended_at < $1",
+        "DELETE FROM session_requests WHERE COALESCE(ended_at, cancelled_at) < $1",
         &[&before],
     )
     .await
@@ -2028,6 +2029,32 @@ pub(crate) async fn claim_session(
         return Ok(None);
     };
     let request = request_from(&row)?;
+    // Two claimants may each pick a different request of one issue (the check above reads
+    // what was committed when it began): the issue's lock makes the second see the first's
+    // claim, and pass.
+    let (repository, number) = issue_key(&request.issue)?;
+    execute(
+        client,
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&format!("mosaic-store issue {repository}#{number}")],
+    )
+    .await?;
+    let busy = query_opt(
+        client,
+        "SELECT 1 AS busy FROM session_requests
+          WHERE repository = $1 AND number = $2 AND claimant_id IS NOT NULL
+            AND ended_at IS NULL
+            AND reported_at > now() - $3::BIGINT * INTERVAL '1 millisecond'",
+        &[
+            &repository,
+            &number,
+            &i64::try_from(busy_within.as_millis()).unwrap_or(i64::MAX),
+        ],
+    )
+    .await?;
+    if busy.is_some() {
+        return Ok(None);
+    }
     execute(
         client,
         "UPDATE session_requests SET claimant_id = $2, claimant_name = $3, claimed_at = now(),

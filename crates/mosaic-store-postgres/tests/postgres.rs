@@ -696,6 +696,53 @@ async fn concurrent_claimants_never_share_a_request_nor_pass_their_capacity() {
     }
 }
 
+/// Two requests of one issue (a leader that moved on, or two leaders' worth) claimed at once by
+/// two coordinators, many times over: never both — an issue has one live session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claimants_never_take_two_sessions_of_one_issue() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let leader = schema.open().await;
+    let stores = [Arc::new(schema.open().await), Arc::new(schema.open().await)];
+    let claimants = ["a", "b"].map(|id| Peer {
+        id: id.to_owned(),
+        name: format!("host-{id}:8000"),
+        leading: false,
+        capacity: 100,
+    });
+    let agents = vec!["claude".to_owned()];
+    for round in 0..40 {
+        for copy in 0..2 {
+            leader
+                .request_session(&SessionRequest {
+                    session_id: format!("r{round}-{copy}"),
+                    issue: conformance::issue(&format!("acme/widgets#{}", round + 1)),
+                    agent: "claude".to_owned(),
+                    task_json: "{}".to_owned(),
+                })
+                .await
+                .unwrap();
+        }
+        let claims = (0..2).map(|n| {
+            let (store, claimant, agents) =
+                (Arc::clone(&stores[n]), claimants[n].clone(), agents.clone());
+            tokio::spawn(async move {
+                store
+                    .claim_session(&claimant, &agents, std::time::Duration::from_secs(5))
+                    .await
+                    .unwrap()
+            })
+        });
+        let claimed: Vec<SessionRequest> = futures::future::join_all(claims)
+            .await
+            .into_iter()
+            .filter_map(Result::unwrap)
+            .collect();
+        assert_eq!(claimed.len(), 1, "round {round}: {claimed:?}");
+    }
+}
+
 /// Two coordinators on one schema: only one leads; a standby asking again keeps its one
 /// connection; once the leader's connection is gone, the standby leads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

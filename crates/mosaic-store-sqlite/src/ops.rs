@@ -890,11 +890,12 @@ pub(crate) fn prune_session_requests(
 ) -> Result<u64, Failure> {
     conn.prepare_cached(
         "DELETE FROM session_commands WHERE session_id IN
-             (SELECT session_id FROM session_requests WHERE ended_at < ?1)",
+             (SELECT session_id FROM session_requests
+               WHERE COALESCE(ended_at, cancelled_at) < ?1)",
     )?
     .execute([micros(before)])?;
     let removed = conn
-        .prepare_cached("DELETE FROM session_requests WHERE ended_at < ?1")?
+        .prepare_cached("DELETE FROM session_requests WHERE COALESCE(ended_at, cancelled_at) < ?1")?
         .execute([micros(before)])?;
     Ok(u64::try_from(removed).unwrap_or_default())
 }

@@ -114,11 +114,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// number) on every backend, whatever its text collation.
     async fn list_issues(&self, states: &[IssueState]) -> Result<Vec<IssueRecord>, StoreError>;
 
-    /// The issue's transitions, oldest first.
     /// How many coordinated issues are in each state (states with none left out), for
     /// `/metrics` on any coordinator: one query, not a read of every record.
     async fn issue_state_counts(&self) -> Result<Vec<(IssueState, u64)>, StoreError>;
 
+    /// The issue's transitions, oldest first.
     async fn issue_history(&self, issue: &IssueRef) -> Result<Vec<TransitionRecord>, StoreError>;
 
     /// Every blocked-by edge (to rebuild the dependency graph at start).
@@ -315,8 +315,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// what was removed.
     async fn prune_delivery_bodies(&self, before: DateTime<Utc>) -> Result<Volume, StoreError>;
 
-    /// Retention: removes the session requests that ended before `before`, with their
-    /// commands (the sessions' own rows stay); returns how many requests went.
+    /// Retention: removes the session requests that ended, or were cancelled, before
+    /// `before`, with their commands (the sessions' own rows stay); returns how many went.
     async fn prune_session_requests(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// The delivery bodies the store still holds.

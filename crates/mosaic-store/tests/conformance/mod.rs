@@ -1483,12 +1483,17 @@ pub async fn an_issues_next_session_waits_until_its_previous_one_ended_or_fell_s
 pub async fn retention_removes_only_the_session_requests_that_ended_before_the_cut(
     store: &dyn Store,
 ) {
-    for id in ["s1", "s2"] {
+    for id in ["s1", "s2", "s3"] {
         store
             .request_session(&session_request(id, "claude"))
             .await
             .unwrap();
     }
+    // s3 is cancelled before anyone claims it: it never ends, and goes all the same.
+    store
+        .cancel_session_requests(Some(&names(&["s3"])))
+        .await
+        .unwrap();
     let a = claimant("a", "host-a:8000", 10);
     assert_eq!(
         claimed_id(store, &a, &["claude"]).await.as_deref(),
@@ -1520,10 +1525,13 @@ pub async fn retention_removes_only_the_session_requests_that_ended_before_the_c
             .prune_session_requests(Utc::now() + an_hour)
             .await
             .unwrap(),
-        1,
+        2,
         "the running one stays"
     );
-    let left = store.session_requests(&names(&["s1", "s2"])).await.unwrap();
+    let left = store
+        .session_requests(&names(&["s1", "s2", "s3"]))
+        .await
+        .unwrap();
     assert_eq!(
         left.iter()
             .map(|v| v.session_id.as_str())
