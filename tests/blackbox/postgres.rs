@@ -501,8 +501,8 @@ impl SharedSchema {
 }
 
 /// Two coordinators on one schema with a mock Gitea, every agent profile the sample agent
-/// working slowly (about 30 s); an issue assigned (through the standby) and the leader's agent
-/// running it. `None` when there is no PostgreSQL (the test says so and passes).
+/// working slowly (about 30 s); an issue assigned and the leader's own worker running its agent,
+/// then a standby started. `None` when there is no PostgreSQL (the test says so and passes).
 struct LeaderRunningAnAgent {
     url: String,
     schema: String,
@@ -523,14 +523,15 @@ async fn leader_running_an_agent(lease_ms: &str) -> Option<LeaderRunningAnAgent>
         wait_leadership(&first, "leader").await["components"]["leadership"]["detail"],
         "leader"
     );
-    let second = shared.start().await;
-    wait_leadership(&second, "standby").await;
 
-    // Assigned (the delivery goes to the standby): the leader runs the agent.
+    // Assigned while the leader is the only coordinator: its own worker claims the session and
+    // runs the agent (with a standby already there, either could).
     let issue = shared.issue("Add caching");
-    shared.assign(&second, &issue, "pause-1").await;
+    shared.assign(&first, &issue, "pause-1").await;
     let open = "SELECT id || '|' || pid || '|' || epoch FROM sessions WHERE ended_at IS NULL AND pid IS NOT NULL";
     let first_session = shared.sql_until(open).await;
+    let second = shared.start().await;
+    wait_leadership(&second, "standby").await;
     let mut parts = first_session.split('|');
     let (session, pid, epoch): (String, i32, i64) = (
         parts.next().unwrap().to_owned(),
@@ -958,7 +959,10 @@ async fn three_coordinators_with_two_agents_each_run_six_issues_at_once() {
     wait_peers(&coordinators[0], "3 alive", coordinators[0].port).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
+    // Watches that no issue has two sessions' agents at once (and ends them all if the test fails).
+    let sampler = crate::agent_processes::Sampler::start(&shared.repo.to_string());
     let issues: Vec<_> = (0..6).map(|n| shared.issue(&format!("Job {n}"))).collect();
+    let assigned = Instant::now();
     for (n, issue) in issues.iter().enumerate() {
         shared
             .assign(&coordinators[n % 3], issue, &format!("capacity-{n}"))
@@ -971,8 +975,7 @@ async fn three_coordinators_with_two_agents_each_run_six_issues_at_once() {
                        WHERE ended_at IS NULL AND cancelled_at IS NULL AND claimant_id IS NOT NULL \
                        GROUP BY claimant_id ORDER BY claimant_id";
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (claims, processes) = loop {
-        let claims = sql(&shared.url, &shared.schema, open_claims);
+    let processes = loop {
         let open: usize = sql(
             &shared.url,
             &shared.schema,
@@ -982,16 +985,22 @@ async fn three_coordinators_with_two_agents_each_run_six_issues_at_once() {
         .unwrap();
         let processes = crate::agent_processes::live_sessions(&repo);
         if open == 6 && processes.len() == 6 {
-            break (claims, processes);
+            break processes;
         }
         assert!(
             Instant::now() < deadline,
-            "never six at once: {open} open sessions, {} agents alive, claims {claims:?}",
-            processes.len()
+            "never six at once: {open} open sessions, {} agents alive, claims {:?}",
+            processes.len(),
+            sql(&shared.url, &shared.schema, open_claims)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    eprintln!("capacity: six sessions at once, claims per coordinator: {claims:?}");
+    // Each agent's process starts after its claim committed.
+    let claims = sql(&shared.url, &shared.schema, open_claims);
+    eprintln!(
+        "capacity: six sessions at once {:?} after the first assignment, claims per coordinator: {claims:?}",
+        assigned.elapsed()
+    );
     let per_claimant: Vec<&str> = claims
         .lines()
         .map(|line| line.rsplit(' ').next().unwrap())
@@ -1046,6 +1055,11 @@ async fn three_coordinators_with_two_agents_each_run_six_issues_at_once() {
         "SELECT outcome || ':' || count(*) FROM sessions GROUP BY outcome",
     );
     assert_eq!(outcomes, "succeeded:6");
+    assert!(
+        sampler.violations().is_empty(),
+        "{:#?}",
+        sampler.violations()
+    );
 }
 
 /// The sample agent's subject for its mid-way commit (`--checkpoint-at-step`).

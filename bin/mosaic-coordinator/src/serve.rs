@@ -400,7 +400,11 @@ pub async fn run_on(
                 cancel.clone(),
             ));
             let cancel = cancel.clone();
-            Some(tokio::spawn(async move { worker.run(cancel).await }))
+            let (store, runner, this) = (Arc::clone(&store), runner.clone(), this_peer.clone());
+            Some(tokio::spawn(async move {
+                reap_left_by_previous_run(store.as_ref(), &runner, &this).await;
+                worker.run(cancel).await
+            }))
         }
         _ => None,
     };
@@ -435,6 +439,7 @@ pub async fn run_on(
         redactor,
         workspaces,
         shared_sessions,
+        peer_id: this_peer.id.clone(),
     };
     // Rows left pending by a crash are handled first, in order, as soon as the engine runs.
     let workers = tokio::spawn(run_workers(
@@ -620,6 +625,8 @@ struct EngineInputs {
     workspaces: Option<mosaic_engine::engine::WorkspaceParts>,
     /// Sessions are requested through the store and run by any coordinator sharing it.
     shared_sessions: bool,
+    /// This coordinator among its peers.
+    peer_id: String,
 }
 
 /// Starts the engine (dispatch, monitoring) and the inbox worker once the bot's login is known,
@@ -682,19 +689,35 @@ async fn run_workers(
         .unwrap_or_else(|| login.clone());
     if inputs.shared_sessions {
         // Recovery records every session left open as interrupted: their claimants are told to
-        // stop (and push what their agents did) before the issues are requested again.
-        match inputs.store.cancel_session_requests(None).await {
-            Ok(0) => {}
-            Ok(cancelled) => tracing::info!(
-                cancelled,
-                "cancelled the sessions the previous leader had requested"
-            ),
-            Err(err) => {
-                tracing::error!(error = %err, "cannot cancel the previous leader's session requests")
+        // stop (and push what their agents did) before the issues are requested again. Not
+        // before that is stored: a claimant left running would work beside the next session.
+        for attempt in 1u32.. {
+            match inputs.store.cancel_session_requests(None).await {
+                Ok(0) => break,
+                Ok(cancelled) => {
+                    tracing::info!(
+                        cancelled,
+                        "cancelled the sessions the previous leader had requested"
+                    );
+                    break;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, attempt, "cannot cancel the previous leader's session requests; trying again");
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(mosaic_engine::backoff::jittered(500, 10_000, attempt)) => {}
+                    }
+                }
             }
         }
     }
-    reap_orphans(inputs.store.as_ref(), &inputs.runner).await;
+    reap_orphans(
+        inputs.store.as_ref(),
+        &inputs.runner,
+        inputs.shared_sessions,
+        &inputs.peer_id,
+    )
+    .await;
     let parts = EngineParts {
         store: Arc::clone(&inputs.store),
         parser: inputs.parser,
@@ -766,8 +789,17 @@ async fn run_workers(
 
 /// Sessions the store still lists as running belonged to a coordinator that died; their process
 /// groups survive it. End them before recovery dispatches the issues again, so no issue ever has
-/// two agents at once (invariant 6).
-async fn reap_orphans(store: &dyn Store, runner: &mosaic_runner::RunnerConfig) {
+/// two agents at once (invariant 6). With sessions shared among coordinators, their processes are
+/// found by the pid their claimant reported — on this host only — except those this coordinator
+/// runs itself (`this_peer`): told to stop by the cancelled request, it pushes their work first.
+/// (A live claimant on the same host loses what its agent did since its last push: which
+/// claimant is alive cannot be told for certain in the second after a leader died.)
+async fn reap_orphans(
+    store: &dyn Store,
+    runner: &mosaic_runner::RunnerConfig,
+    shared: bool,
+    this_peer: &str,
+) {
     let sessions = match store.open_sessions().await {
         Ok(sessions) => sessions,
         Err(err) => {
@@ -775,40 +807,38 @@ async fn reap_orphans(store: &dyn Store, runner: &mosaic_runner::RunnerConfig) {
             return;
         }
     };
-    // A session run for the leader by a coordinator sharing the store has its process named in
-    // its claimant's reports (on that claimant's machine: found here only when it is this one).
-    let without_pid: Vec<String> = sessions
-        .iter()
-        .filter(|session| session.pid.is_none())
-        .map(|session| session.id.clone())
-        .collect();
-    let reported: std::collections::HashMap<String, (u32, chrono::DateTime<chrono::Utc>)> =
-        if without_pid.is_empty() {
-            std::collections::HashMap::new()
-        } else {
-            match store.session_requests(&without_pid).await {
-                Ok(views) => views
-                    .into_iter()
-                    .filter_map(|view| {
-                        let process = view
-                            .state_json
-                            .as_deref()
-                            .and_then(mosaic_engine::cluster::reported_process)?;
-                        Some((view.session_id, process))
-                    })
-                    .collect(),
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot read the requested sessions' processes");
-                    std::collections::HashMap::new()
+    let mut reported = std::collections::HashMap::new();
+    let mut own_claims = std::collections::HashSet::new();
+    if shared && !sessions.is_empty() {
+        let ids: Vec<String> = sessions.iter().map(|session| session.id.clone()).collect();
+        match store.session_requests(&ids).await {
+            Ok(views) => {
+                for view in views {
+                    if view.claimant.as_deref() == Some(this_peer) {
+                        own_claims.insert(view.session_id.clone());
+                    }
+                    if let Some(process) = view
+                        .state_json
+                        .as_deref()
+                        .and_then(mosaic_engine::cluster::reported_process)
+                    {
+                        reported.insert(view.session_id, process);
+                    }
                 }
             }
-        };
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the requested sessions' processes")
+            }
+        }
+    }
     let recorded: Vec<mosaic_runner::orphans::RecordedSession> = sessions
         .into_iter()
+        .filter(|session| !own_claims.contains(&session.id))
         .filter_map(|session| {
-            let (pid, started_at) = match session.pid {
-                Some(pid) => (pid, session.started_at),
-                None => *reported.get(&session.id)?,
+            let (pid, started_at) = match (session.pid, reported.get(&session.id)) {
+                (_, Some(process)) => *process,
+                (Some(pid), None) => (pid, session.started_at),
+                (None, None) => return None,
             };
             Some(mosaic_runner::orphans::RecordedSession {
                 pid,
@@ -818,6 +848,13 @@ async fn reap_orphans(store: &dyn Store, runner: &mosaic_runner::RunnerConfig) {
             })
         })
         .collect();
+    reap(runner, recorded).await;
+}
+
+async fn reap(
+    runner: &mosaic_runner::RunnerConfig,
+    recorded: Vec<mosaic_runner::orphans::RecordedSession>,
+) {
     if !recorded.is_empty() {
         let outcomes = mosaic_runner::orphans::reap(runner, &recorded).await;
         tracing::info!(
@@ -826,6 +863,56 @@ async fn reap_orphans(store: &dyn Store, runner: &mosaic_runner::RunnerConfig) {
             "checked sessions left open by the previous run"
         );
     }
+}
+
+/// The sessions an earlier process of this coordinator (the same name) claimed and did not
+/// end: its agents survived it (SIGKILL, a panic). They are ended before this one claims
+/// anything, so a session's worktree never has two agents; their leader finds them silent.
+async fn reap_left_by_previous_run(
+    store: &dyn Store,
+    runner: &mosaic_runner::RunnerConfig,
+    this: &crate::peers::ThisPeer,
+) {
+    let left = match store.sessions_left_by(&this.name, &this.id).await {
+        Ok(left) => left,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot list the sessions an earlier run of this coordinator left");
+            return;
+        }
+    };
+    if left.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = left
+        .iter()
+        .map(|request| request.session_id.clone())
+        .collect();
+    let views = match store.session_requests(&ids).await {
+        Ok(views) => views,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the sessions an earlier run of this coordinator left");
+            return;
+        }
+    };
+    let recorded = left
+        .into_iter()
+        .filter_map(|request| {
+            let view = views
+                .iter()
+                .find(|view| view.session_id == request.session_id)?;
+            let (pid, started_at) = view
+                .state_json
+                .as_deref()
+                .and_then(mosaic_engine::cluster::reported_process)?;
+            Some(mosaic_runner::orphans::RecordedSession {
+                pid,
+                session_id: request.session_id,
+                agent: request.agent,
+                started_at,
+            })
+        })
+        .collect();
+    reap(runner, recorded).await;
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
