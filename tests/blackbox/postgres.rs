@@ -766,6 +766,11 @@ async fn a_leader_killed_while_its_agent_works_is_followed_by_the_next_dispatch_
         &format!("SELECT pid FROM sessions WHERE id = '{rerun_session}' AND pid IS NOT NULL"),
     )
     .await;
+    // Claimed by the new leader's worker and its agent started (its pid recorded).
+    eprintln!(
+        "failover to a running agent: {:?} from the leader's SIGKILL",
+        killed.elapsed()
+    );
     drop(second);
     if let Ok(agent) = agent.parse::<i32>() {
         // Its own process group, led by the agent.
@@ -1059,6 +1064,30 @@ async fn three_coordinators_with_two_agents_each_run_six_issues_at_once() {
         sampler.violations().is_empty(),
         "{:#?}",
         sampler.violations()
+    );
+    // What the claimants' reports cost the store (docs/BENCHMARKS.md): row updates of the
+    // requests per second of session (PostgreSQL's statistics, flushed about every second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let updates: f64 = sql(
+        &shared.url,
+        &shared.schema,
+        &format!(
+            "SELECT n_tup_upd FROM pg_stat_user_tables WHERE schemaname = '{}' AND relname = 'session_requests'",
+            shared.schema
+        ),
+    )
+    .parse()
+    .unwrap_or(0.0);
+    let session_seconds: f64 = sql(
+        &shared.url,
+        &shared.schema,
+        "SELECT sum(extract(epoch FROM ended_at - started_at)) FROM sessions",
+    )
+    .parse()
+    .unwrap_or(1.0);
+    eprintln!(
+        "capacity: {updates} report writes over {session_seconds:.1} session-seconds: {:.1} per session per second",
+        updates / session_seconds.max(1.0)
     );
 }
 

@@ -331,8 +331,6 @@ async fn run_claimed(
                 if changed.is_err() {
                     break;
                 }
-                // Readings come in bursts: one report for the burst.
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -718,10 +716,16 @@ async fn beat(
                 }
             }
         }
+        // Changes within half a period share the next report: a busy agent's readings cost
+        // the store a few writes a second, not one each.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(parts.config.report_every / 2) => {}
+        }
         tokio::select! {
             () = stop.cancelled() => return,
             () = shared.changed.notified() => {}
-            () = tokio::time::sleep(parts.config.report_every) => {}
+            () = tokio::time::sleep(parts.config.report_every / 2) => {}
         }
     }
 }
