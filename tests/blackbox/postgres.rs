@@ -1497,29 +1497,7 @@ async fn a_moved_issue_clones_again_and_continues_on_its_pushed_branch() {
     assert_eq!(finished(&issue), 1);
     // The interrupted session was no failed attempt: one attempt counted, two sessions.
     let (url, schema) = (&repository.shared.url, &repository.shared.schema);
-    assert_eq!(
-        sql(
-            url,
-            schema,
-            &format!(
-                "SELECT attempts FROM issues WHERE repository = '{}' AND number = {}",
-                issue.repo, issue.number
-            )
-        ),
-        "1"
-    );
-    assert_eq!(
-        sql(
-            url,
-            schema,
-            &format!(
-                "SELECT id || ' ' || outcome FROM sessions WHERE repository = '{}' AND number = {} \
-                 ORDER BY started_at",
-                issue.repo, issue.number
-            )
-        ),
-        format!("{first_session} interrupted\n{second_session} succeeded")
-    );
+    assert_one_attempt_of_two_sessions(url, schema, &issue, &first_session, &second_session);
     let comments = repository.shared.gitea.comments(&issue);
     assert!(
         !comments.iter().any(|c| c.body.contains("could not finish")),
@@ -1655,14 +1633,28 @@ async fn a_moved_issue_whose_claimant_was_killed_runs_again_elsewhere_without_it
         1,
         "{pulls:#?}"
     );
+    assert_one_attempt_of_two_sessions(url, schema, &issue, &first_session, &second_session);
+    repository.wait_state(&filler, "completed").await;
+}
+
+/// The moved issue's interrupted session was no failed attempt: one attempt counted, the first
+/// session interrupted and the second succeeded.
+fn assert_one_attempt_of_two_sessions(
+    url: &str,
+    schema: &str,
+    issue: &mosaic_domain::IssueRef,
+    first_session: &str,
+    second_session: &str,
+) {
+    let of_issue = format!(
+        "repository = '{}' AND number = {}",
+        issue.repo, issue.number
+    );
     assert_eq!(
         sql(
             url,
             schema,
-            &format!(
-                "SELECT attempts FROM issues WHERE repository = '{}' AND number = {}",
-                issue.repo, issue.number
-            )
+            &format!("SELECT attempts FROM issues WHERE {of_issue}")
         ),
         "1"
     );
@@ -1671,12 +1663,9 @@ async fn a_moved_issue_whose_claimant_was_killed_runs_again_elsewhere_without_it
             url,
             schema,
             &format!(
-                "SELECT id || ' ' || outcome FROM sessions WHERE repository = '{}' AND number = {} \
-                 ORDER BY started_at",
-                issue.repo, issue.number
+                "SELECT id || ' ' || outcome FROM sessions WHERE {of_issue} ORDER BY started_at"
             )
         ),
         format!("{first_session} interrupted\n{second_session} succeeded")
     );
-    repository.wait_state(&filler, "completed").await;
 }

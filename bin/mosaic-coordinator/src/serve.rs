@@ -402,7 +402,7 @@ pub async fn run_on(
             let cancel = cancel.clone();
             let (store, runner, this) = (Arc::clone(&store), runner.clone(), this_peer.clone());
             Some(tokio::spawn(async move {
-                reap_left_by_previous_run(store.as_ref(), &runner, &this).await;
+                reap_left_by_previous_run(store.as_ref(), &runner, &this, &cancel).await;
                 worker.run(cancel).await
             }))
         }
@@ -792,8 +792,9 @@ async fn run_workers(
 /// two agents at once (invariant 6). With sessions shared among coordinators, their processes are
 /// found by the pid their claimant reported — on this host only — except those this coordinator
 /// runs itself (`this_peer`): told to stop by the cancelled request, it pushes their work first.
-/// (A live claimant on the same host loses what its agent did since its last push: which
-/// claimant is alive cannot be told for certain in the second after a leader died.)
+/// (A live claimant on the same host has its agent ended too — which claimant is alive cannot
+/// be told for certain in the second after a leader died — and its worker still commits and
+/// pushes what the agent left.)
 async fn reap_orphans(
     store: &dyn Store,
     runner: &mosaic_runner::RunnerConfig,
@@ -872,26 +873,37 @@ async fn reap_left_by_previous_run(
     store: &dyn Store,
     runner: &mosaic_runner::RunnerConfig,
     this: &crate::peers::ThisPeer,
+    cancel: &CancellationToken,
 ) {
-    let left = match store.sessions_left_by(&this.name, &this.id).await {
-        Ok(left) => left,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot list the sessions an earlier run of this coordinator left");
-            return;
-        }
-    };
-    if left.is_empty() {
-        return;
-    }
-    let ids: Vec<String> = left
-        .iter()
-        .map(|request| request.session_id.clone())
-        .collect();
-    let views = match store.session_requests(&ids).await {
-        Ok(views) => views,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot read the sessions an earlier run of this coordinator left");
-            return;
+    // Tried until the store answers (at a start the database may not be up yet): claiming
+    // before would risk a second agent in a worktree the first still works in.
+    let mut attempt = 0u32;
+    let (left, views) = loop {
+        attempt = attempt.saturating_add(1);
+        let read = async {
+            let left = store.sessions_left_by(&this.name, &this.id).await?;
+            let ids: Vec<String> = left
+                .iter()
+                .map(|request| request.session_id.clone())
+                .collect();
+            let views = if ids.is_empty() {
+                Vec::new()
+            } else {
+                store.session_requests(&ids).await?
+            };
+            Ok::<_, mosaic_store::StoreError>((left, views))
+        };
+        match read.await {
+            Ok(read) => break read,
+            Err(err) => {
+                if attempt == 1 || attempt.is_multiple_of(20) {
+                    tracing::warn!(error = %err, attempt, "cannot read the sessions an earlier run of this coordinator left; trying again before claiming any");
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(mosaic_engine::backoff::jittered(500, 10_000, attempt)) => {}
+                }
+            }
         }
     };
     let recorded = left

@@ -253,7 +253,9 @@ struct Cluster {
     leader: RemoteRuntime,
 }
 
-const LOST_AFTER: Duration = Duration::from_millis(600);
+// Long enough that a slow store on a busy machine does not end healthy sessions (the fence is
+// half of it).
+const LOST_AFTER: Duration = Duration::from_millis(1500);
 
 async fn cluster() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
@@ -673,6 +675,32 @@ async fn a_worker_that_cannot_reach_the_store_ends_its_session_before_the_lease_
     database
         .execute_batch("ALTER TABLE session_requests_gone RENAME TO session_requests")
         .unwrap();
+    cancel.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_report_that_hangs_does_not_hold_off_the_end_of_a_session_cut_off_from_its_store() {
+    let cluster = cluster().await;
+    let (local, worker) = worker(&cluster.store, "b", 1);
+    let (cancel, handle) = run(worker);
+    let _session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
+    let ran = local.wait_for_sessions(1).await;
+    // Another writer holds the database: every write waits (the store's busy timeout is 5 s,
+    // far past the lease), as over a connection that no longer answers.
+    let database = rusqlite::Connection::open(cluster.dir.path().join("mosaic.db")).unwrap();
+    database.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let cut = Instant::now();
+    let deadline = cut + LOST_AFTER * 3;
+    while ran[0].outcome().is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the session ran on while its reports hung"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cut.elapsed() < LOST_AFTER * 2, "{:?}", cut.elapsed());
+    database.execute_batch("ROLLBACK").unwrap();
     cancel.cancel();
     handle.await.unwrap();
 }

@@ -106,7 +106,8 @@ impl SessionWorker {
         let mut note = |ran: Result<Ran, tokio::task::JoinError>,
                         paused_until: &mut Option<tokio::time::Instant>| {
             match ran {
-                Ok(Ran::Started) => start_failures = 0,
+                // Concurrent sessions end in any order: one start does not undo every failure.
+                Ok(Ran::Started) => start_failures = start_failures.saturating_sub(1),
                 Ok(Ran::CouldNotStart) => {
                     start_failures = start_failures.saturating_add(1);
                     let pause = crate::backoff::jittered(1_000, 60_000, start_failures);
@@ -265,6 +266,7 @@ async fn run_claimed(
     let (session, workspace, started_at) = match started {
         Ok(started) => started,
         Err(failure) => {
+            let here_only = failure.here_only;
             tracing::warn!(session = %request.session_id, issue = %request.issue, reason = %failure.reason, "the claimed session could not start");
             let outcome = if failure.here_only {
                 SessionOutcome::Killed {
@@ -282,7 +284,12 @@ async fn run_claimed(
             let state = ReportedState::of(&snapshot, None, None, None, Vec::new());
             heartbeat.stop().await;
             report_end(&parts, &request.session_id, &state, &cancel).await;
-            return Ran::CouldNotStart;
+            // A task nobody can read is its own fault, not this machine's.
+            return if here_only {
+                Ran::CouldNotStart
+            } else {
+                Ran::Started
+            };
         }
     };
     heartbeat.started(Arc::clone(&session), started_at);
@@ -351,8 +358,10 @@ async fn run_claimed(
         };
     }
     // The branch carries the work to whoever continues or publishes it; the heartbeat goes on
-    // while it is pushed.
-    if let Some(workspace) = &workspace
+    // while it is pushed. Not once the session was given up for lost: the issue's next session
+    // may be pushing from elsewhere by now.
+    let fenced = heartbeat.fenced.is_cancelled();
+    if let Some(workspace) = workspace.as_ref().filter(|_| !fenced)
         && let Err(reason) = push_work(&parts, workspace).await
     {
         tracing::warn!(session = %request.session_id, %reason, "could not push the session's work");
@@ -661,9 +670,17 @@ impl Heartbeat {
         self.shared.changed.notify_one();
     }
 
-    async fn stop(self) {
+    async fn stop(mut self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Heartbeat {
+    // A task that ends without `stop` (a panic, an abort) must not leave its session reported
+    // alive forever, holding its issue.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -674,7 +691,9 @@ async fn beat(
     commands: mpsc::UnboundedSender<SessionCommand>,
     (cancelled, fenced, stop): (CancellationToken, CancellationToken, CancellationToken),
 ) {
-    let fence_after = parts.config.lost_after.mul_f64(0.75);
+    // Half the lease: closing the agent takes its grace period, and the leader gives the issue
+    // away once the lease has passed.
+    let fence_after = parts.config.lost_after / 2;
     let mut last_stored = tokio::time::Instant::now();
     let mut after_seq = 0;
     let mut failures = 0u32;
@@ -694,7 +713,21 @@ async fn beat(
             state_json,
             ended: false,
         };
-        match parts.store.report_session(&report, after_seq).await {
+        // A report that hangs (a half-open connection) must not hold the fence off: it gets
+        // what is left until the fence, at least one period.
+        let limit = fence_after
+            .saturating_sub(last_stored.elapsed())
+            .max(parts.config.report_every);
+        let reported = tokio::select! {
+            () = stop.cancelled() => return,
+            reported = tokio::time::timeout(limit, parts.store.report_session(&report, after_seq)) => reported,
+        };
+        let reported = reported.unwrap_or_else(|_| {
+            Err(mosaic_store::StoreError::Unavailable(format!(
+                "no answer within {limit:?}"
+            )))
+        });
+        match reported {
             Ok(orders) => {
                 last_stored = sent;
                 failures = 0;
