@@ -603,8 +603,8 @@ impl Shared {
 /// Reports a claimed session every `report_every` and at every change, from the claim until it
 /// is stopped: the session's heartbeat. Its answers bring the leader's commands (to
 /// `take_commands`) and the cancellation (`cancelled`); when no report has reached the store
-/// for three quarters of `lost_after` it fires `fenced`, since the leader is about to count the
-/// session lost and run the issue elsewhere.
+/// for half of `lost_after` it fires `fenced`, since the leader is about to count the session
+/// lost and run the issue elsewhere.
 struct Heartbeat {
     shared: Arc<Shared>,
     commands: Mutex<Option<mpsc::UnboundedReceiver<SessionCommand>>>,
