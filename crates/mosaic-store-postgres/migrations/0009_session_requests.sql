@@ -42,6 +42,9 @@ CREATE TABLE session_commands (
     epoch        BIGINT DEFAULT NULLIF(current_setting('mosaic.epoch', true), '')::BIGINT
 );
 CREATE INDEX session_commands_by_session ON session_commands (session_id, seq);
+-- A command stored again (a retry after its answer was lost) is stored once: the leader makes
+-- each command's text unique. By its hash: a prompt can be longer than an index entry may be.
+CREATE UNIQUE INDEX session_commands_once ON session_commands (session_id, md5(command_json));
 
 -- How many sessions each coordinator runs at most at once.
 ALTER TABLE peers ADD COLUMN capacity BIGINT NOT NULL DEFAULT 0;

@@ -2138,13 +2138,30 @@ pub(crate) async fn command_session(
     if locked.is_none() {
         return Err(not_found(format!("session request {session_id}")));
     }
-    let row = query_opt(
+    let inserted = query_opt(
         client,
-        "INSERT INTO session_commands (session_id, command_json) VALUES ($1, $2) RETURNING seq",
+        "INSERT INTO session_commands (session_id, command_json) VALUES ($1, $2)
+         ON CONFLICT (session_id, md5(command_json)) DO NOTHING RETURNING seq",
         &[&session_id, &command_json],
     )
-    .await?
-    .ok_or_else(|| corrupt("session_commands.seq", "no sequence number returned"))?;
+    .await?;
+    let row = match inserted {
+        Some(row) => row,
+        // Stored before (a retry): its first sequence number.
+        None => query_opt(
+            client,
+            "SELECT seq FROM session_commands
+              WHERE session_id = $1 AND md5(command_json) = md5($2) AND command_json = $2",
+            &[&session_id, &command_json],
+        )
+        .await?
+        .ok_or_else(|| {
+            corrupt(
+                "session_commands.command_json",
+                "a repeated command vanished",
+            )
+        })?,
+    };
     get(&row, "seq")
 }
 

@@ -40,6 +40,9 @@ CREATE TABLE session_commands (
     created_at   INTEGER NOT NULL
 );
 CREATE INDEX session_commands_by_session ON session_commands (session_id, seq);
+-- A command stored again (a retry after its answer was lost) is stored once: the leader makes
+-- each command's text unique.
+CREATE UNIQUE INDEX session_commands_once ON session_commands (session_id, command_json);
 
 -- How many sessions each coordinator runs at most at once.
 ALTER TABLE peers ADD COLUMN capacity INTEGER NOT NULL DEFAULT 0;

@@ -1852,11 +1852,21 @@ pub(crate) fn command_session(
     if exists.is_none() {
         return Err(StoreError::not_found(format!("session request {session_id}")).into());
     }
-    conn.prepare_cached(
-        "INSERT INTO session_commands (session_id, command_json, created_at) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![session_id, command_json, micros(now)])?;
-    Ok(conn.last_insert_rowid())
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO session_commands (session_id, command_json, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (session_id, command_json) DO NOTHING",
+        )?
+        .execute(params![session_id, command_json, micros(now)])?;
+    if inserted > 0 {
+        return Ok(conn.last_insert_rowid());
+    }
+    // Stored before (a retry): its first sequence number.
+    Ok(conn
+        .prepare_cached(
+            "SELECT seq FROM session_commands WHERE session_id = ?1 AND command_json = ?2",
+        )?
+        .query_row(params![session_id, command_json], |row| row.get(0))?)
 }
 
 pub(crate) fn cancel_session_requests(

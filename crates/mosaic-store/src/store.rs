@@ -241,7 +241,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<SessionOrders, StoreError>;
 
     /// Leaves a command for the session's claimant; returns its sequence number (increasing
-    /// per store). Written by the leader.
+    /// per store). Written by the leader. The same text for the same session is stored once
+    /// (its first sequence number is returned): the leader makes each command's text unique, so
+    /// a retry after a lost answer does not repeat the command.
     async fn command_session(
         &self,
         session_id: &str,

@@ -375,7 +375,8 @@ impl RemoteSession {
     /// tried again until it takes the command or the session has ended (a command lost would
     /// leave the monitor waiting for an answer that never comes).
     async fn command(&self, command: &Command) -> Result<i64, SessionError> {
-        let text = serde_json::to_string(command).map_err(|err| self.io(err.to_string()))?;
+        // One text for every try: the store keeps a repeated text once.
+        let text = command.to_text().map_err(|err| self.io(err.to_string()))?;
         for attempt in 1u32.. {
             match self.store.command_session(self.id.as_str(), &text).await {
                 Ok(seq) => return Ok(seq),

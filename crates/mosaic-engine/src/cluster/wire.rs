@@ -24,6 +24,30 @@ pub(crate) enum Command {
     Finish,
 }
 
+impl Command {
+    /// The command's text for the store, unique to this call (an id beside it): a retry after
+    /// a lost answer repeats the same text, which the store keeps once.
+    pub(crate) fn to_text(&self) -> Result<String, serde_json::Error> {
+        let mut value = serde_json::to_value(self)?;
+        if let serde_json::Value::Object(fields) = &mut value {
+            fields.insert(
+                "id".to_owned(),
+                serde_json::Value::String(uuid::Uuid::now_v7().to_string()),
+            );
+        }
+        serde_json::to_string(&value)
+    }
+
+    /// A command as the store keeps it (its id is only there to make the text unique).
+    pub(crate) fn from_text(text: &str) -> Result<Self, serde_json::Error> {
+        let mut value: serde_json::Value = serde_json::from_str(text)?;
+        if let serde_json::Value::Object(fields) = &mut value {
+            fields.remove("id");
+        }
+        serde_json::from_value(value)
+    }
+}
+
 /// How a command went: a compaction answers with the usage measured afterwards.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct CommandAnswer {
@@ -130,6 +154,23 @@ mod tests {
         let back: ReportedState = serde_json::from_str(&text).unwrap();
         assert_eq!(back.snapshot(), snapshot);
         assert_eq!(reported_process(&text).map(|(pid, _)| pid), Some(42));
+    }
+
+    #[test]
+    fn every_command_text_is_unique_and_reads_back_as_the_command() {
+        for command in [
+            Command::Finish,
+            Command::Send {
+                prompt: "go on".to_owned(),
+            },
+            Command::CloseAfterTurn {
+                reason: "rotated".to_owned(),
+            },
+        ] {
+            let (first, second) = (command.to_text().unwrap(), command.to_text().unwrap());
+            assert_ne!(first, second);
+            assert_eq!(Command::from_text(&first).unwrap(), command);
+        }
     }
 
     #[test]

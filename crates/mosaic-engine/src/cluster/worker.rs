@@ -495,7 +495,7 @@ async fn apply_commands(
     });
     while let Some(command) = queued.recv().await {
         let seq = command.seq;
-        match serde_json::from_str::<Command>(&command.command_json) {
+        match Command::from_text(&command.command_json) {
             Ok(Command::Close { reason }) => {
                 close_after(&session, reason, false);
                 shared.answer(CommandAnswer {

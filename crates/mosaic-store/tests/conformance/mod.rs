@@ -1605,6 +1605,14 @@ pub async fn reports_answer_the_commands_after_the_last_seen_and_whether_to_stop
         .await
         .unwrap();
     assert!(second > first);
+    // The same text again (a retry after a lost answer) is the same command, stored once.
+    assert_eq!(
+        store
+            .command_session("s1", r#"{"prompt":"two"}"#)
+            .await
+            .unwrap(),
+        second
+    );
     let missing = store.command_session("nobody", "{}").await;
     assert!(
         matches!(missing, Err(StoreError::NotFound { .. })),
