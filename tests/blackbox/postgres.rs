@@ -960,8 +960,9 @@ async fn three_coordinators_with_two_agents_each_run_six_issues_at_once() {
         wait_leadership(&standby, "standby").await;
         coordinators.push(standby);
     }
-    // The leader counts the capacity its peers say they have.
-    wait_peers(&coordinators[0], "3 alive", coordinators[0].port).await;
+    // The leader counts the capacity its peers say they have (and /health says it).
+    let peers = wait_peers(&coordinators[0], "3 alive", coordinators[0].port).await;
+    assert!(peers.ends_with("; 6 agent sessions at once"), "{peers}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // Watches that no issue has two sessions' agents at once (and ends them all if the test fails).

@@ -114,7 +114,8 @@ pub async fn beat(
     }
 }
 
-/// The coordinators alive now, as `/health` says it: "2 alive: a:8000 (leader), b:8000".
+/// The coordinators alive now, as `/health` says it: "2 alive: a:8000 (leader), b:8000; 4 agent
+/// sessions at once" (the capacity they offer together).
 pub fn describe(alive: &[PeerBeat]) -> String {
     let names: Vec<String> = alive
         .iter()
@@ -126,7 +127,15 @@ pub fn describe(alive: &[PeerBeat]) -> String {
             }
         })
         .collect();
-    format!("{} alive: {}", alive.len(), names.join(", "))
+    if names.is_empty() {
+        return "0 alive".to_owned();
+    }
+    format!(
+        "{} alive: {}; {} agent sessions at once",
+        alive.len(),
+        names.join(", "),
+        offered_capacity(alive)
+    )
 }
 
 /// `peers` in `/health`: how many coordinators share the store and which one leads.
@@ -171,9 +180,9 @@ mod tests {
         };
         assert_eq!(
             describe(&[peer("a:8000", false), peer("b:8000", true)]),
-            "2 alive: a:8000, b:8000 (leader)"
+            "2 alive: a:8000, b:8000 (leader); 4 agent sessions at once"
         );
-        assert_eq!(describe(&[]), "0 alive: ");
+        assert_eq!(describe(&[]), "0 alive");
         assert_eq!(
             offered_capacity(&[peer("a:8000", false), peer("b:8000", true)]),
             4
