@@ -33,6 +33,9 @@ struct LocalSession {
     issue: IssueRef,
     state: watch::Sender<SessionSnapshot>,
     sent: Mutex<Vec<String>>,
+    /// Closing is asked for but the agent finishes its own way (its turn ends first).
+    finishes_its_turn: bool,
+    close_asked: Mutex<Option<String>>,
 }
 
 impl LocalSession {
@@ -80,6 +83,10 @@ impl AgentSession for LocalSession {
         Ok(usage)
     }
     async fn close(&self, reason: &str) -> Result<SessionOutcome, SessionError> {
+        *self.close_asked.lock().unwrap() = Some(reason.to_owned());
+        if self.finishes_its_turn {
+            return Ok(self.outcome());
+        }
         let outcome = SessionOutcome::Killed {
             reason: KillReason::Closed {
                 reason: reason.to_owned(),
@@ -104,6 +111,8 @@ struct LocalRuntime {
     sessions: Mutex<Vec<Arc<LocalSession>>>,
     /// How long starting a session takes (a first clone, a slow CLI).
     spawn_delay: Duration,
+    /// Its sessions finish their turn when asked to close.
+    finish_turns: bool,
 }
 
 impl LocalRuntime {
@@ -150,6 +159,8 @@ impl AgentRuntime for LocalRuntime {
             issue: task.issue.clone(),
             state: watch::Sender::new(SessionSnapshot::new(Utc::now())),
             sent: Mutex::new(Vec::new()),
+            finishes_its_turn: self.finish_turns,
+            close_asked: Mutex::new(None),
         });
         self.sessions.lock().unwrap().push(Arc::clone(&session));
         Ok(session)
@@ -701,6 +712,51 @@ async fn a_report_that_hangs_does_not_hold_off_the_end_of_a_session_cut_off_from
     }
     assert!(cut.elapsed() < LOST_AFTER * 2, "{:?}", cut.elapsed());
     database.execute_batch("ROLLBACK").unwrap();
+    cancel.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_success_after_the_worker_gave_its_session_up_is_reported_as_an_interruption() {
+    let cluster = cluster().await;
+    let turn_finishing = LocalRuntime {
+        finish_turns: true,
+        ..LocalRuntime::default()
+    };
+    let (local, worker) = worker_on(&cluster.store, "b", 1, turn_finishing);
+    let (cancel, handle) = run(worker);
+    let session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
+    let ran = local.wait_for_sessions(1).await;
+    let database = rusqlite::Connection::open(cluster.dir.path().join("mosaic.db")).unwrap();
+    database
+        .execute_batch("ALTER TABLE session_requests RENAME TO session_requests_gone")
+        .unwrap();
+    // The worker gives the session up (asks it to close), and the agent's turn ends in success.
+    let deadline = Instant::now() + LOST_AFTER * 3;
+    while ran[0].close_asked.lock().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the session was never given up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ran[0].end(SessionOutcome::Succeeded {
+        summary: "done".to_owned(),
+        tokens: 10,
+        cost_usd: None,
+    });
+    database
+        .execute_batch("ALTER TABLE session_requests_gone RENAME TO session_requests")
+        .unwrap();
+    // Its work was not pushed: the leader must not take it for a success.
+    let ended = wait_until(&session, "the end", |s| !s.outcome.is_running()).await;
+    assert!(
+        matches!(
+            &ended.outcome,
+            SessionOutcome::Killed {
+                reason: KillReason::Interrupted { .. }
+            }
+        ),
+        "{:?}",
+        ended.outcome
+    );
     cancel.cancel();
     handle.await.unwrap();
 }

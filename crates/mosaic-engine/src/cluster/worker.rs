@@ -348,8 +348,15 @@ async fn run_claimed(
     } else {
         snapshot.outcome.clone()
     };
+    // Given up for lost, the session's work is not pushed (the next session may be
+    // pushing from elsewhere by now), so even a success is only an interruption: the leader
+    // must not publish a branch that lacks it.
+    let fenced = heartbeat.fenced.is_cancelled();
+    if fenced {
+        interrupted = Some("the coordinator running it lost touch with the store");
+    }
     if let Some(why) = interrupted
-        && !matches!(outcome, SessionOutcome::Succeeded { .. })
+        && (fenced || !matches!(outcome, SessionOutcome::Succeeded { .. }))
     {
         outcome = SessionOutcome::Killed {
             reason: KillReason::Interrupted {
@@ -358,9 +365,7 @@ async fn run_claimed(
         };
     }
     // The branch carries the work to whoever continues or publishes it; the heartbeat goes on
-    // while it is pushed. Not once the session was given up for lost: the next session
-    // may be pushing from elsewhere by now.
-    let fenced = heartbeat.fenced.is_cancelled();
+    // while it is pushed.
     if let Some(workspace) = workspace.as_ref().filter(|_| !fenced)
         && let Err(reason) = push_work(&parts, workspace).await
     {
