@@ -178,8 +178,9 @@ impl SessionOutcome {
     }
 }
 
-/// The latest state of a session, published on every change.
-#[derive(Debug, Clone, PartialEq)]
+/// The latest state of a session, published on every change (and, for a session another
+/// coordinator runs, sent through the store as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionSnapshot {
     /// The latest usage reading, if the agent has reported any.
     pub usage: Option<ContextUsage>,

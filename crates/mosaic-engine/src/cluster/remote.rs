@@ -310,9 +310,10 @@ impl RemoteSession {
             }
             known.answers.clone_from(&state.answers);
         }
-        let mut snapshot = state
-            .as_ref()
-            .map_or_else(|| self.snapshot.borrow().clone(), ReportedState::snapshot);
+        let mut snapshot = state.as_ref().map_or_else(
+            || self.snapshot.borrow().clone(),
+            |state| state.snapshot.clone(),
+        );
         let ended = if view.ended {
             if snapshot.outcome.is_running() {
                 // Ended with an unreadable last word: nothing to go on but that it ended.

@@ -1,9 +1,7 @@
 //! What leader and claimant say to each other through the store (JSON the store keeps as text).
 
 use chrono::{DateTime, Utc};
-use mosaic_context::{
-    AgentSpend, ApiRetry, ContextUsage, SessionOutcome, SessionSnapshot, TurnResult,
-};
+use mosaic_context::{ContextUsage, SessionSnapshot};
 use serde::{Deserialize, Serialize};
 
 /// The latest answers kept in a report: commands are applied in order, and a waiter reads its
@@ -58,18 +56,11 @@ pub(crate) struct CommandAnswer {
 /// The claimant's report of a session: its snapshot, and what the leader needs beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ReportedState {
+    #[serde(flatten)]
+    pub snapshot: SessionSnapshot,
     /// The agent's process (group leader) on the claimant's machine, and when it started.
     pub pid: Option<u32>,
     pub started_at: Option<DateTime<Utc>>,
-    pub usage: Option<ContextUsage>,
-    pub usage_seq: u64,
-    pub compactions: u32,
-    pub spend: AgentSpend,
-    pub api_retry: Option<ApiRetry>,
-    pub turns: u32,
-    pub waiting: Option<TurnResult>,
-    pub outcome: SessionOutcome,
-    pub last_activity: DateTime<Utc>,
     pub latest_summary: Option<String>,
     /// Answers to the latest commands, oldest first.
     pub answers: Vec<CommandAnswer>,
@@ -77,40 +68,18 @@ pub(crate) struct ReportedState {
 
 impl ReportedState {
     pub(crate) fn of(
-        snapshot: &SessionSnapshot,
+        snapshot: SessionSnapshot,
         pid: Option<u32>,
         started_at: Option<DateTime<Utc>>,
         latest_summary: Option<String>,
         answers: Vec<CommandAnswer>,
     ) -> Self {
         Self {
+            snapshot,
             pid,
             started_at,
-            usage: snapshot.usage,
-            usage_seq: snapshot.usage_seq,
-            compactions: snapshot.compactions,
-            spend: snapshot.spend,
-            api_retry: snapshot.api_retry.clone(),
-            turns: snapshot.turns,
-            waiting: snapshot.waiting.clone(),
-            outcome: snapshot.outcome.clone(),
-            last_activity: snapshot.last_activity,
             latest_summary: latest_summary.map(|summary| bounded(summary, MAX_SUMMARY_BYTES)),
             answers,
-        }
-    }
-
-    pub(crate) fn snapshot(&self) -> SessionSnapshot {
-        SessionSnapshot {
-            usage: self.usage,
-            usage_seq: self.usage_seq,
-            compactions: self.compactions,
-            spend: self.spend,
-            api_retry: self.api_retry.clone(),
-            turns: self.turns,
-            waiting: self.waiting.clone(),
-            outcome: self.outcome.clone(),
-            last_activity: self.last_activity,
         }
     }
 }
@@ -137,6 +106,7 @@ fn bounded(mut text: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mosaic_context::TurnResult;
 
     #[test]
     fn a_report_round_trips_into_the_same_snapshot() {
@@ -149,10 +119,16 @@ mod tests {
             success: true,
             summary: "done".to_owned(),
         });
-        let state = ReportedState::of(&snapshot, Some(42), Some(Utc::now()), None, Vec::new());
+        let state = ReportedState::of(
+            snapshot.clone(),
+            Some(42),
+            Some(Utc::now()),
+            None,
+            Vec::new(),
+        );
         let text = serde_json::to_string(&state).unwrap();
         let back: ReportedState = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.snapshot(), snapshot);
+        assert_eq!(back.snapshot, snapshot);
         assert_eq!(reported_process(&text).map(|(pid, _)| pid), Some(42));
     }
 

@@ -281,7 +281,7 @@ async fn run_claimed(
             };
             let mut snapshot = SessionSnapshot::new(Utc::now());
             snapshot.outcome = outcome;
-            let state = ReportedState::of(&snapshot, None, None, None, Vec::new());
+            let state = ReportedState::of(snapshot, None, None, None, Vec::new());
             heartbeat.stop().await;
             report_end(&parts, &request.session_id, &state, &cancel).await;
             // A task nobody can read is its own fault, not this machine's.
@@ -589,7 +589,7 @@ impl Shared {
         let started_at = state.started_at;
         drop(state);
         ReportedState::of(
-            &snapshot,
+            snapshot,
             session.as_ref().and_then(|session| session.process_id()),
             started_at,
             session
