@@ -346,60 +346,112 @@ async fn wait_until(
     .unwrap_or_else(|_| panic!("never: {what}"))
 }
 
+/// One worker (`b`, room for one session) on `runtime`, and the leader's session of issue 1,
+/// claimed and started.
+struct OneClaimed {
+    cluster: Cluster,
+    session: Arc<dyn AgentSession>,
+    /// The session as the claimant runs it.
+    ran: Arc<LocalSession>,
+    cancel: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+async fn one_claimed(runtime: LocalRuntime) -> OneClaimed {
+    let cluster = cluster().await;
+    let (local, worker) = worker_on(&cluster.store, "b", 1, runtime);
+    let (cancel, handle) = run(worker);
+    let session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
+    let ran = local.wait_for_sessions(1).await.remove(0);
+    OneClaimed {
+        cluster,
+        session,
+        ran,
+        cancel,
+        handle,
+    }
+}
+
+impl OneClaimed {
+    /// The store's database file, opened beside the store (to take it away from the worker).
+    fn database(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.cluster.dir.path().join("mosaic.db")).unwrap()
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.handle.await.unwrap();
+    }
+}
+
+/// Polls `done` until it holds, failing with `what` after `within`.
+async fn poll_until(within: Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn assert_interrupted(outcome: &SessionOutcome) {
+    assert!(
+        matches!(
+            outcome,
+            SessionOutcome::Killed {
+                reason: KillReason::Interrupted { .. }
+            }
+        ),
+        "{outcome:?}"
+    );
+}
+
 // ----- tests -----
 
 #[tokio::test]
 async fn a_claimed_session_reports_its_usage_and_outcome_to_the_leader() {
-    let cluster = cluster().await;
-    let (local, worker) = worker(&cluster.store, "b", 2);
-    let (cancel, handle) = run(worker);
-    let session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
-    let ran = local.wait_for_sessions(1).await;
+    let claimed = one_claimed(LocalRuntime::default()).await;
+    let (session, ran) = (&claimed.session, &claimed.ran);
     // The claimant runs it under the id the leader requested.
-    assert_eq!(ran[0].id, *session.id());
+    assert_eq!(ran.id, *session.id());
 
-    ran[0].report_usage(42_000);
-    let seen = wait_until(&session, "usage", |s| s.usage.is_some()).await;
+    ran.report_usage(42_000);
+    let seen = wait_until(session, "usage", |s| s.usage.is_some()).await;
     assert_eq!(seen.usage.unwrap().used_tokens, 42_000);
     assert_eq!(session.process_id(), Some(4321));
 
-    ran[0].end(SessionOutcome::Succeeded {
+    ran.end(SessionOutcome::Succeeded {
         summary: "done".to_owned(),
         tokens: 50_000,
         cost_usd: None,
     });
-    let ended = wait_until(&session, "the end", |s| !s.outcome.is_running()).await;
+    let ended = wait_until(session, "the end", |s| !s.outcome.is_running()).await;
     assert!(
         matches!(&ended.outcome, SessionOutcome::Succeeded { summary, .. } if summary == "done"),
         "{:?}",
         ended.outcome
     );
     assert_eq!(session.latest_summary().as_deref(), Some("half way there"));
-    cancel.cancel();
-    handle.await.unwrap();
+    claimed.stop().await;
 }
 
 #[tokio::test]
 async fn compactions_and_prompts_travel_to_the_claimant_and_back() {
-    let cluster = cluster().await;
-    let (local, worker) = worker(&cluster.store, "b", 1);
-    let (cancel, handle) = run(worker);
-    let session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
-    let ran = local.wait_for_sessions(1).await;
+    let claimed = one_claimed(LocalRuntime::default()).await;
+    let (session, ran) = (&claimed.session, &claimed.ran);
 
     let usage = tokio::time::timeout(Duration::from_secs(10), session.compact("keep it short"))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(usage.used_tokens, 20_000);
-    let seen = wait_until(&session, "the compaction", |s| s.compactions == 1).await;
+    let seen = wait_until(session, "the compaction", |s| s.compactions == 1).await;
     assert_eq!(seen.usage.unwrap().used_tokens, 20_000);
 
     tokio::time::timeout(Duration::from_secs(10), session.send("go on"))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(*ran[0].sent.lock().unwrap(), ["go on"]);
+    assert_eq!(*ran.sent.lock().unwrap(), ["go on"]);
 
     let outcome = tokio::time::timeout(Duration::from_secs(10), session.close("rotated"))
         .await
@@ -413,9 +465,8 @@ async fn compactions_and_prompts_travel_to_the_claimant_and_back() {
             }
         }
     );
-    assert!(!ran[0].outcome().is_running());
-    cancel.cancel();
-    handle.await.unwrap();
+    assert!(!ran.outcome().is_running());
+    claimed.stop().await;
 }
 
 #[tokio::test]
@@ -471,16 +522,7 @@ async fn a_claimant_that_falls_silent_loses_its_session_as_interrupted() {
         "{:?}",
         started.elapsed()
     );
-    assert!(
-        matches!(
-            &ended.outcome,
-            SessionOutcome::Killed {
-                reason: KillReason::Interrupted { .. }
-            }
-        ),
-        "{:?}",
-        ended.outcome
-    );
+    assert_interrupted(&ended.outcome);
     // Its request is cancelled: the claimant, were it to come back, is told to stop.
     let views = cluster
         .store
@@ -517,31 +559,22 @@ async fn closing_a_session_nobody_claimed_cancels_its_request() {
 
 #[tokio::test]
 async fn a_worker_shutting_down_ends_its_sessions_as_interrupted() {
-    let cluster = cluster().await;
-    let (local, worker) = worker(&cluster.store, "b", 1);
-    let (cancel, handle) = run(worker);
-    let session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
-    let ran = local.wait_for_sessions(1).await;
+    // The leader (in `_cluster`) follows on while the worker stops.
+    let OneClaimed {
+        cluster: _cluster,
+        session,
+        ran,
+        cancel,
+        handle,
+    } = one_claimed(LocalRuntime::default()).await;
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(10), handle)
         .await
         .unwrap()
         .unwrap();
-    assert!(
-        !ran[0].outcome().is_running(),
-        "the local session still runs"
-    );
+    assert!(!ran.outcome().is_running(), "the local session still runs");
     let ended = wait_until(&session, "the end", |s| !s.outcome.is_running()).await;
-    assert!(
-        matches!(
-            &ended.outcome,
-            SessionOutcome::Killed {
-                reason: KillReason::Interrupted { .. }
-            }
-        ),
-        "{:?}",
-        ended.outcome
-    );
+    assert_interrupted(&ended.outcome);
 }
 
 #[tokio::test]
@@ -631,52 +664,43 @@ async fn a_request_nobody_claims_fails_saying_why() {
 
 #[tokio::test]
 async fn a_session_whose_start_outlasts_the_lease_is_not_taken_for_lost() {
-    let cluster = cluster().await;
-    let slow = LocalRuntime {
+    let claimed = one_claimed(LocalRuntime {
         spawn_delay: LOST_AFTER * 3,
         ..LocalRuntime::default()
-    };
-    let (local, worker) = worker_on(&cluster.store, "b", 1, slow);
-    let (cancel, handle) = run(worker);
-    let session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
-    let ran = local.wait_for_sessions(1).await;
+    })
+    .await;
+    let (session, ran) = (&claimed.session, &claimed.ran);
     assert!(
         session.outcome().is_running(),
         "taken for lost while starting: {:?}",
         session.outcome()
     );
-    ran[0].report_usage(10_000);
-    let seen = wait_until(&session, "usage", |s| s.usage.is_some()).await;
+    ran.report_usage(10_000);
+    let seen = wait_until(session, "usage", |s| s.usage.is_some()).await;
     assert!(seen.outcome.is_running(), "{:?}", seen.outcome);
-    cancel.cancel();
-    handle.await.unwrap();
+    claimed.stop().await;
 }
 
 #[tokio::test]
 async fn a_worker_that_cannot_reach_the_store_ends_its_session_before_the_lease_runs_out() {
-    let cluster = cluster().await;
-    let (local, worker) = worker(&cluster.store, "b", 1);
-    let (cancel, handle) = run(worker);
-    let _session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
-    let ran = local.wait_for_sessions(1).await;
+    let claimed = one_claimed(LocalRuntime::default()).await;
+    let ran = &claimed.ran;
     // The store stops taking its reports (as a database out of reach would).
-    let database = rusqlite::Connection::open(cluster.dir.path().join("mosaic.db")).unwrap();
+    let database = claimed.database();
     database
         .execute_batch("ALTER TABLE session_requests RENAME TO session_requests_gone")
         .unwrap();
     let cut = Instant::now();
-    let deadline = cut + LOST_AFTER * 3;
-    while ran[0].outcome().is_running() {
-        assert!(
-            Instant::now() < deadline,
-            "the session ran on without the store"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        LOST_AFTER * 3,
+        "the session ran on without the store",
+        || !ran.outcome().is_running(),
+    )
+    .await;
     // Ended before the leader would count it lost, by this coordinator itself.
     assert!(cut.elapsed() < LOST_AFTER * 2, "{:?}", cut.elapsed());
     assert_eq!(
-        ran[0].outcome(),
+        ran.outcome(),
         SessionOutcome::Killed {
             reason: KillReason::Closed {
                 reason: "this coordinator lost touch with the store".to_owned()
@@ -686,58 +710,47 @@ async fn a_worker_that_cannot_reach_the_store_ends_its_session_before_the_lease_
     database
         .execute_batch("ALTER TABLE session_requests_gone RENAME TO session_requests")
         .unwrap();
-    cancel.cancel();
-    handle.await.unwrap();
+    claimed.stop().await;
 }
 
 #[tokio::test]
 async fn a_report_that_hangs_does_not_hold_off_the_end_of_a_session_cut_off_from_its_store() {
-    let cluster = cluster().await;
-    let (local, worker) = worker(&cluster.store, "b", 1);
-    let (cancel, handle) = run(worker);
-    let _session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
-    let ran = local.wait_for_sessions(1).await;
+    let claimed = one_claimed(LocalRuntime::default()).await;
+    let ran = &claimed.ran;
     // Another writer holds the database: every write waits (the store's busy timeout is 5 s,
     // far past the lease), as over a connection that no longer answers.
-    let database = rusqlite::Connection::open(cluster.dir.path().join("mosaic.db")).unwrap();
+    let database = claimed.database();
     database.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let cut = Instant::now();
-    let deadline = cut + LOST_AFTER * 3;
-    while ran[0].outcome().is_running() {
-        assert!(
-            Instant::now() < deadline,
-            "the session ran on while its reports hung"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        LOST_AFTER * 3,
+        "the session ran on while its reports hung",
+        || !ran.outcome().is_running(),
+    )
+    .await;
     assert!(cut.elapsed() < LOST_AFTER * 2, "{:?}", cut.elapsed());
     database.execute_batch("ROLLBACK").unwrap();
-    cancel.cancel();
-    handle.await.unwrap();
+    claimed.stop().await;
 }
 
 #[tokio::test]
 async fn a_success_after_the_worker_gave_its_session_up_is_reported_as_an_interruption() {
-    let cluster = cluster().await;
-    let turn_finishing = LocalRuntime {
+    let claimed = one_claimed(LocalRuntime {
         finish_turns: true,
         ..LocalRuntime::default()
-    };
-    let (local, worker) = worker_on(&cluster.store, "b", 1, turn_finishing);
-    let (cancel, handle) = run(worker);
-    let session = cluster.leader.spawn(&profile(), &task(1)).await.unwrap();
-    let ran = local.wait_for_sessions(1).await;
-    let database = rusqlite::Connection::open(cluster.dir.path().join("mosaic.db")).unwrap();
+    })
+    .await;
+    let (session, ran) = (&claimed.session, &claimed.ran);
+    let database = claimed.database();
     database
         .execute_batch("ALTER TABLE session_requests RENAME TO session_requests_gone")
         .unwrap();
     // The worker gives the session up (asks it to close), and the agent's turn ends in success.
-    let deadline = Instant::now() + LOST_AFTER * 3;
-    while ran[0].close_asked.lock().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the session was never given up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    ran[0].end(SessionOutcome::Succeeded {
+    poll_until(LOST_AFTER * 3, "the session was never given up", || {
+        ran.close_asked.lock().unwrap().is_some()
+    })
+    .await;
+    ran.end(SessionOutcome::Succeeded {
         summary: "done".to_owned(),
         tokens: 10,
         cost_usd: None,
@@ -746,17 +759,7 @@ async fn a_success_after_the_worker_gave_its_session_up_is_reported_as_an_interr
         .execute_batch("ALTER TABLE session_requests_gone RENAME TO session_requests")
         .unwrap();
     // Its work was not pushed: the leader must not take it for a success.
-    let ended = wait_until(&session, "the end", |s| !s.outcome.is_running()).await;
-    assert!(
-        matches!(
-            &ended.outcome,
-            SessionOutcome::Killed {
-                reason: KillReason::Interrupted { .. }
-            }
-        ),
-        "{:?}",
-        ended.outcome
-    );
-    cancel.cancel();
-    handle.await.unwrap();
+    let ended = wait_until(session, "the end", |s| !s.outcome.is_running()).await;
+    assert_interrupted(&ended.outcome);
+    claimed.stop().await;
 }
