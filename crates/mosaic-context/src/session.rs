@@ -274,26 +274,26 @@ pub enum RuntimeError {
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait AgentRuntime: Send + Sync + fmt::Debug {
-    /// Starts a session of `profile` working on `task`, in a working directory the runtime derives
-    /// from the task's issue under its own root (so no caller can point it elsewhere).
+    /// Starts a session of `profile` working on `task` under a new id, in a working directory
+    /// the runtime derives from the task's issue under its own root (so no caller can point it
+    /// elsewhere).
     async fn spawn(
         &self,
         profile: &AgentProfile,
         task: &SessionTask,
-    ) -> Result<Arc<dyn AgentSession>, RuntimeError>;
+    ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
+        self.spawn_with_id(SessionId::generate(), profile, task)
+            .await
+    }
 
-    /// Starts a session under a given id: a session run for another coordinator keeps the id
-    /// it was requested under (its records and its processes' marker). A runtime that cannot
-    /// choose ids starts it under its own, which the caller can read from the session.
+    /// [`AgentRuntime::spawn`] under a given id: a session run for another coordinator keeps
+    /// the id it was requested under (its records and its processes' marker).
     async fn spawn_with_id(
         &self,
         id: SessionId,
         profile: &AgentProfile,
         task: &SessionTask,
-    ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
-        let _ = id;
-        self.spawn(profile, task).await
-    }
+    ) -> Result<Arc<dyn AgentSession>, RuntimeError>;
 
     /// Whether sessions of this profile can be asked to compact; when not, the monitor rotates
     /// where it would have compacted.

@@ -169,8 +169,10 @@ struct FakeRuntime {
 
 #[async_trait]
 impl AgentRuntime for FakeRuntime {
-    async fn spawn(
+    // Its sessions are made ahead, with ids of their own.
+    async fn spawn_with_id(
         &self,
+        _id: SessionId,
         profile: &AgentProfile,
         task: &SessionTask,
     ) -> Result<Arc<dyn AgentSession>, RuntimeError> {

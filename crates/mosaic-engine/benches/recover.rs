@@ -243,8 +243,9 @@ struct RefusingRuntime;
 
 #[async_trait]
 impl AgentRuntime for RefusingRuntime {
-    async fn spawn(
+    async fn spawn_with_id(
         &self,
+        _id: mosaic_context::SessionId,
         profile: &AgentProfile,
         _task: &SessionTask,
     ) -> Result<Arc<dyn AgentSession>, RuntimeError> {

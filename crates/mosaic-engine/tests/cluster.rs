@@ -139,14 +139,6 @@ impl LocalRuntime {
 
 #[async_trait]
 impl AgentRuntime for LocalRuntime {
-    async fn spawn(
-        &self,
-        profile: &AgentProfile,
-        task: &SessionTask,
-    ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
-        self.spawn_with_id(SessionId::generate(), profile, task)
-            .await
-    }
     async fn spawn_with_id(
         &self,
         id: SessionId,

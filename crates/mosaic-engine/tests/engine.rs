@@ -111,15 +111,16 @@ impl FakeRuntime {
 
 #[async_trait]
 impl AgentRuntime for FakeRuntime {
-    async fn spawn(
+    async fn spawn_with_id(
         &self,
+        id: SessionId,
         profile: &AgentProfile,
         task: &SessionTask,
     ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
         self.spawns.fetch_add(1, Ordering::SeqCst);
         let (state, _) = watch::channel(SessionSnapshot::new(Utc::now()));
         let session = Arc::new(FakeSession {
-            id: SessionId::generate(),
+            id,
             agent: profile.name.clone(),
             issue: task.issue.clone(),
             state,

@@ -79,14 +79,15 @@ struct Runtime {
 
 #[async_trait]
 impl AgentRuntime for Runtime {
-    async fn spawn(
+    async fn spawn_with_id(
         &self,
+        id: SessionId,
         _profile: &AgentProfile,
         task: &SessionTask,
     ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
         let (state, _) = watch::channel(SessionSnapshot::new(Utc::now()));
         let session = Arc::new(Session {
-            id: SessionId::generate(),
+            id,
             issue: task.issue.clone(),
             state,
         });

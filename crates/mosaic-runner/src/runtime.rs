@@ -209,15 +209,6 @@ impl ProcessRuntime {
 
 #[async_trait]
 impl AgentRuntime for ProcessRuntime {
-    async fn spawn(
-        &self,
-        profile: &AgentProfile,
-        task: &SessionTask,
-    ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
-        let session = self.spawn_process(profile, task).await?;
-        Ok(Arc::new(session))
-    }
-
     async fn spawn_with_id(
         &self,
         id: SessionId,

@@ -72,15 +72,6 @@ impl RemoteRuntime {
 
 #[async_trait]
 impl AgentRuntime for RemoteRuntime {
-    async fn spawn(
-        &self,
-        profile: &AgentProfile,
-        task: &SessionTask,
-    ) -> Result<Arc<dyn AgentSession>, RuntimeError> {
-        self.spawn_with_id(SessionId::generate(), profile, task)
-            .await
-    }
-
     async fn spawn_with_id(
         &self,
         id: SessionId,
