@@ -701,6 +701,11 @@ async fn run_workers(
                     );
                     break;
                 }
+                // Deposed meanwhile: the leadership check stops this process.
+                Err(err @ mosaic_store::StoreError::Fenced { .. }) => {
+                    tracing::error!(error = %err, "lost the leadership before recovery");
+                    return;
+                }
                 Err(err) => {
                     tracing::error!(error = %err, attempt, "cannot cancel the previous leader's session requests; trying again");
                     tokio::select! {

@@ -1988,6 +1988,7 @@ pub(crate) async fn claim_session(
     agents: &[String],
     busy_within: std::time::Duration,
 ) -> OpResult<Option<SessionRequest>> {
+    let busy_ms = i64::try_from(busy_within.as_millis()).unwrap_or(i64::MAX);
     if agents.is_empty() || claimant.capacity == 0 {
         return Ok(None);
     }
@@ -2019,10 +2020,7 @@ pub(crate) async fn claim_session(
                        AND other.reported_at > now() - $2::BIGINT * INTERVAL '1 millisecond')
               ORDER BY r.request_seq LIMIT 1 FOR UPDATE OF r SKIP LOCKED"
         ),
-        &[
-            &agents,
-            &i64::try_from(busy_within.as_millis()).unwrap_or(i64::MAX),
-        ],
+        &[&agents, &busy_ms],
     )
     .await?
     else {
@@ -2045,11 +2043,7 @@ pub(crate) async fn claim_session(
           WHERE repository = $1 AND number = $2 AND claimant_id IS NOT NULL
             AND ended_at IS NULL
             AND reported_at > now() - $3::BIGINT * INTERVAL '1 millisecond'",
-        &[
-            &repository,
-            &number,
-            &i64::try_from(busy_within.as_millis()).unwrap_or(i64::MAX),
-        ],
+        &[&repository, &number, &busy_ms],
     )
     .await?;
     if busy.is_some() {

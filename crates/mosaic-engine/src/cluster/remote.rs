@@ -183,7 +183,8 @@ struct Known {
     pid: Option<u32>,
     summary: Option<String>,
     answers: Vec<CommandAnswer>,
-    ended: bool,
+    /// The claimant's report as last read: an unchanged one is not read again.
+    last_report: Option<String>,
     /// Why the leader closed it (shown when it ends before anyone claimed it).
     close_reason: Option<String>,
     /// The session's row has its process (recorded once the claimant named it), or enough
@@ -229,10 +230,11 @@ impl RemoteSession {
     /// Takes in the request as the store has it; returns whether the session has ended.
     async fn apply(&self, view: &SessionRequestView, config: &RemoteConfig) -> bool {
         let lost_after = config.lost_after;
-        let state = view
+        let new_report = view
             .state_json
             .as_deref()
-            .and_then(|text| match serde_json::from_str::<ReportedState>(text) {
+            .filter(|text| self.known().last_report.as_deref() != Some(*text));
+        let state = new_report.and_then(|text| match serde_json::from_str::<ReportedState>(text) {
                 Ok(state) => Some(state),
                 Err(err) => {
                     let mut known = self.known();
@@ -271,6 +273,7 @@ impl RemoteSession {
             state
                 .as_ref()
                 .and_then(|state| state.pid)
+                .or(known.pid)
                 .filter(|_| !known.pid_recorded)
         };
         if let Some(pid) = unrecorded_pid {
@@ -294,6 +297,9 @@ impl RemoteSession {
         }
         let mut known = self.known();
         known.claimant.clone_from(&view.claimant);
+        if let Some(text) = new_report {
+            known.last_report = Some(text.to_owned());
+        }
         if let Some(state) = &state {
             known.pid = state.pid.or(known.pid);
             if state.latest_summary.is_some() {
@@ -349,7 +355,6 @@ impl RemoteSession {
         } else {
             false
         };
-        known.ended = ended;
         drop(known);
         self.snapshot.send_if_modified(|current| {
             if *current == snapshot {
@@ -359,7 +364,10 @@ impl RemoteSession {
                 true
             }
         });
-        self.generation.send_modify(|generation| *generation += 1);
+        // Waiters for an answer or the end wake only when there may be one.
+        if state.is_some() || ended {
+            self.generation.send_modify(|generation| *generation += 1);
+        }
         ended
     }
 
@@ -378,7 +386,7 @@ impl RemoteSession {
                     return Err(self.io(format!("the command could not be stored: {err}")));
                 }
                 Err(err) => {
-                    if self.known().ended {
+                    if self.has_ended() {
                         return Err(SessionError::Ended(self.id.clone()));
                     }
                     if attempt == 1 || attempt.is_multiple_of(20) {
@@ -429,7 +437,7 @@ impl RemoteSession {
                 if let Some(answer) = known.answers.iter().find(|answer| answer.seq == seq) {
                     return answer.result.clone().map_err(|message| self.io(message));
                 }
-                if known.ended {
+                if self.has_ended() {
                     return Err(SessionError::Ended(self.id.clone()));
                 }
             }
@@ -437,6 +445,10 @@ impl RemoteSession {
                 return Err(SessionError::Ended(self.id.clone()));
             }
         }
+    }
+
+    fn has_ended(&self) -> bool {
+        !self.snapshot.borrow().outcome.is_running()
     }
 
     /// Waits until the session has ended and returns its outcome.
@@ -457,11 +469,10 @@ impl RemoteSession {
     /// cancelling its request (the follower then ends it here).
     async fn end(&self, command: Command, reason: &str) -> SessionOutcome {
         {
-            let mut known = self.known();
-            if known.ended {
+            if self.has_ended() {
                 return self.outcome();
             }
-            known.close_reason = Some(reason.to_owned());
+            self.known().close_reason = Some(reason.to_owned());
         }
         if let Err(err) = self.command(&command).await {
             tracing::warn!(session = %self.id, error = %err, "could not ask the claimant to end the session");

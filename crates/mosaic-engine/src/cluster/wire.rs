@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 /// own answer within a few reports, so a few suffice.
 pub(crate) const ANSWERS_KEPT: usize = 16;
 
-/// The handover summary travels bounded (it is also bounded where it is used).
-pub(crate) const MAX_SUMMARY_BYTES: usize = 64 * 1024;
+/// The handover summary travels bounded: a report is written several times a second.
+pub(crate) const MAX_SUMMARY_CHARS: usize = 16_000;
 
 /// A command from the leader's monitor to the session's claimant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +78,8 @@ impl ReportedState {
             snapshot,
             pid,
             started_at,
-            latest_summary: latest_summary.map(|summary| bounded(summary, MAX_SUMMARY_BYTES)),
+            latest_summary: latest_summary
+                .map(|summary| mosaic_security::clip(&summary, MAX_SUMMARY_CHARS)),
             answers,
         }
     }
@@ -89,18 +90,6 @@ impl ReportedState {
 pub fn reported_process(state_json: &str) -> Option<(u32, DateTime<Utc>)> {
     let state: ReportedState = serde_json::from_str(state_json).ok()?;
     Some((state.pid?, state.started_at?))
-}
-
-/// `text` cut to at most `max` bytes at a character boundary.
-fn bounded(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
 }
 
 #[cfg(test)]
@@ -147,12 +136,5 @@ mod tests {
             assert_ne!(first, second);
             assert_eq!(Command::from_text(&first).unwrap(), command);
         }
-    }
-
-    #[test]
-    fn a_long_summary_is_cut_at_a_character_boundary() {
-        let text = "é".repeat(10);
-        let cut = bounded(text, 5);
-        assert_eq!(cut, "éé");
     }
 }

@@ -256,7 +256,7 @@ async fn run_claimed(
     request: SessionRequest,
     cancel: CancellationToken,
 ) -> Ran {
-    let heartbeat = Heartbeat::start(&parts, &request.session_id);
+    let (heartbeat, commands) = Heartbeat::start(&parts, &request.session_id);
     let started = tokio::select! {
         started = start(&parts, &request) => started,
         () = heartbeat.fenced.cancelled() => Err(StartFailure::here(
@@ -295,7 +295,7 @@ async fn run_claimed(
     heartbeat.started(Arc::clone(&session), started_at);
     let applier = tokio::spawn(apply_commands(
         Arc::clone(&session),
-        heartbeat.take_commands(),
+        commands,
         Arc::clone(&heartbeat.shared),
     ));
     let mut updates = session.subscribe();
@@ -321,18 +321,18 @@ async fn run_claimed(
         tokio::select! {
             () = cancel.cancelled(), if interrupted.is_none() => {
                 interrupted = Some("the coordinator running it shut down");
-                close_in_background(&session, "the coordinator running it is shutting down");
+                close_after(&session, "the coordinator running it is shutting down", false);
             }
             () = heartbeat.fenced.cancelled(), if interrupted.is_none() => {
                 // The leader counts it lost by now or soon: it must not run on beside the
                 // session that replaces it.
                 tracing::error!(session = %request.session_id, "no report reached the store for most of the lease; ending the session");
                 interrupted = Some("the coordinator running it lost touch with the store");
-                close_in_background(&session, "this coordinator lost touch with the store");
+                close_after(&session, "this coordinator lost touch with the store", false);
             }
             () = heartbeat.cancelled.cancelled(), if !closing => {
                 closing = true;
-                close_in_background(&session, "the leader cancelled the session");
+                close_after(&session, "the leader cancelled the session", false);
             }
             changed = updates.changed() => {
                 if changed.is_err() {
@@ -459,15 +459,6 @@ async fn push_work(parts: &WorkerParts, workspace: &Workspace) -> Result<(), Str
     Ok(())
 }
 
-fn close_in_background(session: &Arc<dyn AgentSession>, reason: &'static str) {
-    let session = Arc::clone(session);
-    tokio::spawn(async move {
-        if let Err(err) = session.close(reason).await {
-            tracing::debug!(session = %session.id(), error = %err, "closing the session");
-        }
-    });
-}
-
 /// Applies the leader's commands to the session in order, keeping their answers. Ending the
 /// session (close, close after the turn, finish) does not wait behind a compaction.
 async fn apply_commands(
@@ -500,44 +491,37 @@ async fn apply_commands(
     });
     while let Some(command) = queued.recv().await {
         let seq = command.seq;
-        match Command::from_text(&command.command_json) {
+        let result = match Command::from_text(&command.command_json) {
             Ok(Command::Close { reason }) => {
                 close_after(&session, reason, false);
-                shared.answer(CommandAnswer {
-                    seq,
-                    result: Ok(None),
-                });
+                Ok(())
             }
             Ok(Command::CloseAfterTurn { reason }) => {
                 close_after(&session, reason, true);
-                shared.answer(CommandAnswer {
-                    seq,
-                    result: Ok(None),
-                });
+                Ok(())
             }
             Ok(Command::Finish) => {
                 let session = Arc::clone(&session);
                 tokio::spawn(async move { session.finish().await });
-                shared.answer(CommandAnswer {
-                    seq,
-                    result: Ok(None),
-                });
+                Ok(())
             }
             Ok(command) => {
                 let _ = ordered.send((seq, command));
+                continue;
             }
-            Err(err) => shared.answer(CommandAnswer {
-                seq,
-                result: Err(format!("unreadable command: {err}")),
-            }),
-        }
+            Err(err) => Err(format!("unreadable command: {err}")),
+        };
+        shared.answer(CommandAnswer {
+            seq,
+            result: result.map(|()| None),
+        });
     }
     sequential.abort();
 }
 
 /// Closing waits for the session's end, so it runs beside the commands that may follow.
-fn close_after(session: &Arc<dyn AgentSession>, reason: String, after_turn: bool) {
-    let session = Arc::clone(session);
+fn close_after(session: &Arc<dyn AgentSession>, reason: impl Into<String>, after_turn: bool) {
+    let (session, reason) = (Arc::clone(session), reason.into());
     tokio::spawn(async move {
         let result = if after_turn {
             session.close_after_turn(&reason).await
@@ -607,12 +591,11 @@ impl Shared {
 
 /// Reports a claimed session every `report_every` and at every change, from the claim until it
 /// is stopped: the session's heartbeat. Its answers bring the leader's commands (to
-/// `take_commands`) and the cancellation (`cancelled`); when no report has reached the store
+/// the receiver `start` returns) and the cancellation (`cancelled`); when no report has reached the store
 /// for half of `lost_after` it fires `fenced`, since the leader is about to count the session
 /// lost and run the issue elsewhere.
 struct Heartbeat {
     shared: Arc<Shared>,
-    commands: Mutex<Option<mpsc::UnboundedReceiver<SessionCommand>>>,
     cancelled: CancellationToken,
     fenced: CancellationToken,
     stop: CancellationToken,
@@ -620,7 +603,11 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn start(parts: &Arc<WorkerParts>, session_id: &str) -> Self {
+    /// The heartbeat, and the commands its reports bring back.
+    fn start(
+        parts: &Arc<WorkerParts>,
+        session_id: &str,
+    ) -> (Self, mpsc::UnboundedReceiver<SessionCommand>) {
         let shared = Arc::new(Shared {
             inner: Mutex::new(SharedState {
                 snapshot: SessionSnapshot::new(Utc::now()),
@@ -643,14 +630,14 @@ impl Heartbeat {
             commands,
             (cancelled.clone(), fenced.clone(), stop.clone()),
         ));
-        Self {
+        let heartbeat = Self {
             shared,
-            commands: Mutex::new(Some(received)),
             cancelled,
             fenced,
             stop,
             task,
-        }
+        };
+        (heartbeat, received)
     }
 
     fn started(&self, session: Arc<dyn AgentSession>, at: DateTime<Utc>) {
@@ -660,14 +647,6 @@ impl Heartbeat {
             state.started_at = Some(at);
         }
         self.shared.changed.notify_one();
-    }
-
-    fn take_commands(&self) -> mpsc::UnboundedReceiver<SessionCommand> {
-        self.commands
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .unwrap_or_else(|| mpsc::unbounded_channel().1)
     }
 
     fn publish(&self, snapshot: SessionSnapshot) {
@@ -707,8 +686,13 @@ async fn beat(
         let state_json = match serde_json::to_string(&state) {
             Ok(text) => text,
             Err(err) => {
+                // Nothing is written (an empty text would replace the last good report); the
+                // fence fires if this lasts.
                 tracing::error!(session = %session_id, error = %err, "the session's report could not be written");
-                String::new()
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(parts.config.report_every) => continue,
+                }
             }
         };
         let sent = tokio::time::Instant::now();
