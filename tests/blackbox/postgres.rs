@@ -694,10 +694,16 @@ async fn a_leader_killed_while_its_agent_works_is_followed_by_the_next_dispatch_
     assert_eq!(queue["queue"][0]["state"], "in_progress", "{queue}");
     assert_eq!(queue["total"], 1, "{queue}");
     assert!(queue["partial"].is_string(), "{queue}");
+    // What only the leader knows is left out, not made up.
+    assert!(queue["queue"][0].get("blockers").is_none(), "{queue}");
     let sessions = second.get_json("/api/v1/sessions").await;
     assert_eq!(sessions["sessions"][0]["session_id"], session, "{sessions}");
     assert_eq!(sessions["sessions"][0]["process_id"], pid, "{sessions}");
     assert!(sessions["partial"].is_string(), "{sessions}");
+    assert!(
+        sessions["sessions"][0].get("compactions").is_none(),
+        "{sessions}"
+    );
 
     let killed_at = std::time::SystemTime::now();
     let killed = Instant::now();

@@ -1055,7 +1055,7 @@ async fn declared_dependencies_survive_a_restart() {
     let queue = engine.queue().await;
     let waiting = queue.iter().find(|item| item.issue == issue(2)).unwrap();
     assert_eq!(waiting.state, IssueState::Blocked);
-    assert_eq!(waiting.blockers, vec![issue(1)]);
+    assert_eq!(waiting.blockers, Some(vec![issue(1)]));
     assert_eq!(store.dependency_edges().await.unwrap().len(), 1);
 }
 

@@ -29,8 +29,9 @@ pub struct QueueItem {
     pub state: IssueState,
     pub agent: Option<String>,
     pub estimate: Option<u64>,
-    /// Open blockers it waits for.
-    pub blockers: Vec<IssueRef>,
+    /// Open blockers it waits for; `None` (left out) where only the leader knows them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blockers: Option<Vec<IssueRef>>,
     pub attempts: u32,
     pub queued_at: Option<DateTime<Utc>>,
 }
@@ -40,9 +41,13 @@ pub struct QueueItem {
 pub struct IssueDetail {
     pub record: IssueRecord,
     pub state: IssueState,
-    pub blockers: Vec<IssueRef>,
-    pub open_blockers: Vec<IssueRef>,
-    pub dependents: Vec<IssueRef>,
+    /// The dependency graph's view; `None` (left out) where only the leader has the graph.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blockers: Option<Vec<IssueRef>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_blockers: Option<Vec<IssueRef>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dependents: Option<Vec<IssueRef>>,
     pub history: Vec<TransitionRecord>,
     pub sessions: Vec<SessionRecord>,
     pub rotations: Vec<StoredRotation>,
@@ -102,8 +107,11 @@ pub struct LiveSessionView {
     pub context_percent: Option<f64>,
     pub context_tokens: Option<u64>,
     pub context_window: Option<u64>,
-    pub compactions: u32,
-    pub rotations: u32,
+    /// Counted by the leader's monitor; `None` (left out) elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compactions: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotations: Option<u32>,
 }
 
 /// Counters for `/metrics`.
@@ -158,7 +166,7 @@ impl Engine {
                     state: entry.state,
                     agent: entry.agent.clone(),
                     estimate: record.and_then(|r| r.estimate),
-                    blockers: core.graph.open_blockers(&entry.issue),
+                    blockers: Some(core.graph.open_blockers(&entry.issue)),
                     attempts: record.map_or(0, |r| r.attempts),
                     queued_at: record.and_then(|r| r.queued_at),
                 }
@@ -192,9 +200,9 @@ impl Engine {
             )
         };
         let mut detail = stored_detail(self.inner.store.as_ref(), issue, record).await?;
-        detail.blockers = blockers;
-        detail.open_blockers = open_blockers;
-        detail.dependents = dependents;
+        detail.blockers = Some(blockers);
+        detail.open_blockers = Some(open_blockers);
+        detail.dependents = Some(dependents);
         detail.workspace_bytes = self.inner.workspace_bytes(issue).await;
         detail.live = self.live_sessions().into_iter().find(|s| &s.issue == issue);
         Ok(detail)
@@ -221,8 +229,8 @@ impl Engine {
                 context_percent: live.usage.map(|u| u.percent),
                 context_tokens: live.usage.map(|u| u.used_tokens),
                 context_window: live.usage.map(|u| u.window),
-                compactions: live.compactions,
-                rotations: live.rotations,
+                compactions: Some(live.compactions),
+                rotations: Some(live.rotations),
             })
             .collect()
     }
@@ -398,7 +406,7 @@ pub async fn stored_queue(store: &dyn Store) -> Result<Vec<QueueItem>, EngineErr
                     state: record.state,
                     agent: record.assigned_agent,
                     estimate: record.estimate,
-                    blockers: Vec::new(),
+                    blockers: None,
                     attempts: record.attempts,
                     queued_at: record.queued_at,
                 },
@@ -432,8 +440,8 @@ pub async fn stored_sessions(store: &dyn Store) -> Result<Vec<LiveSessionView>, 
             context_percent: None,
             context_tokens: None,
             context_window: None,
-            compactions: 0,
-            rotations: 0,
+            compactions: None,
+            rotations: None,
         })
         .collect())
 }
@@ -490,9 +498,9 @@ async fn stored_detail(
         snapshot: store.get_issue_snapshot(issue).await?,
         live: None,
         record,
-        blockers: Vec::new(),
-        open_blockers: Vec::new(),
-        dependents: Vec::new(),
+        blockers: None,
+        open_blockers: None,
+        dependents: None,
         rotations,
     })
 }
