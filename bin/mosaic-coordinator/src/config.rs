@@ -282,6 +282,9 @@ pub fn validate_for_serve(config: &Config) -> Result<(), ConfigError> {
 
 /// Every rule a loaded configuration must satisfy (`check-config` applies it too; `serve` also
 /// needs a webhook secret).
+/// The longest `outbox.coalesce_ms` accepted.
+const MAX_COALESCE_MS: u64 = 60_000;
+
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     config
         .retention
@@ -318,6 +321,14 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError(format!(
             "invalid configuration: `store.leader_lease_ms`: must be at least 2000 (the leader checks its hold every second), got {}",
             config.store.leader_lease_ms
+        )));
+    }
+    // A status or label write waits this long for one that replaces it; past a minute it
+    // would hold an issue's writes back rather than save calls.
+    if config.outbox.coalesce_ms > MAX_COALESCE_MS {
+        return Err(ConfigError(format!(
+            "invalid configuration: `outbox.coalesce_ms`: must be at most {MAX_COALESCE_MS} (a minute), got {}",
+            config.outbox.coalesce_ms
         )));
     }
     config
@@ -981,6 +992,15 @@ mod tests {
         });
         let (config, _) = load(&sources(&[("GITEA_WEBHOOK_SECRET", "s")])).unwrap();
         assert!(describe_gates(&config).contains("# none: a branch is published without a check"));
+    }
+
+    #[test]
+    fn an_outbox_coalescing_wait_past_a_minute_is_refused_by_name() {
+        let (config, _) = load(&sources(&[("MOSAIC_OUTBOX__COALESCE_MS", "60000")])).unwrap();
+        validate(&config).unwrap();
+        let (config, _) = load(&sources(&[("MOSAIC_OUTBOX__COALESCE_MS", "3600000")])).unwrap();
+        let err = validate(&config).unwrap_err().to_string();
+        assert!(err.contains("outbox.coalesce_ms"), "{err}");
     }
 
     #[test]
